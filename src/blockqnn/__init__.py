@@ -1,0 +1,42 @@
+"""blockqnn: block-wise neural architecture search with Q-learning (BlockQNN, Zhong et al.).
+
+The public API: `Block` (the NSC value), `build_network` (block -> torch module), the agents
+and the cost functions. Torch is imported only when a torch-backed name is first used, so the
+pure parts (NSC, agent, cost) stay light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from blockqnn.errors import BlockQNNError
+from blockqnn.nsc import Block, Layer, LayerType
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Block",
+    "BlockQNNError",
+    "Layer",
+    "LayerType",
+    "__version__",
+    "build_network",
+]
+
+_LAZY = {
+    "build_network": "blockqnn.builder",
+    "NetworkConfig": "blockqnn.cost",
+    "network_cost": "blockqnn.cost",
+    "QLearningAgent": "blockqnn.agent",
+    "RandomAgent": "blockqnn.agent",
+    "load_model": "blockqnn.model_io",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'blockqnn' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,82 @@
+"""The `blockqnn` command line.
+
+Owns: argument parsing, exit codes and printing. Must not hold logic: each subcommand module
+parses its arguments and calls the library. Subcommand modules import heavy libraries (torch,
+ray) inside `run` so that `blockqnn --help` stays fast.
+
+Exit codes: 0 ok, 1 a failed evaluation or run, 2 bad input (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+from typing import NoReturn
+
+from blockqnn.errors import BlockQNNError
+
+# name -> module under blockqnn.cli; each module defines `add_arguments(parser)` and
+# `run(args) -> int`, and a module docstring whose first line is the command's help.
+COMMANDS = ("show", "evaluate", "search", "status", "train", "export", "report")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _available_commands() -> list[tuple[str, ModuleType]]:
+    found: list[tuple[str, ModuleType]] = []
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"blockqnn.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"blockqnn.cli.{name}":
+                continue  # a command not built into this version
+            raise
+        found.append((name, module))
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from blockqnn import __version__
+
+    parser = _Parser(
+        prog="blockqnn",
+        description="Block-wise neural architecture search with Q-learning (BlockQNN).",
+    )
+    parser.add_argument("--version", action="version", version=f"blockqnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, module in _available_commands():
+        doc = (module.__doc__ or "").strip()
+        summary = doc.splitlines()[0] if doc else name
+        cmd = sub.add_parser(name, help=summary, description=doc)
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        code: int = args._run(args)
+    except BlockQNNError as exc:
+        print(f"blockqnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"blockqnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+def entry() -> NoReturn:
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from blockqnn.cli import entry
+
+entry()

@@ -1,0 +1,266 @@
+"""Run configuration: frozen dataclasses with unit-carrying defaults, loaded from TOML.
+
+Owns: every setting of a search or an evaluation, its default with the reason, validation
+(once, at load), and the round trip to a plain dict (saved with every run). Must not import
+torch. Values marked (paper) come from BlockQNN; (choice) are ours where the paper is silent.
+
+A TOML file has one table per section, each optional:
+
+    [search]   budget = 100, agent = "qlearning", executor = "local", ...
+    [agent]    alpha = 0.01, gamma = 1.0, ...
+    [data]     dataset = "digits", train_samples = 500, ...
+    [network]  filters = 32, blocks_per_stage = 2, head = "paper", ...
+    [train]    epochs = 12, batch_size = 256, lr = 0.001, ...
+    [reward]   mu = 0.01, rho = 0.01
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from blockqnn.cost import NetworkConfig
+from blockqnn.errors import BlockQNNError
+from blockqnn.nsc import DEFAULT_MAX_DEPTH
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The early-stop training that scores a candidate (paper: Adam, 12 epochs)."""
+
+    epochs: int = 12  # (paper) early-stop epochs per candidate
+    batch_size: int = 256  # (paper) images per step
+    lr: float = 1e-3  # (paper) Adam learning rate
+    betas: tuple[float, float] = (0.9, 0.999)  # (paper) Adam betas
+    eps: float = 1e-8  # (paper) Adam epsilon
+    weight_decay: float = 0.0  # (paper: none stated) Adam L2 penalty
+    lr_step_epochs: int = 5  # (paper) multiply lr by lr_gamma every this many epochs
+    lr_gamma: float = 0.2  # (paper) lr factor at each step
+    precision: str = "auto"  # "auto" (bf16 where fast), "bf16" or "fp32"
+    channels_last: bool = True  # (choice) NHWC memory format: faster convs on GPU and AMX CPUs
+    cuda_graphs: bool = True  # (choice) capture the whole step as a CUDA graph when it works
+    augment: str = "auto"  # "auto" (crop+flip for images, none for digits), "crop_flip", "none"
+    max_seconds: float = 0.0  # wall-clock limit per evaluation in seconds; 0 = none
+    seed: int = 0  # base seed of weight init and batch order
+
+    def __post_init__(self) -> None:
+        _positive(self, "epochs", "batch_size", "lr_step_epochs")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise BlockQNNError(f"train.lr = {self.lr}: must be a positive number")
+        if not 0 < self.lr_gamma <= 1:
+            raise BlockQNNError(f"train.lr_gamma = {self.lr_gamma}: must be in (0, 1]")
+        _choice(self, "precision", ("auto", "bf16", "fp32"))
+        _choice(self, "augment", ("auto", "crop_flip", "none"))
+        if self.max_seconds < 0:
+            raise BlockQNNError(f"train.max_seconds = {self.max_seconds}: must be >= 0")
+        object.__setattr__(self, "betas", tuple(self.betas))
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """reward = accuracy - mu * log(FLOPs / FLOPs_ref) - rho * log(density).
+
+    The paper's mu and rho are not known reliably, and a raw log(FLOPs) is ~20, so FLOPs are
+    normalised by the network of a single 3x3 conv block (`cost.REFERENCE_BLOCK`, same
+    network settings). With mu = 0.01 a block ten times costlier than that reference must
+    earn 2.3 points of accuracy more to be worth it; with rho = 0.01 the densest blocks
+    (density ~1.5) pay 0.4 points. mu = rho = 0 gives plain accuracy.
+    """
+
+    mu: float = 0.01  # (choice) reward per unit of log FLOPs ratio
+    rho: float = 0.01  # (choice) reward per unit of log density
+
+    def __post_init__(self) -> None:
+        for name in ("mu", "rho"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise BlockQNNError(f"reward.{name} = {value}: must be a finite number >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data scores candidates. The reward uses a validation split held out from the
+    training set, never the test set."""
+
+    dataset: str = "digits"  # digits | cifar10 | cifar100 | a folder | a .npz file
+    data_dir: str = ""  # where cifar archives are, or are downloaded to; "" = the cache
+    cache_dir: str = ""  # decoded-array cache; "" = ~/.cache/blockqnn
+    train_samples: int = 0  # class-balanced subset of the training split; 0 = all
+    val_size: float = 0.0  # validation images (>= 1) or fraction (< 1); 0 = auto
+    seed: int = 0  # seed of the subset and the split
+
+    def __post_init__(self) -> None:
+        if not self.dataset:
+            raise BlockQNNError("data.dataset: empty; name a dataset")
+        if self.train_samples < 0:
+            raise BlockQNNError(f"data.train_samples = {self.train_samples}: must be >= 0")
+        if self.val_size < 0:
+            raise BlockQNNError(f"data.val_size = {self.val_size}: must be >= 0")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The Q-learning agent (paper values) and the search space's size."""
+
+    max_depth: int = DEFAULT_MAX_DEPTH  # (choice) layer indices 1..max_depth, last terminal
+    alpha: float = 0.01  # (paper) Q-learning rate
+    gamma: float = 1.0  # (paper) discount
+    q_init: float = 0.5  # (MetaQNN) initial Q value
+    replay_size: int = 128  # (choice; MetaQNN 100-128) blocks replayed after each iteration
+    iteration_size: int = 64  # (paper) sampled blocks per epsilon iteration
+    reward_shaping: bool = True  # (paper) every step gets R / T instead of 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha <= 1:
+            raise BlockQNNError(f"agent.alpha = {self.alpha}: must be in (0, 1]")
+        if not 0 <= self.gamma <= 1:
+            raise BlockQNNError(f"agent.gamma = {self.gamma}: must be in [0, 1]")
+        _positive(self, "iteration_size")
+        if self.max_depth < 2:
+            raise BlockQNNError(f"agent.max_depth = {self.max_depth}: must be at least 2")
+        if self.replay_size < 0:
+            raise BlockQNNError(f"agent.replay_size = {self.replay_size}: must be >= 0")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The search loop and where it runs."""
+
+    budget: int = 64  # trained (not reused) blocks to evaluate
+    agent: str = "qlearning"  # "qlearning" or "random" (the paper's baseline)
+    seed: int = 0  # seed of the agent
+    executor: str = "local"  # "local" (in process) or "ray"
+    workers: int = 1  # evaluation slots running at once
+    gpus_per_trial: float = 0.0  # Ray: GPUs per evaluation; fractions pack one GPU
+    cpus_per_trial: float = 1.0  # Ray: CPUs reserved per evaluation
+    address: str = ""  # Ray: address of an existing cluster; "" starts a local one
+    max_attempts: int = 3  # tries per trial when a worker dies mid-evaluation
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise BlockQNNError(f"search.budget = {self.budget}: must be at least 1")
+        _choice(self, "agent", ("qlearning", "random"))
+        _choice(self, "executor", ("local", "ray"))
+        _positive(self, "workers", "max_attempts")
+        if self.gpus_per_trial < 0 or self.cpus_per_trial < 0:
+            raise BlockQNNError("search.gpus_per_trial and cpus_per_trial must be >= 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a search needs; saved, resolved, in the run's store."""
+
+    search: SearchSettings = field(default_factory=SearchSettings)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["network"] = self.network.to_dict()
+        out["train"]["betas"] = list(self.train.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Build and validate from nested dicts; unknown sections or keys are refused."""
+        return merge(cls(), data)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Config:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except FileNotFoundError:
+            raise BlockQNNError(f"config file {p} does not exist") from None
+        except OSError as exc:
+            raise BlockQNNError(f"config file {p}: {exc.strerror}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise BlockQNNError(f"config file {p}: invalid TOML: {exc}") from None
+        return cls.from_dict(data)
+
+
+T = TypeVar("T")
+
+
+def merge(config: Config, overrides: dict[str, Any]) -> Config:
+    """Return `config` with `{section: {key: value}}` overrides applied and validated."""
+    sections = {f.name: f for f in fields(Config)}
+    updated: dict[str, Any] = {}
+    for name, values in overrides.items():
+        if name not in sections:
+            raise BlockQNNError(
+                f"unknown config section [{name}] (valid: {', '.join(sorted(sections))})"
+            )
+        if not isinstance(values, dict):
+            raise BlockQNNError(f"config section [{name}] must be a table")
+        updated[name] = _update(getattr(config, name), values, name)
+    return replace(config, **updated)
+
+
+def _update(section: T, values: dict[str, Any], name: str) -> T:
+    known = {f.name: f for f in fields(section)}  # type: ignore[arg-type]
+    for key in values:
+        if key not in known:
+            raise BlockQNNError(
+                f"unknown config key {name}.{key} (valid: {', '.join(sorted(known))})"
+            )
+    clean: dict[str, Any] = {}
+    for key, value in values.items():
+        default = getattr(section, key)  # the current value carries the expected type
+        clean[key] = _coerce(value, default, f"{name}.{key}")
+    try:
+        return replace(section, **clean)  # type: ignore[type-var]
+    except TypeError as exc:
+        raise BlockQNNError(f"config section [{name}]: {exc}") from None
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Check a TOML value against the default's type; ints are accepted for floats."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise BlockQNNError(f"{where} = {value!r}: expected true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BlockQNNError(f"{where} = {value!r}: expected an integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BlockQNNError(f"{where} = {value!r}: expected a number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise BlockQNNError(f"{where} = {value!r}: expected a string")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default):
+            raise BlockQNNError(f"{where} = {value!r}: expected a list of {len(default)} values")
+        return tuple(_coerce(v, d, where) for v, d in zip(value, default, strict=True))
+    return value
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value < 1:
+            section = type(obj).__name__
+            raise BlockQNNError(f"{section}.{name} = {value}: must be at least 1")
+
+
+def _choice(obj: Any, name: str, options: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    if value not in options:
+        raise BlockQNNError(f"{name} = {value!r}: choose one of {', '.join(options)}")
