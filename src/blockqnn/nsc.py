@@ -159,12 +159,19 @@ def _parse_text(text: str) -> list[tuple[int, ...]]:
         except json.JSONDecodeError as exc:
             raise BlockQNNError(f"malformed JSON block: {exc.msg}") from None
         return _from_json_list(data)
-    cleaned = re.sub(r"[()\[\]\s]", "", stripped)
+    groups = re.findall(r"\(([^()]*)\)", stripped)
+    if groups:  # "(1,1,3,0,0), (2,...)" or "[(...); (...)]": one layer per parenthesis
+        chunks = [re.sub(r"\s", "", g) for g in groups]
+        rest = re.sub(r"\(([^()]*)\)", "", stripped)
+        if re.sub(r"[\s;,\[\]]", "", rest):
+            raise BlockQNNError(f"malformed block text outside parentheses: {rest.strip()!r}")
+    else:
+        chunks = re.sub(r"[\[\]\s]", "", stripped).split(";")
+        if len(chunks) > 1 and chunks[-1] == "":
+            chunks.pop()  # a trailing separator is harmless
     rows: list[tuple[int, ...]] = []
-    for position, chunk in enumerate(cleaned.split(";"), start=1):
+    for position, chunk in enumerate(chunks, start=1):
         if not chunk:
-            if position > 1 and chunk == "" and cleaned.endswith(";"):
-                continue  # a trailing separator is harmless
             raise BlockQNNError(f"layer {position}: empty (two ';' in a row?)")
         parts = chunk.split(",")
         if not all(_INT_LIST.match(p) for p in parts):

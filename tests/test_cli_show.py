@@ -1,0 +1,86 @@
+"""`blockqnn show` through the real console entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from blockqnn.cli import main
+
+EXAMPLE = "1,1,3,0,0; 2,1,5,0,0; 3,5,0,1,2; 4,7,0,0,0"
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "blockqnn", *args], capture_output=True, text=True, env=env
+    )
+
+
+def test_show_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", EXAMPLE, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["nsc"] == EXAMPLE
+    assert data["hash"] == "23771642cd3c9be910aec2940761c528"
+    assert (data["params"], data["flops"]) == (1_259_178, 358_567_936)
+    assert data["density"] == pytest.approx(1.0)
+
+
+def test_show_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", EXAMPLE]) == 0
+    out = capsys.readouterr().out
+    assert "conv 5x5 <- 0" in out and "add <- 1, 2" in out
+    assert "1,259,178" in out and "23771642cd3c" in out
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ("1,1,3,0,0; 2,1,5,0,9", "layer 2: conv takes one predecessor"),
+        ("1,1,3,0,0; 2,1,3,0,0; 3,5,0,1,5", "layer 3: pred2 = 5 is not an earlier layer"),
+        ("1,9,0,0,0", "unknown type 9"),
+        ("", "empty block"),
+        ("x", "not a list of integers"),
+    ],
+)
+def test_bad_block_is_one_line_exit_2(block: str, message: str) -> None:
+    proc = _run("show", block)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_usage_errors_are_one_line() -> None:
+    for args in (["show"], ["show", EXAMPLE, "--bogus"], ["nosuchcommand"]):
+        proc = _run(*args)
+        assert proc.returncode == 2
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_bad_network_option() -> None:
+    proc = _run("show", EXAMPLE, "--input-shape", "3,4,4")
+    assert proc.returncode == 2 and "too small" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
+def test_svg(tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "block.svg"
+    assert main(["show", EXAMPLE, "--svg", str(out)]) == 0
+    svg = out.read_text()
+    assert svg.lstrip().startswith("<?xml") or "<svg" in svg
+    assert "conv 5x5" in svg and "add" in svg
+
+
+def test_svg_without_dot(tmp_path: Path) -> None:
+    env = dict(os.environ, PATH=str(tmp_path))  # no `dot` on this PATH
+    out = tmp_path / "block.svg"
+    proc = _run("show", EXAMPLE, "--svg", str(out), env=env)
+    assert proc.returncode == 2
+    assert "Graphviz" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
