@@ -19,8 +19,12 @@ __all__ = [
     "BlockQNNError",
     "Layer",
     "LayerType",
+    "QLearningAgent",
+    "RandomAgent",
     "__version__",
     "build_network",
+    "load_model",
+    "make_agent",
 ]
 
 _LAZY = {
@@ -29,6 +33,7 @@ _LAZY = {
     "network_cost": "blockqnn.cost",
     "QLearningAgent": "blockqnn.agent",
     "RandomAgent": "blockqnn.agent",
+    "make_agent": "blockqnn.agent",
     "load_model": "blockqnn.model_io",
 }
 

@@ -1,0 +1,308 @@
+"""Tabular epsilon-greedy Q-learning over NSC layers (BlockQNN, after MetaQNN).
+
+Owns: `QLearningAgent`: the Q-table, the update rule, the epsilon schedule's use, the replay
+memory and their snapshot. Must not import torch, know about the store or decide whether a
+block gets trained: the search loop reuses stored rewards for blocks already seen and simply
+tells them again.
+
+Choices, where the paper is silent (DESIGN.md, "Q-learning"):
+
+- The schedule's clock is the number of `tell` calls, repeats and rewards reused from the
+  store included (a reused reward is still a sampled block, and the search's asks run at most
+  `workers` blocks ahead of its tells). Blocks asked ahead of their tells use the epsilon of
+  the moment they are asked. After `budget` tells the last stage's epsilon stays.
+- Experience replay: after every `iteration_size` tells, `replay_size` blocks are drawn
+  uniformly *with replacement* (as MetaQNN) from the memory of distinct paths told so far
+  (a repeated path keeps its latest reward) and go through the same update.
+- Reward shaping: the last step of a path (the terminal) gets R, every earlier step R / T,
+  T the number of steps including the terminal (paper); without shaping, earlier steps get 0
+  (MetaQNN).
+- One `random.Random` drives sampling, tie breaking and replay, so a run is a pure function
+  of the seed and the sequence of calls; its state is part of the snapshot.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from blockqnn.agent.base import (
+    DEFAULT_SCHEDULE,
+    PAPER_BUDGET,
+    BaseAgent,
+    check_int,
+    check_reward,
+    check_schedule,
+    scale_schedule,
+)
+from blockqnn.errors import BlockQNNError
+from blockqnn.nsc import DEFAULT_MAX_DEPTH, Block
+from blockqnn.space import START, Action, Path, State, parse_path_rows, path_text
+
+
+class QLearningAgent(BaseAgent):
+    """Tabular epsilon-greedy Q-learning over NSC layers (BlockQNN, MetaQNN).
+
+    Q(s, a) <- (1 - alpha) Q(s, a) + alpha [r + gamma max_a' Q(s', a')], applied to a whole
+    path from its last step back; unvisited pairs read `q_init`, the terminal's successor 0.
+
+    >>> agent = QLearningAgent(budget=128, seed=1)
+    >>> block = agent.ask()
+    >>> agent.tell(block, 0.9)
+    >>> agent.epsilon
+    1.0
+    """
+
+    kind = "qlearning"
+
+    def __init__(
+        self,
+        budget: int = PAPER_BUDGET,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        alpha: float = 0.01,
+        gamma: float = 1.0,
+        q_init: float = 0.5,
+        replay_size: int = 128,
+        iteration_size: int = 64,
+        reward_shaping: bool = True,
+        schedule: Sequence[tuple[float, int]] = DEFAULT_SCHEDULE,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(max_depth, budget, seed)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
+            raise BlockQNNError(f"alpha = {alpha!r}: must be in (0, 1]")
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma <= 1:
+            raise BlockQNNError(f"gamma = {gamma!r}: must be in [0, 1]")
+        if (
+            isinstance(q_init, bool)
+            or not isinstance(q_init, (int, float))
+            or not math.isfinite(q_init)
+        ):
+            raise BlockQNNError(f"q_init = {q_init!r}: must be a finite number")
+        self.alpha = float(alpha)
+        self.gamma = float(gamma)
+        self.q_init = float(q_init)
+        self.replay_size = check_int("replay_size", replay_size, 0)
+        self.iteration_size = check_int("iteration_size", iteration_size, 1)
+        self.reward_shaping = bool(reward_shaping)
+        self.schedule = check_schedule(schedule)
+        stages = scale_schedule(self.schedule, self.budget)
+        self._epsilons = [eps for eps, _ in stages]
+        self._stage_ends: list[int] = []
+        for _, n in stages:
+            self._stage_ends.append((self._stage_ends[-1] if self._stage_ends else 0) + n)
+        # Q-table: state -> {action -> q}; absent pairs read q_init. Keys are the space's
+        # shared tuples, so an entry costs a dict slot and a float.
+        self._q: dict[State, dict[Action, float]] = {}
+        # Replay memory: distinct paths in the order first told, their latest reward, and
+        # their NSC text (made once here, so that a snapshot after every tell stays cheap).
+        self._paths: list[Path] = []
+        self._rewards: list[float] = []
+        self._texts: list[str] = []
+        self._where: dict[Path, int] = {}
+
+    # ----- the schedule -------------------------------------------------------------------
+
+    @property
+    def epsilon(self) -> float:
+        stage = bisect.bisect_right(self._stage_ends, self._told)
+        return self._epsilons[min(stage, len(self._epsilons) - 1)]
+
+    def stages(self) -> list[tuple[float, int]]:
+        """The schedule as (epsilon, blocks) for this budget."""
+        return scale_schedule(self.schedule, self.budget)
+
+    # ----- ask and tell -------------------------------------------------------------------
+
+    def ask(self) -> Block:
+        epsilon = self.epsilon
+        rng = self._rng
+        path: list[Action] = []
+        state = START
+        while True:
+            actions = self.space.actions(state)
+            explore = rng.random() < epsilon
+            state = rng.choice(actions) if explore else self._greedy(state, actions)
+            path.append(state)
+            if state[1] == 7:  # terminal
+                break
+        self._asked += 1
+        return self.space.to_block(tuple(path))
+
+    def _greedy(self, state: State, actions: tuple[Action, ...]) -> Action:
+        """An action of highest Q, ties broken uniformly with the agent's RNG."""
+        row = self._q.get(state)
+        if not row:
+            return self._rng.choice(actions)
+        q_init = self.q_init
+        best = max(row.values())
+        if len(row) < len(actions) and q_init > best:
+            best = q_init
+        ties = [a for a in actions if row.get(a, q_init) == best]
+        return ties[0] if len(ties) == 1 else self._rng.choice(ties)
+
+    def tell(self, block: Block, reward: float) -> None:
+        value = check_reward(reward)
+        path = self.space.path_of(block)
+        self._update(path, value)
+        where = self._where.get(path)
+        if where is None:
+            self._where[path] = len(self._paths)
+            self._paths.append(path)
+            self._rewards.append(value)
+            self._texts.append(path_text(path))
+        else:
+            self._rewards[where] = value
+        self._told += 1
+        if self._told % self.iteration_size == 0:
+            self._replay()
+
+    def _max_q(self, state: State) -> float:
+        row = self._q.get(state)
+        if not row:
+            return self.q_init
+        best = max(row.values())
+        if len(row) < len(self.space.actions(state)) and self.q_init > best:
+            return self.q_init
+        return best
+
+    def _update(self, path: Path, reward: float) -> None:
+        """One Q-learning pass over `path`, from the terminal back to the first layer."""
+        alpha, gamma, q_init = self.alpha, self.gamma, self.q_init
+        steps = len(path)
+        shaped = reward / steps if self.reward_shaping else 0.0
+        target_next = 0.0  # after the terminal nothing follows
+        for t in range(steps - 1, -1, -1):
+            state = path[t - 1] if t > 0 else START
+            action = path[t]
+            r = reward if t == steps - 1 else shaped
+            row = self._q.get(state)
+            if row is None:
+                row = self._q[state] = {}
+            row[action] = (1 - alpha) * row.get(action, q_init) + alpha * (r + gamma * target_next)
+            if t > 0:
+                target_next = self._max_q(state)
+
+    def _replay(self) -> None:
+        """Replay `replay_size` uniform draws (with replacement) from the memory."""
+        n = len(self._paths)
+        if n == 0:
+            return
+        randrange = self._rng.randrange
+        for _ in range(self.replay_size):
+            i = randrange(n)
+            self._update(self._paths[i], self._rewards[i])
+
+    # ----- inspection ---------------------------------------------------------------------
+
+    def q_value(self, state: State, action: Action) -> float:
+        """Q(state, action); unvisited pairs read `q_init`."""
+        return self._q.get(state, {}).get(action, self.q_init)
+
+    @property
+    def q_entries(self) -> int:
+        """(state, action) pairs with a learned value."""
+        return sum(len(row) for row in self._q.values())
+
+    @property
+    def memory_size(self) -> int:
+        """Distinct paths in the replay memory."""
+        return len(self._paths)
+
+    def greedy_block(self) -> Block:
+        """The block the agent would build at epsilon 0 (ties to the first action)."""
+        path: list[Action] = []
+        state = START
+        while state[1] != 7:
+            values = [(self.q_value(state, a), a) for a in self.space.actions(state)]
+            best = max(q for q, _ in values)
+            state = next(a for q, a in values if q == best)
+            path.append(state)
+        return self.space.to_block(tuple(path))
+
+    # ----- snapshots ----------------------------------------------------------------------
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            **super()._settings(),
+            "alpha": self.alpha,
+            "gamma": self.gamma,
+            "q_init": self.q_init,
+            "replay_size": self.replay_size,
+            "iteration_size": self.iteration_size,
+            "reward_shaping": self.reward_shaping,
+            "schedule": [[eps, n] for eps, n in self.schedule],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        out = self._base_state()
+        out["q"] = [
+            [list(state), list(action), q]
+            for state, row in self._q.items()
+            for action, q in row.items()
+        ]
+        out["memory"] = [
+            [text, reward] for text, reward in zip(self._texts, self._rewards, strict=True)
+        ]
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Everything is read into fresh structures first and swapped in at the end, so a bad
+        # snapshot leaves the agent as it was.
+        try:
+            asked, told, rng = self._read_base(state)
+            q = self._read_q(state.get("q"))
+            paths, rewards, texts, where = self._read_memory(state.get("memory"))
+        except BlockQNNError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            raise BlockQNNError(f"agent snapshot: corrupted ({exc})") from None
+        self._asked, self._told, self._rng = asked, told, rng
+        self._q = q
+        self._paths, self._rewards, self._texts, self._where = paths, rewards, texts, where
+
+    def _read_q(self, rows: Any) -> dict[State, dict[Action, float]]:
+        if not isinstance(rows, list):
+            raise BlockQNNError("agent snapshot: q must be a list of [state, action, q] rows")
+        q: dict[State, dict[Action, float]] = {}
+        space = self.space
+        for n, entry in enumerate(rows):
+            if not isinstance(entry, list) or len(entry) != 3:
+                raise BlockQNNError(f"agent snapshot: q row {n} is not [state, action, q]")
+            raw_state, raw_action, value = entry
+            state = space.intern(raw_state) if isinstance(raw_state, list) else None
+            action = space.intern(raw_action) if isinstance(raw_action, list) else None
+            if state is None or action is None or not space.is_action(state, action):
+                raise BlockQNNError(
+                    f"agent snapshot: q row {n} ({raw_state}, {raw_action}) is not a valid "
+                    f"state and action of the search space with max_depth {self.max_depth}"
+                )
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise BlockQNNError(f"agent snapshot: q row {n} value {value!r} is not a number")
+            if not math.isfinite(value):
+                raise BlockQNNError(f"agent snapshot: q row {n} value {value} is not finite")
+            q.setdefault(state, {})[action] = float(value)
+        return q
+
+    def _read_memory(self, rows: Any) -> tuple[list[Path], list[float], list[str], dict[Path, int]]:
+        if not isinstance(rows, list):
+            raise BlockQNNError("agent snapshot: memory must be a list of [block, reward] rows")
+        paths: list[Path] = []
+        rewards: list[float] = []
+        where: dict[Path, int] = {}
+        for n, entry in enumerate(rows):
+            if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str):
+                raise BlockQNNError(f"agent snapshot: memory row {n} is not [block text, reward]")
+            try:
+                path = self.space.check_path(parse_path_rows(entry[0]))
+                reward = check_reward(entry[1])
+            except BlockQNNError as exc:
+                raise BlockQNNError(f"agent snapshot: memory row {n}: {exc}") from None
+            if path in where:
+                raise BlockQNNError(f"agent snapshot: memory row {n} repeats a block")
+            where[path] = len(paths)
+            paths.append(path)
+            rewards.append(reward)
+        return paths, rewards, [path_text(p) for p in paths], where
