@@ -35,6 +35,7 @@ _LAZY = {
     "RandomAgent": "blockqnn.agent",
     "make_agent": "blockqnn.agent",
     "load_model": "blockqnn.model_io",
+    "load_arrays": "blockqnn.data",
 }
 
 

@@ -92,7 +92,7 @@ class DataConfig:
 
     dataset: str = "digits"  # digits | cifar10 | cifar100 | a folder | a .npz file
     data_dir: str = ""  # where cifar archives are, or are downloaded to; "" = the cache
-    cache_dir: str = ""  # decoded-array cache; "" = ~/.cache/blockqnn
+    cache_dir: str = ""  # decoded-array cache; "" = $BLOCKQNN_CACHE, else ~/.cache/blockqnn
     train_samples: int = 0  # class-balanced subset of the training split; 0 = all
     val_size: float = 0.0  # validation images (>= 1) or fraction (< 1); 0 = auto
     seed: int = 0  # seed of the subset and the split
