@@ -1,0 +1,255 @@
+"""Search for a block: Q-learning (or random) proposals, early-stop rewards, a resumable run.
+
+Examples:
+  blockqnn search --dataset digits --budget 24 --run-dir runs/digits --config examples/digits.toml
+  blockqnn search --resume runs/digits
+  blockqnn search --dataset cifar10 --budget 1000 --run-dir runs/c10 --executor ray \\
+      --workers 8 --gpus-per-trial 0.5
+
+The settings come from the TOML `--config` (every section optional), then the flags. The run
+directory keeps the resolved config, every trial and the agent: `--resume DIR` continues a
+stopped or killed search (only where it runs - executor, workers, GPUs, address - may change).
+Ctrl-C stops cleanly (exit 130) and leaves a resumable run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from blockqnn.errors import BlockQNNError
+
+# flag -> (config section, key); flags left unset keep the config file's value.
+_OVERRIDES = {
+    "dataset": ("data", "dataset"),
+    "train_samples": ("data", "train_samples"),
+    "budget": ("search", "budget"),
+    "agent": ("search", "agent"),
+    "seed": ("search", "seed"),
+    "executor": ("search", "executor"),
+    "workers": ("search", "workers"),
+    "gpus_per_trial": ("search", "gpus_per_trial"),
+    "cpus_per_trial": ("search", "cpus_per_trial"),
+    "address": ("search", "address"),
+    "epochs": ("train", "epochs"),
+    "filters": ("network", "filters"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--run-dir", metavar="DIR", help="directory of a new run")
+    where.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
+    parser.add_argument("--config", metavar="FILE", help="TOML file with the settings")
+    parser.add_argument("--dataset", help="digits, cifar10, cifar100, a folder or an .npz")
+    parser.add_argument("--budget", type=int, help="trained blocks to evaluate")
+    parser.add_argument("--agent", choices=("qlearning", "random"), help="search strategy")
+    parser.add_argument("--seed", type=int, help="seed of the agent")
+    parser.add_argument("--executor", choices=("local", "ray"), help="where evaluations run")
+    parser.add_argument("--workers", type=int, help="evaluations at once (ray)")
+    parser.add_argument("--gpus-per-trial", type=float, help="GPUs per evaluation (ray)")
+    parser.add_argument("--cpus-per-trial", type=float, help="CPUs per evaluation (ray)")
+    parser.add_argument("--address", help="join the Ray cluster at HOST:PORT (ray start)")
+    parser.add_argument("--epochs", type=int, help="early-stop epochs per candidate")
+    parser.add_argument("--train-samples", type=int, help="training images used; 0 = all")
+    parser.add_argument("--filters", type=int, help="first-stage width F while searching")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N (default: the best available)")
+    parser.add_argument("--top", type=int, default=5, help="blocks in the final table")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for flag, (section, key) in _OVERRIDES.items():
+        value = getattr(args, flag)
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from blockqnn.config import Config, merge
+    from blockqnn.search import SearchStalled, run_search
+
+    overrides = _overrides(args)
+    if args.resume:
+        if args.config:
+            raise BlockQNNError("--resume uses the run's stored config; drop --config")
+        changed = {
+            k for section, values in overrides.items() for k in values if section != "search"
+        }
+        if changed:
+            flags = ", ".join("--" + k.replace("_", "-") for k in sorted(changed))
+            raise BlockQNNError(f"--resume continues the stored search; {flags} cannot change")
+        run_dir, config = args.resume, None
+    else:
+        if not args.run_dir:
+            raise BlockQNNError("--run-dir DIR is required (or --resume DIR)")
+        base = Config.from_toml(args.config) if args.config else Config()
+        run_dir, config = args.run_dir, merge(base, overrides)
+    out = sys.stderr if args.json else sys.stdout
+    display = _Display(out, run_dir)
+    try:
+        summary = run_search(
+            run_dir,
+            config,
+            resume_overrides=overrides.get("search") if args.resume else None,
+            device=args.device,
+            on_event=display.event,
+        )
+    except KeyboardInterrupt:
+        display.close()
+        print(
+            f"blockqnn search: interrupted; continue with: blockqnn search --resume {run_dir}",
+            file=sys.stderr,
+        )
+        return 130
+    except SearchStalled as exc:
+        display.close()
+        print(f"blockqnn search: stopped: {exc}", file=sys.stderr)
+        return 1
+    display.close()
+    if args.json:
+        print(json.dumps(_summary_json(summary, run_dir), indent=2))
+    else:
+        _print_top(summary.top[: args.top], summary, out)
+    return 0
+
+
+def _summary_json(summary: Any, run_dir: str) -> dict[str, Any]:
+    return {
+        "run_dir": run_dir,
+        "trained": summary.trained,
+        "reused": summary.reused,
+        "failed": summary.failed,
+        "top": [_trial_json(t) for t in summary.top],
+    }
+
+
+def _trial_json(t: Any) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "nsc": t.nsc,
+        "hash": t.hash,
+        "reward": t.reward,
+        "accuracy": t.accuracy,
+        "flops": t.flops,
+        "params": t.params,
+    }
+
+
+def _print_top(top: list[Any], summary: Any, out: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out, width=None if out.isatty() else 200)
+    console.print(
+        f"{summary.trained} blocks trained ({summary.failed} failed), {summary.reused} reused"
+    )
+    table = Table(title="best blocks")
+    for name in ("trial", "reward", "accuracy", "MFLOPs", "params", "block (NSC)"):
+        table.add_column(name, justify="left" if name == "block (NSC)" else "right")
+    for t in top:
+        table.add_row(
+            str(t.id),
+            f"{t.reward:.4f}",
+            f"{t.accuracy:.4f}",
+            f"{(t.flops or 0) / 1e6:.2f}",
+            f"{t.params or 0:,}",
+            t.nsc,
+        )
+    console.print(table)
+
+
+class _Display:
+    """A rich progress bar on a terminal; one plain line per finished trial otherwise."""
+
+    def __init__(self, out: Any, run_dir: str) -> None:
+        self.out = out
+        self.run_dir = run_dir
+        self.started = time.monotonic()
+        self._progress: Any = None
+        self._task: Any = None
+
+    def event(self, e: Any) -> None:
+        if self.out.isatty():
+            self._bar(e)
+        elif e.kind == "start":
+            print(
+                f"search in {self.run_dir}: {e.trained}/{e.budget} trained, "
+                f"{e.reused} reused so far",
+                file=self.out,
+                flush=True,
+            )
+        else:
+            self._line(e)
+
+    def _bar(self, e: Any) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        best = "-" if e.best is None else f"{e.best.reward:.4f}"
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("search"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("best {task.fields[best]}  eps {task.fields[eps]:.2f}"),
+                TextColumn("reused {task.fields[reused]}  failed {task.fields[failed]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(
+                "search",
+                total=e.budget,
+                completed=e.trained,
+                best=best,
+                eps=e.epsilon,
+                reused=e.reused,
+                failed=e.failed,
+            )
+            return
+        self._progress.update(
+            self._task,
+            completed=e.trained,
+            best=best,
+            eps=e.epsilon,
+            reused=e.reused,
+            failed=e.failed,
+        )
+        if e.kind == "requeued":
+            self._progress.console.print(f"trial {e.trial.id}: worker lost, queued again")
+
+    def _line(self, e: Any) -> None:
+        t = e.trial
+        if e.kind == "requeued":
+            text = f"trial {t.id} requeued ({t.error})"
+        else:
+            flops = (t.flops or 0) / 1e6
+            text = (
+                f"[{e.trained}/{e.budget}] trial {t.id} {e.kind:8s} reward {t.reward:.4f} "
+                f"acc {t.accuracy or 0:.4f} {flops:.2f} MFLOPs eps {t.epsilon:.2f}"
+            )
+            if t.status == "failed":
+                text += f" error: {t.error}"
+            best = "-" if e.best is None else f"{e.best.reward:.4f}"
+            text += f" best {best} | {t.nsc}"
+        print(text, file=self.out, flush=True)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -1,0 +1,395 @@
+"""The asynchronous search: the master that ties the agent, the executor and the store.
+
+Owns: the loop (keep every evaluation slot busy, tell each reward the moment it arrives, reuse
+the reward of a hash seen before), budget accounting, retries of trials whose worker died,
+stopping on Ctrl-C, and resuming a run from its store. Must not train anything itself (the
+executor's evaluators do) nor print (callers get `SearchEvent`s and display them).
+
+Rules, where the paper leaves the choice to us:
+- The budget counts trained blocks (complete + failed). A block whose hash was trained before
+  is not trained again: the stored reward is told to the agent and the trial is recorded
+  `reused`, outside the budget. A duplicate of a block still being trained waits (queued) for
+  that result and is then recorded `reused` with it.
+- A failed evaluation (non-finite loss, out of memory, time limit) is told to the agent with
+  reward `FAILED_REWARD` = 0.0: below any working network's accuracy, so the agent learns to
+  avoid what cannot train, and a constant, so a failure teaches nothing else.
+- A trial whose worker died (process killed, node lost) is run again, same block, on another
+  worker, up to `search.max_attempts` losses; then it is recorded failed (reward 0.0 as above).
+- Every change to the store is one transaction. Each trial records when, among the agent's
+  calls, it was asked (`ask_seq`) and told (`tell_seq`). The agent's snapshot is saved every
+  `SNAPSHOT_EVERY` tells, in the transaction that records the last of them (serialising a
+  large Q-table at every tell would dominate the master's time). Resume loads the snapshot
+  and replays the calls after it, in their recorded order; the agent is deterministic per
+  seed and call sequence, so each replayed ask must give the block the store recorded. A
+  resumed run thus continues exactly as the interrupted one would have, up to the order in
+  which concurrent evaluations finish. With one slot (the local executor) that order is
+  fixed, and an interrupted and resumed run records the same blocks, in the same order, as
+  an uninterrupted one.
+- Stopping (Ctrl-C): in-flight trials become `interrupted`; resume queues them again (their
+  `attempts` count each start). A master killed with kill -9 leaves them `running`, treated
+  the same way on resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blockqnn.config import Config, merge
+from blockqnn.errors import BlockQNNError
+from blockqnn.executor import EvaluatorSpec, Executor, WorkerLost, make_executor
+from blockqnn.nsc import Block
+from blockqnn.result import EvalResult
+from blockqnn.store import (
+    COMPLETE,
+    DB_NAME,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    TRAINED,
+    AgentState,
+    Store,
+    TrialRecord,
+)
+
+log = logging.getLogger("blockqnn.search")
+
+FAILED_REWARD = 0.0  # told to the agent for a block that could not be trained (see above)
+MAX_REUSE_STREAK = 10_000  # asks in a row that all hit known blocks: the agent has converged
+SNAPSHOT_EVERY = 20  # tells between agent snapshots; resume replays at most this many
+POLL_SECONDS = 1.0  # how long one executor wait lasts before the loop looks again
+# Settings a resumed run may change: where it runs, not what it searches.
+EXECUTION_KEYS = ("executor", "workers", "gpus_per_trial", "cpus_per_trial", "address")
+
+
+class SearchStalled(RuntimeError):
+    """The agent proposed only known blocks for `MAX_REUSE_STREAK` asks in a row."""
+
+
+@dataclass(frozen=True)
+class SearchEvent:
+    """What happened to one trial, with the run's totals after it (for progress displays).
+
+    kind: "start" (trial None), "complete", "failed", "reused", "requeued" (worker lost)."""
+
+    kind: str
+    trial: TrialRecord | None
+    trained: int
+    budget: int
+    reused: int
+    failed: int
+    running: int
+    best: TrialRecord | None
+    epsilon: float
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    trained: int
+    reused: int
+    failed: int
+    best: TrialRecord | None
+    top: list[TrialRecord]
+
+
+EventHandler = Callable[[SearchEvent], None]
+
+
+def restore_agent(store: Store, agent: Any, max_depth: int) -> int:
+    """Bring a fresh agent to the state the store records: load the newest snapshot, then
+    replay the asks and tells recorded after it, in order. Returns the calls reflected."""
+    snap = store.latest_snapshot()
+    seq = 0
+    if snap is not None:
+        agent.load_state_dict(snap.state)
+        seq = snap.seq
+    events: list[tuple[int, bool, TrialRecord]] = []
+    for t in store.trials():
+        if t.ask_seq > seq:
+            events.append((t.ask_seq, True, t))
+        if t.tell_seq is not None and t.tell_seq > seq:
+            events.append((t.tell_seq, False, t))
+    for position, is_ask, t in sorted(events, key=lambda e: e[0]):
+        seq = position
+        if not is_ask:
+            assert t.reward is not None
+            agent.tell(Block.parse(t.nsc, max_depth), t.reward)
+            continue
+        block = agent.ask()
+        if block.hash != t.hash:
+            log.warning(
+                "trial %d: the restored agent proposed %s, the store recorded %s; "
+                "continuing with the recorded block",
+                t.id,
+                block,
+                t.nsc,
+            )
+    return seq
+
+
+class Search:
+    """One session of the loop over an open, acquired store."""
+
+    def __init__(
+        self,
+        store: Store,
+        agent: Any,
+        executor: Executor,
+        config: Config,
+        on_event: EventHandler | None = None,
+        seq: int = 0,
+        snapshot_every: int = SNAPSHOT_EVERY,
+    ) -> None:
+        self.store = store
+        self.agent = agent
+        self.executor = executor
+        self.budget = config.search.budget
+        self.max_attempts = config.search.max_attempts
+        self.max_depth = config.agent.max_depth
+        self.on_event = on_event
+        self._seq = seq  # the agent's calls so far (asks and tells)
+        self._snapshot_every = snapshot_every
+        self._unsaved = 0  # tells since the last snapshot
+        self._pending: dict[int, Block] = {}  # trial id -> block, handed to the executor
+        self._queue: deque[int] = deque()  # trials to train, waiting for a slot
+        self._inflight: dict[str, int] = {}  # hash -> the trial training it
+        self._waiting: dict[str, list[tuple[int, Block]]] = {}  # hash -> parked duplicates
+        self._known: dict[str, TrialRecord] = {}  # hash -> its finished, trained trial
+        self._trained = self._reused = self._failed = 0
+        self._best: TrialRecord | None = None
+        self._epsilon = 1.0
+        self._streak = 0
+
+    # ----- the loop -------------------------------------------------------------------------
+
+    def run(self) -> SearchSummary:
+        self._load()
+        self._emit("start", None)
+        try:
+            while True:
+                self._fill()
+                if not self._pending:
+                    break
+                for trial_id, outcome, worker in self.executor.wait(POLL_SECONDS):
+                    self._finish(trial_id, outcome, worker)
+        except KeyboardInterrupt:
+            self.store.interrupt([t.id for t in self.store.trials(RUNNING)])
+            raise
+        return SearchSummary(
+            self._trained, self._reused, self._failed, self._best, self.store.top(10)
+        )
+
+    def _load(self) -> None:
+        self.store.recover()  # running / interrupted (a stop or a crash) -> queued
+        for t in self.store.trials():
+            self._epsilon = t.epsilon
+            if t.status in TRAINED:
+                self._known[t.hash] = t
+                self._trained += 1
+                self._failed += t.status == FAILED
+                self._note_best(t)
+            elif t.status == QUEUED and t.reuse_of is None:
+                self._queue.append(t.id)
+                self._inflight[t.hash] = t.id
+            elif t.status == QUEUED:
+                block = Block.parse(t.nsc, self.max_depth)
+                self._waiting.setdefault(t.hash, []).append((t.id, block))
+            else:
+                self._reused += 1
+
+    def _fill(self) -> None:
+        """Keep every slot busy: queued trials first, then new blocks from the agent."""
+        while len(self._pending) < self.executor.slots:
+            if self._queue:
+                trial = self.store.trial(self._queue.popleft())
+                self.store.start(trial.id)
+                self._submit(trial.id, Block.parse(trial.nsc, self.max_depth))
+                continue
+            if self._trained + len(self._pending) >= self.budget:
+                return
+            self._ask()
+
+    def _ask(self) -> None:
+        epsilon = self.agent.epsilon
+        block: Block = self.agent.ask()
+        self._seq += 1
+        ask_seq = self._seq
+        self._epsilon = epsilon
+        h = block.hash
+        source = self._known.get(h)
+        if source is not None:  # trained before: reuse its reward
+            assert source.reward is not None
+            tell_seq = self._tell(block, source.reward)
+            trial_id = self.store.add_reused(
+                block, epsilon, source, ask_seq, tell_seq, self._state()
+            )
+            self._reused += 1
+            self._stalled()
+            self._emit("reused", self.store.trial(trial_id))
+        elif h in self._inflight:  # being trained now: wait for that result
+            trial_id = self.store.add_trial(
+                block, epsilon, QUEUED, reuse_of=self._inflight[h], ask_seq=ask_seq
+            )
+            self._waiting.setdefault(h, []).append((trial_id, block))
+            self._stalled()
+        else:
+            self._streak = 0
+            trial_id = self.store.add_trial(block, epsilon, RUNNING, ask_seq=ask_seq)
+            self._inflight[h] = trial_id
+            self._submit(trial_id, block)
+
+    def _submit(self, trial_id: int, block: Block) -> None:
+        self._pending[trial_id] = block
+        self.executor.submit(trial_id, block)
+
+    def _finish(self, trial_id: int, outcome: EvalResult | WorkerLost, worker: str) -> None:
+        block = self._pending.pop(trial_id)
+        if isinstance(outcome, WorkerLost):
+            lost = self.store.trial(trial_id).lost + 1
+            if lost < self.max_attempts:
+                self.store.requeue(trial_id, outcome.reason, lost=True)
+                self._queue.appendleft(trial_id)
+                self._emit("requeued", self.store.trial(trial_id))
+                return
+            outcome = EvalResult.failed(f"worker lost {lost} times; last: {outcome.reason}")
+        reward = outcome.reward if outcome.ok else FAILED_REWARD
+        tell_seq = self._tell(block, reward)
+        duplicates = self._waiting.pop(block.hash, [])
+        told = [(dup_id, self._tell(dup, reward)) for dup_id, dup in duplicates]
+        self.store.finish(trial_id, outcome, reward, worker, tell_seq, self._state(), told)
+        del self._inflight[block.hash]
+        record = self.store.trial(trial_id)
+        self._known[block.hash] = record
+        self._trained += 1
+        self._failed += not outcome.ok
+        self._note_best(record)
+        self._emit(COMPLETE if outcome.ok else FAILED, record)
+        for dup_id, _ in duplicates:
+            self._reused += 1
+            self._emit("reused", self.store.trial(dup_id))
+
+    # ----- helpers ----------------------------------------------------------------------------
+
+    def _tell(self, block: Block, reward: float) -> int:
+        self.agent.tell(block, reward)
+        self._seq += 1
+        self._unsaved += 1
+        return self._seq
+
+    def _state(self) -> AgentState | None:
+        """A snapshot to save now, every `snapshot_every` tells."""
+        if self._unsaved < self._snapshot_every:
+            return None
+        self._unsaved = 0
+        return AgentState(self.agent.state_dict(), self._seq)
+
+    def _stalled(self) -> None:
+        self._streak += 1
+        if self._streak >= MAX_REUSE_STREAK:
+            raise SearchStalled(
+                f"the agent proposed only known blocks {self._streak} times in a row "
+                f"({self._trained} of {self.budget} trained): it has converged"
+            )
+
+    def _note_best(self, t: TrialRecord) -> None:
+        better = self._best is None or (t.reward or 0.0) > (self._best.reward or -math.inf)
+        if t.status == COMPLETE and t.reward is not None and better:
+            self._best = t
+
+    def _emit(self, kind: str, trial: TrialRecord | None) -> None:
+        if self.on_event is None:
+            return
+        running = len(self._pending) + len(self._queue)
+        self.on_event(
+            SearchEvent(
+                kind,
+                trial,
+                self._trained,
+                self.budget,
+                self._reused,
+                self._failed,
+                running,
+                self._best,
+                self._epsilon,
+            )
+        )
+
+
+# ----- starting and resuming -------------------------------------------------------------------
+
+
+def resume_config(store: Store, overrides: dict[str, Any] | None = None) -> Config:
+    """The stored config with execution-only `search` overrides (not saved: they describe
+    this session's machines, not the search)."""
+    config = store.config()
+    overrides = overrides or {}
+    bad = sorted(set(overrides) - set(EXECUTION_KEYS))
+    if bad:
+        raise BlockQNNError(
+            f"--resume continues the stored search; {', '.join(bad)} cannot change "
+            f"(only {', '.join(EXECUTION_KEYS)} can)"
+        )
+    return merge(config, {"search": overrides}) if overrides else config
+
+
+def run_search(
+    run_dir: str | Path,
+    config: Config | None = None,
+    *,
+    resume_overrides: dict[str, Any] | None = None,
+    device: str | None = None,
+    spec: Callable[[Config], EvaluatorSpec] | None = None,
+    agent_factory: Callable[[Config], Any] | None = None,
+    executor_factory: Callable[[EvaluatorSpec], Executor] = make_executor,
+    on_event: EventHandler | None = None,
+) -> SearchSummary:
+    """Start a new search in `run_dir` with `config`, or resume the run there (config None).
+
+    `spec(config)` replaces the evaluator's description (default: the early-stop evaluator
+    on `device`), `agent_factory(config)` replaces `blockqnn.agent.make_agent`. Bad input (a
+    run dir that holds a run, a missing or corrupt one, an unreachable cluster) raises
+    `BlockQNNError` before anything in an existing run dir changes.
+    """
+    directory = Path(run_dir)
+    resume = config is None
+    if config is None:  # validate read-only: bad input must leave the run untouched
+        with Store.open(directory, readonly=True) as existing:
+            config = resume_config(existing, resume_overrides)
+            if existing.active():
+                raise BlockQNNError(f"{directory} is in use by another running search")
+    elif (directory / DB_NAME).exists():
+        Store.create(directory, config)  # raises: the dir holds a run; nothing changed
+    evaluator_spec = spec(config) if spec is not None else EvaluatorSpec(config, device)
+    agent = (agent_factory or _make_agent)(config)
+    executor = executor_factory(evaluator_spec)  # may raise BlockQNNError: nothing written yet
+    store: Store | None = None
+    outcome = "error"
+    try:
+        store = Store.open(directory) if resume else Store.create(directory, config)
+        store.acquire()
+        store.begin_session()
+        seq = restore_agent(store, agent, config.agent.max_depth)
+        summary = Search(store, agent, executor, config, on_event, seq, SNAPSHOT_EVERY).run()
+        outcome = "complete"
+        return summary
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
+    finally:
+        executor.shutdown()
+        if store is not None:
+            if store.in_session:
+                store.end_session(outcome)
+            store.close()
+
+
+def _make_agent(config: Config) -> Any:
+    from blockqnn.agent import make_agent
+
+    s = config.search
+    return make_agent(s.agent, config.agent, s.budget, s.seed)

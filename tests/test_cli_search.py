@@ -1,0 +1,149 @@
+"""`blockqnn search` and `blockqnn status`: bad input, output, and a real search on digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import blockqnn.executor as ex
+from blockqnn.cli import main
+from blockqnn.executor.synthetic import SyntheticEvaluator
+from blockqnn.store import DB_NAME, Store
+
+
+@pytest.fixture
+def synthetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replace the early-stop evaluator (and its data) with the instant synthetic one."""
+    monkeypatch.setattr(ex, "real_evaluator", lambda c, d, dev: SyntheticEvaluator(c))
+    monkeypatch.setattr(ex, "load_data", lambda c: None)
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def finished_run(tmp_path: Path, synthetic: None, capsys: pytest.CaptureFixture[str]) -> Path:
+    run = tmp_path / "run"
+    assert main(["search", "--run-dir", str(run), "--budget", "4", "--dataset", "digits"]) == 0
+    out = capsys.readouterr().out
+    assert "[4/4]" in out and "best blocks" in out  # plain lines: stdout is not a terminal
+    return run
+
+
+def test_search_then_status_json(finished_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", str(finished_run), "--json", "--top", "2"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["budget"], info["trained"], info["running"], info["failed"]) == (4, 4, 0, 0)
+    assert {"reused", "epsilon", "evaluations_per_hour", "elapsed_seconds"} <= set(info)
+    assert len(info["top"]) == 2
+    assert info["top"][0]["reward"] >= info["top"][1]["reward"]
+    assert {"nsc", "hash", "reward", "accuracy"} <= set(info["top"][0])
+    assert main(["status", str(finished_run)]) == 0
+    assert "4/4 trained" in capsys.readouterr().out
+
+
+def test_json_summary_and_saved_config(
+    tmp_path: Path, synthetic: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[search]\nbudget = 3\nagent = "random"\n[train]\nepochs = 2\n')
+    run = tmp_path / "run"
+    argv = ["search", "--run-dir", str(run), "--config", str(config), "--epochs", "1"]
+    assert main([*argv, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["trained"] == 3 and len(summary["top"]) == 3
+    with Store.open(run, readonly=True) as store:
+        saved = store.config()
+    assert (saved.search.agent, saved.search.budget, saved.train.epochs) == ("random", 3, 1)
+
+
+def test_a_run_dir_holding_a_run_is_refused_unchanged(
+    finished_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _snapshot(finished_run)
+    assert main(["search", "--run-dir", str(finished_run), "--budget", "9"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and err.count("\n") == 1
+    assert _snapshot(finished_run) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs", "3"], "--epochs cannot change"),
+        (["--budget", "9"], "budget cannot change"),
+        (["--address", "127.0.0.1:1", "--executor", "ray"], "cannot reach a Ray cluster"),
+    ],
+)
+def test_resume_refuses_changes_and_bad_clusters_unchanged(
+    finished_run: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    pytest.importorskip("ray")
+    capsys.readouterr()
+    before = _snapshot(finished_run)
+    assert main(["search", "--resume", str(finished_run), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert _snapshot(finished_run) == before
+
+
+def test_resume_of_a_finished_run_is_a_no_op(
+    finished_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["search", "--resume", str(finished_run)]) == 0
+    with Store.open(finished_run, readonly=True) as store:
+        assert store.counts()["trained"] == 4
+
+
+def test_bad_input_exits_2_with_one_line(
+    tmp_path: Path, synthetic: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / DB_NAME).write_bytes(b"garbage" * 1000)
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("[search]\nbugdet = 3\n")
+    cases = [
+        (["search", "--resume", str(tmp_path / "missing")], "does not exist"),
+        (["search", "--resume", str(corrupt)], "corrupt or not a database"),
+        (["search", "--run-dir", str(tmp_path / "r1"), "--config", str(bad_toml)], "bugdet"),
+        (["search", "--run-dir", str(tmp_path / "r2"), "--budget", "0"], "budget"),
+        (["status", str(tmp_path / "missing")], "does not exist"),
+    ]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append(
+            (["search", "--run-dir", str(tmp_path / "r3"), "--gpus-per-trial", "1"], "no GPU")
+        )
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
+    assert "valid: " in _last_error(bad_toml, tmp_path, capsys)
+    assert (corrupt / DB_NAME).read_bytes() == b"garbage" * 1000
+    for name in ("r1", "r2", "r3"):
+        assert not (tmp_path / name / DB_NAME).exists()
+
+
+def _last_error(toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    main(["search", "--run-dir", str(tmp_path / "r4"), "--config", str(toml)])
+    return capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_search_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("blockqnn.evaluator")
+    run = tmp_path / "run"
+    argv = ["search", "--run-dir", str(run), "--dataset", "digits", "--budget", "3"]
+    argv += ["--epochs", "1", "--filters", "4", "--train-samples", "200", "--device", "cpu"]
+    assert main(argv) == 0
+    with Store.open(run, readonly=True) as store:
+        trained = [t for t in store.trials() if t.trained]
+        assert len(trained) == 3
+        best = store.top(1)
+        assert best and 0.0 <= (best[0].accuracy or 0) <= 1.0
+        assert best[0].result is not None and best[0].result["epochs"] == 1
