@@ -1,0 +1,89 @@
+"""The search report: one self-contained HTML page describing a run, from its store.
+
+Owns: `render_report` (the page as text) and `write_report` (written atomically). The page
+holds the run's progress, the learning curve with the mean per epsilon stage, a comparison
+with a random-search baseline run, accuracy against FLOPs, the top blocks with diagrams, the
+config and the environment. It reads the store read-only, so it can be regenerated at any
+time, also while a search is running (a partial report). Must not write to the store, train
+anything or reference anything outside the page (no network to view it).
+
+Example:
+    >>> from blockqnn.report import write_report
+    >>> write_report("runs/demo")  # doctest: +SKIP
+    PosixPath('runs/demo/report.html')
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from blockqnn.errors import BlockQNNError
+from blockqnn.report.data import RunSummary, Stage, load_run, stage_means, window_means
+
+__all__ = [
+    "REPORT_NAME",
+    "RunSummary",
+    "Stage",
+    "load_run",
+    "render_report",
+    "stage_means",
+    "window_means",
+    "write_report",
+]
+
+REPORT_NAME = "report.html"  # default file name, in the run dir
+
+
+def render_report(run_dir: str | Path, baseline: str | Path | None = None, top_k: int = 10) -> str:
+    """The report of the run in `run_dir` as HTML text, optionally against a `baseline` run
+    (usually a random-search run). Raises `BlockQNNError` when either is not a run or has no
+    completed trial."""
+    try:
+        import matplotlib  # noqa: F401 - an optional dependency: fail early, in one line
+    except ImportError:
+        raise BlockQNNError("the report needs matplotlib: pip install 'blockqnn[report]'") from None
+    from blockqnn.report import page, plots
+
+    if top_k < 1:
+        raise BlockQNNError(f"--top {top_k}: must be at least 1")
+    run = load_run(run_dir, top_k)
+    base = None
+    if baseline is not None:
+        try:
+            base = load_run(baseline, top_k)
+        except BlockQNNError as exc:
+            raise BlockQNNError(f"--baseline: {exc}") from None
+    figures = {"curve": plots.learning_curve(run), "flops": plots.accuracy_vs_flops(run)}
+    if base is not None:
+        figures["comparison"] = plots.comparison(run, base)
+    return page.render(run, figures, page.environment(), base)
+
+
+def write_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    baseline: str | Path | None = None,
+    top_k: int = 10,
+) -> Path:
+    """Write the report (default `RUN_DIR/report.html`) atomically: a reader never sees half
+    a page. Returns the path written."""
+    path = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
+    if path.is_dir():
+        raise BlockQNNError(f"--out {path}: is a directory")
+    text = render_report(run_dir, baseline, top_k)  # fails before anything is written
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise BlockQNNError(f"--out {path}: cannot write: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

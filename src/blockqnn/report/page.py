@@ -1,0 +1,296 @@
+"""The report's HTML: one self-contained page (inline CSS, plots as data URIs, block diagrams
+as inline SVG), so it opens anywhere with no network and no files beside it.
+
+Owns: page layout, escaping, the config as TOML text and the environment description. Must
+not read the store (it gets `RunSummary` values) or reference anything outside the page.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from blockqnn.errors import BlockQNNError
+from blockqnn.report.data import RunSummary, duration
+from blockqnn.store import FAILED, TrialRecord
+
+_CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222;
+       max-width: 1100px; margin: 24px auto; padding: 0 16px; }
+h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 18px; margin-top: 32px;
+     border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+table { border-collapse: collapse; margin: 8px 0; }
+th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f5f5f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+code, pre { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+pre { background: #f7f7f7; border: 1px solid #e3e3e3; padding: 8px; overflow-x: auto; }
+img.plot { max-width: 100%; height: auto; display: block; margin: 8px 0; }
+.diagram svg { max-width: 240px; max-height: 420px; width: auto; height: auto; }
+.note { color: #777; font-style: italic; } .muted { color: #777; }
+"""
+
+# Graphviz's SVG starts with an XML prolog, a DOCTYPE and comments: invalid inside HTML.
+_SVG_START = re.compile(r"<svg\b", re.IGNORECASE)
+_SVG_ID = re.compile(r'\bid="([^"]*)"')
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: float | int | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def inline_svg(svg: str, prefix: str) -> str:
+    """An SVG document as an element for an HTML page: prolog dropped, ids prefixed so that
+    several diagrams on one page do not share ids."""
+    match = _SVG_START.search(svg)
+    if match is None:
+        raise ValueError("not an SVG document")
+    body = svg[match.start() :]
+    return _SVG_ID.sub(lambda m: f'id="{prefix}{m.group(1)}"', body)
+
+
+def block_diagram(trial: TrialRecord, prefix: str) -> str:
+    """The block's Graphviz diagram as inline SVG, or a note when Graphviz is missing."""
+    from blockqnn.viz import block_svg
+
+    try:
+        svg = block_svg(trial.block)
+    except BlockQNNError as exc:  # Graphviz's `dot` is not installed: say so, do not fail
+        return f'<span class="note">no diagram: {_e(exc)}</span>'
+    return f'<div class="diagram">{inline_svg(svg, prefix)}</div>'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic strings
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def config_toml(config: dict[str, dict[str, Any]]) -> str:
+    """The resolved config as TOML that `Config.from_toml` reads back."""
+    parts = []
+    for section, values in config.items():
+        lines = [f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> list[tuple[str, str]]:
+    """Versions and hardware of the machine writing the report."""
+    import torch
+
+    from blockqnn import __version__
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return [
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("blockqnn", __version__),
+        ("matplotlib", _version("matplotlib")),
+        ("platform", platform.platform()),
+        ("CPU", f"{_cpu_name()} ({os.cpu_count()} logical cores)"),
+        ("GPU", ", ".join(gpus) if gpus else "none"),
+    ]
+
+
+def _rows(pairs: Iterable[tuple[str, str]]) -> str:
+    return "\n".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in pairs)
+
+
+def _local_time(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(seconds))
+
+
+def header(run: RunSummary) -> str:
+    c = run.counts
+    cfg = run.config
+    rate = run.evaluations_per_hour
+    median = run.median_train_seconds
+    best = run.top[0] if run.top else None
+    created = run.meta.get("created")
+    hosts = sorted({str(s.get("host", "")) for s in run.sessions if s.get("host")})
+    pairs = [
+        ("run dir", f"<code>{_e(run.run_dir.resolve())}</code>"),
+        ("state", _e(run.state)),
+        ("agent", _e(cfg.search.agent)),
+        ("dataset", _e(cfg.data.dataset)),
+        (
+            "trials",
+            f"{c['trained']} trained of a budget of {cfg.search.budget} "
+            f"({c['complete']} complete, {c['failed']} failed); {c['reused']} reused; "
+            f"{c['running']} running, {c['queued'] + c['interrupted']} waiting",
+        ),
+        ("elapsed", _e(duration(run.elapsed)) + " (search sessions, summed)"),
+        ("evaluations per hour", _num(rate, ",.1f")),
+        ("median training time", "-" if median is None else _e(duration(median))),
+        ("current epsilon", _num(run.epsilon, "g")),
+        (
+            "best block",
+            "-"
+            if best is None
+            else f"reward {_num(best.reward, '.4f')}, accuracy {_num(best.accuracy, '.4f')}, "
+            f"<code>{_e(best.nsc)}</code>",
+        ),
+        ("evaluated on", _e(", ".join(run.devices) or "-")),
+        ("hosts", _e(", ".join(hosts) or "-")),
+        ("started", "-" if created is None else _e(_local_time(float(created)))),
+        ("report written", _e(_local_time(run.read_at))),
+    ]
+    return f'<table class="summary">\n{_rows(pairs)}\n</table>'
+
+
+def top_table(run: RunSummary) -> str:
+    head = (
+        "<tr><th>rank</th><th>reward</th><th>accuracy</th><th>FLOPs</th><th>params</th>"
+        "<th>density</th><th>block (NSC) and hash</th><th>diagram</th></tr>"
+    )
+    rows = []
+    for rank, t in enumerate(run.top, start=1):
+        rows.append(
+            f'<tr class="top-block"><td class="num">{rank}</td>'
+            f'<td class="num">{_num(t.reward, ".4f")}</td>'
+            f'<td class="num">{_num(t.accuracy, ".4f")}</td>'
+            f'<td class="num">{_num(t.flops, ",")}</td>'
+            f'<td class="num">{_num(t.params, ",")}</td>'
+            f'<td class="num">{_num(t.density, ".3f")}</td>'
+            f"<td><code>{_e(t.nsc)}</code><br>"
+            f'<span class="muted">hash <code>{_e(t.hash)}</code>, trial {t.id}</span></td>'
+            f"<td>{block_diagram(t, f'b{rank}-')}</td></tr>"
+        )
+    return f'<table class="top">\n{head}\n' + "\n".join(rows) + "\n</table>"
+
+
+def failed_table(trials: Sequence[TrialRecord], limit: int = 10) -> str:
+    failed = [t for t in trials if t.status == FAILED]
+    if not failed:
+        return "<p>No failed trials.</p>"
+    shown = failed[-limit:]
+    rows = "\n".join(
+        f'<tr><td class="num">{t.id}</td><td><code>{_e(t.nsc)}</code></td>'
+        f"<td>{_e(t.error or '-')}</td></tr>"
+        for t in shown
+    )
+    note = f"<p>The last {len(shown)} of {len(failed)} failed trials.</p>"
+    return f"{note}\n<table><tr><th>trial</th><th>block</th><th>error</th></tr>\n{rows}\n</table>"
+
+
+def _plot(uri: str, alt: str) -> str:
+    return f'<img class="plot" src="{uri}" alt="{_e(alt)}">'
+
+
+def render(
+    run: RunSummary,
+    plots: dict[str, str],
+    env: Sequence[tuple[str, str]],
+    baseline: RunSummary | None = None,
+) -> str:
+    """The whole page. `plots` holds data URIs under 'curve', 'flops' and, with a baseline,
+    'comparison'."""
+    title = f"blockqnn report: {run.run_dir.resolve().name}"
+    if baseline is not None:
+        comparison = (
+            f"<p>Baseline: <code>{_e(baseline.run_dir.resolve())}</code> "
+            f"({_e(baseline.agent)}, {baseline.counts['trained']} trained). "
+            "Both runs' rewards are averaged over the same block positions.</p>\n"
+            + _plot(plots["comparison"], "mean reward of this run and the baseline")
+        )
+    else:
+        comparison = (
+            '<p class="note">No baseline: pass <code>--baseline RANDOM_RUN_DIR</code> '
+            "(a run with agent = &quot;random&quot;) to compare.</p>"
+        )
+    config = config_toml(run.config.to_dict())
+    partial = (
+        '<p class="note">The search is still running: this report is partial; '
+        "regenerate it for newer results.</p>"
+        if run.state == "running"
+        else ""
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>{_e(title)}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<h1>{_e(title)}</h1>
+{partial}
+<section id="summary">
+{header(run)}
+</section>
+<section id="learning-curve">
+<h2>Learning curve</h2>
+<p>Reward of every finished trial in ask order; the thick segments are the mean reward of each
+epsilon stage (the paper's learning curve). Failed trials are crosses on the bottom edge.</p>
+{_plot(plots["curve"], "reward of every trial with the mean per epsilon stage")}
+</section>
+<section id="comparison">
+<h2>Against random search</h2>
+{comparison}
+</section>
+<section id="accuracy-flops">
+<h2>Accuracy against FLOPs</h2>
+{_plot(plots["flops"], "validation accuracy against FLOPs, coloured by reward")}
+</section>
+<section id="top-blocks">
+<h2>Top {len(run.top)} blocks</h2>
+<p>Trained blocks by reward (reused duplicates excluded); accuracy is on the validation split.</p>
+{top_table(run)}
+</section>
+<section id="failed">
+<h2>Failed trials</h2>
+{failed_table(run.trials)}
+</section>
+<section id="config">
+<h2>Config</h2>
+<p>The run's resolved config (TOML; <code>blockqnn search --config</code> reads it).</p>
+<pre>{_e(config)}</pre>
+</section>
+<section id="environment">
+<h2>Environment</h2>
+<p>The machine that wrote this report; the run was created by blockqnn
+{_e(run.meta.get("blockqnn_version", "?"))}.</p>
+<table>
+{_rows((k, _e(v)) for k, v in env)}
+</table>
+</section>
+</body>
+</html>
+"""

@@ -1,0 +1,398 @@
+"""`blockqnn report`: statistics, page structure, bad input, and a real headless browser.
+
+Runs are real stores filled through the store's own write API with synthetic results (no
+training), except the last test, which reports a tiny real search when the evaluator exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from blockqnn.agent import make_agent
+from blockqnn.cli import main
+from blockqnn.config import Config, merge
+from blockqnn.executor.synthetic import SyntheticEvaluator
+from blockqnn.nsc import Block
+from blockqnn.report import render_report, stage_means, window_means, write_report
+from blockqnn.report.page import config_toml, inline_svg
+from blockqnn.store import AgentState, Store, TrialRecord
+
+HAS_DOT = shutil.which("dot") is not None
+CHROMIUM = shutil.which("chromium") or next(
+    (p for p in ("/usr/bin/chromium",) if os.path.exists(p)), None
+)
+
+
+def make_run(
+    run_dir: Path, agent: str = "qlearning", n: int = 40, *, close: bool = True, fail: str = "0"
+) -> Store:
+    """A run of `n` asks with synthetic results: every 7th ask repeats a trained block
+    (recorded reused), hashes starting with a digit in `fail` fail. Returns the open store
+    (closed when `close`)."""
+    config = merge(
+        Config(), {"search": {"budget": n, "agent": agent}, "agent": {"iteration_size": 8}}
+    )
+    evaluator = SyntheticEvaluator(config, fail_digits=fail)
+    strategy = make_agent(agent, config.agent, n, seed=1)
+    store = Store.create(run_dir, config)
+    store.acquire()
+    store.begin_session()
+    trained: list[int] = []
+    for i in range(1, n + 1):
+        eps = strategy.epsilon
+        if i % 7 == 0 and trained:
+            source = store.trial(trained[0])
+            block = source.block
+            assert source.reward is not None
+            strategy.tell(block, source.reward)
+            store.add_reused(block, eps, source, AgentState({}, i))
+            continue
+        block = strategy.ask()
+        trial_id = store.add_trial(block, eps)
+        result = evaluator.evaluate(block)
+        reward = result.reward if result.ok else 0.0
+        strategy.tell(block, reward)
+        store.finish(trial_id, result, reward, "w0", AgentState({}, i))
+        trained.append(trial_id)
+    if close:
+        store.end_session("complete")
+        store.close()
+    return store
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("runs")
+    make_run(base / "q", "qlearning", 48)
+    make_run(base / "random", "random", 48)
+    return base / "q", base / "random"
+
+
+class _Page(HTMLParser):
+    """Collects what the tests assert on: tags, resource references, rows, text by id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: dict[str, int] = {}
+        self.refs: list[str] = []
+        self.img_src: list[str] = []
+        self.top_rows = 0
+        self.pre: list[str] = []
+        self._in_pre = False
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        values = dict(attrs)
+        for name in ("src", "href", "xlink:href"):
+            if values.get(name):
+                self.refs.append(str(values[name]))
+        if tag == "img":
+            self.img_src.append(str(values.get("src")))
+        if tag == "tr" and values.get("class") == "top-block":
+            self.top_rows += 1
+        if tag == "pre":
+            self._in_pre = True
+            self.pre.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "pre":
+            self._in_pre = False
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self._in_pre:
+            self.pre[-1] += data
+
+
+def parse(text: str) -> _Page:
+    page = _Page()
+    page.feed(text)
+    page.close()
+    return page
+
+
+def _record(i: int, status: str, reward: float | None, eps: float) -> TrialRecord:
+    return TrialRecord(
+        id=i, hash=f"h{i}", nsc="1,1,3,0,0; 2,7,0,0,0", status=status, reward=reward,
+        accuracy=reward, flops=1, params=1, density=1.0, result=None, worker="", attempts=1,
+        lost=0, error="", reuse_of=None, epsilon=eps, created=0.0, started=None, finished=None,
+    )  # fmt: skip
+
+
+def test_stage_means_group_consecutive_epsilons_and_skip_unscored() -> None:
+    trials = [
+        _record(1, "complete", 0.2, 1.0),
+        _record(2, "failed", 0.0, 1.0),
+        _record(3, "running", None, 1.0),
+        _record(4, "complete", 0.6, 0.9),
+        _record(5, "reused", 0.8, 0.9),
+        _record(6, "complete", 0.5, 1.0),  # back to 1.0: a new stage, not merged with the first
+    ]
+    stages = stage_means(trials)
+    assert [(s.epsilon, s.first, s.last, s.count) for s in stages] == [
+        (1.0, 1, 2, 2),
+        (0.9, 4, 5, 2),
+        (1.0, 6, 6, 1),
+    ]
+    assert [s.mean for s in stages] == pytest.approx([0.1, 0.7, 0.5])
+
+
+def test_window_means_count_a_partial_last_window() -> None:
+    trials = [_record(i, "complete", float(i), 1.0) for i in range(1, 6)]
+    trials.insert(2, _record(9, "queued", None, 1.0))
+    assert window_means(trials, 2) == [(1, 1.5), (2, 3.5), (3, 5.0)]
+    with pytest.raises(ValueError):
+        window_means(trials, 0)
+
+
+def test_inline_svg_drops_the_prolog_and_prefixes_ids() -> None:
+    svg = '<?xml version="1.0"?>\n<!DOCTYPE svg>\n<svg id="graph0"><g id="node1"/></svg>\n'
+    assert inline_svg(svg, "b1-") == '<svg id="b1-graph0"><g id="b1-node1"/></svg>\n'
+
+
+def test_config_toml_round_trips_to_the_same_config() -> None:
+    config = merge(Config(), {"search": {"agent": "random"}, "train": {"lr": 0.5}})
+    text = config_toml(config.to_dict())
+    assert Config.from_dict(tomllib.loads(text)) == config
+
+
+def test_report_page_structure(runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    q_run, random_run = runs
+    out = q_run.parent / "pages" / "q.html"
+    assert main(["report", str(q_run), "--baseline", str(random_run), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    text = out.read_text()
+    page = parse(text)
+    assert page.tags["img"] == 3  # learning curve, comparison, accuracy vs FLOPs
+    for src in page.img_src:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.top_rows == 10
+    assert page.tags.get("svg", 0) == (10 if HAS_DOT else 0)
+    assert not [r for r in page.refs if r.lower().startswith(("http:", "https:", "//"))]
+    assert not [r for r in page.refs if not r.startswith("data:")]  # nothing outside the page
+    assert "<?xml" not in text and "<!DOCTYPE svg" not in text
+    with Store.open(q_run, readonly=True) as store:
+        config, counts, best = store.config(), store.counts(), store.top(1)[0]
+    # The config block is TOML that reads back to the run's config.
+    assert Config.from_dict(tomllib.loads(page.pre[0])) == config
+    body = " ".join(page.text)
+    assert f"{counts['trained']} trained of a budget of 48" in body
+    assert f"{counts['reused']} reused" in body and counts["reused"] > 0
+    assert best.hash in body
+    assert str(random_run.resolve()) in body
+
+
+def test_default_out_is_in_the_run_dir_and_written_atomically(runs: tuple[Path, Path]) -> None:
+    q_run, _ = runs
+    path = write_report(q_run, top_k=3)
+    assert path == q_run / "report.html"
+    page = parse(path.read_text())
+    assert page.top_rows == 3 and page.tags["img"] == 2  # no baseline: no comparison plot
+    assert not [p.name for p in q_run.iterdir() if p.name.endswith(".tmp")]
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_running_search_gives_a_partial_report(tmp_path: Path) -> None:
+    store = make_run(tmp_path / "live", n=10, close=False)
+    try:
+        block = Block.parse("1,1,3,0,0; 2,2,3,1,0; 3,7,0,0,0")
+        store.add_trial(block, 0.5)  # in flight
+        text = render_report(tmp_path / "live")
+    finally:
+        store.close()
+    body = " ".join(parse(text).text)
+    assert "this report is partial" in body
+    assert "1 running" in body
+
+
+def test_missing_graphviz_gives_a_note_not_a_failure(
+    runs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("blockqnn.viz.shutil.which", lambda name: None)
+    page = parse(render_report(runs[0], top_k=2))
+    assert page.top_rows == 2 and "svg" not in page.tags
+    assert " ".join(page.text).count("no diagram: drawing needs Graphviz") == 2
+
+
+def _bad(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["report", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "does not exist" in _bad([str(tmp_path / "nope")], capsys)
+    (tmp_path / "empty").mkdir()
+    assert "not a blockqnn run" in _bad([str(tmp_path / "empty")], capsys)
+    make_run(tmp_path / "allfail", n=3, fail="0123456789abcdef")
+    assert "no completed trials" in _bad([str(tmp_path / "allfail")], capsys)
+    Store.create(tmp_path / "fresh", Config()).close()
+    assert "no completed trials" in _bad([str(tmp_path / "fresh")], capsys)
+    assert "--baseline" in _bad([str(runs[0]), "--baseline", str(tmp_path / "empty")], capsys)
+    assert "is a directory" in _bad([str(runs[0]), "--out", str(tmp_path)], capsys)
+    assert "--top 0" in _bad([str(runs[0]), "--top", "0"], capsys)
+    assert not (tmp_path / "allfail" / "report.html").exists()
+
+
+# A probe injected into a test copy of the page: it records script errors, console errors and
+# failed resource loads, then, after load, the state of every image and inline SVG, into a
+# <pre id="probe"> that --dump-dom prints. The canaries prove that the probe itself works.
+_PROBE = """<script>
+window.__errors = [];
+window.addEventListener("error", function (e) {
+  window.__errors.push(e.message || ("resource " + (e.target && e.target.id)));
+}, true);
+var __consoleError = console.error;
+console.error = function () {
+  window.__errors.push(Array.prototype.join.call(arguments, " "));
+  __consoleError.apply(console, arguments);
+};
+window.addEventListener("load", function () {
+  console.error("canary-console");
+  var imgs = Array.prototype.slice.call(document.images);
+  var svgs = Array.prototype.slice.call(document.querySelectorAll("svg"));
+  var probe = document.createElement("pre");
+  probe.id = "probe";
+  probe.textContent = JSON.stringify({
+    errors: window.__errors,
+    images: imgs.map(function (i) { return [i.id, i.complete && i.naturalWidth > 0]; }),
+    svgs: svgs.map(function (s) {
+      var r = s.getBoundingClientRect();
+      return r.width > 0 && r.height > 0;
+    })
+  });
+  document.body.appendChild(probe);
+});
+</script>"""
+_CANARY_IMG = '<img id="canary-img" src="data:image/png;base64,AAAA" alt="">'
+_CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--enable-logging=stderr",
+    "--v=0",
+]
+
+
+def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM is not None
+    return subprocess.run(
+        [CHROMIUM, *_CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_report_renders_in_headless_chromium(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    q_run, random_run = runs
+    path = write_report(q_run, tmp_path / "report.html", baseline=random_run)
+    text = path.read_text()
+    probe_page = tmp_path / "probe.html"
+    probe_page.write_text(
+        text.replace("<head>", "<head>\n" + _PROBE, 1).replace(
+            "</body>", _CANARY_IMG + "\n</body>", 1
+        )
+    )
+    proc = _chromium(["--dump-dom", probe_page.as_uri()], tmp_path / "profile")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    probe = parse(proc.stdout)
+    start = proc.stdout.index('<pre id="probe">') + len('<pre id="probe">')
+    state: dict[str, Any] = json.loads(
+        proc.stdout[start : proc.stdout.index("</pre>", start)].replace("&quot;", '"')
+    )
+    assert probe.tags["img"] == 4
+    assert state["errors"] == ["resource canary-img", "canary-console"]
+    assert state["images"][:3] == [["", True]] * 3  # the report's own plots all decode
+    assert state["images"][3] == ["canary-img", False]  # and a broken one would be seen
+    assert len(state["svgs"]) == (10 if HAS_DOT else 0) and all(state["svgs"])
+    # Chromium's own log of console messages: the canary only (no "Uncaught ..." errors).
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    assert len(console) == 1 and "canary-console" in console[0], console
+
+    shot = tmp_path / "shot.png"
+    proc = _chromium(
+        ["--window-size=1100,2400", f"--screenshot={shot}", path.as_uri()], tmp_path / "profile2"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ":CONSOLE" not in proc.stderr  # the unmodified page logs nothing either
+    with Image.open(shot) as image:
+        colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
+    assert colours is not None and len(colours) > 100  # plots and diagrams, not a blank page
+
+
+def test_report_of_a_run_written_by_the_search_loop(tmp_path: Path) -> None:
+    """The real search loop and store writer (synthetic evaluator), Q-learning and random."""
+    from blockqnn.executor.synthetic import synthetic_spec
+    from blockqnn.search import run_search
+
+    for agent in ("qlearning", "random"):
+        config = merge(Config(), {"search": {"budget": 12, "agent": agent}})
+        run_search(tmp_path / agent, config, spec=lambda c: synthetic_spec(c, fail_digits="0"))
+    text = render_report(tmp_path / "qlearning", baseline=tmp_path / "random")
+    page = parse(text)
+    with Store.open(tmp_path / "qlearning", readonly=True) as store:
+        complete = store.counts()["complete"]
+    assert page.top_rows == min(10, complete) and page.tags["img"] == 3
+    assert "<tr><th>state</th><td>complete</td></tr>" in text  # how the search ended
+
+
+def test_report_of_a_tiny_real_search(tmp_path: Path) -> None:
+    pytest.importorskip("blockqnn.evaluator")
+    from blockqnn.search import run_search
+
+    config = merge(
+        Config(),
+        {
+            "search": {"budget": 3},
+            "data": {"dataset": "digits", "train_samples": 200},
+            "network": {"filters": 4},
+            "train": {"epochs": 1},
+        },
+    )
+    run_search(tmp_path / "run", config, device="cpu")
+    page = parse(render_report(tmp_path / "run"))
+    with Store.open(tmp_path / "run", readonly=True) as store:
+        complete = store.counts()["complete"]
+    assert complete >= 1
+    assert page.top_rows == complete and page.tags["img"] == 2
+
+
+def test_cli_json_output(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    proc = subprocess.run(
+        [sys.executable, "-m", "blockqnn", "report", str(runs[0]), "--out", str(out), "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"report": str(out), "bytes": out.stat().st_size}
