@@ -55,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in _available_commands():
         doc = (module.__doc__ or "").strip()
         summary = doc.splitlines()[0] if doc else name
-        cmd = sub.add_parser(name, help=summary, description=doc)
+        cmd = sub.add_parser(
+            name,
+            help=summary,
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)
     return parser

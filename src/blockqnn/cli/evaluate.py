@@ -1,0 +1,100 @@
+"""Evaluate one block: early-stop training of its search-time network and its reward.
+
+Example: blockqnn evaluate "1,1,3,0,0; 2,1,3,1,0; 3,5,0,2,0; 4,7,0,0,0" --dataset digits
+--epochs 3 --batch-size 64 --filters 16
+
+Settings come from the defaults, then --config FILE.toml, then the options given here.
+Exit code 0: the evaluation finished; 1: the candidate failed (non-finite or diverged loss,
+out of memory, time limit); 2: bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+# option -> (config section, key); only options the user gives override the config
+_OVERRIDES = {
+    "dataset": ("data", "dataset"),
+    "data_dir": ("data", "data_dir"),
+    "train_samples": ("data", "train_samples"),
+    "epochs": ("train", "epochs"),
+    "lr": ("train", "lr"),
+    "batch_size": ("train", "batch_size"),
+    "seed": ("train", "seed"),
+    "filters": ("network", "filters"),
+    "blocks_per_stage": ("network", "blocks_per_stage"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("block", metavar="BLOCK", help="NSC text or a JSON list of 5-lists")
+    parser.add_argument(
+        "--dataset", help="digits, cifar10, cifar100, a folder or a .npz (default: digits)"
+    )
+    parser.add_argument("--epochs", type=int, help="early-stop epochs (paper: 12)")
+    parser.add_argument("--train-samples", type=int, help="class-balanced training subset")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (paper: 0.001)")
+    parser.add_argument("--batch-size", type=int, help="images per step (paper: 256)")
+    parser.add_argument("--filters", type=int, help="first-stage width F (search-time: 32)")
+    parser.add_argument("--blocks-per-stage", type=int, help="blocks per stage N (search: 2)")
+    parser.add_argument("--data-dir", help="where the cifar archives are or are downloaded to")
+    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda:1")
+    parser.add_argument("--config", metavar="FILE", help="a TOML config file")
+    parser.add_argument("--seed", type=int, help="seed of weight init, batch order, augmentation")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from blockqnn.config import Config, merge
+
+    config = Config.from_toml(args.config) if args.config else Config()
+    overrides: dict[str, dict[str, Any]] = {}
+    for option, (section, key) in _OVERRIDES.items():
+        value = getattr(args, option)
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    return merge(config, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from blockqnn.evaluator import Evaluator
+    from blockqnn.nsc import Block
+
+    config = _config(args)
+    block = Block.parse(args.block, max_depth=config.agent.max_depth)
+    result = Evaluator(config, device=args.device).evaluate(block)
+    if args.json:
+        json.dump({"nsc": str(block), "hash": block.hash, **result.to_dict()}, sys.stdout)
+        sys.stdout.write("\n")
+        return 0 if result.ok else 1
+
+    from rich.console import Console
+
+    out = Console()
+    err = Console(stderr=True)
+    cfg = config.network
+    out.print(f"block     {block}  [dim]{block.hash[:12]}[/dim]")
+    out.print(
+        f"setup     {config.data.dataset}, F={cfg.filters}, N={cfg.blocks_per_stage}, "
+        f"{config.train.epochs} epochs, batch {result.batch_size}, lr {config.train.lr:g}"
+    )
+    out.print(f"device    {result.device}, {result.mode}")
+    if result.ok:
+        out.print(f"accuracy  [bold]{result.accuracy:.2%}[/bold] (validation split)")
+        out.print(
+            f"reward    {result.reward:.4f} (mu {config.reward.mu:g}, rho {config.reward.rho:g})"
+        )
+    out.print(f"cost      {result.flops:,} FLOPs, {result.params:,} params, "
+              f"density {result.density:.3f}")  # fmt: skip
+    out.print(
+        f"time      build {result.build_seconds:.2f} s, train {result.train_seconds:.2f} s "
+        f"({result.epochs} epochs, {result.images_per_second:,.0f} images/s), "
+        f"eval {result.eval_seconds:.2f} s"
+    )
+    if not result.ok:
+        err.print(f"[red]failed[/red]    {result.error}", highlight=False)
+        return 1
+    return 0

@@ -1,0 +1,147 @@
+"""Train a found block with the final recipe (SGD, 300 epochs by default) and test it.
+
+Examples:
+  blockqnn train runs/digits --out runs/digits-final --epochs 30
+  blockqnn train --block "1,1,3,0,0; 2,1,3,1,0; 3,7,0,0,0" --dataset cifar10 --out final
+
+Trains on the whole training set (train + validation) and reports accuracy on the official
+test split. Checkpoints every epoch; the same command again resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from typing import Any
+
+from blockqnn.errors import BlockQNNError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a search run to take from")
+    parser.add_argument("--rank", type=int, default=1, help="K-th best block of the run")
+    parser.add_argument("--block", metavar="BLOCK", help="train this block instead of a run's")
+    parser.add_argument("--dataset", help="dataset (default: the run's)")
+    parser.add_argument("--data-dir", help="where cifar archives are")
+    parser.add_argument("--train-samples", type=int, help="class-balanced subset (quick runs)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="training folder")
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--schedule", choices=("multistep", "cosine"), default="multistep")
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--cutout", type=int, default=0, help="cutout square side in pixels")
+    parser.add_argument("--augment", choices=("auto", "crop_flip", "none"), default="auto")
+    parser.add_argument("--filters", type=int, help="first-stage width F (default: the run's)")
+    parser.add_argument("--blocks-per-stage", type=int, help="blocks per stage N")
+    parser.add_argument("--head", choices=("paper", "gap"))
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from blockqnn.config import Config, DataConfig
+    from blockqnn.final import FinalSettings, TrainingFailed, pick_block, train_final
+    from blockqnn.nsc import Block
+
+    if (args.run_dir is None) == (args.block is None):
+        raise BlockQNNError("give either RUN_DIR or --block BLOCK")
+    if args.block is not None:
+        block = Block.parse(args.block)
+        config = Config()
+        if not args.dataset:
+            raise BlockQNNError("--dataset is required with --block")
+    else:
+        block, config = pick_block(args.run_dir, args.rank)
+    data: DataConfig = config.data
+    overrides: dict[str, Any] = {}
+    if args.dataset:
+        overrides = {"dataset": args.dataset, "data_dir": args.data_dir or ""}
+    elif args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    if args.train_samples is not None:
+        overrides["train_samples"] = args.train_samples
+    data = replace(data, **overrides)
+    network = config.network
+    for flag, name in (
+        ("filters", "filters"),
+        ("blocks_per_stage", "blocks_per_stage"),
+        ("head", "head"),
+    ):
+        if getattr(args, flag) is not None:
+            network = replace(network, **{name: getattr(args, flag)})
+    settings = FinalSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        label_smoothing=args.label_smoothing,
+        cutout=args.cutout,
+        augment=args.augment,
+        precision=args.precision,
+        seed=args.seed,
+    )
+    progress, close = _progress(args.json)
+    try:
+        result = train_final(block, data, network, settings, args.out, args.device, progress)
+    except TrainingFailed as exc:
+        print(f"blockqnn train: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        close()
+    if args.json:
+        json.dump(result.to_dict(), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        resumed = f", resumed at epoch {result.resumed_from}" if result.resumed_from else ""
+        print(f"block          {result.block}")
+        print(f"test accuracy  {result.test_accuracy:.4f} after {result.epochs} epochs{resumed}")
+        print(f"speed          {result.images_per_second:,.0f} images/s on {result.device}")
+        print(f"model          {result.out}/model.pt")
+    return 0
+
+
+def _progress(quiet: bool) -> tuple[Any, Any]:
+    """A rich bar on a terminal, one line per epoch otherwise, nothing with --json."""
+    if quiet:
+        return None, lambda: None
+    if not sys.stderr.isatty():
+
+        def line(row: dict[str, Any]) -> None:
+            print(
+                f"epoch {row['epoch']}/{row['epochs']} loss {row['train_loss']:.4f} "
+                f"lr {row['lr']:.4g} {row['images_per_second']:,.0f} images/s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        return line, lambda: None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("epoch {task.completed}/{task.total}"),
+        BarColumn(),
+        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} img/s"),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+    task = bar.add_task("train", total=None, loss="-", lr="-", speed="-")
+    bar.start()
+
+    def update(row: dict[str, Any]) -> None:
+        bar.update(
+            task,
+            total=row["epochs"],
+            completed=row["epoch"],
+            loss=f"{row['train_loss']:.4f}",
+            lr=f"{row['lr']:.3g}",
+            speed=f"{row['images_per_second']:,.0f}",
+        )
+
+    return update, bar.stop

@@ -1,0 +1,258 @@
+"""Final training of a found block: the paper's CIFAR recipe, checkpoints and resume.
+
+Owns: `FinalSettings` (the final recipe, paper defaults), choosing the block (from a run's
+ranking or given), training on train + validation with `trainer.fit`, evaluating on the
+official test split, and the training folder (checkpoint every epoch, written atomically;
+the finished model file). Must not search or export.
+
+A training folder OUT holds:
+    checkpoint.pt  model file + train_state (optimizer state, epoch, settings); every epoch
+    model.pt       the finished model (`blockqnn.load_model`), with test accuracy in metrics
+    history.jsonl  one JSON line per epoch (loss, lr, seconds)
+Running the same command again continues from checkpoint.pt; a finished folder just reports.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blockqnn.config import Config, DataConfig
+from blockqnn.cost import NetworkConfig
+from blockqnn.errors import BlockQNNError
+from blockqnn.nsc import Block
+
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+HISTORY = "history.jsonl"
+
+
+class TrainingFailed(Exception):
+    """The final training diverged (non-finite loss): a failed run, exit code 1."""
+
+
+@dataclass(frozen=True)
+class FinalSettings:
+    """The final recipe. Defaults: the paper's CIFAR training."""
+
+    epochs: int = 300  # (paper) total epochs
+    batch_size: int = 128  # (paper) images per step
+    lr: float = 0.1  # (paper) SGD learning rate
+    momentum: float = 0.9  # (paper) SGD momentum
+    weight_decay: float = 5e-4  # (paper) L2 penalty
+    schedule: str = "multistep"  # (paper) lr /10 at 50% and 75%; or "cosine" (modern)
+    label_smoothing: float = 0.0  # (modern option) e.g. 0.1
+    cutout: int = 0  # (modern option) side in pixels of the erased square, e.g. 16 on CIFAR
+    augment: str = "auto"  # "auto": crop+flip for images, none for digits; "crop_flip"; "none"
+    precision: str = "auto"  # bf16 where it is fast, else fp32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise BlockQNNError(f"--epochs {self.epochs}: must be at least 1")
+        if self.schedule not in ("multistep", "cosine"):
+            raise BlockQNNError(f"--schedule {self.schedule!r}: choose multistep or cosine")
+        if self.augment not in ("auto", "crop_flip", "none"):
+            raise BlockQNNError(f"--augment {self.augment!r}: choose auto, crop_flip or none")
+
+
+def pick_block(run_dir: str | Path, rank: int) -> tuple[Block, Config]:
+    """The `rank`-th best (1 = best) completed block of a run and the run's config."""
+    from blockqnn.store import Store
+
+    if rank < 1:
+        raise BlockQNNError(f"--rank {rank}: must be at least 1")
+    store = Store.open(run_dir, readonly=True)
+    try:
+        top = store.top(rank)
+        config = store.config()
+    finally:
+        store.close()
+    if not top:
+        raise BlockQNNError(f"{run_dir}: the run has no completed trials yet")
+    if rank > len(top):
+        raise BlockQNNError(f"--rank {rank}: the run has only {len(top)} completed blocks")
+    return Block.parse(top[rank - 1].nsc, max_depth=config.agent.max_depth), config
+
+
+def _recipe(settings: FinalSettings, dataset: str, input_shape: tuple[int, int, int]) -> Any:
+    from blockqnn.data import default_augmentation
+    from blockqnn.trainer import Recipe
+
+    if settings.augment == "none":
+        pad, flip = 0, False
+    elif settings.augment == "crop_flip":
+        pad, flip = max(1, input_shape[1] // 8), True
+    else:
+        pad, flip = default_augmentation(dataset, input_shape)
+    return Recipe(
+        optimizer="sgd",
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        schedule=settings.schedule,
+        gamma=0.1,
+        milestones=(0.5, 0.75),
+        label_smoothing=settings.label_smoothing,
+        pad=pad,
+        flip=flip,
+        cutout=settings.cutout,
+        batch_size=settings.batch_size,
+        precision=settings.precision,
+        cuda_graphs=True,
+        seed=settings.seed,
+    )
+
+
+def _full_training_set(arrays: Any) -> Any:
+    """Train + validation as the training split (the final network sees every image)."""
+    return replace(
+        arrays,
+        x_train=np.concatenate([arrays.x_train, arrays.x_val]),
+        y_train=np.concatenate([arrays.y_train, arrays.y_val]),
+        x_val=arrays.x_val[:0],
+        y_val=arrays.y_val[:0],
+    )
+
+
+@dataclass
+class FinalResult:
+    out: str
+    block: str
+    test_accuracy: float
+    epochs: int
+    train_seconds: float
+    images_per_second: float
+    device: str
+    mode: str
+    resumed_from: int  # epochs already done when this call started
+    params: int
+    flops: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def train_final(
+    block: Block,
+    data: DataConfig,
+    network: NetworkConfig,
+    settings: FinalSettings,
+    out: str | Path,
+    device: str | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> FinalResult:
+    """Train `block` with the final recipe into folder `out` (resuming if it holds a run)."""
+    import torch
+
+    from blockqnn.builder import Network
+    from blockqnn.cost import network_cost
+    from blockqnn.data import load_arrays
+    from blockqnn.model_io import model_payload, read_payload, save_atomic
+    from blockqnn.trainer import EpochInfo, accuracy, describe_device, fit, resolve_device
+
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BlockQNNError(f"--out {out_dir}: exists and is not a directory")
+    identity = {
+        "block": block.hash,
+        "data": asdict(data),
+        "network": None,  # filled below, once the data fixed classes and shape
+        "settings": asdict(settings),
+    }
+    arrays = _full_training_set(load_arrays(data))
+    net_cfg = replace(network, num_classes=arrays.num_classes, input_shape=arrays.input_shape)
+    identity["network"] = net_cfg.to_dict()
+
+    finished = out_dir / MODEL
+    if finished.is_file():
+        payload = read_payload(finished)
+        if payload.get("metrics", {}).get("identity") != identity:
+            raise BlockQNNError(f"--out {out_dir}: holds a finished training of other settings")
+        return FinalResult(**payload["metrics"]["result"])
+
+    resume: dict[str, Any] | None = None
+    ckpt_path = out_dir / CHECKPOINT
+    if ckpt_path.is_file():
+        payload = read_payload(ckpt_path)
+        state = payload.get("train_state") or {}
+        if state.get("identity") != identity:
+            raise BlockQNNError(
+                f"--out {out_dir}: holds a training of another block or other settings "
+                "(choose another --out)"
+            )
+        resume = {
+            "epoch": state["epoch"],
+            "model": payload["state_dict"],
+            "optimizer": state["optimizer"],
+        }
+    elif out_dir.is_dir() and any(out_dir.iterdir()):
+        raise BlockQNNError(f"--out {out_dir}: is not empty and holds no blockqnn training")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    dev = resolve_device(device)
+    device_data = arrays.to_device(dev)
+    torch.manual_seed(settings.seed)
+    model = Network(block, net_cfg)
+    recipe = _recipe(settings, data.dataset, arrays.input_shape)
+    start = int(resume["epoch"]) if resume else 0
+    mean, std = tuple(arrays.mean), tuple(arrays.std)
+    n_train = len(arrays.x_train)
+
+    def on_epoch(info: EpochInfo) -> None:
+        ck = info.checkpoint()
+        train_state = {"epoch": ck["epoch"], "optimizer": ck["optimizer"], "identity": identity}
+        save_atomic(model_payload(model, mean, std, arrays.classes, {}, train_state), ckpt_path)
+        row = {
+            "epoch": info.epoch,
+            "train_loss": info.train_loss,
+            "lr": info.lr,
+            "train_seconds": round(info.train_seconds, 3),
+            "images_per_second": round(n_train * (info.epoch - start) / info.train_seconds, 1)
+            if info.train_seconds
+            else 0.0,
+        }
+        with (out_dir / HISTORY).open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if progress is not None:
+            progress({**row, "epochs": info.epochs})
+
+    t0 = time.perf_counter()
+    fitted = fit(
+        model,
+        device_data,
+        recipe,
+        epochs=settings.epochs,
+        eval_split=None,
+        on_epoch=on_epoch,
+        resume=resume,
+    )
+    if not fitted.ok:
+        raise TrainingFailed(f"final training failed: {fitted.error}")
+    test_acc = accuracy(model, device_data, "test", precision=settings.precision)
+    cost = network_cost(block, net_cfg)
+    ran = fitted.epochs - start
+    result = FinalResult(
+        out=str(out_dir),
+        block=str(block),
+        test_accuracy=test_acc,
+        epochs=fitted.epochs,
+        train_seconds=round(time.perf_counter() - t0, 3),
+        images_per_second=(fitted.images / fitted.train_seconds if fitted.train_seconds else 0.0)
+        if ran
+        else 0.0,
+        device=describe_device(dev),
+        mode=fitted.mode,
+        resumed_from=start,
+        params=cost.params,
+        flops=cost.flops,
+    )
+    metrics = {"test_accuracy": test_acc, "identity": identity, "result": result.to_dict()}
+    save_atomic(model_payload(model, mean, std, arrays.classes, metrics), finished)
+    return result

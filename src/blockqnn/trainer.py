@@ -1,0 +1,703 @@
+"""The fast training loop shared by early-stop evaluation and final training.
+
+Owns: `Recipe` (optimiser, schedule, regularisation, augmentation and execution settings),
+the early-stop recipe built from `TrainConfig`, device and precision resolution, `fit` (train
+a model on a `DeviceData` for some epochs) and `accuracy` (inference over one split). Must not
+know about blocks, rewards or the store: it trains any `nn.Module` that maps normalised images
+to logits.
+
+Speed follows airbench: the dataset stays on the device as uint8; each epoch slices batches
+out of a seeded `randperm`; every batch is augmented and normalised on the device; there is
+no DataLoader. On CUDA the step runs under bf16 autocast in channels_last, and the whole step
+(forward, backward, Adam) is captured once as a CUDA graph and replayed, which removes the
+kernel-launch overhead that dominates these small networks (DESIGN.md, "Measured anchors").
+When capture is not possible the loop runs eagerly and `FitResult.mode` says why. On the
+CPU it uses every core, channels_last, and bf16 only where the CPU has bf16 hardware (AMX or
+AVX512-BF16); elsewhere emulated bf16 is slower than fp32 (measured: 93 vs 125-200 images/s
+on a 2-core AVX512 Xeon), so "auto" means fp32 there.
+
+Checkpoint and resume: the learning rate is a pure function of the epoch (and of the step,
+for cosine) and the batch order and augmentation of an epoch are seeded by (seed, epoch), so
+the model state, the optimiser state and the epoch count are the whole training state. The
+epoch callback receives them (`EpochInfo.checkpoint()`); `fit(..., resume=checkpoint)` goes
+on from there.
+
+Expected failures of a candidate (non-finite or diverged loss, time limit) end training and
+are returned in `FitResult.error`; CUDA out-of-memory propagates (the caller retries at a
+smaller batch); anything else is a bug and raises.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext, suppress
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from blockqnn.config import TrainConfig
+from blockqnn.errors import BlockQNNError
+
+if TYPE_CHECKING:
+    from blockqnn.data import DeviceData
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("step", "multistep", "cosine", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")
+SPLITS = ("val", "test")
+# (choice) An epoch whose mean loss is this many times that of uniform guessing (ln classes)
+# has diverged: a huge lr can keep the loss finite (1e20) while the network learns nothing.
+DIVERGED_FACTOR = 100.0
+# (choice) Images whose batch statistics replace BatchNorm's running averages before the
+# early-stop evaluation. The running averages (momentum 0.1) forget their initial values
+# only after ~50 steps: the paper's CIFAR early stop takes 2,100 steps, but a digits proxy
+# at batch 256 takes 5 per epoch, and after 3 epochs the stale averages cut validation
+# accuracy from 97% to 21% (measured). Re-estimating costs one forward pass over 2,048
+# images: under 0.2% of a 12-epoch CIFAR evaluation.
+EARLY_STOP_BN_IMAGES = 2048
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train. Defaults are the paper's early-stop recipe; see `early_stop_recipe`."""
+
+    optimizer: str = "adam"  # "adam" or "sgd"
+    lr: float = 1e-3  # peak learning rate per step (not scaled with the batch size)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam moment decays
+    eps: float = 1e-8  # Adam denominator guard
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False  # SGD Nesterov momentum
+    weight_decay: float = 0.0  # L2 penalty added to the gradients (both optimisers)
+    schedule: str = "step"  # "step" | "multistep" | "cosine" | "constant"
+    step_epochs: int = 5  # "step": multiply the lr by `gamma` every this many epochs
+    gamma: float = 0.2  # lr factor at each step or milestone
+    milestones: tuple[float, ...] = (0.5, 0.75)  # "multistep": fractions of the total epochs
+    label_smoothing: float = 0.0  # cross-entropy target smoothing in [0, 1)
+    pad: int = 0  # random-crop shift in pixels (reflect padding); 0 = no crop
+    flip: bool = False  # random horizontal flip
+    cutout: int = 0  # side in pixels of a random square set to the mean per image; 0 = off
+    batch_size: int = 256  # training images per step
+    eval_batch_size: int = 1024  # inference images per forward: larger is faster
+    bn_recalibrate: int = 0  # training images re-estimating BatchNorm statistics before
+    # each evaluation; 0 = keep the running averages (see EARLY_STOP_BN_IMAGES)
+    precision: str = "auto"  # "auto": bf16 where it is fast (CUDA, AMX CPUs), else fp32
+    channels_last: bool = True  # NHWC convs: faster on GPUs and on x86 CPUs (oneDNN)
+    cuda_graphs: bool = True  # capture the whole training step as one CUDA graph
+    # torch.compile the training forward: on a 2-core AVX512 CPU it doubles throughput
+    # (fused BatchNorm backward) but costs ~90 s per network, so only long runs gain
+    compile: bool = False
+    max_seconds: float = 0.0  # wall-clock limit of one `fit` call in seconds; 0 = none
+    seed: int = 0  # seed of the batch order, augmentation and dropout
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
+        object.__setattr__(self, "milestones", tuple(self.milestones))
+        if self.optimizer not in OPTIMIZERS:
+            raise BlockQNNError(f"optimizer = {self.optimizer!r}: choose one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise BlockQNNError(f"schedule = {self.schedule!r}: choose one of {SCHEDULES}")
+        if self.precision not in PRECISIONS:
+            raise BlockQNNError(f"precision = {self.precision!r}: choose one of {PRECISIONS}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise BlockQNNError(f"lr = {self.lr}: must be a positive number")
+        if self.batch_size < 1 or self.eval_batch_size < 1 or self.step_epochs < 1:
+            raise BlockQNNError("batch_size, eval_batch_size and step_epochs must be at least 1")
+        if not 0 < self.gamma <= 1:
+            raise BlockQNNError(f"gamma = {self.gamma}: must be in (0, 1]")
+        if not all(0 < m < 1 for m in self.milestones):
+            raise BlockQNNError(f"milestones = {self.milestones}: fractions in (0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            raise BlockQNNError(f"label_smoothing = {self.label_smoothing}: must be in [0, 1)")
+        if min(self.pad, self.cutout, self.weight_decay, self.max_seconds, self.bn_recalibrate) < 0:
+            raise BlockQNNError(
+                "pad, cutout, weight_decay, max_seconds and bn_recalibrate must be >= 0"
+            )
+
+
+def early_stop_recipe(
+    train: TrainConfig, dataset: str, input_shape: tuple[int, int, int] | None = None
+) -> Recipe:
+    """The paper's early-stop recipe (Adam, lr x gamma every k epochs) from a `TrainConfig`.
+
+    `augment = "auto"` takes the dataset's default (none for digits, crop + flip otherwise);
+    "crop_flip" shifts by 1/8 of the side (4 px at 32x32) and flips."""
+    from blockqnn.data import default_augmentation
+
+    if train.augment == "none":
+        pad, flip = 0, False
+    elif train.augment == "crop_flip":
+        pad, flip = max(1, (input_shape[1] if input_shape else 32) // 8), True
+    else:
+        pad, flip = default_augmentation(dataset, input_shape)
+    return Recipe(
+        optimizer="adam",
+        lr=train.lr,
+        betas=train.betas,
+        eps=train.eps,
+        weight_decay=train.weight_decay,
+        schedule="step",
+        step_epochs=train.lr_step_epochs,
+        gamma=train.lr_gamma,
+        pad=pad,
+        flip=flip,
+        batch_size=train.batch_size,
+        precision=train.precision,
+        channels_last=train.channels_last,
+        cuda_graphs=train.cuda_graphs,
+        max_seconds=train.max_seconds,
+        seed=train.seed,
+        bn_recalibrate=EARLY_STOP_BN_IMAGES,
+    )
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """ "auto" or None -> the current CUDA device if there is one, else the CPU."""
+    if name is None or name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BlockQNNError(
+            f"device {name!r}: not a device (try auto, cpu, cuda, cuda:1)"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BlockQNNError(f"device {name!r}: CUDA is not available on this machine")
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise BlockQNNError(
+                f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+        return torch.device("cuda", index)
+    if device.type != "cpu":
+        raise BlockQNNError(f"device {name!r}: only cpu and cuda devices are supported")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    """E.g. "cpu (2 threads)" or "cuda:0 (NVIDIA H100 80GB HBM3)"."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@cache
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX or AVX512-BF16). Without it oneDNN
+    emulates bf16 and autocast makes training slower, not faster (measured on a 2-core
+    AVX512 Xeon without either: see benchmarks/trainer.py)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return torch.backends.cpu.get_cpu_capability() in ("AMX", "AVX512_BF16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`; None means plain fp32."""
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if precision == "bf16":
+            raise BlockQNNError(f"precision bf16: {describe_device(device)} does not support it")
+        return None
+    if precision == "bf16" or cpu_has_fast_bf16():
+        return torch.bfloat16
+    return None
+
+
+def lr_at(recipe: Recipe, epochs: int, progress: float) -> float:
+    """The learning rate after `progress` epochs (fractional within an epoch) of `epochs`."""
+    if recipe.schedule == "constant":
+        return recipe.lr
+    if recipe.schedule == "cosine":
+        return recipe.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress / epochs, 1.0)))
+    epoch = int(progress)  # piecewise constant over whole epochs
+    if recipe.schedule == "step":
+        return recipe.lr * recipe.gamma ** (epoch // recipe.step_epochs)
+    passed = sum(epoch >= round(m * epochs) for m in recipe.milestones)
+    return recipe.lr * recipe.gamma**passed
+
+
+@dataclass
+class EpochInfo:
+    """Handed to `fit`'s `on_epoch` callback after every completed epoch."""
+
+    epoch: int  # epochs completed so far (resume from here)
+    epochs: int  # total epochs of this fit
+    train_loss: float  # mean training loss of this epoch
+    lr: float  # learning rate at the end of this epoch
+    accuracy: float | None  # on the eval split when evaluated this epoch, else None
+    train_seconds: float  # training time of this fit so far
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything `fit(..., resume=...)` needs to go on after this epoch."""
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What one `fit` did. `error` is empty when it ran all its epochs (or was stopped by the
+    callback) and says why otherwise (non-finite loss, time limit)."""
+
+    epochs: int  # epochs completed, counting those before `start_epoch`
+    accuracy: float | None  # on the eval split after training; None if not evaluated
+    train_loss: float  # mean training loss of the last epoch run (nan if none)
+    images: int  # training images processed
+    setup_seconds: float  # optimiser creation, moving the model, CUDA-graph capture
+    train_seconds: float  # the training steps only
+    eval_seconds: float
+    mode: str  # e.g. "cuda graph bf16 channels_last", "eager fp32 (no cuda graph: ...)"
+    batch_size: int
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+@dataclass
+class _Execution:
+    device: torch.device
+    amp: torch.dtype | None  # autocast dtype; None = fp32
+    channels_last: bool
+    graph_reason: str = ""  # on CUDA: why the step is not a CUDA graph ("" = try one)
+    graphed: bool = False
+    compiled: bool = False
+
+    def mode(self) -> str:
+        parts = ["cuda graph" if self.graphed else "eager", "bf16" if self.amp else "fp32"]
+        if self.compiled:
+            parts.insert(1, "compiled")
+        if self.channels_last:
+            parts.append("channels_last")
+        text = " ".join(parts)
+        if self.device.type == "cuda" and not self.graphed and self.graph_reason:
+            text += f" (no cuda graph: {self.graph_reason})"
+        return text
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.amp is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    @property
+    def try_graph(self) -> bool:
+        return self.device.type == "cuda" and not self.graph_reason
+
+
+def configure_threads() -> int:
+    """Use every core this process may run on, unless OMP_NUM_THREADS says otherwise (an
+    executor running several evaluations on one machine sets it to share the cores)."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        if torch.get_num_threads() != cores:
+            torch.set_num_threads(cores)
+    return torch.get_num_threads()
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 1) % 2**63
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe, graphed: bool) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov,
+            weight_decay=recipe.weight_decay,
+        )
+    if graphed:
+        # A tensor lr lives in the graph's memory: the schedule updates it in place.
+        device = params[0].device
+        lr: float | torch.Tensor = torch.tensor(recipe.lr, device=device)
+        return torch.optim.Adam(
+            params, lr=lr, betas=recipe.betas, eps=recipe.eps,
+            weight_decay=recipe.weight_decay, capturable=True, foreach=True,
+        )  # fmt: skip
+    return torch.optim.Adam(
+        params, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps, weight_decay=recipe.weight_decay
+    )
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def _load_optimizer_state(
+    optimizer: torch.optim.Optimizer, state: Mapping[str, Any], graphed: bool
+) -> None:
+    """Load a saved optimiser state, keeping this run's lr objects and capturable flag (a
+    checkpoint from an eager run may resume in graph mode and vice versa)."""
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    optimizer.load_state_dict(dict(state))
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+        if "capturable" in group:
+            group["capturable"] = graphed
+        for param in group["params"]:
+            pstate = optimizer.state.get(param, {})
+            step = pstate.get("step")
+            if isinstance(step, torch.Tensor):  # capturable Adam keeps it on the device
+                pstate["step"] = step.to(param.device if graphed else "cpu")
+
+
+def _cutout(x: torch.Tensor, size: int, fill: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Set a random size x size square of each image to `fill`; the square's centre is
+    uniform over the image, so squares are clipped at the border (DeVries & Taylor, 2017)."""
+    b, _, h, w = x.shape
+    y0 = torch.randint(0, h, (b, 1, 1), generator=gen, device=gen.device).to(x.device)
+    x0 = torch.randint(0, w, (b, 1, 1), generator=gen, device=gen.device).to(x.device)
+    y0, x0 = y0 - size // 2, x0 - size // 2  # top-left corner
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    inside = (ys >= y0) & (ys < y0 + size) & (xs >= x0) & (xs < x0 + size)  # (B, H, W)
+    return torch.where(inside.unsqueeze(1), fill, x)
+
+
+def recalibrate_batchnorm(
+    model: nn.Module, data: DeviceData, images: int, batch_size: int, ex: _Execution
+) -> None:
+    """Replace every BatchNorm's running mean and variance by their average over the batch
+    statistics of `images` training images (a fixed, seeded sample; no augmentation)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or images <= 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # None = a cumulative average over the batches that follow
+    gen = torch.Generator(device=data.device).manual_seed(12345)
+    n = len(data.x_train)
+    idx = torch.randperm(n, device=data.device, generator=gen)[: min(images, n)]
+    was_training = model.training
+    model.train()
+    with torch.no_grad(), ex.autocast():
+        for i in range(0, len(idx), batch_size):
+            xb = data.x_train[idx[i : i + batch_size]]
+            if ex.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            model(data.normalize(xb))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+
+
+def accuracy(
+    model: nn.Module,
+    data: DeviceData,
+    split: str = "val",
+    *,
+    batch_size: int = 1024,
+    precision: str = "auto",
+    channels_last: bool = True,
+) -> float:
+    """Top-1 accuracy of `model` on one split, in inference mode, one host sync at the end."""
+    if split not in SPLITS:
+        raise BlockQNNError(f"split {split!r}: choose one of {SPLITS}")
+    ex = _Execution(data.device, resolve_precision(precision, data.device), channels_last)
+    return _accuracy(model, data, split, batch_size, ex)
+
+
+def _accuracy(
+    model: nn.Module, data: DeviceData, split: str, batch_size: int, ex: _Execution
+) -> float:
+    x: torch.Tensor = getattr(data, f"x_{split}")
+    y: torch.Tensor = getattr(data, f"y_{split}")
+    if len(x) == 0:
+        raise BlockQNNError(f"the {split} split of {data.name} is empty")
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    with torch.inference_mode(), ex.autocast():
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size]
+            if ex.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            logits = model(data.normalize(xb))
+            correct += (logits.argmax(1) == y[i : i + batch_size]).sum()
+    model.train(was_training)
+    return int(correct.item()) / len(x)
+
+
+def fit(
+    model: nn.Module,
+    data: DeviceData,
+    recipe: Recipe,
+    *,
+    epochs: int,
+    eval_split: str | None = "val",
+    eval_every: int = 0,
+    on_epoch: Callable[[EpochInfo], bool | None] | None = None,
+    start_epoch: int = 0,
+    resume: Mapping[str, Any] | None = None,
+) -> FitResult:
+    """Train `model` in place on `data.x_train` for epochs `start_epoch` .. `epochs - 1`.
+
+    The model is moved to `data.device`. `eval_split` ("val", "test" or None) is measured
+    after the last epoch and, with `eval_every = k > 0`, after every k-th epoch. `on_epoch`
+    is called after each completed epoch; returning True stops training (not an error).
+    `resume` is an `EpochInfo.checkpoint()`: its model and optimiser states are loaded and
+    training goes on after its epoch. Same seed, same device and thread count -> the same
+    result on the CPU.
+    """
+    from blockqnn.data import augment
+
+    if epochs < 1:
+        raise BlockQNNError(f"epochs = {epochs}: must be at least 1")
+    if eval_split is not None and eval_split not in SPLITS:
+        raise BlockQNNError(f"eval_split {eval_split!r}: choose one of {SPLITS} or None")
+    if resume is not None:
+        start_epoch = int(resume["epoch"])
+    if not 0 <= start_epoch <= epochs:
+        raise BlockQNNError(f"start_epoch = {start_epoch}: must be in [0, epochs = {epochs}]")
+    t_setup = time.perf_counter()
+    device = data.device
+    n_train = len(data.x_train)
+    if n_train == 0:
+        raise BlockQNNError(f"the training split of {data.name} is empty")
+    batch_size = min(recipe.batch_size, n_train)  # a tiny subset trains in whole batches
+    ex = _Execution(device, resolve_precision(recipe.precision, device), recipe.channels_last)
+    if device.type == "cpu":
+        configure_threads()
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once
+    ex.graph_reason = _graph_obstacle(recipe)
+    model.to(device)
+    if ex.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+    optimizer = make_optimizer(model, recipe, graphed=ex.try_graph)
+    if resume is not None:
+        _load_optimizer_state(optimizer, resume["optimizer"], graphed=ex.try_graph)
+    diverged = DIVERGED_FACTOR * math.log(max(data.num_classes, 2))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)  # sum over the epoch's images
+    # Cutout fills with the dataset mean, which normalises to 0.
+    fill = (data.mean * 255).round().to(torch.uint8)
+
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
+    if recipe.compile:
+        forward = torch.compile(model)  # compiles at the first step (warm-up or epoch 1)
+        ex.compiled = True
+
+    def step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        with ex.autocast():
+            loss = loss_fn(forward(data.normalize(xb)), yb)
+        loss.backward()
+        optimizer.step()
+        return loss.detach().float()
+
+    gen = torch.Generator(device=device)
+
+    def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xb = augment(data.x_train[idx], recipe.pad, recipe.flip, gen)
+        if recipe.cutout:
+            xb = _cutout(xb, recipe.cutout, fill, gen)
+        if ex.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb, data.y_train[idx]
+
+    graph: Any = None
+    static_x = static_y = None
+    model.train()
+    if ex.try_graph and start_epoch < epochs:
+        gen.manual_seed(_epoch_seed(recipe.seed, -1))
+        static_x, static_y = batch(torch.arange(batch_size, device=device))
+        try:
+            graph = _capture(step, static_x, static_y, model, optimizer, loss_sum)
+            ex.graphed = True
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # e.g. an op that cannot be captured: run eagerly instead
+            ex.graph_reason = f"capture failed: {type(exc).__name__}: {_first_line(exc)}"
+            optimizer = make_optimizer(model, recipe, graphed=False)
+            if resume is not None:
+                _load_optimizer_state(optimizer, resume["optimizer"], graphed=False)
+    setup_seconds = time.perf_counter() - t_setup
+
+    train_seconds = eval_seconds = 0.0
+    images = 0
+    acc: float | None = None
+    acc_epoch = -1  # the epoch count `acc` was measured at
+    last_loss = math.nan
+    error = ""
+    done = start_epoch
+    steps = n_train // batch_size if ex.graphed else math.ceil(n_train / batch_size)
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        seed = _epoch_seed(recipe.seed, epoch)
+        gen.manual_seed(seed)
+        torch.manual_seed(seed)  # dropout
+        order = torch.randperm(n_train, device=device, generator=gen)
+        loss_sum.zero_()
+        epoch_images = 0
+        lr = lr_at(recipe, epochs, epoch)
+        _set_lr(optimizer, lr)
+        model.train()
+        for i in range(steps):
+            if recipe.schedule == "cosine" and i:
+                lr = lr_at(recipe, epochs, epoch + i / steps)
+                _set_lr(optimizer, lr)
+            xb, yb = batch(order[i * batch_size : (i + 1) * batch_size])
+            if graph is not None and static_x is not None and static_y is not None:
+                static_x.copy_(xb)
+                static_y.copy_(yb)
+                graph.replay()  # adds the step's loss to loss_sum inside the graph
+                epoch_images += len(yb)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss = step(xb, yb)
+                loss_sum += loss * len(yb)
+                epoch_images += len(yb)
+                # On the CPU reading the loss costs nothing: stop a diverging run at once.
+                if device.type == "cpu" and not math.isfinite(loss.item()):
+                    error = f"non-finite loss at epoch {epoch + 1}"
+                    break
+            if recipe.max_seconds and time.perf_counter() - t_setup > recipe.max_seconds:
+                error = f"time limit of {recipe.max_seconds:g} s reached in epoch {epoch + 1}"
+                break
+        last_loss = loss_sum.item() / max(epoch_images, 1)  # one host sync per epoch
+        train_seconds += time.perf_counter() - t0
+        images += epoch_images
+        if not error and not math.isfinite(last_loss):
+            error = f"non-finite loss at epoch {epoch + 1}"
+        elif not error and last_loss > diverged:
+            error = f"loss diverged at epoch {epoch + 1} (mean {last_loss:.3g} > {diverged:.3g})"
+        if error:
+            break
+        done = epoch + 1
+        epoch_acc = None
+        if eval_split and (done == epochs or (eval_every and done % eval_every == 0)):
+            t0 = time.perf_counter()
+            recalibrate_batchnorm(model, data, recipe.bn_recalibrate, batch_size, ex)
+            epoch_acc = acc = _accuracy(model, data, eval_split, recipe.eval_batch_size, ex)
+            acc_epoch = done
+            eval_seconds += time.perf_counter() - t0
+        if on_epoch is not None:
+            info = EpochInfo(
+                done, epochs, last_loss, lr, epoch_acc, train_seconds, model, optimizer
+            )
+            if on_epoch(info):
+                break
+    if not error and eval_split and acc_epoch != done and done > 0:
+        t0 = time.perf_counter()  # stopped by the callback between evaluations
+        recalibrate_batchnorm(model, data, recipe.bn_recalibrate, batch_size, ex)
+        acc = _accuracy(model, data, eval_split, recipe.eval_batch_size, ex)
+        eval_seconds += time.perf_counter() - t0
+    return FitResult(
+        epochs=done,
+        accuracy=None if error else acc,
+        train_loss=last_loss,
+        images=images,
+        setup_seconds=setup_seconds,
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        mode=ex.mode(),
+        batch_size=batch_size,
+        error=error,
+    )
+
+
+def _graph_obstacle(recipe: Recipe) -> str:
+    """Why the step cannot be a CUDA graph ("" when it can be tried on CUDA)."""
+    if not recipe.cuda_graphs:
+        return "disabled"
+    if recipe.optimizer != "adam":
+        return "sgd's step reads its lr on the host"
+    return ""
+
+
+def _capture(
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    static_x: torch.Tensor,
+    static_y: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_sum: torch.Tensor,
+) -> torch.cuda.CUDAGraph:
+    """Capture one whole training step (forward, backward, optimiser) as a CUDA graph.
+
+    Warm-up steps on a side stream initialise the optimiser state and autotune the kernels
+    (as the PyTorch docs prescribe); the model and optimiser state are then put back exactly
+    as they were, so capture does not change what is trained."""
+    model_state = {k: v.clone() for k, v in model.state_dict().items()}
+    opt_state = {
+        id(t): t.clone()
+        for s in optimizer.state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor)
+    }
+    try:
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                optimizer.zero_grad(set_to_none=True)
+                step(static_x, static_y)
+        torch.cuda.current_stream().wait_stream(side)
+        _restore(model, model_state, optimizer, opt_state)
+        graph = torch.cuda.CUDAGraph()
+        optimizer.zero_grad(set_to_none=True)  # backward allocates .grad from the graph's pool
+        with torch.cuda.graph(graph):
+            loss_sum.add_(step(static_x, static_y) * len(static_y))
+    except BaseException:
+        with suppress(Exception):  # a broken capture may leave an error to collect
+            torch.cuda.synchronize()
+        _restore(model, model_state, optimizer, opt_state)  # the caller goes on eagerly
+        raise
+    return graph
+
+
+def _restore(
+    model: nn.Module,
+    model_state: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    opt_state: dict[int, torch.Tensor],
+) -> None:
+    with torch.no_grad():
+        model.load_state_dict(model_state)  # copies in place: the addresses stay
+        for s in optimizer.state.values():
+            for t in s.values():
+                if isinstance(t, torch.Tensor):
+                    saved = opt_state.get(id(t))
+                    # fresh Adam state is all zeros (step 0, no moments)
+                    t.copy_(saved) if saved is not None else t.zero_()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else "")[:160]

@@ -1,0 +1,80 @@
+"""`blockqnn evaluate`: JSON and text output, exit codes 0 / 1 / 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from blockqnn.cli import main
+
+BLOCK = "1,1,3,0,0; 2,1,3,1,0; 3,5,0,2,0; 4,7,0,0,0"
+QUICK = ["--dataset", "digits", "--filters", "8", "--train-samples", "300", "--epochs", "1"]
+
+
+def test_json_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["evaluate", BLOCK, *QUICK, "--batch-size", "40", "--device", "cpu", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert out["status"] == "ok" and out["error"] == ""
+    assert out["nsc"] == BLOCK and len(out["hash"]) == 32
+    for key in ("accuracy", "reward", "flops", "params", "density", "train_seconds"):
+        assert key in out
+    assert out["images_per_second"] > 0 and out["epochs"] == 1 and out["batch_size"] == 40
+
+
+def test_huge_lr_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["evaluate", BLOCK, *QUICK, "--lr", "1e6", "--batch-size", "40", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert out["status"] == "failed" and "epoch 1" in out["error"]
+
+
+def test_text_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["evaluate", BLOCK, *QUICK, "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "accuracy" in out and "reward" in out and "images/s" in out
+
+
+def test_text_failure_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["evaluate", BLOCK, *QUICK, "--lr", "1e6", "--batch-size", "40"])
+    assert code == 1
+    assert "failed" in capsys.readouterr().err
+
+
+def test_config_file_then_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("[train]\nepochs = 5\nbatch_size = 30\n[network]\nfilters = 8\n")
+    code = main(["evaluate", BLOCK, "--config", str(cfg), "--epochs", "1",
+                 "--train-samples", "200", "--device", "cpu", "--json"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["epochs"] == 1 and out["batch_size"] == 30
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([BLOCK, "--epochs", "0"], "epochs"),
+        ([BLOCK, "--dataset", "no-such-dataset"], "dataset"),
+        (["1,1,3,0,0; 2,9,0,0,0"], "type"),
+        ([BLOCK, "--lr", "-1"], "lr"),
+        ([BLOCK, "--device", "tpu"], "device"),
+        ([BLOCK, "--config", "/no/such/file.toml"], "does not exist"),
+    ],
+)
+def test_bad_input_exits_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["evaluate", *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", BLOCK, *QUICK, "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err

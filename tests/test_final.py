@@ -1,0 +1,113 @@
+"""Final training: trains on train + val, tests on the test split, checkpoints and resumes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from blockqnn import BlockQNNError, load_model
+from blockqnn.config import DataConfig
+from blockqnn.cost import NetworkConfig
+from blockqnn.final import CHECKPOINT, MODEL, FinalSettings, train_final
+from blockqnn.model_io import read_payload
+from blockqnn.nsc import Block
+
+BLOCK = Block.parse("1,1,3,0,0; 2,1,3,1,0; 3,5,0,2,0")
+DATA = DataConfig(dataset="digits", train_samples=300)
+NET = NetworkConfig(filters=4, blocks_per_stage=1, head="gap")
+FAST = FinalSettings(epochs=2, batch_size=64, lr=0.05)
+
+
+def test_train_checkpoint_and_load(tmp_path: Path) -> None:
+    out = tmp_path / "final"
+    result = train_final(BLOCK, DATA, NET, FAST, out, device="cpu")
+    assert result.epochs == 2 and 0.0 <= result.test_accuracy <= 1.0
+    assert (out / CHECKPOINT).is_file() and (out / MODEL).is_file()
+    lines = (out / "history.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    model = load_model(out / MODEL)
+    assert str(model.block) == str(BLOCK)
+    assert read_payload(out / MODEL)["metrics"]["test_accuracy"] == result.test_accuracy
+    assert model(torch.rand(3, 1, 8, 8)).shape == (3, 10)
+    # Running again reports the finished training without training.
+    again = train_final(BLOCK, DATA, NET, FAST, out, device="cpu")
+    assert again.test_accuracy == result.test_accuracy
+
+
+def test_resume_continues_to_the_same_weights(tmp_path: Path) -> None:
+    straight = tmp_path / "straight"
+    train_final(BLOCK, DATA, NET, replace_epochs(3), straight, device="cpu")
+
+    def stop_after_first_epoch(row: dict[str, object]) -> None:
+        if row["epoch"] == 1:  # the checkpoint of epoch 1 is written before this call
+            raise KeyboardInterrupt
+
+    stopped = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        train_final(
+            BLOCK,
+            DATA,
+            NET,
+            replace_epochs(3),
+            stopped,
+            device="cpu",
+            progress=stop_after_first_epoch,
+        )
+    assert (stopped / CHECKPOINT).is_file() and not (stopped / MODEL).exists()
+    resumed = train_final(BLOCK, DATA, NET, replace_epochs(3), stopped, device="cpu")
+    assert resumed.resumed_from == 1 and resumed.epochs == 3
+    a = load_model(straight / MODEL).state_dict()
+    b = load_model(stopped / MODEL).state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+def replace_epochs(n: int) -> FinalSettings:
+    return FinalSettings(epochs=n, batch_size=64, lr=0.05)
+
+
+def test_other_settings_in_the_same_folder_are_refused(tmp_path: Path) -> None:
+    out = tmp_path / "final"
+    train_final(BLOCK, DATA, NET, FAST, out, device="cpu")
+    with pytest.raises(BlockQNNError, match="other settings"):
+        train_final(BLOCK, DATA, NET, replace_epochs(5), out, device="cpu")
+    (out / MODEL).unlink()
+    with pytest.raises(BlockQNNError, match="another block"):
+        train_final(Block.parse("1,1,1,0,0"), DATA, NET, FAST, out, device="cpu")
+
+
+def test_cli_bad_input(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "blockqnn", "train", *args], capture_output=True, text=True
+        )
+
+    cases = [
+        ("--block", "1,1,3,0,0", "--out", str(tmp_path / "a")),  # no dataset
+        (str(tmp_path / "nothing"), "--out", str(tmp_path / "b")),  # no run
+        ("--block", "1,9,0,0,0", "--dataset", "digits", "--out", str(tmp_path / "c")),
+        (
+            "--block",
+            "1,1,3,0,0",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "0",
+            "--out",
+            str(tmp_path / "d"),
+        ),
+        ("--out", str(tmp_path / "e")),  # neither run nor block
+    ]
+    for args in cases:
+        proc = run(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    proc = run("--block", "1,1,3,0,0", "--dataset", "digits", "--out", str(tmp_path / "junk"))
+    assert proc.returncode == 2 and "not empty" in proc.stderr
+    assert (tmp_path / "junk" / "notes.txt").read_text() == "mine"

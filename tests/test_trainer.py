@@ -1,0 +1,220 @@
+"""The training loop: schedules, seeding, resume, failure detection and the CUDA path."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from blockqnn.builder import build_network
+from blockqnn.config import DataConfig, TrainConfig
+from blockqnn.data import DeviceData, load_arrays
+from blockqnn.errors import BlockQNNError
+from blockqnn.trainer import (
+    EARLY_STOP_BN_IMAGES,
+    EpochInfo,
+    Recipe,
+    _cutout,
+    accuracy,
+    early_stop_recipe,
+    fit,
+    lr_at,
+    resolve_device,
+    resolve_precision,
+)
+
+BLOCK = "1,1,3,0,0; 2,1,3,1,0; 3,5,0,2,0; 4,7,0,0,0"
+# Small and quick: 8 filters, 320 training digits (400 minus validation), batches of 50.
+RECIPE = Recipe(batch_size=50, precision="fp32", bn_recalibrate=400)
+
+
+@pytest.fixture(scope="module")
+def digits() -> DeviceData:
+    return load_arrays(DataConfig(dataset="digits", train_samples=400)).to_device("cpu")
+
+
+def net(data: DeviceData, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_network(BLOCK, input_shape=data.input_shape, filters=8)
+
+
+class NaNNet(nn.Module):
+    """Logits 0 / 0: the loss is NaN from the first step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :10] * self.w / self.w  # 0/0 = NaN from the start
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device(None).type == expected
+    assert resolve_device("auto").type == expected
+    with pytest.raises(BlockQNNError, match="not a device"):
+        resolve_device("gpu0")
+    with pytest.raises(BlockQNNError, match="only cpu and cuda"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(BlockQNNError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+def test_precision() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) is None
+    assert resolve_precision("bf16", cpu) is torch.bfloat16
+    assert resolve_precision("auto", cpu) in (None, torch.bfloat16)
+
+
+def test_paper_step_schedule() -> None:
+    r = Recipe(lr=1e-3, schedule="step", step_epochs=5, gamma=0.2)
+    got = [lr_at(r, 12, e) for e in range(12)]
+    assert got[:5] == [1e-3] * 5
+    assert got[5:10] == pytest.approx([2e-4] * 5)
+    assert got[10:] == pytest.approx([4e-5] * 2)
+
+
+def test_multistep_cosine_constant() -> None:
+    r = Recipe(optimizer="sgd", lr=0.1, schedule="multistep", gamma=0.1)
+    assert lr_at(r, 300, 149) == pytest.approx(0.1)
+    assert lr_at(r, 300, 150) == pytest.approx(0.01)
+    assert lr_at(r, 300, 225) == pytest.approx(0.001)
+    c = replace(r, schedule="cosine")
+    assert lr_at(c, 10, 0) == pytest.approx(0.1)
+    assert lr_at(c, 10, 5) == pytest.approx(0.05)
+    assert lr_at(c, 10, 10) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(replace(r, schedule="constant"), 10, 7.5) == 0.1
+
+
+def test_recipe_validation() -> None:
+    with pytest.raises(BlockQNNError, match="optimizer"):
+        Recipe(optimizer="rmsprop")
+    with pytest.raises(BlockQNNError, match="lr"):
+        Recipe(lr=float("nan"))
+    with pytest.raises(BlockQNNError, match="milestones"):
+        Recipe(milestones=(0.5, 1.5))
+
+
+def test_early_stop_recipe_is_the_paper_s() -> None:
+    r = early_stop_recipe(TrainConfig(), "cifar10", (3, 32, 32))
+    assert (r.optimizer, r.lr, r.betas, r.eps) == ("adam", 1e-3, (0.9, 0.999), 1e-8)
+    assert (r.schedule, r.step_epochs, r.gamma, r.batch_size) == ("step", 5, 0.2, 256)
+    assert (r.pad, r.flip) == (4, True)
+    assert r.bn_recalibrate == EARLY_STOP_BN_IMAGES
+    digits = early_stop_recipe(TrainConfig(), "digits", (1, 8, 8))
+    assert (digits.pad, digits.flip) == (0, False)
+    crop = early_stop_recipe(TrainConfig(augment="crop_flip"), "digits", (1, 8, 8))
+    assert (crop.pad, crop.flip) == (1, True)
+    none = early_stop_recipe(TrainConfig(augment="none"), "cifar10", (3, 32, 32))
+    assert (none.pad, none.flip) == (0, False)
+
+
+def test_fit_learns_digits_and_reports(digits: DeviceData) -> None:
+    model = net(digits)
+    result = fit(model, digits, RECIPE, epochs=2)
+    assert result.ok and result.epochs == 2
+    assert result.accuracy is not None and result.accuracy > 0.6  # chance is 0.1
+    assert result.images == 2 * len(digits.x_train)  # eager mode keeps the partial batch
+    assert result.images_per_second > 0 and result.train_seconds > 0
+    assert result.mode == "eager fp32 channels_last"
+    assert result.batch_size == 50
+    assert accuracy(model, digits, "val", precision="fp32") == pytest.approx(result.accuracy)
+
+
+def test_same_seed_same_result(digits: DeviceData) -> None:
+    r = replace(RECIPE, pad=1, flip=True, cutout=3)  # the random augmentations too
+    a = fit(net(digits), digits, r, epochs=1)
+    b = fit(net(digits), digits, r, epochs=1)
+    c = fit(net(digits), digits, replace(r, seed=1), epochs=1)
+    assert (a.train_loss, a.accuracy) == (b.train_loss, b.accuracy)
+    assert a.train_loss != c.train_loss
+
+
+def test_resume_from_checkpoint_is_exact(digits: DeviceData) -> None:
+    """Two epochs in one go == one epoch, a checkpoint, and the second epoch resumed."""
+    recipe = replace(RECIPE, schedule="cosine", flip=True)
+    straight = fit(net(digits), digits, recipe, epochs=2)
+    saved: list[dict[str, object]] = []
+
+    def stop_after_one(info: EpochInfo) -> bool:
+        saved.append(info.checkpoint())
+        return True
+
+    first = fit(net(digits), digits, recipe, epochs=2, on_epoch=stop_after_one)
+    assert first.ok and first.epochs == 1 and first.accuracy is not None
+    fresh = net(digits, seed=7)  # the checkpoint overwrites these weights
+    resumed = fit(fresh, digits, recipe, epochs=2, resume=saved[0])
+    assert resumed.epochs == 2
+    assert resumed.train_loss == straight.train_loss
+    assert resumed.accuracy == straight.accuracy
+
+
+def test_on_epoch_and_eval_every(digits: DeviceData) -> None:
+    seen: list[tuple[int, float | None, float]] = []
+    fit(
+        net(digits),
+        digits,
+        replace(RECIPE, step_epochs=1, gamma=0.5),
+        epochs=2,
+        eval_every=1,
+        on_epoch=lambda i: seen.append((i.epoch, i.accuracy, i.lr)),
+    )
+    assert [e for e, _, _ in seen] == [1, 2]
+    assert all(a is not None for _, a, _ in seen)
+    assert [lr for _, _, lr in seen] == pytest.approx([1e-3, 5e-4])
+
+
+def test_non_finite_loss_stops_training(digits: DeviceData) -> None:
+    result = fit(NaNNet(), digits, replace(RECIPE, channels_last=False), epochs=3)
+    assert result.error == "non-finite loss at epoch 1"
+    assert result.epochs == 0 and result.accuracy is None
+    assert result.images == 50  # stopped at the first step
+
+
+def test_huge_lr_diverges(digits: DeviceData) -> None:
+    result = fit(net(digits), digits, replace(RECIPE, lr=1e6), epochs=2)
+    assert not result.ok
+    assert result.error.startswith(("loss diverged at epoch 1", "non-finite loss at epoch 1"))
+
+
+def test_time_limit(digits: DeviceData) -> None:
+    result = fit(net(digits), digits, replace(RECIPE, max_seconds=1e-6), epochs=2)
+    assert result.error == "time limit of 1e-06 s reached in epoch 1"
+    assert result.epochs == 0 and result.images == 50
+
+
+def test_bad_arguments(digits: DeviceData) -> None:
+    with pytest.raises(BlockQNNError, match="epochs"):
+        fit(net(digits), digits, RECIPE, epochs=0)
+    with pytest.raises(BlockQNNError, match="eval_split"):
+        fit(net(digits), digits, RECIPE, epochs=1, eval_split="train")
+
+
+def test_cutout_squares() -> None:
+    x = torch.full((64, 1, 8, 8), 200, dtype=torch.uint8)
+    fill = torch.full((1, 1, 1, 1), 7, dtype=torch.uint8)
+    out = _cutout(x, 3, fill, torch.Generator().manual_seed(0))
+    changed = (out == 7).flatten(1).sum(1)
+    assert int(changed.min()) >= 4  # a corner centre keeps 2x2 of the 3x3 square
+    assert int(changed.max()) == 9
+    assert bool(((out == 7) | (out == 200)).all())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_training(digits: DeviceData) -> None:
+    data = load_arrays(DataConfig(dataset="digits")).to_device("cuda")
+    recipe = Recipe(batch_size=64, bn_recalibrate=1024)
+    graphed = fit(net(data), data, recipe, epochs=3)
+    assert graphed.ok and graphed.accuracy is not None and graphed.accuracy > 0.8
+    assert graphed.mode.startswith("cuda graph bf16"), graphed.mode
+    assert graphed.images == 3 * (len(data.x_train) // 64)  # the partial batch is dropped
+    eager = fit(net(data), data, replace(recipe, optimizer="sgd", lr=0.05), epochs=1)
+    assert "no cuda graph: sgd" in eager.mode and eager.ok
+    assert math.isfinite(eager.train_loss)
