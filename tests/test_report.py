@@ -53,6 +53,7 @@ def make_run(
     store.acquire()
     store.begin_session()
     trained: list[int] = []
+    seq = 0  # the agent's calls (asks and tells), numbered as the search loop does
     for i in range(1, n + 1):
         eps = strategy.epsilon
         if i % 7 == 0 and trained:
@@ -60,14 +61,16 @@ def make_run(
             block = source.block
             assert source.reward is not None
             strategy.tell(block, source.reward)
-            store.add_reused(block, eps, source, AgentState({}, i))
+            store.add_reused(block, eps, source, seq + 1, seq + 2, AgentState({}, seq + 2))
+            seq += 2
             continue
         block = strategy.ask()
-        trial_id = store.add_trial(block, eps)
+        trial_id = store.add_trial(block, eps, ask_seq=seq + 1)
         result = evaluator.evaluate(block)
         reward = result.reward if result.ok else 0.0
         strategy.tell(block, reward)
-        store.finish(trial_id, result, reward, "w0", AgentState({}, i))
+        store.finish(trial_id, result, reward, "w0", seq + 2, AgentState({}, seq + 2))
+        seq += 2
         trained.append(trial_id)
     if close:
         store.end_session("complete")
@@ -131,7 +134,8 @@ def _record(i: int, status: str, reward: float | None, eps: float) -> TrialRecor
     return TrialRecord(
         id=i, hash=f"h{i}", nsc="1,1,3,0,0; 2,7,0,0,0", status=status, reward=reward,
         accuracy=reward, flops=1, params=1, density=1.0, result=None, worker="", attempts=1,
-        lost=0, error="", reuse_of=None, epsilon=eps, created=0.0, started=None, finished=None,
+        lost=0, error="", reuse_of=None, epsilon=eps, ask_seq=i, tell_seq=None, created=0.0,
+        started=None, finished=None,
     )  # fmt: skip
 
 
