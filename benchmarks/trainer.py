@@ -46,7 +46,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from blockqnn.builder import build_network
 from blockqnn.config import DataConfig, TrainConfig
+from blockqnn.cost import network_cost
 from blockqnn.data import DataArrays, DeviceData, load_arrays
+from blockqnn.nsc import Block
 from blockqnn.trainer import (
     Recipe,
     configure_threads,
@@ -54,6 +56,7 @@ from blockqnn.trainer import (
     early_stop_recipe,
     fit,
     resolve_device,
+    should_compile,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,7 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="timed steps (default: 8 on CPU, 200 on CUDA)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
     parser.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers")
-    parser.add_argument("--compile", action="store_true", help="ours with torch.compile")
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ours with torch.compile; auto decides as a 12-epoch CIFAR-10 evaluation would",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
@@ -196,7 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     recipe = replace(
         early_stop_recipe(TrainConfig(), "cifar10", (3, 32, 32)),
         batch_size=args.batch_size,
-        compile=args.compile,
+        compile=should_compile(
+            args.compile,
+            device,
+            network_cost(Block.parse(BLOCK)).flops,
+            SEARCH_IMAGES,
+            SEARCH_EPOCHS,
+        ),
     )
     ours: list[dict[str, Any]] = []
     base: list[dict[str, Any]] = []

@@ -17,13 +17,16 @@ from blockqnn.trainer import (
     EARLY_STOP_BN_IMAGES,
     EpochInfo,
     Recipe,
+    _compile,
     _cutout,
+    _Execution,
     accuracy,
     early_stop_recipe,
     fit,
     lr_at,
     resolve_device,
     resolve_precision,
+    should_compile,
 )
 
 BLOCK = "1,1,3,0,0; 2,1,3,1,0; 3,5,0,2,0; 4,7,0,0,0"
@@ -218,3 +221,58 @@ def test_cuda_graph_training(digits: DeviceData) -> None:
     eager = fit(net(data), data, replace(recipe, optimizer="sgd", lr=0.05), epochs=1)
     assert "no cuda graph: sgd" in eager.mode and eager.ok
     assert math.isfinite(eager.train_loss)
+
+
+def test_compile_policy() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    search_net = 358_567_936  # forward FLOPs of a typical search-time network on CIFAR
+    # A 12-epoch CIFAR-10 evaluation on the CPU compiles; a digits proxy does not.
+    assert should_compile("auto", cpu, search_net, 45_000, 12)
+    assert not should_compile("auto", cpu, 914_432, 1_150, 3)
+    assert not should_compile("auto", cuda, search_net, 45_000, 12)  # CUDA graphs instead
+    assert should_compile("on", cuda, 1, 1, 1) and not should_compile(
+        "off", cpu, search_net, 10**6, 300
+    )
+
+
+def test_compiled_training_drops_the_partial_batch_and_restores_the_warm_up(
+    digits: DeviceData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[nn.Module] = []
+
+    def fake_compile(model: nn.Module, **kwargs: object) -> nn.Module:
+        calls.append(model)
+        return model  # stands in for the compiled module: same function
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = net(digits)
+    result = fit(model, digits, replace(RECIPE, compile=True), epochs=1)
+    assert calls == [model] and result.ok
+    assert result.mode.startswith("eager compiled fp32")
+    assert result.images == (len(digits.x_train) // 50) * 50  # fixed shapes: no partial batch
+
+    # The warm-up step that triggers compilation leaves no trace: same state, no gradients.
+    fresh = net(digits)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    ex = _Execution(torch.device("cpu"), None, False)
+    x = digits.normalize(digits.x_train[:50])
+    _compile(fresh, nn.CrossEntropyLoss(), x, digits.y_train[:50], ex)
+    assert ex.compiled
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+    assert all(p.grad is None for p in fresh.parameters())
+
+
+def test_compile_failure_falls_back_to_eager(
+    digits: DeviceData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> object:
+        def run(*a: object, **k: object) -> object:
+            raise RuntimeError("no C++ compiler found\nmore detail")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    result = fit(net(digits), digits, replace(RECIPE, compile=True), epochs=1)
+    assert result.ok and result.accuracy is not None
+    assert "not compiled: RuntimeError: no C++ compiler found" in result.mode
+    assert result.images == len(digits.x_train)  # eager again: the partial batch is kept

@@ -32,7 +32,14 @@ from blockqnn.cost import network_cost, reference_flops
 from blockqnn.errors import BlockQNNError
 from blockqnn.nsc import Block
 from blockqnn.result import STATUS_OK, EvalResult, compute_reward
-from blockqnn.trainer import Recipe, describe_device, early_stop_recipe, fit, resolve_device
+from blockqnn.trainer import (
+    Recipe,
+    describe_device,
+    early_stop_recipe,
+    fit,
+    resolve_device,
+    should_compile,
+)
 
 if TYPE_CHECKING:
     from blockqnn.data import DataArrays, DeviceData
@@ -96,10 +103,16 @@ class Evaluator:
     def _run(self, block: Block, recipe: Recipe) -> EvalResult:
         t0 = time.perf_counter()
         cost = network_cost(block, self.network_config)
+        epochs = self.config.train.epochs
+        images = len(self.data.x_train)
+        compile_ = should_compile(
+            self.config.train.compile, self.device, cost.flops, images, epochs
+        )
+        recipe = replace(recipe, compile=compile_)
         torch.manual_seed(recipe.seed)  # every candidate starts from the same seed
         model = Network(block, self.network_config)
         build_seconds = time.perf_counter() - t0
-        fitted = fit(model, self.data, recipe, epochs=self.config.train.epochs, eval_split="val")
+        fitted = fit(model, self.data, recipe, epochs=epochs, eval_split="val")
         common: dict[str, Any] = {
             "flops": cost.flops,
             "params": cost.params,

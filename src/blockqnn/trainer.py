@@ -61,6 +61,13 @@ DIVERGED_FACTOR = 100.0
 # accuracy from 97% to 21% (measured). Re-estimating costs one forward pass over 2,048
 # images: under 0.2% of a 12-epoch CIFAR evaluation.
 EARLY_STOP_BN_IMAGES = 2048
+# (choice) compile = "auto": compile on the CPU when the eager training is estimated to take
+# longer than this. The estimate is forward+backward FLOPs (3x forward) over the measured
+# eager rate of this project's 2-core Xeon (~50 images/s x 1.75 GFLOP = 8.8e10 FLOP/s for the
+# search-time network, benchmarks/trainer.py); compiling costs 60-90 s there, so at 1,200 s
+# it is at most ~8% of the run and halves the rest.
+COMPILE_AUTO_SECONDS = 1200.0
+CPU_EAGER_FLOPS_PER_SECOND = 8.8e10
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,24 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return None
 
 
+def should_compile(
+    mode: str, device: torch.device, forward_flops: int, images: int, epochs: int
+) -> bool:
+    """The `compile` decision ("auto" | "on" | "off") for one training run.
+
+    "auto" compiles only on the CPU, and only when the estimated eager training time exceeds
+    `COMPILE_AUTO_SECONDS`: a digits proxy of a few seconds never compiles, a 12-epoch CIFAR-10
+    evaluation (hours in eager mode on 2 cores) does. On CUDA the whole-step CUDA graph is
+    already launch-free and compiling (30+ s per network) would cost more than it saves.
+    """
+    if mode in ("on", "off"):
+        return mode == "on"
+    if device.type != "cpu":
+        return False
+    estimated = 3.0 * forward_flops * images * epochs / CPU_EAGER_FLOPS_PER_SECOND
+    return estimated > COMPILE_AUTO_SECONDS
+
+
 def lr_at(recipe: Recipe, epochs: int, progress: float) -> float:
     """The learning rate after `progress` epochs (fractional within an epoch) of `epochs`."""
     if recipe.schedule == "constant":
@@ -286,6 +311,7 @@ class _Execution:
     graph_reason: str = ""  # on CUDA: why the step is not a CUDA graph ("" = try one)
     graphed: bool = False
     compiled: bool = False
+    compile_reason: str = ""  # why compiling was asked for but not used
 
     def mode(self) -> str:
         parts = ["cuda graph" if self.graphed else "eager", "bf16" if self.amp else "fp32"]
@@ -296,6 +322,8 @@ class _Execution:
         text = " ".join(parts)
         if self.device.type == "cuda" and not self.graphed and self.graph_reason:
             text += f" (no cuda graph: {self.graph_reason})"
+        if self.compile_reason:
+            text += f" (not compiled: {self.compile_reason})"
         return text
 
     def autocast(self) -> AbstractContextManager[Any]:
@@ -510,9 +538,6 @@ def fit(
     fill = (data.mean * 255).round().to(torch.uint8)
 
     forward: Callable[[torch.Tensor], torch.Tensor] = model
-    if recipe.compile:
-        forward = torch.compile(model)  # compiles at the first step (warm-up or epoch 1)
-        ex.compiled = True
 
     def step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         with ex.autocast():
@@ -534,6 +559,10 @@ def fit(
     graph: Any = None
     static_x = static_y = None
     model.train()
+    if recipe.compile and start_epoch < epochs:
+        gen.manual_seed(_epoch_seed(recipe.seed, -1))
+        xb, yb = batch(torch.arange(batch_size, device=device))
+        forward = _compile(model, loss_fn, data.normalize(xb), yb, ex)
     if ex.try_graph and start_epoch < epochs:
         gen.manual_seed(_epoch_seed(recipe.seed, -1))
         static_x, static_y = batch(torch.arange(batch_size, device=device))
@@ -556,7 +585,9 @@ def fit(
     last_loss = math.nan
     error = ""
     done = start_epoch
-    steps = n_train // batch_size if ex.graphed else math.ceil(n_train / batch_size)
+    # A CUDA graph and a compiled network have fixed shapes: they drop the last partial batch.
+    fixed = ex.graphed or ex.compiled
+    steps = n_train // batch_size if fixed else math.ceil(n_train / batch_size)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         seed = _epoch_seed(recipe.seed, epoch)
@@ -630,6 +661,31 @@ def fit(
         batch_size=batch_size,
         error=error,
     )
+
+
+def _compile(
+    model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, yb: torch.Tensor, ex: _Execution
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch.compile `model` and compile its forward and backward now, on one normalised
+    batch `x`, with the
+    model's state restored afterwards; on any failure (no C++ compiler, an unsupported op)
+    train eagerly and say why in the mode."""
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    compiled = torch.compile(model)
+    try:
+        with ex.autocast():
+            loss = loss_fn(compiled(x), yb)
+        loss.backward()
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:
+        ex.compile_reason = f"{type(exc).__name__}: {_first_line(exc)}"[:200]
+        return model
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.load_state_dict(saved)  # the warm-up step moved BatchNorm's running statistics
+    ex.compiled = True
+    return compiled
 
 
 def _graph_obstacle(recipe: Recipe) -> str:
