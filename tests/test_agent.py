@@ -125,15 +125,28 @@ def test_schedule_scaling() -> None:
     assert small[0] == (1.0, 534) and small[-1] == (0.1, 67)  # 95/178 and 12/178 of 1000
 
 
-def test_epsilon_advances_with_tells_and_stays_after_the_budget() -> None:
+def test_epsilon_advances_with_distinct_blocks_told_and_stays_after_the_budget() -> None:
     agent = QLearningAgent(budget=4, schedule=[(1.0, 1), (0.5, 1)], replay_size=0)
+    blocks = [Block.parse(f"1,1,{k},0,0") for k in (1, 3, 5)] + [Block.parse("1,2,3,0,0")]
     seen = []
-    for _ in range(6):
+    for block in [blocks[0], blocks[0], blocks[1], blocks[2], blocks[3], blocks[3]]:
         seen.append(agent.epsilon)
         agent.ask()
         agent.ask()  # asking does not move the clock
-        agent.tell(ONE_CONV, 0.5)
-    assert seen == [1.0, 1.0, 0.5, 0.5, 0.5, 0.5]
+        agent.tell(block, 0.5)
+    # A block told again (a reused reward) does not move the clock: the budget counts
+    # trained blocks. Stages here: 2 blocks at 1.0, 2 at 0.5, then 0.5 stays.
+    assert seen == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5]
+    assert agent.told == 6
+
+
+def test_isomorphic_relabeling_is_the_same_block_for_the_clock() -> None:
+    agent = QLearningAgent(budget=4, schedule=[(1.0, 1), (0.5, 1)], replay_size=0)
+    agent.tell(Block.parse("1,1,3,0,0; 2,1,5,0,0; 3,5,0,1,2"), 0.5)
+    agent.tell(Block.parse("1,1,5,0,0; 2,1,3,0,0; 3,5,0,2,1"), 0.5)  # same graph
+    assert agent.epsilon == 1.0
+    agent.tell(ONE_CONV, 0.5)
+    assert agent.epsilon == 0.5
 
 
 def test_replay_after_each_iteration() -> None:

@@ -7,11 +7,14 @@ tells them again.
 
 Choices, where the paper is silent (DESIGN.md, "Q-learning"):
 
-- The schedule's clock is the number of `tell` calls, repeats and rewards reused from the
-  store included (a reused reward is still a sampled block, and the search's asks run at most
-  `workers` blocks ahead of its tells). Blocks asked ahead of their tells use the epsilon of
-  the moment they are asked. After `budget` tells the last stage's epsilon stays.
-- Experience replay: after every `iteration_size` tells, `replay_size` blocks are drawn
+- The schedule's clock is the number of *distinct* blocks (by isomorphism-invariant hash)
+  told so far: MetaQNN's schedule counts models trained at each epsilon, and the search's
+  budget counts trained blocks, while a reused reward (a block seen before) is told again
+  without being trained. So the stages keep their share of the budget however many
+  duplicates the greedy phase proposes. Repeated tells still update the Q-table. Blocks asked
+  ahead of their tells use the epsilon of the moment they are asked. After `budget` distinct
+  blocks the last stage's epsilon stays.
+- Experience replay: after every `iteration_size` distinct blocks, `replay_size` blocks are drawn
   uniformly *with replacement* (as MetaQNN) from the memory of distinct paths told so far
   (a repeated path keeps its latest reward) and go through the same update.
 - Reward shaping: the last step of a path (the terminal) gets R, every earlier step R / T,
@@ -102,12 +105,13 @@ class QLearningAgent(BaseAgent):
         self._rewards: list[float] = []
         self._texts: list[str] = []
         self._where: dict[Path, int] = {}
+        self._hashes: set[str] = set()  # the schedule's clock: distinct blocks told
 
     # ----- the schedule -------------------------------------------------------------------
 
     @property
     def epsilon(self) -> float:
-        stage = bisect.bisect_right(self._stage_ends, self._told)
+        stage = bisect.bisect_right(self._stage_ends, len(self._hashes))
         return self._epsilons[min(stage, len(self._epsilons) - 1)]
 
     def stages(self) -> list[tuple[float, int]]:
@@ -156,8 +160,11 @@ class QLearningAgent(BaseAgent):
         else:
             self._rewards[where] = value
         self._told += 1
-        if self._told % self.iteration_size == 0:
-            self._replay()
+        digest = block.hash
+        if digest not in self._hashes:
+            self._hashes.add(digest)
+            if len(self._hashes) % self.iteration_size == 0:
+                self._replay()
 
     def _max_q(self, state: State) -> float:
         row = self._q.get(state)
@@ -255,6 +262,8 @@ class QLearningAgent(BaseAgent):
             asked, told, rng = self._read_base(state)
             q = self._read_q(state.get("q"))
             paths, rewards, texts, where = self._read_memory(state.get("memory"))
+            # The memory holds every block told, so it rebuilds the schedule's clock.
+            hashes = {self.space.to_block(p).hash for p in paths}
         except BlockQNNError:
             raise
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
@@ -262,6 +271,7 @@ class QLearningAgent(BaseAgent):
         self._asked, self._told, self._rng = asked, told, rng
         self._q = q
         self._paths, self._rewards, self._texts, self._where = paths, rewards, texts, where
+        self._hashes = hashes
 
     def _read_q(self, rows: Any) -> dict[State, dict[Action, float]]:
         if not isinstance(rows, list):
