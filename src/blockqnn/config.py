@@ -257,11 +257,19 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     return value
 
 
+_SECTIONS = {
+    "TrainConfig": "train",
+    "AgentConfig": "agent",
+    "SearchSettings": "search",
+    "DataConfig": "data",
+}
+
+
 def _positive(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
         if value < 1:
-            section = type(obj).__name__
+            section = _SECTIONS.get(type(obj).__name__, type(obj).__name__)
             raise BlockQNNError(f"{section}.{name} = {value}: must be at least 1")
 
 
