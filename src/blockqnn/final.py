@@ -82,15 +82,9 @@ def pick_block(run_dir: str | Path, rank: int) -> tuple[Block, Config]:
 
 
 def _recipe(settings: FinalSettings, dataset: str, input_shape: tuple[int, int, int]) -> Any:
-    from blockqnn.data import default_augmentation
-    from blockqnn.trainer import Recipe
+    from blockqnn.trainer import Recipe, augmentation
 
-    if settings.augment == "none":
-        pad, flip = 0, False
-    elif settings.augment == "crop_flip":
-        pad, flip = max(1, input_shape[1] // 8), True
-    else:
-        pad, flip = default_augmentation(dataset, input_shape)
+    pad, flip = augmentation(settings.augment, dataset, input_shape)
     return Recipe(
         optimizer="sgd",
         lr=settings.lr,

@@ -127,6 +127,20 @@ class Recipe:
             )
 
 
+def augmentation(
+    mode: str, dataset: str, input_shape: tuple[int, int, int] | None = None
+) -> tuple[int, bool]:
+    """(pad, flip) for an `augment` setting: "none"; "crop_flip" shifts by 1/8 of the side
+    (4 px at 32x32) and flips; "auto" takes the dataset's default (none for digits)."""
+    from blockqnn.data import default_augmentation
+
+    if mode == "none":
+        return 0, False
+    if mode == "crop_flip":
+        return max(1, (input_shape[1] if input_shape else 32) // 8), True
+    return default_augmentation(dataset, input_shape)
+
+
 def early_stop_recipe(
     train: TrainConfig, dataset: str, input_shape: tuple[int, int, int] | None = None
 ) -> Recipe:
@@ -134,14 +148,7 @@ def early_stop_recipe(
 
     `augment = "auto"` takes the dataset's default (none for digits, crop + flip otherwise);
     "crop_flip" shifts by 1/8 of the side (4 px at 32x32) and flips."""
-    from blockqnn.data import default_augmentation
-
-    if train.augment == "none":
-        pad, flip = 0, False
-    elif train.augment == "crop_flip":
-        pad, flip = max(1, (input_shape[1] if input_shape else 32) // 8), True
-    else:
-        pad, flip = default_augmentation(dataset, input_shape)
+    pad, flip = augmentation(train.augment, dataset, input_shape)
     return Recipe(
         optimizer="adam",
         lr=train.lr,

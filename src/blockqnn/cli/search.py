@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+from blockqnn.cli.status import trial_json
 from blockqnn.errors import BlockQNNError
 
 # flag -> (config section, key); flags left unset keep the config file's value.
@@ -126,19 +127,7 @@ def _summary_json(summary: Any, run_dir: str) -> dict[str, Any]:
         "trained": summary.trained,
         "reused": summary.reused,
         "failed": summary.failed,
-        "top": [_trial_json(t) for t in summary.top],
-    }
-
-
-def _trial_json(t: Any) -> dict[str, Any]:
-    return {
-        "id": t.id,
-        "nsc": t.nsc,
-        "hash": t.hash,
-        "reward": t.reward,
-        "accuracy": t.accuracy,
-        "flops": t.flops,
-        "params": t.params,
+        "top": [trial_json(t) for t in summary.top],
     }
 
 

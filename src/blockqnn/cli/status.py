@@ -48,18 +48,7 @@ def status(run_dir: str, top: int = 5) -> dict[str, Any]:
         "evaluations_per_hour": (
             round(counts["trained"] * 3600 / elapsed, 2) if elapsed > 0 else 0.0
         ),
-        "top": [
-            {
-                "id": t.id,
-                "nsc": t.nsc,
-                "hash": t.hash,
-                "reward": t.reward,
-                "accuracy": t.accuracy,
-                "flops": t.flops,
-                "params": t.params,
-            }
-            for t in best
-        ],
+        "top": [trial_json(t) for t in best],
     }
 
 
@@ -102,6 +91,19 @@ def run(args: argparse.Namespace) -> int:
             )
         console.print(table)
     return 0
+
+
+def trial_json(t: Any) -> dict[str, Any]:
+    """One trial of a top list, as `status --json` and `search --json` print it."""
+    return {
+        "id": t.id,
+        "nsc": t.nsc,
+        "hash": t.hash,
+        "reward": t.reward,
+        "accuracy": t.accuracy,
+        "flops": t.flops,
+        "params": t.params,
+    }
 
 
 def _duration(seconds: float) -> str:
