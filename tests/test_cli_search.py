@@ -147,3 +147,23 @@ def test_real_search_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str
         best = store.top(1)
         assert best and 0.0 <= (best[0].accuracy or 0) <= 1.0
         assert best[0].result is not None and best[0].result["epochs"] == 1
+
+
+def test_a_search_whose_every_candidate_fails_is_a_failed_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A huge learning rate makes every real evaluation diverge: each is a recorded failure,
+    # the search finishes its budget, and the command says so with exit code 1.
+    config = tmp_path / "huge.toml"
+    config.write_text("[train]\nlr = 1e6\n")
+    run = tmp_path / "run"
+    argv = ["search", "--run-dir", str(run), "--dataset", "digits", "--budget", "2"]
+    argv += ["--epochs", "1", "--filters", "4", "--device", "cpu"]  # 5 steps: enough to diverge
+    assert main([*argv, "--config", str(config)]) == 1
+    assert "every one of the 2 evaluations failed" in capsys.readouterr().err
+    with Store.open(run, readonly=True) as store:
+        assert [t.status for t in store.trials()] == ["failed", "failed"]
+    assert main(["status", str(run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["failed"] == 2 and info["top"] == []
+    assert all("diverged" in f["error"] for f in info["recent_failures"])

@@ -116,8 +116,15 @@ def run(args: argparse.Namespace) -> int:
     display.close()
     if args.json:
         print(json.dumps(_summary_json(summary, run_dir), indent=2))
-    else:
+    elif summary.top:
         _print_top(summary.top[: args.top], summary, out)
+    if not summary.top:  # every evaluation failed: a failed run, though a recorded one
+        print(
+            f"blockqnn search: every one of the {summary.failed} evaluations failed; "
+            f"see the errors with: blockqnn status {run_dir}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -49,6 +49,11 @@ def status(run_dir: str, top: int = 5) -> dict[str, Any]:
             round(counts["trained"] * 3600 / elapsed, 2) if elapsed > 0 else 0.0
         ),
         "top": [trial_json(t) for t in best],
+        # the latest failed evaluations with their errors, newest last
+        "recent_failures": [
+            {"id": t.id, "nsc": t.nsc, "error": t.error}
+            for t in [t for t in trials if t.status == "failed"][-5:]
+        ],
     }
 
 
@@ -90,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
                 t["nsc"],
             )
         console.print(table)
+    for failure in info["recent_failures"]:
+        console.print(f"failed trial {failure['id']}: {failure['error']}", markup=False)
     return 0
 
 
