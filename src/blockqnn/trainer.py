@@ -1,10 +1,10 @@
 """The fast training loop shared by early-stop evaluation and final training.
 
-Owns: `Recipe` (optimiser, schedule, regularisation, augmentation and execution settings),
-the early-stop recipe built from `TrainConfig`, device and precision resolution, `fit` (train
-a model on a `DeviceData` for some epochs) and `accuracy` (inference over one split). Must not
-know about blocks, rewards or the store: it trains any `nn.Module` that maps normalised images
-to logits.
+Owns: `fit` (train a model on a `DeviceData` for some epochs), `accuracy` (inference over
+one split), BatchNorm re-estimation, the optimiser, torch.compile and CUDA-graph execution.
+The settings live in `blockqnn.recipe`, device and precision choice in `blockqnn.devices`.
+Must not know about blocks, rewards or the store: it trains any `nn.Module` that maps
+normalised images to logits.
 
 Speed follows airbench: the dataset stays on the device as uint8; each epoch slices batches
 out of a seeded `randperm`; every batch is augmented and normalised on the device; there is
@@ -35,232 +35,52 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from blockqnn.config import TrainConfig
+from blockqnn.devices import cpu_has_fast_bf16, describe_device, resolve_device, resolve_precision
 from blockqnn.errors import BlockQNNError
+from blockqnn.recipe import (
+    COMPILE_AUTO_SECONDS,
+    EARLY_STOP_BN_IMAGES,
+    Recipe,
+    augmentation,
+    early_stop_recipe,
+    lr_at,
+    should_compile,
+)
 
 if TYPE_CHECKING:
     from blockqnn.data import DeviceData
 
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("step", "multistep", "cosine", "constant")
-PRECISIONS = ("auto", "bf16", "fp32")
+# Re-exported: the trainer's public names include the recipe and device helpers it uses.
+__all__ = [
+    "COMPILE_AUTO_SECONDS",
+    "EARLY_STOP_BN_IMAGES",
+    "EpochInfo",
+    "FitResult",
+    "Recipe",
+    "accuracy",
+    "augmentation",
+    "configure_threads",
+    "cpu_has_fast_bf16",
+    "describe_device",
+    "early_stop_recipe",
+    "fit",
+    "lr_at",
+    "make_optimizer",
+    "recalibrate_batchnorm",
+    "resolve_device",
+    "resolve_precision",
+    "should_compile",
+]
+
 SPLITS = ("val", "test")
 # (choice) An epoch whose mean loss is this many times that of uniform guessing (ln classes)
 # has diverged: a huge lr can keep the loss finite (1e20) while the network learns nothing.
 DIVERGED_FACTOR = 100.0
-# (choice) Images whose batch statistics replace BatchNorm's running averages before the
-# early-stop evaluation. The running averages (momentum 0.1) forget their initial values
-# only after ~50 steps: the paper's CIFAR early stop takes 2,100 steps, but a digits proxy
-# at batch 256 takes 5 per epoch, and after 3 epochs the stale averages cut validation
-# accuracy from 97% to 21% (measured). Re-estimating costs one forward pass over 2,048
-# images: under 0.2% of a 12-epoch CIFAR evaluation.
-EARLY_STOP_BN_IMAGES = 2048
-# (choice) compile = "auto": compile on the CPU when the eager training is estimated to take
-# longer than this. The estimate is forward+backward FLOPs (3x forward) over the measured
-# eager rate of this project's 2-core Xeon (~50 images/s x 1.75 GFLOP = 8.8e10 FLOP/s for the
-# search-time network, benchmarks/trainer.py); compiling costs 60-90 s there, so at 1,200 s
-# it is at most ~8% of the run and halves the rest.
-COMPILE_AUTO_SECONDS = 1200.0
-CPU_EAGER_FLOPS_PER_SECOND = 8.8e10
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How to train. Defaults are the paper's early-stop recipe; see `early_stop_recipe`."""
-
-    optimizer: str = "adam"  # "adam" or "sgd"
-    lr: float = 1e-3  # peak learning rate per step (not scaled with the batch size)
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam moment decays
-    eps: float = 1e-8  # Adam denominator guard
-    momentum: float = 0.9  # SGD momentum
-    nesterov: bool = False  # SGD Nesterov momentum
-    weight_decay: float = 0.0  # L2 penalty added to the gradients (both optimisers)
-    schedule: str = "step"  # "step" | "multistep" | "cosine" | "constant"
-    step_epochs: int = 5  # "step": multiply the lr by `gamma` every this many epochs
-    gamma: float = 0.2  # lr factor at each step or milestone
-    milestones: tuple[float, ...] = (0.5, 0.75)  # "multistep": fractions of the total epochs
-    label_smoothing: float = 0.0  # cross-entropy target smoothing in [0, 1)
-    pad: int = 0  # random-crop shift in pixels (reflect padding); 0 = no crop
-    flip: bool = False  # random horizontal flip
-    cutout: int = 0  # side in pixels of a random square set to the mean per image; 0 = off
-    batch_size: int = 256  # training images per step
-    eval_batch_size: int = 1024  # inference images per forward: larger is faster
-    bn_recalibrate: int = 0  # training images re-estimating BatchNorm statistics before
-    # each evaluation; 0 = keep the running averages (see EARLY_STOP_BN_IMAGES)
-    precision: str = "auto"  # "auto": bf16 where it is fast (CUDA, AMX CPUs), else fp32
-    channels_last: bool = True  # NHWC convs: faster on GPUs and on x86 CPUs (oneDNN)
-    cuda_graphs: bool = True  # capture the whole training step as one CUDA graph
-    # torch.compile the training forward: on a 2-core AVX512 CPU it doubles throughput
-    # (fused BatchNorm backward) but costs ~90 s per network, so only long runs gain
-    compile: bool = False
-    max_seconds: float = 0.0  # wall-clock limit of one `fit` call in seconds; 0 = none
-    seed: int = 0  # seed of the batch order, augmentation and dropout
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "betas", tuple(self.betas))
-        object.__setattr__(self, "milestones", tuple(self.milestones))
-        if self.optimizer not in OPTIMIZERS:
-            raise BlockQNNError(f"optimizer = {self.optimizer!r}: choose one of {OPTIMIZERS}")
-        if self.schedule not in SCHEDULES:
-            raise BlockQNNError(f"schedule = {self.schedule!r}: choose one of {SCHEDULES}")
-        if self.precision not in PRECISIONS:
-            raise BlockQNNError(f"precision = {self.precision!r}: choose one of {PRECISIONS}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise BlockQNNError(f"lr = {self.lr}: must be a positive number")
-        if self.batch_size < 1 or self.eval_batch_size < 1 or self.step_epochs < 1:
-            raise BlockQNNError("batch_size, eval_batch_size and step_epochs must be at least 1")
-        if not 0 < self.gamma <= 1:
-            raise BlockQNNError(f"gamma = {self.gamma}: must be in (0, 1]")
-        if not all(0 < m < 1 for m in self.milestones):
-            raise BlockQNNError(f"milestones = {self.milestones}: fractions in (0, 1)")
-        if not 0 <= self.label_smoothing < 1:
-            raise BlockQNNError(f"label_smoothing = {self.label_smoothing}: must be in [0, 1)")
-        if min(self.pad, self.cutout, self.weight_decay, self.max_seconds, self.bn_recalibrate) < 0:
-            raise BlockQNNError(
-                "pad, cutout, weight_decay, max_seconds and bn_recalibrate must be >= 0"
-            )
-
-
-def augmentation(
-    mode: str, dataset: str, input_shape: tuple[int, int, int] | None = None
-) -> tuple[int, bool]:
-    """(pad, flip) for an `augment` setting: "none"; "crop_flip" shifts by 1/8 of the side
-    (4 px at 32x32) and flips; "auto" takes the dataset's default (none for digits)."""
-    from blockqnn.data import default_augmentation
-
-    if mode == "none":
-        return 0, False
-    if mode == "crop_flip":
-        return max(1, (input_shape[1] if input_shape else 32) // 8), True
-    return default_augmentation(dataset, input_shape)
-
-
-def early_stop_recipe(
-    train: TrainConfig, dataset: str, input_shape: tuple[int, int, int] | None = None
-) -> Recipe:
-    """The paper's early-stop recipe (Adam, lr x gamma every k epochs) from a `TrainConfig`.
-
-    `augment = "auto"` takes the dataset's default (none for digits, crop + flip otherwise);
-    "crop_flip" shifts by 1/8 of the side (4 px at 32x32) and flips."""
-    pad, flip = augmentation(train.augment, dataset, input_shape)
-    return Recipe(
-        optimizer="adam",
-        lr=train.lr,
-        betas=train.betas,
-        eps=train.eps,
-        weight_decay=train.weight_decay,
-        schedule="step",
-        step_epochs=train.lr_step_epochs,
-        gamma=train.lr_gamma,
-        pad=pad,
-        flip=flip,
-        batch_size=train.batch_size,
-        precision=train.precision,
-        channels_last=train.channels_last,
-        cuda_graphs=train.cuda_graphs,
-        max_seconds=train.max_seconds,
-        seed=train.seed,
-        bn_recalibrate=EARLY_STOP_BN_IMAGES,
-    )
-
-
-def resolve_device(name: str | None = None) -> torch.device:
-    """ "auto" or None -> the current CUDA device if there is one, else the CPU."""
-    if name is None or name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise BlockQNNError(
-            f"device {name!r}: not a device (try auto, cpu, cuda, cuda:1)"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise BlockQNNError(f"device {name!r}: CUDA is not available on this machine")
-        index = torch.cuda.current_device() if device.index is None else device.index
-        if index >= torch.cuda.device_count():
-            raise BlockQNNError(
-                f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible"
-            )
-        return torch.device("cuda", index)
-    if device.type != "cpu":
-        raise BlockQNNError(f"device {name!r}: only cpu and cuda devices are supported")
-    return device
-
-
-def describe_device(device: torch.device) -> str:
-    """E.g. "cpu (2 threads)" or "cuda:0 (NVIDIA H100 80GB HBM3)"."""
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
-@cache
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AMX or AVX512-BF16). Without it oneDNN
-    emulates bf16 and autocast makes training slower, not faster (measured on a 2-core
-    AVX512 Xeon without either: see benchmarks/trainer.py)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
-    except OSError:
-        pass
-    return torch.backends.cpu.get_cpu_capability() in ("AMX", "AVX512_BF16")
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device`; None means plain fp32."""
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        if precision == "bf16":
-            raise BlockQNNError(f"precision bf16: {describe_device(device)} does not support it")
-        return None
-    if precision == "bf16" or cpu_has_fast_bf16():
-        return torch.bfloat16
-    return None
-
-
-def should_compile(
-    mode: str, device: torch.device, forward_flops: int, images: int, epochs: int
-) -> bool:
-    """The `compile` decision ("auto" | "on" | "off") for one training run.
-
-    "auto" compiles only on the CPU, and only when the estimated eager training time exceeds
-    `COMPILE_AUTO_SECONDS`: a digits proxy of a few seconds never compiles, a 12-epoch CIFAR-10
-    evaluation (hours in eager mode on 2 cores) does. On CUDA the whole-step CUDA graph is
-    already launch-free and compiling (30+ s per network) would cost more than it saves.
-    """
-    if mode in ("on", "off"):
-        return mode == "on"
-    if device.type != "cpu":
-        return False
-    estimated = 3.0 * forward_flops * images * epochs / CPU_EAGER_FLOPS_PER_SECOND
-    return estimated > COMPILE_AUTO_SECONDS
-
-
-def lr_at(recipe: Recipe, epochs: int, progress: float) -> float:
-    """The learning rate after `progress` epochs (fractional within an epoch) of `epochs`."""
-    if recipe.schedule == "constant":
-        return recipe.lr
-    if recipe.schedule == "cosine":
-        return recipe.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress / epochs, 1.0)))
-    epoch = int(progress)  # piecewise constant over whole epochs
-    if recipe.schedule == "step":
-        return recipe.lr * recipe.gamma ** (epoch // recipe.step_epochs)
-    passed = sum(epoch >= round(m * epochs) for m in recipe.milestones)
-    return recipe.lr * recipe.gamma**passed
 
 
 @dataclass
