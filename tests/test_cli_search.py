@@ -167,3 +167,34 @@ def test_a_search_whose_every_candidate_fails_is_a_failed_run(
     info = json.loads(capsys.readouterr().out)
     assert info["failed"] == 2 and info["top"] == []
     assert all("diverged" in f["error"] for f in info["recent_failures"])
+
+
+def test_a_damaged_trials_table_is_refused_untouched(
+    finished_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    db = finished_run / DB_NAME
+    with sqlite3.connect(db) as conn:
+        (root,) = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'trials'"
+        ).fetchone()
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    conn.close()
+    data = bytearray(db.read_bytes())
+    start = (root - 1) * page_size
+    data[start : start + 12] = b"\xff" * 12  # the b-tree page header of the trials table
+    db.write_bytes(bytes(data))
+    before = _snapshot(finished_run)
+    for argv in (["search", "--resume", str(finished_run)], ["status", str(finished_run)]):
+        assert main(argv) == 2
+        assert "corrupt run" in capsys.readouterr().err
+    assert _snapshot(finished_run) == before
+
+
+def test_config_that_is_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "k.toml"
+    config.write_bytes(b"\xff\xfe[search]\n")
+    assert main(["search", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -84,3 +84,10 @@ def test_svg_without_dot(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Graphviz" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_svg_under_a_file_is_bad_input(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    proc = _run("show", EXAMPLE, "--svg", str(tmp_path / "afile" / "x.svg"))
+    assert proc.returncode == 2 and "cannot write" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

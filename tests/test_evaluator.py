@@ -135,3 +135,20 @@ def test_empty_validation_split_is_bad_input(config: Config, arrays: DataArrays)
     empty = replace(arrays, x_val=arrays.x_val[:0], y_val=arrays.y_val[:0])
     with pytest.raises(BlockQNNError, match="validation split is empty"):
         Evaluator(config, empty, device="cpu")
+
+
+def test_host_out_of_memory_is_a_failed_record(
+    evaluator: Evaluator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the CPU allocator raises when a candidate is too large for the machine's memory.
+    def too_big(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
+            "can't allocate memory: you tried to allocate 98765432100 bytes."
+        )
+
+    monkeypatch.setattr(evaluator_module, "Network", too_big)
+    result = evaluator.evaluate(BLOCK)
+    assert result.status == "failed"
+    assert result.error == "host out of memory at batch 50 and again at 25"
+    assert result.flops > 0

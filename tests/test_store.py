@@ -128,3 +128,13 @@ def test_one_writer_at_a_time(store: Store, tmp_path: Path) -> None:
     store.close()
     other.acquire()
     other.close()
+
+
+def test_records_of_deep_blocks_parse_beyond_the_default_depth() -> None:
+    from blockqnn.store import TrialRecord
+
+    nsc = "; ".join(f"{i},1,3,{i - 1},0" for i in range(1, 13)) + "; 13,7,0,0,0"
+    fields = dict.fromkeys(TrialRecord.__dataclass_fields__)
+    fields.update(nsc=nsc, status="complete")
+    record = TrialRecord(**fields)  # type: ignore[arg-type]
+    assert len(record.block) == 12

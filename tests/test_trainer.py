@@ -276,3 +276,14 @@ def test_compile_failure_falls_back_to_eager(
     assert result.ok and result.accuracy is not None
     assert "not compiled: RuntimeError: no C++ compiler found" in result.mode
     assert result.images == len(digits.x_train)  # eager again: the partial batch is kept
+
+
+def test_multistep_milestones_of_short_runs() -> None:
+    sgd = Recipe(optimizer="sgd", lr=0.1, schedule="multistep", gamma=0.1)
+    assert lr_at(sgd, 1, 0) == pytest.approx(0.1)  # a 1-epoch run starts at the full lr
+    assert [lr_at(sgd, 4, e) for e in range(4)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    assert [lr_at(sgd, 3, e) for e in range(3)] == pytest.approx([0.1, 0.1, 0.01])
+    assert lr_at(sgd, 300, 149) == pytest.approx(0.1) and lr_at(sgd, 300, 150) == pytest.approx(
+        0.01
+    )
+    assert lr_at(sgd, 300, 225) == pytest.approx(0.001)

@@ -190,6 +190,8 @@ class Config:
             raise BlockQNNError(f"config file {p} does not exist") from None
         except OSError as exc:
             raise BlockQNNError(f"config file {p}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise BlockQNNError(f"config file {p}: not UTF-8 text") from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

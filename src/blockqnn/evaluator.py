@@ -84,15 +84,20 @@ class Evaluator:
         """Train `block`'s search-time network and score it; failures become results."""
         recipe = self.recipe
         half = max(1, recipe.batch_size // 2)
+        where = "CUDA"
         for batch_size in (recipe.batch_size, half):
             try:
                 return self._run(block, replace(recipe, batch_size=batch_size))
             except torch.cuda.OutOfMemoryError:
-                pass
+                where = "CUDA"
+            except (MemoryError, RuntimeError) as exc:
+                if not _host_out_of_memory(exc):
+                    raise  # a bug in our code, not a property of the candidate
+                where = "host"
             self._free()  # out of the except block: the traceback no longer pins the model
         cost = network_cost(block, self.network_config)
         return EvalResult.failed(
-            f"CUDA out of memory at batch {recipe.batch_size} and again at {half}",
+            f"{where} out of memory at batch {recipe.batch_size} and again at {half}",
             flops=cost.flops,
             params=cost.params,
             density=cost.density,
@@ -143,6 +148,14 @@ class Evaluator:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _host_out_of_memory(exc: BaseException) -> bool:
+    """CPU allocations that fail raise MemoryError or a RuntimeError from the allocator."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return "can't allocate memory" in text or "DefaultCPUAllocator" in text
 
 
 def evaluate_block(

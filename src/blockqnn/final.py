@@ -26,6 +26,7 @@ import numpy as np
 from blockqnn.config import Config, DataConfig
 from blockqnn.cost import NetworkConfig
 from blockqnn.errors import BlockQNNError
+from blockqnn.files import make_dir
 from blockqnn.nsc import Block
 
 CHECKPOINT = "checkpoint.pt"
@@ -188,7 +189,7 @@ def train_final(
         }
     elif out_dir.is_dir() and any(out_dir.iterdir()):
         raise BlockQNNError(f"--out {out_dir}: is not empty and holds no blockqnn training")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir, "--out")
 
     dev = resolve_device(device)
     device_data = arrays.to_device(dev)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from torch import nn
 from blockqnn.builder import Network
 from blockqnn.cost import NetworkConfig
 from blockqnn.errors import BlockQNNError
+from blockqnn.files import temp_beside
 from blockqnn.nsc import Block
 
 FORMAT = "blockqnn-model"
@@ -93,8 +93,7 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
     """Write with temp file + fsync + rename: a kill at any moment leaves the old file or the
     new one, never a torn one."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(target, "model file")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
@@ -161,18 +160,14 @@ def export_model(model: DeployModel, fmt: str, out: str | Path, batch: int = 2) 
     if fmt not in EXPORT_FORMATS:
         raise BlockQNNError(f"format {fmt!r} is not supported (choose {', '.join(EXPORT_FORMATS)})")
     target = Path(out)
-    if target.is_dir():
-        raise BlockQNNError(f"--out {target}: is a directory")
-    target.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
     shape = model.network.config.input_shape
     example = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0))
     probe = torch.rand(batch + 1, *shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(probe)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(target, "--out")
     os.close(fd)
-    tmp = Path(tmp_name)
     try:
         if fmt == "torchscript":
             actual, checker = _export_torchscript(model, example, probe, tmp)

@@ -164,5 +164,7 @@ def lr_at(recipe: Recipe, epochs: int, progress: float) -> float:
     epoch = int(progress)  # piecewise constant over whole epochs
     if recipe.schedule == "step":
         return recipe.lr * recipe.gamma ** (epoch // recipe.step_epochs)
-    passed = sum(epoch >= round(m * epochs) for m in recipe.milestones)
+    # ceil, not round: round(0.5) is 0 (banker's rounding), which would drop the lr of a
+    # 1-epoch run at once; ceil keeps 150 and 225 of 300 epochs and 2, 3 of 4
+    passed = sum(epoch >= math.ceil(m * epochs) for m in recipe.milestones)
     return recipe.lr * recipe.gamma**passed

@@ -37,7 +37,7 @@ from typing import Any
 
 from blockqnn.config import Config
 from blockqnn.errors import BlockQNNError
-from blockqnn.nsc import Block
+from blockqnn.nsc import DEFAULT_MAX_DEPTH, Block
 from blockqnn.result import EvalResult
 
 SCHEMA_VERSION = 1
@@ -118,7 +118,9 @@ class TrialRecord:
 
     @property
     def block(self) -> Block:
-        return Block.parse(self.nsc)
+        # The stored text was validated at the run's max_depth when recorded; its own layer
+        # count (terminal included) is a depth it always fits.
+        return Block.parse(self.nsc, max_depth=max(DEFAULT_MAX_DEPTH, self.nsc.count(";") + 1))
 
     @property
     def trained(self) -> bool:
@@ -587,6 +589,11 @@ def _check(path: Path) -> None:
         if row is None:
             raise BlockQNNError(f"{path}: corrupt run (no config)")
         json.loads(row[0])
+        # Every page, not only meta's: a damaged trials table must be refused here, before
+        # anything is written (quick_check reads the whole file: milliseconds for a run).
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check(1)").fetchall()]
+        if problems != ["ok"]:
+            raise BlockQNNError(f"{path}: corrupt run ({problems[0]})")
     except sqlite3.DatabaseError as exc:
         raise BlockQNNError(f"{path}: corrupt or not a database ({exc})") from None
     except json.JSONDecodeError:

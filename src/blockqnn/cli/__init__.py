@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sqlite3
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -76,6 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args._run(args)
     except BlockQNNError as exc:
         print(f"blockqnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as exc:  # a run store damaged after it was opened
+        print(
+            f"blockqnn {args.command}: error: the run's store is damaged ({exc})", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         print(f"blockqnn {args.command}: interrupted", file=sys.stderr)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from blockqnn.errors import BlockQNNError
@@ -41,14 +39,6 @@ def _shape(text: str) -> tuple[int, int, int]:
     return values  # type: ignore[return-value]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def run(args: argparse.Namespace) -> int:
     from blockqnn.cost import NetworkConfig, network_cost
     from blockqnn.nsc import Block
@@ -63,12 +53,10 @@ def run(args: argparse.Namespace) -> int:
     )
     cost = network_cost(block, config)
     if args.svg:
+        from blockqnn.files import write_atomic
         from blockqnn.viz import block_svg
 
-        svg_path = Path(args.svg)
-        if svg_path.is_dir():
-            raise BlockQNNError(f"--svg {svg_path}: is a directory")
-        _write_atomic(svg_path, block_svg(block, title=block.hash[:12]))
+        write_atomic(Path(args.svg), block_svg(block, title=block.hash[:12]), "--svg")
     if args.json:
         payload = {
             "nsc": str(block),

@@ -15,11 +15,10 @@ Example:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from blockqnn.errors import BlockQNNError
+from blockqnn.files import write_atomic
 from blockqnn.report.data import RunSummary, Stage, load_run, stage_means, window_means
 
 __all__ = [
@@ -70,20 +69,8 @@ def write_report(
     """Write the report (default `RUN_DIR/report.html`) atomically: a reader never sees half
     a page. Returns the path written."""
     path = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
-    if path.is_dir():
+    if path.is_dir():  # checked before the (slow) rendering too
         raise BlockQNNError(f"--out {path}: is a directory")
     text = render_report(run_dir, baseline, top_k)  # fails before anything is written
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise BlockQNNError(f"--out {path}: cannot write: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text, "--out")
     return path
