@@ -198,3 +198,15 @@ def test_config_that_is_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["search", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 2
     assert "not UTF-8" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_budget_beyond_the_search_space_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text("[agent]\nmax_depth = 2\n")  # 8 one-layer blocks in all
+    run = tmp_path / "run"
+    argv = ["search", "--config", str(config), "--budget", "10", "--run-dir", str(run)]
+    assert main(argv) == 2
+    assert "exceeds the 8 blocks" in capsys.readouterr().err
+    assert not run.exists()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +113,12 @@ def read_payload(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise BlockQNNError(f"{p}: no such model file")
     try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's multi-line hints about weights_only
+            payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, random bytes
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch colours its message
+        reason = text.splitlines()[0] if text else type(exc).__name__
         raise BlockQNNError(f"{p}: not a readable blockqnn model file ({reason[:120]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise BlockQNNError(f"{p}: not a blockqnn model file")

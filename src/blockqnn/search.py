@@ -362,8 +362,17 @@ def run_search(
             config = resume_config(existing, resume_overrides)
             if existing.active():
                 raise BlockQNNError(f"{directory} is in use by another running search")
-    elif (directory / DB_NAME).exists():
-        Store.create(directory, config)  # raises: the dir holds a run; nothing changed
+    else:
+        if (directory / DB_NAME).exists():
+            Store.create(directory, config)  # raises: the dir holds a run; nothing changed
+        from blockqnn.space import SearchSpace
+
+        size = SearchSpace(config.agent.max_depth).count_blocks()
+        if config.search.budget > size:
+            raise BlockQNNError(
+                f"search.budget = {config.search.budget} exceeds the {size} blocks of the "
+                f"search space with max_depth {config.agent.max_depth}"
+            )
     evaluator_spec = spec(config) if spec is not None else EvaluatorSpec(config, device)
     agent = (agent_factory or _make_agent)(config)
     executor = executor_factory(evaluator_spec)  # may raise BlockQNNError: nothing written yet

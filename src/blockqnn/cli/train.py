@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a search run to take from")
     parser.add_argument("--rank", type=int, default=1, help="K-th best block of the run")
     parser.add_argument("--block", metavar="BLOCK", help="train this block instead of a run's")
+    parser.add_argument("--max-depth", type=int, default=10, help="depth limit of --block")
     parser.add_argument("--dataset", help="dataset (default: the run's)")
     parser.add_argument("--data-dir", help="where cifar archives are")
     parser.add_argument("--train-samples", type=int, help="class-balanced subset (quick runs)")
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.run_dir is None) == (args.block is None):
         raise BlockQNNError("give either RUN_DIR or --block BLOCK")
     if args.block is not None:
-        block = Block.parse(args.block)
+        block = Block.parse(args.block, max_depth=args.max_depth)
         config = Config()
         if not args.dataset:
             raise BlockQNNError("--dataset is required with --block")
