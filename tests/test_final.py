@@ -111,3 +111,21 @@ def test_cli_bad_input(tmp_path: Path) -> None:
     proc = run("--block", "1,1,3,0,0", "--dataset", "digits", "--out", str(tmp_path / "junk"))
     assert proc.returncode == 2 and "not empty" in proc.stderr
     assert (tmp_path / "junk" / "notes.txt").read_text() == "mine"
+
+
+def test_block_deeper_than_the_default_needs_max_depth(tmp_path: Path) -> None:
+    deep = "; ".join(f"{i},4,0,{i - 1},0" for i in range(1, 12))  # 11 identities
+    out = tmp_path / "deep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "blockqnn", "train", "--block", deep, "--dataset", "digits",
+         "--out", str(out), "--epochs", "0"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "maximum depth 10" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "blockqnn", "train", "--block", deep, "--max-depth", "12",
+         "--dataset", "digits", "--out", str(out), "--epochs", "0"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    # The block is accepted at depth 12; what stops it now is the (deliberately) bad epochs.
+    assert proc.returncode == 2 and "epochs" in proc.stderr and "depth" not in proc.stderr

@@ -149,3 +149,15 @@ def test_pickle_module_is_not_used_for_loading(
 
     monkeypatch.setattr(pickle, "load", refuse)
     load_model(model_file)
+
+
+def test_foreign_torch_file_gives_one_plain_line(tmp_path: Path) -> None:
+    foreign = tmp_path / "linear.pt"
+    torch.save(torch.nn.Linear(2, 2), foreign)  # a whole pickled module, not our format
+    proc = subprocess.run(
+        [sys.executable, "-m", "blockqnn", "export", str(foreign), "--format", "onnx",
+         "--out", str(tmp_path / "x.onnx")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "\x1b[" not in proc.stderr
