@@ -7,7 +7,7 @@ model counts exactly what is built here. Must not know about training.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -48,7 +48,7 @@ class BlockModule(nn.Module):
         self.kinds: list[int] = []
         self.preds: list[tuple[int, ...]] = []
         self.ops = nn.ModuleList()
-        self.proj: list[nn.ModuleList] = []  # per layer: projections of add operands (or empty)
+        self.proj = nn.ModuleList()  # per layer: a pair of add-operand projections (or identities)
         for layer in block.layers:
             t = layer.type
             self.kinds.append(int(t))
@@ -63,7 +63,6 @@ class BlockModule(nn.Module):
             for pos in plan.add_projections.get(layer.index, ()):
                 proj[pos] = PreActConv(plan.widths[layer.preds[pos]], c, 1)
             self.proj.append(proj)
-        self._proj = nn.ModuleList(self.proj)  # registers the projections
         self.outputs = list(block.outputs)
         self.out_proj: nn.Module = (
             PreActConv(plan.output_width, c, 1) if plan.output_projection else nn.Identity()
@@ -73,7 +72,8 @@ class BlockModule(nn.Module):
         nodes = [x]
         for kind, preds, op, proj in zip(self.kinds, self.preds, self.ops, self.proj, strict=True):
             if kind == LayerType.ADD:
-                nodes.append(proj[0](nodes[preds[0]]) + proj[1](nodes[preds[1]]))
+                pair = cast(nn.ModuleList, proj)
+                nodes.append(pair[0](nodes[preds[0]]) + pair[1](nodes[preds[1]]))
             elif kind == LayerType.CONCAT:
                 nodes.append(torch.cat([nodes[preds[0]], nodes[preds[1]]], dim=1))
             else:
@@ -150,8 +150,4 @@ def build_network(
         template=template,
         **kwargs,
     )
-    return Network(block, config)
-
-
-def network_from_config(block: Block, config: NetworkConfig) -> Network:
     return Network(block, config)
