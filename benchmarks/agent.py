@@ -67,7 +67,7 @@ def q_table_bytes(agent: QLearningAgent) -> int:
 
 def space_bytes(agent: QLearningAgent | RandomAgent) -> int:
     """Bytes of the space's interned state/action tuples (shared by every agent's keys)."""
-    interned = agent.space._intern
+    interned = agent.space._intern  # type: ignore[attr-defined]  # the NSC space's table
     return sys.getsizeof(interned) + sum(
         sys.getsizeof(t) + sum(sys.getsizeof(v) for v in t) for t in interned
     )

@@ -14,19 +14,19 @@ import pytest
 from blockqnn import Block, BlockQNNError
 from blockqnn.agent import (
     DEFAULT_SCHEDULE,
-    Agent,
     QLearningAgent,
     RandomAgent,
-    make_agent,
+    Strategy,
+    make_strategy,
     scale_schedule,
 )
 from blockqnn.config import AgentConfig
-from blockqnn.space import START
+from blockqnn.spaces.nsc import START, NSCSpace
 
 ONE_CONV = Block.parse("1,1,3,0,0; 2,7,0,0,0")
 
 
-def _agents(seed: int = 0) -> list[Agent]:
+def _agents(seed: int = 0) -> list[Strategy]:
     return [QLearningAgent(budget=200, seed=seed), RandomAgent(seed=seed, budget=200)]
 
 
@@ -37,7 +37,7 @@ def synthetic_reward(block: Block, rng: random.Random) -> float:
     return 0.3 + 0.07 * n3 - 0.08 * pools + rng.gauss(0.0, 0.02)
 
 
-def _run(agent: Agent, n: int, seed: int) -> list[float]:
+def _run(agent: Strategy, n: int, seed: int) -> list[float]:
     rng = random.Random(1000 + seed)
     rewards = []
     for _ in range(n):
@@ -54,7 +54,7 @@ def _run(agent: Agent, n: int, seed: int) -> list[float]:
 @pytest.mark.parametrize("index", [0, 1])
 def test_interface_ask_ahead_unasked_and_repeated_tells(index: int) -> None:
     agent = _agents()[index]
-    assert isinstance(agent, Agent)
+    assert isinstance(agent, Strategy)
     asked = [agent.ask() for _ in range(5)]  # asynchronous workers ask ahead
     assert all(isinstance(b, Block) and b.max_depth == 10 for b in asked)
     for block in reversed(asked):
@@ -63,7 +63,7 @@ def test_interface_ask_ahead_unasked_and_repeated_tells(index: int) -> None:
     agent.tell(ONE_CONV, 0.7)  # the same block again
     agent.tell(Block.parse("1,1,3,0,0; 2,1,1,0,0; 3,5,0,2,1"), 0.1)  # unsorted add
     assert agent.told == 8 and agent.asked == 5  # type: ignore[attr-defined]
-    assert agent.epsilon == 1.0
+    assert agent.info().get("epsilon", 1.0) == 1.0
     json.dumps(agent.state_dict())
 
 
@@ -75,15 +75,16 @@ def test_repeated_block_is_one_memory_entry_with_its_latest_reward() -> None:
     assert agent.state_dict()["memory"] == [["1,1,3,0,0; 2,7,0,0,0", 0.6]]
 
 
-def test_make_agent() -> None:
+def test_make_strategy() -> None:
     config = AgentConfig(max_depth=6, alpha=0.1)
-    q = make_agent("qlearning", config, budget=300, seed=2)
-    assert isinstance(q, QLearningAgent) and q.alpha == 0.1 and q.max_depth == 6
+    space = NSCSpace(6)
+    q = make_strategy("qlearning", space, budget=300, seed=2, config=config)
+    assert isinstance(q, QLearningAgent) and q.alpha == 0.1 and q.space == NSCSpace(6)
     assert q.budget == 300
-    r = make_agent("random", config, budget=300, seed=2)
-    assert isinstance(r, RandomAgent) and r.max_depth == 6
-    with pytest.raises(BlockQNNError, match="evolution"):
-        make_agent("evolution", config, budget=300, seed=2)
+    r = make_strategy("random", space, budget=300, seed=2, config=config)
+    assert isinstance(r, RandomAgent) and r.space == NSCSpace(6)
+    with pytest.raises(BlockQNNError, match=r"unknown strategy 'annealing'.*qlearning"):
+        make_strategy("annealing", space, budget=300, seed=2, config=config)
 
 
 # ----- the update rule and the schedule -----------------------------------------------------
@@ -114,7 +115,7 @@ def test_greedy_follows_the_learned_path_and_breaks_ties_at_random() -> None:
     best = Block.parse("1,1,3,0,0; 2,1,3,1,0; 3,5,0,1,2")
     agent.tell(best, 5.0)
     assert [agent.ask() for _ in range(3)] == [best] * 3
-    assert agent.greedy_block() == best
+    assert agent.greedy_candidate() == best
 
 
 def test_schedule_scaling() -> None:
@@ -167,7 +168,7 @@ def test_replay_after_each_iteration() -> None:
 
 
 @pytest.mark.parametrize("factory", [QLearningAgent, RandomAgent])
-def test_deterministic_for_a_seed(factory: Callable[..., Agent]) -> None:
+def test_deterministic_for_a_seed(factory: Callable[..., Strategy]) -> None:
     a, b, c = factory(budget=200, seed=7), factory(budget=200, seed=7), factory(budget=200, seed=8)
     assert _run(a, 150, 0) == _run(b, 150, 0)
     assert [str(a.ask()) for _ in range(10)] == [str(b.ask()) for _ in range(10)]
@@ -175,14 +176,14 @@ def test_deterministic_for_a_seed(factory: Callable[..., Agent]) -> None:
 
 
 @pytest.mark.parametrize("factory", [QLearningAgent, RandomAgent])
-def test_resume_continues_exactly(factory: Callable[..., Agent]) -> None:
+def test_resume_continues_exactly(factory: Callable[..., Strategy]) -> None:
     original = factory(budget=200, seed=3)
     _run(original, 150, 0)  # past two replays and into the low-epsilon stages
     snapshot = json.loads(json.dumps(original.state_dict()))
     resumed = factory(budget=200, seed=99)
     resumed.load_state_dict(snapshot)
     assert resumed.state_dict() == snapshot
-    assert resumed.epsilon == original.epsilon
+    assert resumed.info() == original.info()
     assert _run(resumed, 40, 5) == _run(original, 40, 5)
     assert resumed.state_dict() == original.state_dict()
 
@@ -235,11 +236,11 @@ def test_bad_snapshot_raises_and_leaves_the_agent_unchanged(
 
 
 def test_random_agent_snapshot_checks() -> None:
-    agent = RandomAgent(max_depth=8)
+    agent = RandomAgent(NSCSpace(8))
     with pytest.raises(BlockQNNError, match="max_depth = 10"):
         agent.load_state_dict(RandomAgent().state_dict())
     with pytest.raises(BlockQNNError, match="'qlearning' agent"):
-        agent.load_state_dict(QLearningAgent(max_depth=8).state_dict())
+        agent.load_state_dict(QLearningAgent(NSCSpace(8)).state_dict())
 
 
 # ----- bad input ----------------------------------------------------------------------------
@@ -253,10 +254,9 @@ def test_random_agent_snapshot_checks() -> None:
         ({"gamma": -0.1}, "gamma"),
         ({"budget": -1}, "budget"),
         ({"budget": 0}, "budget"),
-        ({"max_depth": 1}, "max_depth"),
         ({"q_init": float("inf")}, "q_init"),
         ({"replay_size": -1}, "replay_size"),
-        ({"iteration_size": 0}, "iteration_size"),
+        ({"iteration_size": -1}, "iteration_size"),
         ({"schedule": [(1.0, 0), (0.5, 0)]}, "schedule"),
         ({"schedule": [(1.5, 3)]}, "schedule"),
         ({"schedule": [(0.5, 2.5)]}, "schedule"),

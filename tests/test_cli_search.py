@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import blockqnn.executor as ex
+import blockqnn.executor.base as ex
 from blockqnn.cli import main
 from blockqnn.executor.synthetic import SyntheticEvaluator
 from blockqnn.store import DB_NAME, Store
@@ -16,7 +16,7 @@ from blockqnn.store import DB_NAME, Store
 @pytest.fixture
 def synthetic(monkeypatch: pytest.MonkeyPatch) -> None:
     """Replace the early-stop evaluator (and its data) with the instant synthetic one."""
-    monkeypatch.setattr(ex, "real_evaluator", lambda c, d, dev: SyntheticEvaluator(c))
+    monkeypatch.setattr(ex, "default_evaluator", lambda c, d, dev: SyntheticEvaluator(c))
     monkeypatch.setattr(ex, "load_data", lambda c: None)
 
 
@@ -37,7 +37,7 @@ def test_search_then_status_json(finished_run: Path, capsys: pytest.CaptureFixtu
     assert main(["status", str(finished_run), "--json", "--top", "2"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert (info["budget"], info["trained"], info["running"], info["failed"]) == (4, 4, 0, 0)
-    assert {"reused", "epsilon", "evaluations_per_hour", "elapsed_seconds"} <= set(info)
+    assert {"reused", "info", "evaluations_per_hour", "elapsed_seconds"} <= set(info)
     assert len(info["top"]) == 2
     assert info["top"][0]["reward"] >= info["top"][1]["reward"]
     assert {"nsc", "hash", "reward", "accuracy"} <= set(info["top"][0])
@@ -208,5 +208,5 @@ def test_a_budget_beyond_the_search_space_is_refused(
     run = tmp_path / "run"
     argv = ["search", "--config", str(config), "--budget", "10", "--run-dir", str(run)]
     assert main(argv) == 2
-    assert "exceeds the 8 blocks" in capsys.readouterr().err
+    assert "exceeds the 8 candidates" in capsys.readouterr().err
     assert not run.exists()

@@ -15,7 +15,7 @@ from blockqnn.data import DataArrays, load_arrays
 from blockqnn.errors import BlockQNNError
 from blockqnn.evaluator import Evaluator, evaluate_block
 from blockqnn.nsc import Block
-from blockqnn.result import compute_reward
+from blockqnn.rewards import compute_reward
 
 BLOCK = Block.parse("1,1,3,0,0; 2,1,3,1,0; 3,5,0,2,0; 4,7,0,0,0")
 SETTINGS = {

@@ -1,15 +1,19 @@
 """`blockqnn report`: statistics, page structure, bad input, and a real headless browser.
 
 Runs are real stores filled through the store's own write API with synthetic results (no
-training), except the last test, which reports a tiny real search when the evaluator exists.
+training), or by the real search loop with the synthetic evaluator or an nb201 table; the
+last test reports a tiny real search when the evaluator exists.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
+import itertools
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -23,13 +27,29 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from blockqnn.agent import make_agent
+from blockqnn.agent import make_strategy
 from blockqnn.cli import main
 from blockqnn.config import Config, merge
-from blockqnn.executor.synthetic import SyntheticEvaluator
+from blockqnn.executor import make_space
+from blockqnn.executor.synthetic import SyntheticEvaluator, synthetic_spec
 from blockqnn.nsc import Block
-from blockqnn.report import render_report, stage_means, window_means, write_report
+from blockqnn.report import (
+    load_run,
+    render_report,
+    rolling_means,
+    rolling_size,
+    stage_means,
+    window_means,
+    write_report,
+)
 from blockqnn.report.page import config_toml, inline_svg
+from blockqnn.report.plots import (
+    ROLLING_LABEL,
+    STAGE_LABEL,
+    comparison_figure,
+    learning_curve_figure,
+)
+from blockqnn.search import run_search
 from blockqnn.store import AgentState, Store, TrialRecord
 
 HAS_DOT = shutil.which("dot") is not None
@@ -48,24 +68,24 @@ def make_run(
         Config(), {"search": {"budget": n, "agent": agent}, "agent": {"iteration_size": 8}}
     )
     evaluator = SyntheticEvaluator(config, fail_digits=fail)
-    strategy = make_agent(agent, config.agent, n, seed=1)
+    strategy = make_strategy(agent, make_space(config), n, seed=1, config=config.agent)
     store = Store.create(run_dir, config)
     store.acquire()
     store.begin_session()
     trained: list[int] = []
     seq = 0  # the agent's calls (asks and tells), numbered as the search loop does
     for i in range(1, n + 1):
-        eps = strategy.epsilon
+        info = strategy.info()
         if i % 7 == 0 and trained:
             source = store.trial(trained[0])
             block = source.block
             assert source.reward is not None
             strategy.tell(block, source.reward)
-            store.add_reused(block, eps, source, seq + 1, seq + 2, AgentState({}, seq + 2))
+            store.add_reused(block, info, source, seq + 1, seq + 2, AgentState({}, seq + 2))
             seq += 2
             continue
         block = strategy.ask()
-        trial_id = store.add_trial(block, eps, ask_seq=seq + 1)
+        trial_id = store.add_trial(block, info, ask_seq=seq + 1)
         result = evaluator.evaluate(block)
         reward = result.reward if result.ok else 0.0
         strategy.tell(block, reward)
@@ -130,12 +150,12 @@ def parse(text: str) -> _Page:
     return page
 
 
-def _record(i: int, status: str, reward: float | None, eps: float) -> TrialRecord:
+def _record(i: int, status: str, reward: float | None, eps: float | None) -> TrialRecord:
     return TrialRecord(
-        id=i, hash=f"h{i}", nsc="1,1,3,0,0; 2,7,0,0,0", status=status, reward=reward,
+        id=i, hash=f"h{i}", candidate="1,1,3,0,0; 2,7,0,0,0", status=status, reward=reward,
         accuracy=reward, flops=1, params=1, density=1.0, result=None, worker="", attempts=1,
-        lost=0, error="", reuse_of=None, epsilon=eps, ask_seq=i, tell_seq=None, created=0.0,
-        started=None, finished=None,
+        lost=0, error="", reuse_of=None, info={} if eps is None else {"epsilon": eps},
+        ask_seq=i, tell_seq=None, created=0.0, started=None, finished=None,
     )  # fmt: skip
 
 
@@ -149,12 +169,58 @@ def test_stage_means_group_consecutive_epsilons_and_skip_unscored() -> None:
         _record(6, "complete", 0.5, 1.0),  # back to 1.0: a new stage, not merged with the first
     ]
     stages = stage_means(trials)
-    assert [(s.epsilon, s.first, s.last, s.count) for s in stages] == [
-        (1.0, 1, 2, 2),
-        (0.9, 4, 5, 2),
-        (1.0, 6, 6, 1),
+    assert [(s.epsilon, s.first, s.last, s.count, s.trained, s.reused) for s in stages] == [
+        (1.0, 1, 2, 2, 2, 0),
+        (0.9, 4, 5, 2, 1, 1),
+        (1.0, 6, 6, 1, 1, 0),
     ]
-    assert [s.mean for s in stages] == pytest.approx([0.1, 0.7, 0.5])
+    # The reused 0.8 is drawn in its stage but not averaged: the mean is the trained 0.6's.
+    assert [s.mean for s in stages] == pytest.approx([0.1, 0.6, 0.5])
+
+
+def test_reused_trials_do_not_move_the_stage_means() -> None:
+    trained = [_record(1, "complete", 0.4, 0.9), _record(3, "failed", 0.0, 0.9)]
+    with_reused = [trained[0], _record(2, "reused", 100.0, 0.9), trained[1]]
+    with_reused.append(_record(4, "reused", -100.0, 0.9))
+    (stage,) = stage_means(with_reused)
+    assert (stage.first, stage.last, stage.count, stage.trained, stage.reused) == (1, 4, 4, 2, 2)
+    assert stage.mean == pytest.approx(0.2) == stage_means(trained)[0].mean
+    # A stage of reused trials only has nothing trained to average.
+    (only,) = stage_means([_record(5, "reused", 0.7, 0.5)])
+    assert only.mean is None and only.reused == 1
+
+
+def test_stage_means_of_a_run_with_reused_trials_average_its_trained_trials(
+    runs: tuple[Path, Path],
+) -> None:
+    run = load_run(runs[0])
+    stages = stage_means(run.scored)
+    assert sum(s.reused for s in stages) == run.counts["reused"] > 0
+    for s in stages:
+        inside = [t for t in run.scored if s.first <= t.id <= s.last]
+        assert s.count == len(inside)
+        rewards = [t.reward for t in inside if t.status != "reused"]
+        assert s.trained == len(rewards)
+        if rewards:
+            assert s.mean == pytest.approx(statistics.fmean(r for r in rewards if r is not None))
+
+
+def test_strategies_without_epsilon_have_no_stages() -> None:
+    trials = [_record(i, "complete", 0.1 * i, None) for i in range(1, 5)]
+    assert stage_means(trials) == []
+    # A trial without an epsilon ends a stage; it joins none.
+    mixed = [_record(1, "complete", 0.2, 1.0), _record(2, "complete", 0.4, None)]
+    mixed.append(_record(3, "complete", 0.6, 1.0))
+    assert [(s.first, s.last) for s in stage_means(mixed)] == [(1, 1), (3, 3)]
+
+
+def test_rolling_means_skip_reused_and_start_at_a_full_window() -> None:
+    trials = [_record(i, "complete", float(i), None) for i in range(1, 6)]
+    trials.insert(2, _record(9, "reused", 100.0, None))
+    trials.insert(4, _record(10, "running", None, None))
+    assert rolling_means(trials, 2) == [(2, 1.5), (3, 2.5), (4, 3.5), (5, 4.5)]
+    assert rolling_means(trials, 6) == []
+    assert [rolling_size(n) for n in (0, 3, 5, 49, 50, 120, 11392)] == [1, 3, 5, 5, 5, 12, 1139]
 
 
 def test_window_means_count_a_partial_last_window() -> None:
@@ -217,7 +283,7 @@ def test_a_running_search_gives_a_partial_report(tmp_path: Path) -> None:
     store = make_run(tmp_path / "live", n=10, close=False)
     try:
         block = Block.parse("1,1,3,0,0; 2,2,3,1,0; 3,7,0,0,0")
-        store.add_trial(block, 0.5)  # in flight
+        store.add_trial(block, {"epsilon": 0.5})  # in flight
         text = render_report(tmp_path / "live")
     finally:
         store.close()
@@ -356,10 +422,7 @@ def test_report_renders_in_headless_chromium(runs: tuple[Path, Path], tmp_path: 
 
 def test_report_of_a_run_written_by_the_search_loop(tmp_path: Path) -> None:
     """The real search loop and store writer (synthetic evaluator), Q-learning and random."""
-    from blockqnn.executor.synthetic import synthetic_spec
-    from blockqnn.search import run_search
-
-    for agent in ("qlearning", "random"):
+    for agent in ("qlearning", "random", "evolution"):
         config = merge(Config(), {"search": {"budget": 12, "agent": agent}})
         run_search(tmp_path / agent, config, spec=lambda c: synthetic_spec(c, fail_digits="0"))
     text = render_report(tmp_path / "qlearning", baseline=tmp_path / "random")
@@ -368,11 +431,175 @@ def test_report_of_a_run_written_by_the_search_loop(tmp_path: Path) -> None:
         complete = store.counts()["complete"]
     assert page.top_rows == min(10, complete) and page.tags["img"] == 3
     assert "<tr><th>state</th><td>complete</td></tr>" in text  # how the search ended
+    assert render_report(tmp_path / "evolution", baseline=tmp_path / "random")
+
+
+def _texts(fig: Any) -> list[str]:
+    return [t.get_text() for t in fig.axes[0].texts]
+
+
+def _legend(fig: Any) -> list[str]:
+    return list(fig.axes[0].get_legend_handles_labels()[1])
+
+
+def test_learning_curve_with_epsilon_has_labelled_stages_and_a_rolling_mean(
+    runs: tuple[Path, Path],
+) -> None:
+    run = load_run(runs[0])
+    stages = stage_means(run.scored)
+    fig = learning_curve_figure(run)
+    texts = _texts(fig)
+    assert len(texts) == len(stages) > 1 and all(t.startswith("ε=") for t in texts)
+    # Reused trials are counted in their stage's label, not averaged into its mean.
+    assert (
+        [t for t in texts if "reused" in t]
+        == [f"ε={s.epsilon:g} (+{s.reused} reused)" for s in stages if s.reused]
+        != []
+    )
+    k = rolling_size(len(run.trained))
+    assert STAGE_LABEL in _legend(fig) and ROLLING_LABEL.format(k=k) in _legend(fig)
+    page = render_report(runs[0])
+    assert page.count('<tr class="stage">') == len(stages)
+
+
+def test_a_run_without_epsilon_has_no_stages_but_a_rolling_mean(
+    runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    make_run(tmp_path / "evolution", "evolution", 30)
+    for run_dir in (runs[1], tmp_path / "evolution"):
+        run = load_run(run_dir)
+        assert not run.has_epsilon and stage_means(run.scored) == []
+        fig = learning_curve_figure(run)
+        assert _texts(fig) == []  # no epsilon labels
+        legend = _legend(fig)
+        assert STAGE_LABEL not in legend
+        assert ROLLING_LABEL.format(k=rolling_size(len(run.trained))) in legend
+        text = render_report(run_dir)
+        assert '<tr class="stage">' not in text and "ε" not in text
+        assert "reports no epsilon, so the curve has no stages" in text
+    assert "population 20" in render_report(tmp_path / "evolution")  # its info, in the header
+
+
+def test_comparison_works_when_either_run_has_no_epsilon(runs: tuple[Path, Path]) -> None:
+    q, random = load_run(runs[0]), load_run(runs[1])
+    q_first = comparison_figure(q, random)
+    assert any(t.startswith("ε=") for t in _texts(q_first))
+    random_first = comparison_figure(random, q)
+    assert _texts(random_first) == []
+    legend = _legend(random_first)
+    assert not [label for label in legend if "epsilon" in label]
+    assert len([label for label in legend if "rolling mean" in label]) == 2  # both runs
+    page = parse(render_report(runs[1], baseline=runs[0]))
+    assert page.tags["img"] == 3
+
+
+# ----- nb201 ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nb201_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An evolution and a random run of the nb201 space over a synthetic table of every cell
+    (deterministic made-up accuracies; the real table is not needed to test the report)."""
+    from blockqnn.spaces.nb201 import DATASETS, Cell
+
+    base = tmp_path_factory.mktemp("nb201")
+    table = base / "table.csv"
+    with table.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*DATASETS.values(), "ArchitectureString"])
+        for indices in itertools.product(range(5), repeat=6):
+            accuracy = 40.0 + 5.0 * sum(indices) / 3.0  # better with more "later" ops
+            writer.writerow([accuracy] * len(DATASETS) + [str(Cell.from_indices(indices))])
+    for agent in ("evolution", "random"):
+        config = merge(
+            Config(),
+            {
+                "search": {"budget": 24, "agent": agent, "space": "nb201"},
+                "data": {"dataset": "cifar10", "table": str(table)},
+                "agent": {"population_size": 8, "sample_size": 3},
+            },
+        )
+        run_search(base / agent, config)
+    return base / "evolution", base / "random"
+
+
+def _fake_dot(tmp_path: Path) -> str:
+    """A stand-in for Graphviz's `dot`: an SVG with one <text class="edge"> per labelled
+    edge of the DOT text it reads, so a test can check what the page drew without Graphviz."""
+    script = tmp_path / "dot"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import html, re, sys\n"
+        "dot = sys.stdin.read()\n"
+        'labels = re.findall(r\'-> \\d+ \\[label="([^"]*)"\', dot)\n'
+        "print('<?xml version=\"1.0\"?>')\n"
+        'print(\'<svg xmlns="http://www.w3.org/2000/svg" width="90" height="90">\')\n'
+        "for label in labels:\n"
+        "    print('<text class=\"edge\">' + html.escape(label) + '</text>')\n"
+        "print('</svg>')\n"
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_cell_dot_labels_edges_and_omits_none() -> None:
+    from blockqnn.spaces.nb201 import Cell
+    from blockqnn.viz import cell_dot
+
+    cell = Cell.parse(
+        "|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|avg_pool_3x3~1|nor_conv_1x1~2|"
+    )
+    dot = cell_dot(cell)
+    edges = [line.strip() for line in dot.splitlines() if "->" in line]
+    assert [e.split(" [")[0] for e in edges] == ["0 -> 1", "0 -> 3", "1 -> 3", "2 -> 3"]
+    assert [e.split(", ")[0].split("[")[1] for e in edges] == [
+        'label="conv 3x3"',
+        'label="skip"',
+        'label="avg pool 3x3"',
+        'label="conv 1x1"',
+    ]
+    assert "none" not in dot
+    # Node 2 is fed by none edges only: no signal of the input passes it, drawn dashed.
+    assert '2 [label="2: node 2", fillcolor="#c7e9c0", style="rounded,filled,dashed"]' in dot
+    assert '1 [label="1: node 1", fillcolor="#c7e9c0", style="rounded,filled"]' in dot
+
+
+def test_nb201_report_draws_cells_and_has_no_flops_plot(
+    nb201_runs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from blockqnn.spaces.nb201 import Cell
+
+    monkeypatch.setattr("blockqnn.viz.shutil.which", lambda name: _fake_dot(tmp_path))
+    evolution, random = nb201_runs
+    text = render_report(evolution, baseline=random)
+    page = parse(text)
+    run = load_run(evolution)
+    assert run.space == "nb201" and not run.has_cost
+    assert page.tags["img"] == 3  # learning curve, comparison, accuracy histogram
+    assert "Accuracy against FLOPs" not in text and "measured no FLOPs" in text
+    assert f"Top {len(run.top)} candidates" in text and "Top 10 blocks" not in text
+    assert "<th>FLOPs</th>" not in text and "cell (NAS-Bench-201) and hash" in text
+    assert "reports no epsilon" in text
+    rows = text.split('<tr class="top-block">')[1:]
+    assert len(rows) == page.top_rows == len(run.top) > 0
+    assert page.tags.get("svg", 0) == len(rows)
+    for row, trial in zip(rows, run.top, strict=True):
+        cell = Cell.parse(trial.candidate)
+        assert f"<code>{cell}</code>" in row
+        # One labelled edge per op that is not `none`; `none` edges are left out.
+        assert row.count('<text class="edge">') == sum(op != "none" for op in cell.ops)
+        assert '<text class="edge">none</text>' not in row
+
+
+def test_a_baseline_of_another_space_is_refused(
+    nb201_runs: tuple[Path, Path], runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _bad([str(nb201_runs[0]), "--baseline", str(runs[1])], capsys)
+    assert "--baseline" in err and "not comparable" in err
 
 
 def test_report_of_a_tiny_real_search(tmp_path: Path) -> None:
     pytest.importorskip("blockqnn.evaluator")
-    from blockqnn.search import run_search
 
     config = merge(
         Config(),

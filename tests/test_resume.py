@@ -20,9 +20,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 DRIVER = """
 import sys
-import blockqnn.executor as ex
+import blockqnn.executor.base as ex
 from blockqnn.executor.synthetic import SyntheticEvaluator
-ex.real_evaluator = lambda c, d, dev: SyntheticEvaluator(c, seconds=float(sys.argv[1]))
+ex.default_evaluator = lambda c, d, dev: SyntheticEvaluator(c, seconds=float(sys.argv[1]))
 ex.load_data = lambda c: None
 from blockqnn.cli import main
 sys.exit(main(sys.argv[2:]))
@@ -61,7 +61,7 @@ def _wait_for(run: Path, proc: subprocess.Popen[str], n: int) -> list[TrialRecor
 
 def _trace(run: Path) -> list[tuple[str, str, float | None]]:
     with Store.open(run, readonly=True) as s:
-        return [(t.nsc, t.status, t.reward) for t in s.trials()]
+        return [(t.candidate, t.status, t.reward) for t in s.trials()]
 
 
 def test_kill_9_at_several_points_then_resume(tmp_path: Path) -> None:

@@ -8,13 +8,15 @@ from typing import Any
 
 import pytest
 
-from blockqnn.agent import make_agent
+from blockqnn.agent import make_strategy
 from blockqnn.config import Config, merge
-from blockqnn.executor import EvaluatorSpec, Finished, LocalExecutor, WorkerLost
+from blockqnn.executor import EvaluatorSpec, Finished, WorkerLost
+from blockqnn.executor.local import LocalExecutor
 from blockqnn.executor.synthetic import SyntheticEvaluator, synthetic_spec
 from blockqnn.nsc import Block
 from blockqnn.result import EvalResult
 from blockqnn.search import FAILED_REWARD, run_search
+from blockqnn.spaces.nsc import NSCSpace
 from blockqnn.store import Store
 
 BLOCKS = {
@@ -45,9 +47,8 @@ class ScriptedAgent:
         self.asked = 0
         self.tells: list[tuple[str, float]] = []
 
-    @property
-    def epsilon(self) -> float:
-        return 1.0
+    def info(self) -> dict[str, Any]:
+        return {}
 
     def ask(self) -> Block:
         block = BLOCKS[self.names[self.asked % len(self.names)]]
@@ -135,7 +136,7 @@ def test_duplicates_reuse_the_reward_and_stay_outside_the_budget(tmp_path: Path)
     ]
     assert executor.submitted == ["A", "B", "C", "X", "D"]  # no hash trained twice
     assert trials[2].reuse_of == trials[0].id and trials[2].reward == REWARD["A"]
-    assert trials[6].nsc == str(BLOCKS["X2"])
+    assert trials[6].candidate == str(BLOCKS["X2"])
     assert store.counts()["trained"] == 5 and store.counts()["reused"] == 3
     assert sorted(agent.tells) == sorted((NAME[t.hash], t.reward) for t in trials)
 
@@ -207,7 +208,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
 
     def trace(run: Path) -> list[tuple[str, str, float | None]]:
         with Store.open(run, readonly=True) as s:
-            return [(t.nsc, t.status, t.reward) for t in s.trials()]
+            return [(t.candidate, t.status, t.reward) for t in s.trials()]
 
     run_search(tmp_path / "straight", config, spec=spec)
     for at in (3, 6):  # stop twice, resume twice
@@ -234,7 +235,7 @@ def test_restored_agent_matches_the_live_one(
     """The snapshot plus replayed calls rebuild exactly the agent that was running."""
     monkeypatch.setattr("blockqnn.search.SNAPSHOT_EVERY", snapshot_every)
     config = merge(_config(budget=8), {"agent": {"iteration_size": 2, "replay_size": 4}})
-    live = make_agent("qlearning", config.agent, 8, 0)
+    live = make_strategy("qlearning", NSCSpace(), 8, 0, config.agent)
     with pytest.raises(KeyboardInterrupt):
         run_search(
             tmp_path / "run",
@@ -245,9 +246,9 @@ def test_restored_agent_matches_the_live_one(
         )
     from blockqnn.search import restore_agent
 
-    fresh = make_agent("qlearning", config.agent, 8, 0)
+    fresh = make_strategy("qlearning", NSCSpace(), 8, 0, config.agent)
     with Store.open(tmp_path / "run", readonly=True) as store:
-        restore_agent(store, fresh, config.agent.max_depth)
+        restore_agent(store, fresh, NSCSpace())
     assert fresh.state_dict() == live.state_dict()
 
 

@@ -13,10 +13,10 @@ from tests.strategies import blocks
 
 from blockqnn import Block, BlockQNNError
 from blockqnn.nsc import KERNELS, LayerType, check_layer
-from blockqnn.space import START, SearchSpace, parse_path_rows, path_text
+from blockqnn.spaces.nsc import START, NSCSpace, parse_path_rows, path_text
 
 
-def _all_paths(space: SearchSpace) -> list[tuple[tuple[int, ...], ...]]:
+def _all_paths(space: NSCSpace) -> list[tuple[tuple[int, ...], ...]]:
     out = []
 
     def walk(state: tuple[int, ...], prefix: tuple[tuple[int, ...], ...]) -> None:
@@ -52,7 +52,7 @@ def _all_valid_blocks(max_depth: int) -> list[Block]:
 
 
 def test_actions_follow_the_nsc_rules() -> None:
-    space = SearchSpace(max_depth=5)
+    space = NSCSpace(max_depth=5)
     first = space.actions(START)
     assert len(first) == 8  # conv x3, max pool x2, avg pool x2, identity, all of the input
     assert all(a[0] == 1 and not space.is_terminal(a) for a in first)
@@ -67,10 +67,10 @@ def test_actions_follow_the_nsc_rules() -> None:
 
 
 def test_space_equals_brute_force_enumeration_up_to_add_order() -> None:
-    space = SearchSpace(max_depth=4)
+    space = NSCSpace(max_depth=4)
     paths = _all_paths(space)
-    assert len(paths) == space.count_blocks() == len(set(paths))
-    produced = {space.to_block(p).hash for p in paths}
+    assert len(paths) == space.count() == len(set(paths))
+    produced = {space.to_candidate(p).hash for p in paths}
     valid = _all_valid_blocks(4)
     assert {b.hash for b in valid} == produced
     assert {space.path_of(b) for b in valid} == set(paths)
@@ -78,16 +78,16 @@ def test_space_equals_brute_force_enumeration_up_to_add_order() -> None:
 
 @pytest.mark.parametrize(("max_depth", "count"), [(2, 8), (3, 8 + 8 * 18)])
 def test_count_blocks_small(max_depth: int, count: int) -> None:
-    assert SearchSpace(max_depth).count_blocks() == count
+    assert NSCSpace(max_depth).count() == count
 
 
 def test_sampled_paths_are_valid_blocks_and_round_trip() -> None:
-    space = SearchSpace()
+    space = NSCSpace()
     rng = random.Random(3)
     lengths = set()
     for _ in range(500):
         path = space.sample(rng)
-        block = space.to_block(path)
+        block = space.to_candidate(path)
         assert block.max_depth == 10
         assert space.path_of(block) == path
         assert space.check_path(parse_path_rows(path_text(path))) == path
@@ -98,17 +98,17 @@ def test_sampled_paths_are_valid_blocks_and_round_trip() -> None:
 @settings(max_examples=150, deadline=None)
 @given(block=blocks())
 def test_every_valid_block_is_producible(block: Block) -> None:
-    space = SearchSpace()
+    space = NSCSpace()
     path = space.path_of(block)
     state = START
     for action in path:
         assert action in space.actions(state)
         state = action
-    assert space.to_block(path).hash == block.hash
+    assert space.to_candidate(path).hash == block.hash
 
 
 def test_path_of_normalises_add_order() -> None:
-    space = SearchSpace()
+    space = NSCSpace()
     block = Block.parse("1,1,3,0,0; 2,1,5,0,0; 3,6,0,2,1")
     assert space.path_of(block)[2] == (3, 6, 0, 1, 2)
 
@@ -116,8 +116,8 @@ def test_path_of_normalises_add_order() -> None:
 def test_blocks_outside_the_space_are_refused() -> None:
     deep = Block.from_tuples([(i, 4, 0, i - 1, 0) for i in range(1, 11)], max_depth=12)
     with pytest.raises(BlockQNNError, match="max_depth 10"):
-        SearchSpace(10).path_of(deep)
-    space = SearchSpace(4)
+        NSCSpace(10).path_of(deep)
+    space = NSCSpace(4)
     with pytest.raises(BlockQNNError, match="end with the terminal"):
         space.check_path([(1, 1, 3, 0, 0)])
     with pytest.raises(BlockQNNError, match="layer 2"):
@@ -126,14 +126,14 @@ def test_blocks_outside_the_space_are_refused() -> None:
         space.check_path([(1, 7, 0, 0, 0)])  # an empty block
     with pytest.raises(BlockQNNError, match="layer 3"):
         space.check_path([(1, 1, 3, 0, 0), (2, 7, 0, 0, 0), (3, 7, 0, 0, 0)])
-    with pytest.raises(BlockQNNError, match="not NSC text"):
+    with pytest.raises(BlockQNNError, match="not a path's text"):
         parse_path_rows("1,a,3")
     with pytest.raises(BlockQNNError, match="max_depth"):
-        SearchSpace(1)
+        NSCSpace(1)
 
 
 def test_states_and_actions() -> None:
-    space = SearchSpace(4)
+    space = NSCSpace(4)
     assert space.is_state(START) and space.is_state((1, 1, 3, 0, 0))
     assert not space.is_state((2, 7, 0, 0, 0)) and not space.is_state((1, 1, 2, 0, 0))
     assert space.is_action(START, (1, 2, 3, 0, 0))
@@ -150,7 +150,8 @@ def test_states_and_actions() -> None:
 
 def test_space_and_agent_do_not_import_torch() -> None:
     code = (
-        "import sys, blockqnn.space, blockqnn.agent; "
+        "import sys, blockqnn.spaces.nsc, blockqnn.spaces.nb201, blockqnn.agent, "
+        "blockqnn.agent.evolution, blockqnn.registry, blockqnn.rewards, blockqnn.store; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -74,9 +74,9 @@ def test_open_refuses_what_is_not_a_usable_run(tmp_path: Path, make: str) -> Non
 
 
 def test_trial_lifecycle_snapshot_and_reads(store: Store) -> None:
-    t1 = store.add_trial(A, epsilon=1.0, ask_seq=1)
-    t2 = store.add_trial(B, epsilon=0.9, ask_seq=2)
-    dup = store.add_trial(A, epsilon=0.9, status="queued", reuse_of=t1, ask_seq=3)
+    t1 = store.add_trial(A, info={"epsilon": 1.0}, ask_seq=1)
+    t2 = store.add_trial(B, info={"epsilon": 0.9}, ask_seq=2)
+    dup = store.add_trial(A, info={"epsilon": 0.9}, status="queued", reuse_of=t1, ask_seq=3)
     store.finish(t1, _ok(0.5), 0.5, "w1", 4, AgentState({"n": 1}, 5), duplicates=[(dup, 5)])
     store.finish(t2, EvalResult.failed("nan loss"), 0.0, "w2", 6)  # no snapshot this time
     reused = store.add_reused(A, 0.8, store.trial(t1), 7, 8, AgentState({"n": 3}, 8))
@@ -95,7 +95,7 @@ def test_trial_lifecycle_snapshot_and_reads(store: Store) -> None:
 
 
 def test_finished_trials_never_change(store: Store) -> None:
-    t1 = store.add_trial(A, epsilon=1.0)
+    t1 = store.add_trial(A, info={"epsilon": 1.0})
     store.finish(t1, _ok(0.5), 0.5, "w", 2, AgentState({}, 2))
     with pytest.raises(RuntimeError, match="complete"):
         store.finish(t1, _ok(0.9), 0.9, "w", 3, AgentState({}, 3))
@@ -106,8 +106,8 @@ def test_finished_trials_never_change(store: Store) -> None:
 
 
 def test_requeue_interrupt_and_recover(store: Store) -> None:
-    t1 = store.add_trial(A, epsilon=1.0)
-    t2 = store.add_trial(B, epsilon=1.0)
+    t1 = store.add_trial(A, info={"epsilon": 1.0})
+    t2 = store.add_trial(B, info={"epsilon": 1.0})
     store.requeue(t1, "worker lost", lost=True)
     store.start(t1, "w2")
     assert store.trial(t1).attempts == 2 and store.trial(t1).lost == 1
@@ -135,6 +135,6 @@ def test_records_of_deep_blocks_parse_beyond_the_default_depth() -> None:
 
     nsc = "; ".join(f"{i},1,3,{i - 1},0" for i in range(1, 13)) + "; 13,7,0,0,0"
     fields = dict.fromkeys(TrialRecord.__dataclass_fields__)
-    fields.update(nsc=nsc, status="complete")
+    fields.update(candidate=nsc, status="complete")
     record = TrialRecord(**fields)  # type: ignore[arg-type]
     assert len(record.block) == 12

@@ -6,12 +6,15 @@ torch. Values marked (paper) come from BlockQNN; (choice) are ours where the pap
 
 A TOML file has one table per section, each optional:
 
-    [search]   budget = 100, agent = "qlearning", executor = "local", ...
+    [search]   budget = 100, space = "nsc", agent = "qlearning", executor = "local", ...
     [agent]    alpha = 0.01, gamma = 1.0, ...
-    [data]     dataset = "digits", train_samples = 500, ...
+    [data]     dataset = "digits", train_samples = 500, table = "", ...
     [network]  filters = 32, blocks_per_stage = 2, head = "paper", ...
     [train]    epochs = 12, batch_size = 256, lr = 0.001, ...
-    [reward]   mu = 0.01, rho = 0.01
+    [reward]   name = "paper", mu = 0.01, rho = 0.01
+
+Names of spaces, strategies, rewards and executors are checked against
+`blockqnn.registry`, so plug-ins are accepted wherever built-ins are.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, TypeVar
 from blockqnn.cost import NetworkConfig
 from blockqnn.errors import BlockQNNError
 from blockqnn.nsc import DEFAULT_MAX_DEPTH
+from blockqnn.registry import EXECUTORS, REWARDS, SPACES, STRATEGIES, Registry
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -71,19 +75,22 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """reward = accuracy - mu * log(FLOPs / FLOPs_ref) - rho * log(density).
+    """Which reward turns an evaluation's metrics into the scalar the strategy is told.
 
-    The paper's mu and rho are not known reliably, and a raw log(FLOPs) is ~20, so FLOPs are
-    normalised by the network of a single 3x3 conv block (`cost.REFERENCE_BLOCK`, same
-    network settings). With mu = 0.01 a block ten times costlier than that reference must
-    earn 2.3 points of accuracy more to be worth it; with rho = 0.01 the densest blocks
-    (density ~1.5) pay 0.4 points. mu = rho = 0 gives plain accuracy.
+    `paper`: accuracy - mu * log(FLOPs / FLOPs_ref) - rho * log(density). The paper's mu and
+    rho are not known reliably, and a raw log(FLOPs) is ~20, so FLOPs are normalised by the
+    network of a single 3x3 conv block (`cost.REFERENCE_BLOCK`, same network settings). With
+    mu = 0.01 a block ten times costlier than that reference must earn 2.3 points of
+    accuracy more to be worth it; with rho = 0.01 the densest blocks (density ~1.5) pay 0.4
+    points. mu = rho = 0 gives plain accuracy. `accuracy`: the accuracy alone.
     """
 
+    name: str = "paper"  # (paper) a name registered in blockqnn.registry.REWARDS
     mu: float = 0.01  # (choice) reward per unit of log FLOPs ratio
     rho: float = 0.01  # (choice) reward per unit of log density
 
     def __post_init__(self) -> None:
+        _registered(self, "name", REWARDS)
         for name in ("mu", "rho"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -95,7 +102,10 @@ class DataConfig:
     """Which data scores candidates. The reward uses a validation split held out from the
     training set, never the test set."""
 
-    dataset: str = "digits"  # digits | cifar10 | cifar100 | a folder | a .npz file
+    # digits | cifar10 | cifar100 | a folder | a .npz file; for the nb201 space the table's
+    # column: cifar10 | cifar100 | imagenet16-120
+    dataset: str = "digits"
+    table: str = ""  # nb201 space: the accuracy table (CSV or .csv.gz)
     data_dir: str = ""  # where cifar archives are, or are downloaded to; "" = the cache
     cache_dir: str = ""  # decoded-array cache; "" = $BLOCKQNN_CACHE, else ~/.cache/blockqnn
     train_samples: int = 0  # class-balanced subset of the training split; 0 = all
@@ -111,36 +121,94 @@ class DataConfig:
             raise BlockQNNError(f"data.val_size = {self.val_size}: must be >= 0")
 
 
+# [agent] presets: `paper` keeps every constant of BlockQNN (and MetaQNN where it is silent)
+# exactly; `blockqnn` is ours, chosen by measurement (README, "How the agent's defaults were
+# chosen"). A preset sets every field it lists; keys given beside it override it.
+AGENT_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "alpha": 0.01,
+        "gamma": 1.0,
+        "q_init": 0.5,
+        "replay_size": 128,
+        "iteration_size": 64,
+        "reward_shaping": True,
+        "q_init_mode": "fixed",
+        "alpha_mode": "fixed",
+        "on_repeat": "allow",
+    },
+    "blockqnn": {
+        "alpha": 0.01,
+        "gamma": 1.0,
+        "q_init": 0.5,
+        "replay_size": 128,
+        "iteration_size": 0,
+        "reward_shaping": False,
+        "q_init_mode": "mean",
+        "alpha_mode": "visits",
+        "on_repeat": "explore",
+    },
+}
+
+
 @dataclass(frozen=True)
 class AgentConfig:
-    """The Q-learning agent (paper values) and the search space's size."""
+    """The strategies' settings and the NSC space's size. Defaults are the `blockqnn` preset;
+    `preset = "paper"` restores the paper's constants (see AGENT_PRESETS)."""
 
+    preset: str = "blockqnn"  # "blockqnn" (ours, measured) or "paper"
     max_depth: int = DEFAULT_MAX_DEPTH  # (choice) layer indices 1..max_depth, last terminal
-    alpha: float = 0.01  # (paper) Q-learning rate
+    alpha: float = 0.01  # (paper) Q-learning rate; with alpha_mode "visits", its floor
     gamma: float = 1.0  # (paper) discount
-    q_init: float = 0.5  # (MetaQNN) initial Q value
+    q_init: float = 0.5  # (MetaQNN) initial Q value; with q_init_mode "mean", before any reward
     replay_size: int = 128  # (choice; MetaQNN 100-128) blocks replayed after each iteration
-    iteration_size: int = 64  # (paper) sampled blocks per epsilon iteration
-    reward_shaping: bool = True  # (paper) every step gets R / T instead of 0
+    # (choice; paper 64) distinct blocks per replay iteration; 0 = budget / 178 (at least 4,
+    # at most 64), so every budget replays as often as the paper's 178 iterations
+    iteration_size: int = 0
+    # (choice; paper true) every step gets R / T instead of 0; with gamma = 1 it makes a
+    # path's early Q-values grow with its length, so ours is off (MetaQNN's choice)
+    reward_shaping: bool = False
+    # (choice; paper "fixed") what unvisited pairs read: "fixed" = q_init, "mean" = the mean
+    # reward told so far, so a tried action is preferred only if it beat the average
+    q_init_mode: str = "mean"
+    # (choice; paper "fixed") "visits": each pair learns at max(alpha, 1 / its updates), the
+    # sample mean of its targets until then; "fixed": alpha always
+    alpha_mode: str = "visits"
+    # (choice; paper "allow") "explore": a walk that rebuilds a block already told explores
+    # one random step of it instead (up to 20 tries); "allow": propose it again
+    on_repeat: str = "explore"
+    population_size: int = 20  # (choice) regularized evolution: candidates alive at once
+    sample_size: int = 5  # (choice) regularized evolution: tournament size
 
     def __post_init__(self) -> None:
+        _choice(self, "preset", tuple(AGENT_PRESETS))
         if not 0 < self.alpha <= 1:
             raise BlockQNNError(f"agent.alpha = {self.alpha}: must be in (0, 1]")
         if not 0 <= self.gamma <= 1:
             raise BlockQNNError(f"agent.gamma = {self.gamma}: must be in [0, 1]")
-        _positive(self, "iteration_size")
         if self.max_depth < 2:
             raise BlockQNNError(f"agent.max_depth = {self.max_depth}: must be at least 2")
         if self.replay_size < 0:
             raise BlockQNNError(f"agent.replay_size = {self.replay_size}: must be >= 0")
+        if self.iteration_size < 0:
+            raise BlockQNNError(f"agent.iteration_size = {self.iteration_size}: must be >= 0")
+        _choice(self, "q_init_mode", ("fixed", "mean"))
+        _choice(self, "alpha_mode", ("fixed", "visits"))
+        _choice(self, "on_repeat", ("allow", "explore"))
+        _positive(self, "population_size", "sample_size")
+        if self.sample_size > self.population_size:
+            raise BlockQNNError(
+                f"agent.sample_size = {self.sample_size}: must not exceed population_size "
+                f"= {self.population_size}"
+            )
 
 
 @dataclass(frozen=True)
 class SearchSettings:
     """The search loop and where it runs."""
 
-    budget: int = 64  # trained (not reused) blocks to evaluate
-    agent: str = "qlearning"  # "qlearning" or "random" (the paper's baseline)
+    budget: int = 64  # trained (not reused) candidates to evaluate
+    space: str = "nsc"  # (paper) the search space: "nsc" (BlockQNN's blocks), "nb201", plug-ins
+    agent: str = "qlearning"  # (paper) the strategy: "qlearning", "random", "evolution", plug-ins
     seed: int = 0  # seed of the agent
     executor: str = "local"  # "local" (in process) or "ray"
     workers: int = 1  # evaluation slots running at once
@@ -152,8 +220,9 @@ class SearchSettings:
     def __post_init__(self) -> None:
         if self.budget < 1:
             raise BlockQNNError(f"search.budget = {self.budget}: must be at least 1")
-        _choice(self, "agent", ("qlearning", "random"))
-        _choice(self, "executor", ("local", "ray"))
+        _registered(self, "space", SPACES)
+        _registered(self, "agent", STRATEGIES)
+        _registered(self, "executor", EXECUTORS)
         _positive(self, "workers", "max_attempts")
         if self.gpus_per_trial < 0 or self.cpus_per_trial < 0:
             raise BlockQNNError("search.gpus_per_trial and cpus_per_trial must be >= 0")
@@ -219,6 +288,9 @@ def merge(config: Config, overrides: dict[str, Any]) -> Config:
 
 def _update(section: T, values: dict[str, Any], name: str) -> T:
     known = {f.name: f for f in fields(section)}  # type: ignore[arg-type]
+    preset = values.get("preset") if name == "agent" else None
+    if isinstance(preset, str) and preset in AGENT_PRESETS:  # the preset first, then the rest
+        values = {**AGENT_PRESETS[preset], **values}
     for key in values:
         if key not in known:
             raise BlockQNNError(
@@ -264,6 +336,7 @@ _SECTIONS = {
     "AgentConfig": "agent",
     "SearchSettings": "search",
     "DataConfig": "data",
+    "RewardConfig": "reward",
 }
 
 
@@ -273,6 +346,14 @@ def _positive(obj: Any, *names: str) -> None:
         if value < 1:
             section = _SECTIONS.get(type(obj).__name__, type(obj).__name__)
             raise BlockQNNError(f"{section}.{name} = {value}: must be at least 1")
+
+
+def _registered(obj: Any, name: str, registry: Registry[Any]) -> None:
+    section = _SECTIONS.get(type(obj).__name__, type(obj).__name__)
+    try:
+        registry.check(getattr(obj, name))
+    except BlockQNNError as exc:
+        raise BlockQNNError(f"{section}.{name}: {exc}") from None
 
 
 def _choice(obj: Any, name: str, options: tuple[str, ...]) -> None:

@@ -31,7 +31,8 @@ from blockqnn.config import Config
 from blockqnn.cost import network_cost, reference_flops
 from blockqnn.errors import BlockQNNError
 from blockqnn.nsc import Block
-from blockqnn.result import STATUS_OK, EvalResult, compute_reward
+from blockqnn.result import STATUS_OK, EvalResult
+from blockqnn.rewards import make_reward
 from blockqnn.trainer import (
     Recipe,
     describe_device,
@@ -78,6 +79,7 @@ class Evaluator:
         )
         self.recipe = early_stop_recipe(config.train, data.name, data.input_shape)
         self.flops_ref = reference_flops(self.network_config)
+        self.reward = make_reward(config)
         self.device_name = describe_device(self.device)
 
     def evaluate(self, block: Block) -> EvalResult:
@@ -130,18 +132,12 @@ class Evaluator:
             "device": self.device_name,
             "mode": fitted.mode,
             "batch_size": fitted.batch_size,
+            "metrics": {"flops_ref": float(self.flops_ref)},
         }
         if not fitted.ok or fitted.accuracy is None:
             return EvalResult.failed(fitted.error or "no accuracy measured", **common)
-        reward = compute_reward(
-            fitted.accuracy,
-            cost.flops,
-            self.flops_ref,
-            cost.density,
-            self.config.reward.mu,
-            self.config.reward.rho,
-        )
-        return EvalResult(status=STATUS_OK, accuracy=fitted.accuracy, reward=reward, **common)
+        result = EvalResult(status=STATUS_OK, accuracy=fitted.accuracy, **common)
+        return replace(result, reward=self.reward(result.metric_values()))
 
     def _free(self) -> None:
         """Give cached CUDA memory back after an out-of-memory, before the retry."""

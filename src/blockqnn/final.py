@@ -75,11 +75,16 @@ def pick_block(run_dir: str | Path, rank: int) -> tuple[Block, Config]:
         config = store.config()
     finally:
         store.close()
+    if config.search.space != "nsc":
+        raise BlockQNNError(
+            f"{run_dir}: a {config.search.space} run; train builds networks of NSC blocks "
+            "(search space nsc)"
+        )
     if not top:
         raise BlockQNNError(f"{run_dir}: the run has no completed trials yet")
     if rank > len(top):
         raise BlockQNNError(f"--rank {rank}: the run has only {len(top)} completed blocks")
-    return Block.parse(top[rank - 1].nsc, max_depth=config.agent.max_depth), config
+    return Block.parse(top[rank - 1].candidate, max_depth=config.agent.max_depth), config
 
 
 def _recipe(settings: FinalSettings, dataset: str, input_shape: tuple[int, int, int]) -> Any:

@@ -1,13 +1,13 @@
 """The record of one evaluation: what the evaluator returns and the store keeps.
 
-Owns: `EvalResult`, its JSON-safe dict form and the reward formula. Must not import torch:
-the store, the agent's caller and the report read results without a training stack.
+Owns: `EvalResult` and its JSON-safe dict form. Must not import torch: the store, the
+search loop and the report read results without a training stack. Rewards are computed from
+its metrics by `blockqnn.rewards`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 STATUS_OK = "ok"
@@ -21,7 +21,7 @@ class EvalResult:
 
     status: str  # "ok" or "failed"
     accuracy: float = 0.0  # validation accuracy in [0, 1] (never the test split)
-    reward: float = 0.0  # accuracy - mu log(FLOPs / ref) - rho log(density); 0 when failed
+    reward: float = 0.0  # the configured reward of the metrics (`blockqnn.rewards`); 0 if failed
     flops: int = 0  # forward FLOPs per image of the search-time network
     params: int = 0
     density: float = 0.0
@@ -34,6 +34,9 @@ class EvalResult:
     mode: str = ""  # how training ran, e.g. "eager bf16", "cuda graph bf16"
     batch_size: int = 0  # the batch size finally used (halved after an out-of-memory)
     error: str = ""  # why a failed evaluation failed
+    # further metrics by name (e.g. "flops_ref", a measured "latency_ms"): they travel
+    # unchanged through Ray, the store and the report, and rewards may use them
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -47,18 +50,16 @@ class EvalResult:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def metric_values(self) -> dict[str, float]:
+        """Every metric by name: accuracy, flops, params, density and the extra `metrics`."""
+        return {
+            "accuracy": self.accuracy,
+            "flops": float(self.flops),
+            "params": float(self.params),
+            "density": self.density,
+            **self.metrics,
+        }
+
     @classmethod
     def failed(cls, error: str, **metrics: Any) -> EvalResult:
         return cls(status=STATUS_FAILED, error=error, **metrics)
-
-
-def compute_reward(
-    accuracy: float, flops: int, flops_ref: int, density: float, mu: float, rho: float
-) -> float:
-    """The paper's reward with FLOPs normalised by a reference network (see RewardConfig)."""
-    penalty = 0.0
-    if mu:
-        penalty += mu * math.log(flops / flops_ref)
-    if rho:
-        penalty += rho * math.log(density)
-    return accuracy - penalty

@@ -36,15 +36,16 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from blockqnn.config import Config, merge
 from blockqnn.errors import BlockQNNError
-from blockqnn.executor import EvaluatorSpec, Executor, WorkerLost, make_executor
-from blockqnn.nsc import Block
-from blockqnn.result import EvalResult
+from blockqnn.executor import EvaluatorSpec, Executor, WorkerLost, make_executor, make_space
+from blockqnn.result import STATUS_FAILED, EvalResult
+from blockqnn.rewards import Reward, make_reward
+from blockqnn.spaces.base import Space
 from blockqnn.store import (
     COMPLETE,
     DB_NAME,
@@ -75,7 +76,8 @@ class SearchStalled(RuntimeError):
 class SearchEvent:
     """What happened to one trial, with the run's totals after it (for progress displays).
 
-    kind: "start" (trial None), "complete", "failed", "reused", "requeued" (worker lost)."""
+    kind: "start" (trial None), "complete", "failed", "reused", "requeued" (worker lost).
+    info: the strategy's `info()` at its latest ask (e.g. Q-learning's epsilon)."""
 
     kind: str
     trial: TrialRecord | None
@@ -85,7 +87,7 @@ class SearchEvent:
     failed: int
     running: int
     best: TrialRecord | None
-    epsilon: float
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class SearchSummary:
 EventHandler = Callable[[SearchEvent], None]
 
 
-def restore_agent(store: Store, agent: Any, max_depth: int) -> int:
+def restore_agent(store: Store, agent: Any, space: Space) -> int:
     """Bring a fresh agent to the state the store records: load the newest snapshot, then
     replay the asks and tells recorded after it, in order. Returns the calls reflected."""
     snap = store.latest_snapshot()
@@ -118,16 +120,16 @@ def restore_agent(store: Store, agent: Any, max_depth: int) -> int:
         seq = position
         if not is_ask:
             assert t.reward is not None
-            agent.tell(Block.parse(t.nsc, max_depth), t.reward)
+            agent.tell(space.parse(t.candidate), t.reward)
             continue
-        block = agent.ask()
-        if block.hash != t.hash:
+        candidate = agent.ask()
+        if candidate.hash != t.hash:
             log.warning(
                 "trial %d: the restored agent proposed %s, the store recorded %s; "
-                "continuing with the recorded block",
+                "continuing with the recorded candidate",
                 t.id,
-                block,
-                t.nsc,
+                candidate,
+                t.candidate,
             )
     return seq
 
@@ -144,25 +146,28 @@ class Search:
         on_event: EventHandler | None = None,
         seq: int = 0,
         snapshot_every: int = SNAPSHOT_EVERY,
+        space: Space | None = None,
+        reward: Reward | None = None,
     ) -> None:
         self.store = store
         self.agent = agent
         self.executor = executor
+        self.space = space if space is not None else make_space(config)
+        self.reward = reward if reward is not None else make_reward(config)
         self.budget = config.search.budget
         self.max_attempts = config.search.max_attempts
-        self.max_depth = config.agent.max_depth
         self.on_event = on_event
         self._seq = seq  # the agent's calls so far (asks and tells)
         self._snapshot_every = snapshot_every
         self._unsaved = 0  # tells since the last snapshot
-        self._pending: dict[int, Block] = {}  # trial id -> block, handed to the executor
+        self._pending: dict[int, Any] = {}  # trial id -> candidate, handed to the executor
         self._queue: deque[int] = deque()  # trials to train, waiting for a slot
         self._inflight: dict[str, int] = {}  # hash -> the trial training it
-        self._waiting: dict[str, list[tuple[int, Block]]] = {}  # hash -> parked duplicates
+        self._waiting: dict[str, list[tuple[int, Any]]] = {}  # hash -> parked duplicates
         self._known: dict[str, TrialRecord] = {}  # hash -> its finished, trained trial
         self._trained = self._reused = self._failed = 0
         self._best: TrialRecord | None = None
-        self._epsilon = 1.0
+        self._info: dict[str, Any] = {}
         self._streak = 0
 
     # ----- the loop -------------------------------------------------------------------------
@@ -187,7 +192,7 @@ class Search:
     def _load(self) -> None:
         self.store.recover()  # running / interrupted (a stop or a crash) -> queued
         for t in self.store.trials():
-            self._epsilon = t.epsilon
+            self._info = t.info
             if t.status in TRAINED:
                 self._known[t.hash] = t
                 self._trained += 1
@@ -197,8 +202,8 @@ class Search:
                 self._queue.append(t.id)
                 self._inflight[t.hash] = t.id
             elif t.status == QUEUED:
-                block = Block.parse(t.nsc, self.max_depth)
-                self._waiting.setdefault(t.hash, []).append((t.id, block))
+                candidate = self.space.parse(t.candidate)
+                self._waiting.setdefault(t.hash, []).append((t.id, candidate))
             else:
                 self._reused += 1
 
@@ -208,42 +213,40 @@ class Search:
             if self._queue:
                 trial = self.store.trial(self._queue.popleft())
                 self.store.start(trial.id)
-                self._submit(trial.id, Block.parse(trial.nsc, self.max_depth))
+                self._submit(trial.id, self.space.parse(trial.candidate))
                 continue
             if self._trained + len(self._pending) >= self.budget:
                 return
             self._ask()
 
     def _ask(self) -> None:
-        epsilon = self.agent.epsilon
-        block: Block = self.agent.ask()
+        info = dict(self.agent.info())
+        block = self.agent.ask()
         self._seq += 1
         ask_seq = self._seq
-        self._epsilon = epsilon
+        self._info = info
         h = block.hash
         source = self._known.get(h)
         if source is not None:  # trained before: reuse its reward
             assert source.reward is not None
             tell_seq = self._tell(block, source.reward)
-            trial_id = self.store.add_reused(
-                block, epsilon, source, ask_seq, tell_seq, self._state()
-            )
+            trial_id = self.store.add_reused(block, info, source, ask_seq, tell_seq, self._state())
             self._reused += 1
             self._stalled()
             self._emit("reused", self.store.trial(trial_id))
         elif h in self._inflight:  # being trained now: wait for that result
             trial_id = self.store.add_trial(
-                block, epsilon, QUEUED, reuse_of=self._inflight[h], ask_seq=ask_seq
+                block, info, QUEUED, reuse_of=self._inflight[h], ask_seq=ask_seq
             )
             self._waiting.setdefault(h, []).append((trial_id, block))
             self._stalled()
         else:
             self._streak = 0
-            trial_id = self.store.add_trial(block, epsilon, RUNNING, ask_seq=ask_seq)
+            trial_id = self.store.add_trial(block, info, RUNNING, ask_seq=ask_seq)
             self._inflight[h] = trial_id
             self._submit(trial_id, block)
 
-    def _submit(self, trial_id: int, block: Block) -> None:
+    def _submit(self, trial_id: int, block: Any) -> None:
         self._pending[trial_id] = block
         self.executor.submit(trial_id, block)
 
@@ -257,6 +260,7 @@ class Search:
                 self._emit("requeued", self.store.trial(trial_id))
                 return
             outcome = EvalResult.failed(f"worker lost {lost} times; last: {outcome.reason}")
+        outcome = self._score(outcome)
         reward = outcome.reward if outcome.ok else FAILED_REWARD
         tell_seq = self._tell(block, reward)
         duplicates = self._waiting.pop(block.hash, [])
@@ -275,7 +279,17 @@ class Search:
 
     # ----- helpers ----------------------------------------------------------------------------
 
-    def _tell(self, block: Block, reward: float) -> int:
+    def _score(self, outcome: EvalResult) -> EvalResult:
+        """The result with the run's reward of its metrics (the master scores every result
+        with one reward); a non-finite reward makes it a failed result."""
+        if not outcome.ok:
+            return replace(outcome, reward=FAILED_REWARD)
+        reward = float(self.reward(outcome.metric_values()))
+        if not math.isfinite(reward):
+            return replace(outcome, status=STATUS_FAILED, reward=0.0, error=f"reward {reward}")
+        return replace(outcome, reward=reward)
+
+    def _tell(self, block: Any, reward: float) -> int:
         self.agent.tell(block, reward)
         self._seq += 1
         self._unsaved += 1
@@ -315,7 +329,7 @@ class Search:
                 self._failed,
                 running,
                 self._best,
-                self._epsilon,
+                self._info,
             )
         )
 
@@ -365,16 +379,17 @@ def run_search(
     else:
         if (directory / DB_NAME).exists():
             Store.create(directory, config)  # raises: the dir holds a run; nothing changed
-        from blockqnn.space import SearchSpace
-
-        size = SearchSpace(config.agent.max_depth).count_blocks()
+    space = make_space(config)
+    if not resume:
+        size = space.count()
         if config.search.budget > size:
             raise BlockQNNError(
-                f"search.budget = {config.search.budget} exceeds the {size} blocks of the "
-                f"search space with max_depth {config.agent.max_depth}"
+                f"search.budget = {config.search.budget} exceeds the {size} candidates of "
+                f"the search space {space!r}"
             )
-    evaluator_spec = spec(config) if spec is not None else EvaluatorSpec(config, device)
+    evaluator_spec = spec(config) if spec is not None else EvaluatorSpec.for_config(config, device)
     agent = (agent_factory or _make_agent)(config)
+    reward = make_reward(config)
     executor = executor_factory(evaluator_spec)  # may raise BlockQNNError: nothing written yet
     store: Store | None = None
     outcome = "error"
@@ -382,8 +397,11 @@ def run_search(
         store = Store.open(directory) if resume else Store.create(directory, config)
         store.acquire()
         store.begin_session()
-        seq = restore_agent(store, agent, config.agent.max_depth)
-        summary = Search(store, agent, executor, config, on_event, seq, SNAPSHOT_EVERY).run()
+        seq = restore_agent(store, agent, space)
+        search = Search(
+            store, agent, executor, config, on_event, seq, SNAPSHOT_EVERY, space, reward
+        )
+        summary = search.run()
         outcome = "complete"
         return summary
     except KeyboardInterrupt:
@@ -398,7 +416,7 @@ def run_search(
 
 
 def _make_agent(config: Config) -> Any:
-    from blockqnn.agent import make_agent
+    from blockqnn.agent import make_strategy
 
     s = config.search
-    return make_agent(s.agent, config.agent, s.budget, s.seed)
+    return make_strategy(s.agent, make_space(config), s.budget, s.seed, config.agent)

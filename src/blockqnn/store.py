@@ -39,8 +39,9 @@ from blockqnn.config import Config
 from blockqnn.errors import BlockQNNError
 from blockqnn.nsc import DEFAULT_MAX_DEPTH, Block
 from blockqnn.result import EvalResult
+from blockqnn.spaces.base import Candidate
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: NSC only, with an epsilon column; 2: any space, strategy info as JSON
 APPLICATION_ID = 0x42514E4E  # "BQNN": marks the SQLite file as a blockqnn run
 DB_NAME = "blockqnn.sqlite"
 LOCK_NAME = "lock"
@@ -60,7 +61,7 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE trials (
     id INTEGER PRIMARY KEY,          -- ask order: trial n is the agent's n-th ask
     hash TEXT NOT NULL,
-    nsc TEXT NOT NULL,
+    candidate TEXT NOT NULL,         -- the candidate's canonical text (NSC, a cell, ...)
     status TEXT NOT NULL CHECK (status IN ({", ".join(repr(s) for s in STATUSES)})),
     reward REAL, accuracy REAL, flops INTEGER, params INTEGER, density REAL,
     result TEXT,                     -- the EvalResult as JSON (of the original, if reused)
@@ -69,7 +70,7 @@ CREATE TABLE trials (
     lost INTEGER NOT NULL DEFAULT 0,      -- times its worker died mid-evaluation
     error TEXT NOT NULL DEFAULT '',
     reuse_of INTEGER REFERENCES trials(id),
-    epsilon REAL NOT NULL,           -- the agent's epsilon when it proposed the block
+    info TEXT NOT NULL DEFAULT '{{}}', -- the strategy's info() when it proposed the candidate
     ask_seq INTEGER NOT NULL,        -- the agent's calls, asks and tells, numbered in order
     tell_seq INTEGER,                -- when its reward was told; NULL until then
     created REAL NOT NULL, started REAL, finished REAL
@@ -96,7 +97,7 @@ class TrialRecord:
 
     id: int
     hash: str
-    nsc: str
+    candidate: str  # the candidate's text, as its space writes it
     status: str
     reward: float | None
     accuracy: float | None
@@ -109,7 +110,7 @@ class TrialRecord:
     lost: int
     error: str
     reuse_of: int | None
-    epsilon: float
+    info: dict[str, Any]  # the strategy's `info()` at ask time, e.g. {"epsilon": 0.9}
     ask_seq: int  # position of the ask among the agent's calls (asks and tells)
     tell_seq: int | None  # position of the tell; None until told
     created: float  # Unix seconds
@@ -118,9 +119,11 @@ class TrialRecord:
 
     @property
     def block(self) -> Block:
+        """The candidate as an NSC block (runs of the `nsc` space only)."""
         # The stored text was validated at the run's max_depth when recorded; its own layer
         # count (terminal included) is a depth it always fits.
-        return Block.parse(self.nsc, max_depth=max(DEFAULT_MAX_DEPTH, self.nsc.count(";") + 1))
+        text = self.candidate
+        return Block.parse(text, max_depth=max(DEFAULT_MAX_DEPTH, text.count(";") + 1))
 
     @property
     def trained(self) -> bool:
@@ -136,6 +139,7 @@ _COLUMNS = tuple(TrialRecord.__dataclass_fields__)
 def _row_to_record(row: sqlite3.Row) -> TrialRecord:
     values = dict(zip(_COLUMNS, row, strict=True))
     values["result"] = json.loads(values["result"]) if values["result"] else None
+    values["info"] = json.loads(values["info"]) if values["info"] else {}
     return TrialRecord(**values)
 
 
@@ -205,13 +209,21 @@ class Store:
         if not path.is_file():
             what = "does not exist" if not directory.exists() else f"holds no {DB_NAME}"
             raise BlockQNNError(f"run dir {directory} {what}: not a blockqnn run")
-        _check(path)  # read-only inspection first: a foreign file is never touched
+        version = _check(path)  # read-only inspection first: a foreign file is never touched
         if readonly:
             conn = sqlite3.connect(_readonly_uri(path), uri=True)
+            if version < SCHEMA_VERSION:  # read an older run through a migrated copy in memory
+                memory = sqlite3.connect(":memory:", isolation_level=None)
+                conn.backup(memory)
+                conn.close()
+                conn = memory
+                _migrate(conn, version)
         else:
             conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, atomic
+            if version < SCHEMA_VERSION:
+                _migrate(conn, version)
         conn.execute("PRAGMA foreign_keys = ON")
         return cls(path, conn, readonly)
 
@@ -352,8 +364,8 @@ class Store:
 
     def add_trial(
         self,
-        block: Block,
-        epsilon: float,
+        block: Candidate,
+        info: dict[str, Any],
         status: str = RUNNING,
         reuse_of: int | None = None,
         worker: str = "",
@@ -365,13 +377,13 @@ class Store:
         now = time.time()
         with self._tx() as c:
             cur = c.execute(
-                "INSERT INTO trials (hash, nsc, status, epsilon, ask_seq, reuse_of, worker, "
+                "INSERT INTO trials (hash, candidate, status, info, ask_seq, reuse_of, worker, "
                 "attempts, created, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     block.hash,
                     str(block),
                     status,
-                    epsilon,
+                    json.dumps(info),
                     ask_seq,
                     reuse_of,
                     worker,
@@ -385,8 +397,8 @@ class Store:
 
     def add_reused(
         self,
-        block: Block,
-        epsilon: float,
+        block: Candidate,
+        info: dict[str, Any],
         source: TrialRecord,
         ask_seq: int,
         tell_seq: int,
@@ -397,9 +409,9 @@ class Store:
         now = time.time()
         with self._tx() as c:
             cur = c.execute(
-                "INSERT INTO trials (hash, nsc, status, epsilon, ask_seq, reuse_of, created, "
+                "INSERT INTO trials (hash, candidate, status, info, ask_seq, reuse_of, created, "
                 "finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (block.hash, str(block), QUEUED, epsilon, ask_seq, source.id, now, now),
+                (block.hash, str(block), QUEUED, json.dumps(info), ask_seq, source.id, now, now),
             )
             assert cur.lastrowid is not None
             self._copy_result(c, cur.lastrowid, source, now, tell_seq)
@@ -569,8 +581,26 @@ class AgentState:
     seq: int
 
 
-def _check(path: Path) -> None:
-    """Refuse, without writing to it, a file that is not a blockqnn run of a known schema."""
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a store of an older schema to `SCHEMA_VERSION`, in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if version < 2:  # candidates of any space; Q-learning's epsilon becomes its info
+            conn.execute("ALTER TABLE trials RENAME COLUMN nsc TO candidate")
+            conn.execute("ALTER TABLE trials ADD COLUMN info TEXT NOT NULL DEFAULT '{}'")
+            conn.execute("UPDATE trials SET info = json_object('epsilon', epsilon)")
+            conn.execute("ALTER TABLE trials DROP COLUMN epsilon")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _check(path: Path) -> int:
+    """Refuse, without writing to it, a file that is not a blockqnn run of a known schema.
+    Returns its schema version."""
     try:
         conn = sqlite3.connect(_readonly_uri(path), uri=True)
     except sqlite3.Error as exc:
@@ -594,6 +624,7 @@ def _check(path: Path) -> None:
         problems = [r[0] for r in conn.execute("PRAGMA quick_check(1)").fetchall()]
         if problems != ["ok"]:
             raise BlockQNNError(f"{path}: corrupt run ({problems[0]})")
+        return int(version)
     except sqlite3.DatabaseError as exc:
         raise BlockQNNError(f"{path}: corrupt or not a database ({exc})") from None
     except json.JSONDecodeError:

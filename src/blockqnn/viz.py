@@ -1,8 +1,9 @@
-"""Diagrams of a block's graph: Graphviz DOT text and SVG.
+"""Diagrams of a candidate's graph: Graphviz DOT text and SVG.
 
-Owns: the drawing of one block (`block_dot`, `block_svg`). Rendering shells out to Graphviz's
-`dot` program, the standard layout engine for DAGs; the DOT text is written here because it is
-a few lines and needs no extra Python package. Must not import torch.
+Owns: the drawing of one NSC block (`block_dot`, `block_svg`) and of one NAS-Bench-201 cell
+(`cell_dot`, `cell_svg`). Rendering shells out to Graphviz's `dot` program, the standard
+layout engine for DAGs; the DOT text is written here because it is a few lines and needs no
+extra Python package. Must not import torch.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 
 from blockqnn.errors import BlockQNNError
 from blockqnn.nsc import Block, LayerType
+from blockqnn.spaces.nb201 import Cell
 
 _COLORS = {
     LayerType.CONV: "#9ecae1",
@@ -21,6 +23,21 @@ _COLORS = {
     LayerType.ADD: "#a1d99b",
     LayerType.CONCAT: "#c7e9c0",
 }
+# NAS-Bench-201 op -> (edge label, colour); the colours match the NSC layers of the same kind.
+_CELL_OPS = {
+    "skip_connect": ("skip", "#7f7f7f"),
+    "nor_conv_1x1": ("conv 1x1", "#3182bd"),
+    "nor_conv_3x3": ("conv 3x3", "#08519c"),
+    "avg_pool_3x3": ("avg pool 3x3", "#e6550d"),
+}
+
+
+def _graph_line(title: str, rankdir: str) -> str:
+    return (
+        f'  graph [rankdir={rankdir}, nodesep=0.25, ranksep=0.3, fontname="Helvetica"'
+        + (f', label="{title}", labelloc=t' if title else "")
+        + "];"
+    )
 
 
 def block_dot(block: Block, title: str = "") -> str:
@@ -28,9 +45,7 @@ def block_dot(block: Block, title: str = "") -> str:
     out = len(block.layers) + 1
     lines = [
         "digraph block {",
-        '  graph [rankdir=TB, nodesep=0.25, ranksep=0.3, fontname="Helvetica"'
-        + (f', label="{title}", labelloc=t' if title else "")
-        + "];",
+        _graph_line(title, "TB"),
         '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11];',
         '  0 [label="input", fillcolor="#f0f0f0"];',
     ]
@@ -45,8 +60,41 @@ def block_dot(block: Block, title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def block_svg(block: Block, title: str = "") -> str:
-    """Render the block with Graphviz; the SVG text (raises BlockQNNError without `dot`)."""
+def cell_dot(cell: Cell, title: str = "") -> str:
+    """The cell as a DOT digraph: nodes 0 (input) to 3 (output), each edge labelled with its
+    op. `none` edges are left out (they contribute nothing); a node that no path of other
+    edges connects from the input and to the output is drawn dashed (it carries none of the
+    input's signal to the output)."""
+    edges = [(s, d, op) for s, d, op in cell.edges() if op != "none"]
+    reached = {0}
+    for s, d, _ in edges:  # edges run from lower to higher nodes: one pass suffices
+        if s in reached:
+            reached.add(d)
+    used = {3}
+    for s, d, _ in reversed(edges):
+        if d in used:
+            used.add(s)
+    names = {0: "input", 1: "node 1", 2: "node 2", 3: "output"}
+    lines = [
+        "digraph cell {",
+        _graph_line(title, "LR"),
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11];',
+        '  edge [fontname="Helvetica", fontsize=10];',
+    ]
+    for node, name in names.items():
+        live = node in reached and node in used
+        fill = "#f0f0f0" if node in (0, 3) else "#c7e9c0"
+        style = "rounded,filled" if live else "rounded,filled,dashed"
+        lines.append(f'  {node} [label="{node}: {name}", fillcolor="{fill}", style="{style}"];')
+    for s, d, op in edges:
+        label, color = _CELL_OPS.get(op, (op, "#000000"))
+        lines.append(f'  {s} -> {d} [label="{label}", color="{color}", fontcolor="{color}"];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _render(dot_text: str) -> str:
+    """SVG of DOT text, by Graphviz (raises BlockQNNError without `dot`)."""
     dot = shutil.which("dot")
     if dot is None:
         raise BlockQNNError(
@@ -54,8 +102,18 @@ def block_svg(block: Block, title: str = "") -> str:
             "(e.g. apt-get install graphviz)"
         )
     proc = subprocess.run(
-        [dot, "-Tsvg"], input=block_dot(block, title), capture_output=True, text=True, timeout=60
+        [dot, "-Tsvg"], input=dot_text, capture_output=True, text=True, timeout=60
     )
     if proc.returncode != 0:
         raise RuntimeError(f"dot failed: {proc.stderr.strip()}")
     return proc.stdout
+
+
+def block_svg(block: Block, title: str = "") -> str:
+    """Render the block with Graphviz; the SVG text (raises BlockQNNError without `dot`)."""
+    return _render(block_dot(block, title))
+
+
+def cell_svg(cell: Cell, title: str = "") -> str:
+    """Render the cell with Graphviz; the SVG text (raises BlockQNNError without `dot`)."""
+    return _render(cell_dot(cell, title))

@@ -1,16 +1,21 @@
-"""Search strategies behind one ask/tell interface: tabular Q-learning and the random baseline.
+"""Search strategies behind one ask/tell interface: Q-learning, regularized evolution and the
+random baseline.
 
-Owns: choosing the next block (`ask`), learning from rewards (`tell`), the epsilon schedule,
-the replay memory and the agents' plain-JSON snapshots (`base`, `qlearning`, `baseline`).
-Must not import torch, know about the store or decide whether a block gets trained: the
-search loop reuses stored rewards for blocks already seen and simply tells them again.
+Owns: choosing the next candidate (`ask`), learning from rewards (`tell`), the strategies'
+own state (Q-table and epsilon schedule, population, replay memory) and their plain-JSON
+snapshots (`base`, `qlearning`, `evolution`, `baseline`). Must not import torch, know about
+the store or decide whether a candidate gets trained: the search loop reuses stored rewards
+for candidates already seen and simply tells them again.
+
+Strategies are found by name in `blockqnn.registry.STRATEGIES` (plug-ins included):
 
 >>> from blockqnn.config import AgentConfig
->>> agent = make_agent("qlearning", AgentConfig(), budget=1000, seed=0)
+>>> from blockqnn.spaces.nsc import NSCSpace
+>>> agent = make_strategy("qlearning", NSCSpace(), budget=1000, seed=0, config=AgentConfig())
 >>> block = agent.ask()
 >>> agent.tell(block, 0.8)
->>> round(agent.epsilon, 1)
-1.0
+>>> agent.info()
+{'epsilon': 1.0}
 """
 
 from __future__ import annotations
@@ -22,43 +27,33 @@ from blockqnn.agent.base import (
     PAPER_BUDGET,
     SNAPSHOT_FORMAT,
     SNAPSHOT_VERSION,
-    Agent,
+    BaseAgent,
+    Strategy,
     scale_schedule,
 )
 from blockqnn.agent.baseline import RandomAgent
 from blockqnn.agent.qlearning import QLearningAgent
-from blockqnn.errors import BlockQNNError
+from blockqnn.registry import STRATEGIES
 
 if TYPE_CHECKING:
     from blockqnn.config import AgentConfig
+    from blockqnn.spaces.base import Space
 
 __all__ = [
     "DEFAULT_SCHEDULE",
     "PAPER_BUDGET",
     "SNAPSHOT_FORMAT",
     "SNAPSHOT_VERSION",
-    "Agent",
+    "BaseAgent",
     "QLearningAgent",
     "RandomAgent",
-    "make_agent",
+    "Strategy",
+    "make_strategy",
     "scale_schedule",
 ]
 
 
-def make_agent(kind: str, config: AgentConfig, budget: int, seed: int) -> Agent:
-    """The strategy named `kind` ("qlearning" or "random") with the config's settings."""
-    if kind == "qlearning":
-        return QLearningAgent(
-            budget=budget,
-            max_depth=config.max_depth,
-            alpha=config.alpha,
-            gamma=config.gamma,
-            q_init=config.q_init,
-            replay_size=config.replay_size,
-            iteration_size=config.iteration_size,
-            reward_shaping=config.reward_shaping,
-            seed=seed,
-        )
-    if kind == "random":
-        return RandomAgent(max_depth=config.max_depth, seed=seed, budget=budget)
-    raise BlockQNNError(f"agent = {kind!r}: choose one of qlearning, random")
+def make_strategy(name: str, space: Space, budget: int, seed: int, config: AgentConfig) -> Strategy:
+    """The strategy registered as `name`, built for `space` with the `[agent]` settings."""
+    strategy: Strategy = STRATEGIES.get(name)(space, budget, seed, config)
+    return strategy

@@ -1,7 +1,24 @@
-"""The agents' shared contract and parts: the `Agent` protocol, the epsilon schedule,
-argument and reward checks, and the snapshot header every agent writes and checks.
+"""The strategies' shared contract and parts: the `Strategy` protocol, the epsilon schedule,
+argument and reward checks, and the snapshot header every strategy writes and checks.
 
 Owns: what every strategy has in common. Must not import torch or know about the store.
+
+Life cycle of a strategy (what the search loop does, and what a strategy may assume):
+
+1. It is built by its registry factory, `factory(space, budget, seed, config)`, with the
+   `Space` it walks, the run's budget (distinct candidates to be trained), a seed and the
+   `[agent]` config section. Nothing has been asked or told yet.
+2. On resume, `load_state_dict` receives the newest snapshot, and then the asks and tells
+   recorded after it are replayed in their order: a strategy must be a pure function of its
+   seed and the sequence of calls, so the replayed asks give the recorded candidates.
+3. `ask()` is called whenever an evaluation slot is free, possibly several times before any
+   `tell` (asynchronous workers). `info()` is read just before each `ask` and stored with
+   the trial (e.g. Q-learning's epsilon), for progress displays, `status` and the report.
+4. `tell(candidate, reward)` is called once per finished trial, in the order results
+   arrive, which need not be the ask order. A candidate the space has seen before (same
+   hash) is not trained again: its stored reward is told again, as a new tell. Failed
+   evaluations are told a reward of 0.0.
+5. `state_dict()` is saved every few tells, in the same transaction as the tell's trial.
 """
 
 from __future__ import annotations
@@ -12,8 +29,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from blockqnn.errors import BlockQNNError
-from blockqnn.nsc import Block
-from blockqnn.space import SearchSpace
+from blockqnn.spaces.base import Space
 
 PAPER_BUDGET = 11_392  # (paper) 178 iterations x 64 blocks
 # (paper) epsilon and how many iterations of 64 blocks it lasts; 178 iterations in all.
@@ -34,20 +50,22 @@ SNAPSHOT_VERSION = 1
 
 
 @runtime_checkable
-class Agent(Protocol):
-    """What the search loop needs from a strategy."""
+class Strategy(Protocol):
+    """What the search loop needs from a strategy (see the module docstring's life cycle)."""
 
-    @property
-    def epsilon(self) -> float:
-        """The exploration rate the next `ask` uses (1.0: uniformly random)."""
+    space: Space
+
+    def ask(self) -> Any:
+        """The next candidate of `space` to evaluate; may be called again before any `tell`."""
         ...
 
-    def ask(self) -> Block:
-        """The next block to evaluate; may be called again before any `tell`."""
+    def tell(self, candidate: Any, reward: float) -> None:
+        """Learn the reward of a candidate, asked or not, told before or not."""
         ...
 
-    def tell(self, block: Block, reward: float) -> None:
-        """Learn the reward of a block, asked or not, told before or not."""
+    def info(self) -> dict[str, Any]:
+        """JSON values describing the strategy now (e.g. {"epsilon": 0.9}), recorded with
+        the next ask's trial; {} if there is nothing to say."""
         ...
 
     def state_dict(self) -> dict[str, Any]:
@@ -74,6 +92,12 @@ def scale_schedule(schedule: Sequence[tuple[float, int]], budget: int) -> list[t
         stages.append((eps, end - done))
         done = end
     return stages
+
+
+def replay_iteration(iteration_size: int, budget: int) -> int:
+    """Distinct blocks per replay iteration: `iteration_size`, or with 0 the budget split
+    into as many iterations as the paper's schedule has (178), at least 4 and at most 64."""
+    return iteration_size or max(4, min(64, round(budget / 178)))
 
 
 def check_reward(reward: float) -> float:
@@ -126,17 +150,15 @@ class BaseAgent:
 
     kind = ""
 
-    def __init__(self, max_depth: int, budget: int, seed: int) -> None:
-        self.space = SearchSpace(max_depth)
+    def __init__(self, space: Space, budget: int, seed: int) -> None:
+        self.space = space
         self.budget = check_int("budget", budget, 1)
-        self._seed = check_int("seed", seed, 0)
-        self._rng = random.Random(seed)
+        self._rng = random.Random(check_int("seed", seed, 0))
         self._asked = 0
         self._told = 0
 
-    @property
-    def max_depth(self) -> int:
-        return self.space.max_depth
+    def info(self) -> dict[str, Any]:
+        return {}
 
     @property
     def asked(self) -> int:
@@ -149,7 +171,7 @@ class BaseAgent:
         return self._told
 
     def _settings(self) -> dict[str, Any]:
-        return {"max_depth": self.max_depth, "budget": self.budget}
+        return {"space": self.space.name, **self.space.settings(), "budget": self.budget}
 
     def _base_state(self) -> dict[str, Any]:
         return {
@@ -176,7 +198,8 @@ class BaseAgent:
         if not isinstance(settings, dict):
             raise BlockQNNError("agent snapshot: settings missing")
         for name, mine in self._settings().items():
-            theirs = settings.get(name)
+            # Snapshots of version-1 runs predate pluggable spaces: they are all NSC.
+            theirs = settings.get(name, "nsc" if name == "space" else None)
             if theirs != mine:
                 raise BlockQNNError(
                     f"agent snapshot: {name} = {theirs!r} differs from this agent's {mine!r} "

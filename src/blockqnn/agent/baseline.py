@@ -6,10 +6,13 @@ import torch or know about the store.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blockqnn.agent.base import PAPER_BUDGET, BaseAgent, check_reward
-from blockqnn.nsc import DEFAULT_MAX_DEPTH, Block
+from blockqnn.spaces.base import Space
+
+if TYPE_CHECKING:
+    from blockqnn.config import AgentConfig
 
 
 class RandomAgent(BaseAgent):
@@ -22,21 +25,21 @@ class RandomAgent(BaseAgent):
     kind = "random"
 
     def __init__(
-        self, max_depth: int = DEFAULT_MAX_DEPTH, seed: int = 0, budget: int = PAPER_BUDGET
+        self, space: Space | None = None, seed: int = 0, budget: int = PAPER_BUDGET
     ) -> None:
-        super().__init__(max_depth, budget, seed)
+        if space is None:
+            from blockqnn.spaces.nsc import NSCSpace
 
-    @property
-    def epsilon(self) -> float:
-        return 1.0
+            space = NSCSpace()
+        super().__init__(space, budget, seed)
 
-    def ask(self) -> Block:
+    def ask(self) -> Any:
         self._asked += 1
-        return self.space.to_block(self.space.sample(self._rng))
+        return self.space.to_candidate(self.space.sample(self._rng))
 
-    def tell(self, block: Block, reward: float) -> None:
+    def tell(self, candidate: Any, reward: float) -> None:
         check_reward(reward)
-        self.space.path_of(block)  # a block from another space is a caller bug worth a message
+        self.space.path_of(candidate)  # one from another space is a caller bug worth a message
         self._told += 1
 
     def state_dict(self) -> dict[str, Any]:
@@ -45,3 +48,8 @@ class RandomAgent(BaseAgent):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         asked, told, rng = self._read_base(state)
         self._asked, self._told, self._rng = asked, told, rng
+
+
+def make_strategy(space: Space, budget: int, seed: int, config: AgentConfig) -> RandomAgent:
+    """The registry's factory for `random`."""
+    return RandomAgent(space, seed=seed, budget=budget)

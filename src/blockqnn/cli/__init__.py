@@ -21,7 +21,7 @@ from blockqnn.errors import BlockQNNError
 
 # name -> module under blockqnn.cli; each module defines `add_arguments(parser)` and
 # `run(args) -> int`, and a module docstring whose first line is the command's help.
-COMMANDS = ("show", "evaluate", "search", "status", "train", "export", "report")
+COMMANDS = ("show", "evaluate", "search", "status", "trials", "train", "export", "report")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,8 +1,10 @@
-"""Search for a block: Q-learning (or random) proposals, early-stop rewards, a resumable run.
+"""Search a space: Q-learning (or another strategy) proposals, rewards, a resumable run.
 
 Examples:
   blockqnn search --dataset digits --budget 24 --run-dir runs/digits --config examples/digits.toml
   blockqnn search --resume runs/digits
+  blockqnn search --space nb201 --table nats-tss-200epoch-accuracy.csv.gz --dataset cifar10 \\
+      --budget 100 --agent evolution --run-dir runs/nb201
   blockqnn search --dataset cifar10 --budget 1000 --run-dir runs/c10 --executor ray \\
       --workers 8 --gpus-per-trial 0.5
 
@@ -27,8 +29,11 @@ from blockqnn.errors import BlockQNNError
 _OVERRIDES = {
     "dataset": ("data", "dataset"),
     "train_samples": ("data", "train_samples"),
+    "table": ("data", "table"),
     "budget": ("search", "budget"),
+    "space": ("search", "space"),
     "agent": ("search", "agent"),
+    "reward": ("reward", "name"),
     "seed": ("search", "seed"),
     "executor": ("search", "executor"),
     "workers": ("search", "workers"),
@@ -46,11 +51,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--run-dir", metavar="DIR", help="directory of a new run")
     where.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
     parser.add_argument("--config", metavar="FILE", help="TOML file with the settings")
-    parser.add_argument("--dataset", help="digits, cifar10, cifar100, a folder or an .npz")
-    parser.add_argument("--budget", type=int, help="trained blocks to evaluate")
-    parser.add_argument("--agent", choices=("qlearning", "random"), help="search strategy")
+    from blockqnn.registry import EXECUTORS, REWARDS, SPACES, STRATEGIES
+
+    parser.add_argument(
+        "--dataset",
+        help="digits, cifar10, cifar100, a folder or an .npz; nb201: the table's column "
+        "(cifar10, cifar100, imagenet16-120)",
+    )
+    parser.add_argument("--budget", type=int, help="distinct candidates to train (or look up)")
+    parser.add_argument("--space", help=f"search space: {', '.join(SPACES.names())}")
+    parser.add_argument("--table", metavar="FILE", help="nb201: the accuracy table (CSV[.gz])")
+    parser.add_argument("--agent", help=f"search strategy: {', '.join(STRATEGIES.names())}")
+    parser.add_argument("--reward", help=f"reward: {', '.join(REWARDS.names())}")
     parser.add_argument("--seed", type=int, help="seed of the agent")
-    parser.add_argument("--executor", choices=("local", "ray"), help="where evaluations run")
+    parser.add_argument("--executor", help=f"where evaluations run: {', '.join(EXECUTORS.names())}")
     parser.add_argument("--workers", type=int, help="evaluations at once (ray)")
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs per evaluation (ray)")
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per evaluation (ray)")
@@ -147,8 +161,8 @@ def _print_top(top: list[Any], summary: Any, out: Any) -> None:
         f"{summary.trained} blocks trained ({summary.failed} failed), {summary.reused} reused"
     )
     table = Table(title="best blocks")
-    for name in ("trial", "reward", "accuracy", "MFLOPs", "params", "block (NSC)"):
-        table.add_column(name, justify="left" if name == "block (NSC)" else "right")
+    for name in ("trial", "reward", "accuracy", "MFLOPs", "params", "candidate"):
+        table.add_column(name, justify="left" if name == "candidate" else "right")
     for t in top:
         table.add_row(
             str(t.id),
@@ -156,9 +170,16 @@ def _print_top(top: list[Any], summary: Any, out: Any) -> None:
             f"{t.accuracy:.4f}",
             f"{(t.flops or 0) / 1e6:.2f}",
             f"{t.params or 0:,}",
-            t.nsc,
+            t.candidate,
         )
     console.print(table)
+
+
+def info_text(info: dict[str, Any]) -> str:
+    """A strategy's info for one line: `epsilon 0.90`, `population 20`, or nothing."""
+    return "  ".join(
+        f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
+    )
 
 
 class _Display:
@@ -200,7 +221,7 @@ class _Display:
                 TextColumn("search"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("best {task.fields[best]}  eps {task.fields[eps]:.2f}"),
+                TextColumn("best {task.fields[best]}  {task.fields[info]}"),
                 TextColumn("reused {task.fields[reused]}  failed {task.fields[failed]}"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
@@ -213,7 +234,7 @@ class _Display:
                 total=e.budget,
                 completed=e.trained,
                 best=best,
-                eps=e.epsilon,
+                info=info_text(e.info),
                 reused=e.reused,
                 failed=e.failed,
             )
@@ -222,7 +243,7 @@ class _Display:
             self._task,
             completed=e.trained,
             best=best,
-            eps=e.epsilon,
+            info=info_text(e.info),
             reused=e.reused,
             failed=e.failed,
         )
@@ -237,12 +258,12 @@ class _Display:
             flops = (t.flops or 0) / 1e6
             text = (
                 f"[{e.trained}/{e.budget}] trial {t.id} {e.kind:8s} reward {t.reward:.4f} "
-                f"acc {t.accuracy or 0:.4f} {flops:.2f} MFLOPs eps {t.epsilon:.2f}"
-            )
+                f"acc {t.accuracy or 0:.4f} {flops:.2f} MFLOPs {info_text(t.info)}"
+            ).rstrip()
             if t.status == "failed":
                 text += f" error: {t.error}"
             best = "-" if e.best is None else f"{e.best.reward:.4f}"
-            text += f" best {best} | {t.nsc}"
+            text += f" best {best} | {t.candidate}"
         print(text, file=self.out, flush=True)
 
     def close(self) -> None:

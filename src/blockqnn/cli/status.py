@@ -1,8 +1,10 @@
-"""Show a search's progress: trials by status, epsilon, speed and the best blocks so far.
+"""Show a search's progress: trials by status, the strategy's state, speed and the best so far.
 
 Example: blockqnn status runs/digits --json
 
-Reads the run's store only (safe while the search runs); never changes it.
+The JSON object's `info` is the strategy's info at its latest ask (Q-learning: {"epsilon":
+0.9}; other strategies report other keys, or none). Reads the run's store only (safe while
+the search runs); never changes it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="DIR", help="the run directory")
-    parser.add_argument("--top", type=int, default=5, help="best blocks to list")
+    parser.add_argument("--top", type=int, default=5, help="best candidates to list")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -34,6 +36,7 @@ def status(run_dir: str, top: int = 5) -> dict[str, Any]:
         "run_dir": run_dir,
         "active": active,
         "dataset": config.data.dataset,
+        "space": config.search.space,
         "agent": config.search.agent,
         "budget": config.search.budget,
         "trained": counts["trained"],
@@ -43,15 +46,15 @@ def status(run_dir: str, top: int = 5) -> dict[str, Any]:
         "running": counts["running"],
         "queued": counts["queued"],
         "interrupted": counts["interrupted"],
-        "epsilon": trials[-1].epsilon if trials else 1.0,
+        "info": dict(trials[-1].info) if trials else {},
         "elapsed_seconds": round(elapsed, 3),
         "evaluations_per_hour": (
             round(counts["trained"] * 3600 / elapsed, 2) if elapsed > 0 else 0.0
         ),
-        "top": [trial_json(t) for t in best],
+        "top": [trial_json(t, config.search.space) for t in best],
         # the latest failed evaluations with their errors, newest last
         "recent_failures": [
-            {"id": t.id, "nsc": t.nsc, "error": t.error}
+            {"id": t.id, "candidate": t.candidate, "error": t.error}
             for t in [t for t in trials if t.status == "failed"][-5:]
         ],
     }
@@ -77,22 +80,24 @@ def run(args: argparse.Namespace) -> int:
         f"({info['failed']} failed), {info['reused']} reused, {info['running']} running, "
         f"{info['queued'] + info['interrupted']} waiting"
     )
+    strategy = ", ".join([f"agent {info['agent']}", *_info_items(info["info"])])
     console.print(
-        f"dataset {info['dataset']}, agent {info['agent']}, epsilon {info['epsilon']:.2f}, "
+        f"dataset {info['dataset']}, space {info['space']}, {strategy}, "
         f"elapsed {_duration(info['elapsed_seconds'])}, "
-        f"{info['evaluations_per_hour']:.1f} evaluations/hour"
+        f"{info['evaluations_per_hour']:.1f} evaluations/hour",
+        markup=False,
     )
     if info["top"]:
-        table = Table(title="best blocks")
-        for name in ("trial", "reward", "accuracy", "MFLOPs", "block (NSC)"):
-            table.add_column(name, justify="left" if name == "block (NSC)" else "right")
+        nsc = info["space"] == "nsc"
+        cost = any(t["flops"] for t in info["top"])  # table-scored spaces measure no FLOPs
+        what = "block (NSC)" if nsc else "candidate"
+        table = Table(title="best blocks" if nsc else "best candidates")
+        for name in ("trial", "reward", "accuracy", *(["MFLOPs"] if cost else []), what):
+            table.add_column(name, justify="left" if name == what else "right")
         for t in info["top"]:
+            flops = [f"{(t['flops'] or 0) / 1e6:.2f}"] if cost else []
             table.add_row(
-                str(t["id"]),
-                f"{t['reward']:.4f}",
-                f"{t['accuracy']:.4f}",
-                f"{(t['flops'] or 0) / 1e6:.2f}",
-                t["nsc"],
+                str(t["id"]), f"{t['reward']:.4f}", f"{t['accuracy']:.4f}", *flops, t["candidate"]
             )
         console.print(table)
     for failure in info["recent_failures"]:
@@ -100,17 +105,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def trial_json(t: Any) -> dict[str, Any]:
-    """One trial of a top list, as `status --json` and `search --json` print it."""
+def trial_json(t: Any, space: str = "nsc") -> dict[str, Any]:
+    """One trial of a top list, as `status --json` and `search --json` print it. `nsc`
+    repeats `candidate` in runs of the nsc space, for scripts written before other spaces."""
+    out = {"id": t.id, "candidate": t.candidate}
+    if space == "nsc":
+        out["nsc"] = t.candidate
     return {
-        "id": t.id,
-        "nsc": t.nsc,
+        **out,
         "hash": t.hash,
         "reward": t.reward,
         "accuracy": t.accuracy,
         "flops": t.flops,
         "params": t.params,
     }
+
+
+def _info_items(info: dict[str, Any]) -> list[str]:
+    """The strategy's info as 'key value' texts, e.g. ['epsilon 0.9']."""
+    return [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()]
 
 
 def _duration(seconds: float) -> str:

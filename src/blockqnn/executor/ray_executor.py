@@ -22,8 +22,7 @@ from collections import deque
 from typing import Any
 
 from blockqnn.errors import BlockQNNError
-from blockqnn.executor import EvaluatorSpec, Finished, WorkerLost
-from blockqnn.nsc import Block
+from blockqnn.executor.base import EvaluatorSpec, Finished, WorkerLost
 from blockqnn.result import EvalResult
 
 CONNECT_TIMEOUT_S = 5.0  # an --address that does not answer in this long is unreachable
@@ -34,19 +33,22 @@ class _EvalActor:
     """A worker process: builds the evaluator (data on its device) once, then evaluates."""
 
     def __init__(self, spec: EvaluatorSpec, data: Any) -> None:
-        if spec.config.search.gpus_per_trial == 0 and spec.config.search.cpus_per_trial >= 1:
-            import torch  # CPU-only: use exactly the cores Ray reserved for this actor
+        search = spec.config.search
+        # CPU-only training: use exactly the cores Ray reserved for this actor (evaluators
+        # that need no data, e.g. table look-ups, do not train: torch is not imported).
+        if spec.needs_data and search.gpus_per_trial == 0 and search.cpus_per_trial >= 1:
+            import torch
 
-            torch.set_num_threads(int(spec.config.search.cpus_per_trial))
+            torch.set_num_threads(int(search.cpus_per_trial))
         self._evaluator = spec.build(data)
-        self._max_depth = spec.config.agent.max_depth
+        self._space = spec.space()
         self._name = f"{socket.gethostname()}:{os.getpid()}"
 
     def ready(self) -> str:
         return self._name
 
-    def evaluate(self, nsc: str) -> dict[str, Any]:
-        return self._evaluator.evaluate(Block.parse(nsc, self._max_depth)).to_dict()
+    def evaluate(self, text: str) -> dict[str, Any]:
+        return self._evaluator.evaluate(self._space.parse(text)).to_dict()
 
 
 class _Slot:
@@ -99,8 +101,8 @@ class RayExecutor:
         actor = self._cls.remote(self._spec_ref, self._data_ref)
         return _Slot(actor, actor.ready.remote())
 
-    def submit(self, trial_id: int, block: Block) -> None:
-        self._queue.append((trial_id, str(block)))
+    def submit(self, trial_id: int, candidate: Any) -> None:
+        self._queue.append((trial_id, str(candidate)))
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -108,9 +110,9 @@ class RayExecutor:
             if not self._queue:
                 return
             if slot.ready_ref is None and slot.busy is None:
-                trial_id, nsc = self._queue.popleft()
+                trial_id, text = self._queue.popleft()
                 slot.busy = trial_id
-                self._running[slot.actor.evaluate.remote(nsc)] = slot
+                self._running[slot.actor.evaluate.remote(text)] = slot
 
     def wait(self, timeout: float | None = None) -> list[Finished]:
         """Block until at least one evaluation finishes, or `timeout` seconds pass."""
@@ -205,3 +207,15 @@ def _connect(ray: Any, address: str, workers: int, cpus_per_trial: float) -> Non
     except (ConnectionError, RuntimeError, TimeoutError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BlockQNNError(f"cannot join the Ray cluster at {address}: {first}") from None
+
+
+def make_executor(spec: EvaluatorSpec) -> RayExecutor:
+    """The registry's factory for `ray`, with the `[search]` section's settings."""
+    s = spec.config.search
+    return RayExecutor(
+        spec,
+        workers=s.workers,
+        cpus_per_trial=s.cpus_per_trial,
+        gpus_per_trial=s.gpus_per_trial,
+        address=s.address,
+    )

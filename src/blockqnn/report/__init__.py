@@ -1,11 +1,14 @@
 """The search report: one self-contained HTML page describing a run, from its store.
 
 Owns: `render_report` (the page as text) and `write_report` (written atomically). The page
-holds the run's progress, the learning curve with the mean per epsilon stage, a comparison
-with a random-search baseline run, accuracy against FLOPs, the top blocks with diagrams, the
-config and the environment. It reads the store read-only, so it can be regenerated at any
-time, also while a search is running (a partial report). Must not write to the store, train
-anything or reference anything outside the page (no network to view it).
+holds the run's progress, the learning curve (a rolling mean, and the mean per epsilon stage
+for strategies that report an epsilon), a comparison with a random-search baseline run,
+accuracy against FLOPs (or an accuracy histogram for spaces without FLOPs, such as nb201),
+the top candidates with diagrams (NSC blocks or NAS-Bench-201 cells), the config and the
+environment. The raw data behind it, one row per trial, is `trials_table` (`report.trials`).
+Everything is read from the store read-only, so the page can be regenerated at any time, also
+while a search is running (a partial report). Must not write to the store, train anything or
+reference anything outside the page (no network to view it).
 
 Example:
     >>> from blockqnn.report import write_report
@@ -19,7 +22,16 @@ from pathlib import Path
 
 from blockqnn.errors import BlockQNNError
 from blockqnn.files import write_atomic
-from blockqnn.report.data import RunSummary, Stage, load_run, stage_means, window_means
+from blockqnn.report.data import (
+    RunSummary,
+    Stage,
+    load_run,
+    rolling_means,
+    rolling_size,
+    stage_means,
+    window_means,
+)
+from blockqnn.report.trials import trial_rows, trials_table
 
 __all__ = [
     "REPORT_NAME",
@@ -27,7 +39,11 @@ __all__ = [
     "Stage",
     "load_run",
     "render_report",
+    "rolling_means",
+    "rolling_size",
     "stage_means",
+    "trial_rows",
+    "trials_table",
     "window_means",
     "write_report",
 ]
@@ -54,7 +70,16 @@ def render_report(run_dir: str | Path, baseline: str | Path | None = None, top_k
             base = load_run(baseline, top_k)
         except BlockQNNError as exc:
             raise BlockQNNError(f"--baseline: {exc}") from None
-    figures = {"curve": plots.learning_curve(run), "flops": plots.accuracy_vs_flops(run)}
+    if base is not None and base.space != run.space:
+        raise BlockQNNError(
+            f"--baseline: {baseline} searched the {base.space} space, this run the "
+            f"{run.space} space: their rewards are not comparable"
+        )
+    figures = {"curve": plots.learning_curve(run)}
+    if run.has_cost:
+        figures["flops"] = plots.accuracy_vs_flops(run)
+    else:
+        figures["accuracy"] = plots.accuracy_histogram(run)
     if base is not None:
         figures["comparison"] = plots.comparison(run, base)
     return page.render(run, figures, page.environment(), base)

@@ -1,8 +1,16 @@
-"""What a report says about a run, read from its store: counts, rates, curves, the best blocks.
+"""What a report says about a run, read from its store: counts, rates, curves, the best
+candidates.
 
 Owns: `RunSummary` (a frozen snapshot of one run, read through the store's public read API
 only, opened read-only so a running search is never disturbed) and the pure statistics the
-plots draw (`stage_means`, `window_means`). Must not draw, write HTML or import torch.
+plots draw (`stage_means`, `window_means`, `rolling_means`). Must not draw, write HTML or
+import torch, and must not assume a strategy reports an epsilon: only Q-learning does.
+
+Which trials count. The learning curve's points are the *scored* trials (complete, failed
+and reused: every reward the strategy was told). Its statistics are over the *trained*
+trials only (complete and failed, failures at the reward they were told): a reused trial is a
+candidate seen before whose stored reward is told again, so averaging it in would count one
+measurement several times, and how often a strategy repeats itself would move its curve.
 """
 
 from __future__ import annotations
@@ -17,10 +25,30 @@ from typing import Any
 
 from blockqnn.config import Config
 from blockqnn.errors import BlockQNNError
-from blockqnn.store import COMPLETE, FAILED, REUSED, Store, TrialRecord
+from blockqnn.store import COMPLETE, FAILED, REUSED, TRAINED, Store, TrialRecord
 
 # Trials that carry a reward the agent was told: the points of the learning curve.
 SCORED = (COMPLETE, FAILED, REUSED)
+
+
+def epsilon_of(trial: TrialRecord) -> float | None:
+    """The epsilon the strategy reported when it proposed `trial`, or None (strategies other
+    than Q-learning report none)."""
+    value = trial.info.get("epsilon")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def trained_rewards(trials: Sequence[TrialRecord]) -> list[float]:
+    """Rewards of the trained trials (complete and failed), in ask order."""
+    return [float(t.reward) for t in trials if t.status in TRAINED and t.reward is not None]
+
+
+def rolling_size(n: int) -> int:
+    """The rolling mean's window for `n` trained trials: a tenth of them, at least 5 (fewer
+    is noise) and at most `n` (so a short run still gets one point)."""
+    return max(1, min(n, max(5, n // 10)))
 
 
 @dataclass(frozen=True)
@@ -30,8 +58,10 @@ class Stage:
     epsilon: float
     first: int  # trial id of the first and last trial of the stage (inclusive)
     last: int
-    mean: float  # mean reward over the stage's scored trials
-    count: int
+    mean: float | None  # mean reward over the stage's trained trials; None if it has none
+    count: int  # scored trials in the stage: trained + reused
+    trained: int  # complete and failed trials (what `mean` averages)
+    reused: int  # reused duplicates (drawn, not averaged)
 
 
 @dataclass(frozen=True)
@@ -55,6 +85,11 @@ class RunSummary:
         return [t for t in self.trials if t.status in SCORED and t.reward is not None]
 
     @property
+    def trained(self) -> list[TrialRecord]:
+        """Complete and failed trials with a reward, ask order (what the statistics use)."""
+        return [t for t in self.trials if t.status in TRAINED and t.reward is not None]
+
+    @property
     def complete(self) -> list[TrialRecord]:
         return [t for t in self.trials if t.status == COMPLETE]
 
@@ -63,13 +98,39 @@ class RunSummary:
         return self.config.search.agent
 
     @property
-    def epsilon(self) -> float | None:
-        """Epsilon of the most recently asked block (what the agent is using now)."""
-        return self.trials[-1].epsilon if self.trials else None
+    def space(self) -> str:
+        return self.config.search.space
+
+    @property
+    def noun(self) -> str:
+        """What the space's candidates are called: 'block' (NSC) or 'candidate'."""
+        return "block" if self.space == "nsc" else "candidate"
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The strategy's info at its latest ask (e.g. {"epsilon": 0.9}); {} if none."""
+        return dict(self.trials[-1].info) if self.trials else {}
+
+    @property
+    def has_epsilon(self) -> bool:
+        """Whether the strategy reported an epsilon (then the curve has stages)."""
+        return any(epsilon_of(t) is not None for t in self.trials)
+
+    @property
+    def has_cost(self) -> bool:
+        """Whether the evaluations measured FLOPs (the nb201 table, for one, does not)."""
+        return any(t.flops for t in self.complete)
+
+    @property
+    def iteration_size(self) -> int:
+        """Trained candidates per iteration (the paper's 64, or scaled to the budget)."""
+        from blockqnn.agent.base import replay_iteration
+
+        return replay_iteration(self.config.agent.iteration_size, self.config.search.budget)
 
     @property
     def evaluations_per_hour(self) -> float | None:
-        """Trained (not reused) blocks per hour of session time."""
+        """Trained (not reused) candidates per hour of session time."""
         if self.elapsed <= 0:
             return None
         return self.counts["trained"] * 3600.0 / self.elapsed
@@ -130,37 +191,68 @@ def load_run(run_dir: str | Path, top_k: int = 10) -> RunSummary:
 
 
 def stage_means(trials: Sequence[TrialRecord]) -> list[Stage]:
-    """Group scored trials into runs of equal epsilon (in ask order) and average each."""
+    """Group scored trials into runs of equal epsilon (in ask order) and average each over
+    its trained trials. Trials without an epsilon belong to no stage: a strategy that reports
+    none gives no stages."""
     stages: list[Stage] = []
     group: list[TrialRecord] = []
+    eps: float | None = None
 
     def close() -> None:
-        rewards = [float(t.reward) for t in group if t.reward is not None]
-        mean = statistics.fmean(rewards)
-        stages.append(Stage(group[0].epsilon, group[0].id, group[-1].id, mean, len(group)))
+        if not group or eps is None:
+            return
+        rewards = trained_rewards(group)
+        mean = statistics.fmean(rewards) if rewards else None
+        reused = sum(1 for t in group if t.status == REUSED)
+        stages.append(Stage(eps, group[0].id, group[-1].id, mean, len(group), len(rewards), reused))
 
     for t in trials:
         if t.reward is None or t.status not in SCORED:
             continue
-        if group and not math.isclose(t.epsilon, group[-1].epsilon, abs_tol=1e-9):
+        e = epsilon_of(t)
+        same = e is not None and eps is not None and math.isclose(e, eps, abs_tol=1e-9)
+        if not same:
             close()
-            group = []
+            group, eps = [], e
         group.append(t)
-    if group:
-        close()
+    close()
     return stages
 
 
 def window_means(trials: Sequence[TrialRecord], size: int) -> list[tuple[float, float]]:
-    """Mean reward of every consecutive window of `size` scored trials (the paper's
+    """Mean reward of every consecutive window of `size` trained trials (the paper's
     iterations of 64 blocks): (window number from 1, mean). A last partial window counts."""
     if size < 1:
         raise ValueError(f"window size {size}: must be at least 1")
-    rewards = [float(t.reward) for t in trials if t.reward is not None and t.status in SCORED]
+    rewards = trained_rewards(trials)
     return [
         (i // size + 1, statistics.fmean(rewards[i : i + size]))
         for i in range(0, len(rewards), size)
     ]
+
+
+def rolling(values: Sequence[float], size: int) -> list[float]:
+    """Mean of every full window of `size` consecutive values: value i of the result is the
+    mean of `values[i : i + size]` (so there are len(values) - size + 1, or none)."""
+    if size < 1:
+        raise ValueError(f"window size {size}: must be at least 1")
+    out: list[float] = []
+    total = 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= size:
+            total -= values[i - size]
+        if i >= size - 1:
+            out.append(total / size)
+    return out
+
+
+def rolling_means(trials: Sequence[TrialRecord], size: int) -> list[tuple[int, float]]:
+    """The mean reward of the last `size` trained trials at every trained trial from the
+    `size`-th on: (its trial id, mean). Reused trials are skipped, as in `stage_means`."""
+    trained = [t for t in trials if t.status in TRAINED and t.reward is not None]
+    means = rolling(trained_rewards(trained), size)
+    return [(t.id, m) for t, m in zip(trained[size - 1 :], means, strict=True)]
 
 
 def duration(seconds: float) -> str:

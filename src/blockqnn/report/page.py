@@ -1,8 +1,9 @@
-"""The report's HTML: one self-contained page (inline CSS, plots as data URIs, block diagrams
-as inline SVG), so it opens anywhere with no network and no files beside it.
+"""The report's HTML: one self-contained page (inline CSS, plots as data URIs, diagrams of
+blocks and cells as inline SVG), so it opens anywhere with no network and no files beside it.
 
-Owns: page layout, escaping, the config as TOML text and the environment description. Must
-not read the store (it gets `RunSummary` values) or reference anything outside the page.
+Owns: page layout, wording per space ("block" for NSC, "candidate" otherwise), escaping, the
+config as TOML text and the environment description. Must not read the store (it gets
+`RunSummary` values) or reference anything outside the page.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from blockqnn.errors import BlockQNNError
-from blockqnn.report.data import RunSummary, duration
+from blockqnn.report.data import RunSummary, Stage, duration, rolling_size, stage_means
 from blockqnn.store import FAILED, TrialRecord
 
 _CSS = """
@@ -59,12 +60,20 @@ def inline_svg(svg: str, prefix: str) -> str:
     return _SVG_ID.sub(lambda m: f'id="{prefix}{m.group(1)}"', body)
 
 
-def block_diagram(trial: TrialRecord, prefix: str) -> str:
-    """The block's Graphviz diagram as inline SVG, or a note when Graphviz is missing."""
-    from blockqnn.viz import block_svg
+def candidate_diagram(trial: TrialRecord, space: str, prefix: str) -> str:
+    """The candidate's Graphviz diagram as inline SVG (an NSC block or a NAS-Bench-201
+    cell), or a note when Graphviz is missing or the space has no drawing."""
+    from blockqnn.viz import block_svg, cell_svg
 
     try:
-        svg = block_svg(trial.block)
+        if space == "nsc":
+            svg = block_svg(trial.block)
+        elif space == "nb201":
+            from blockqnn.spaces.nb201 import Cell
+
+            svg = cell_svg(Cell.parse(trial.candidate))
+        else:
+            return f'<span class="note">no diagram for the {_e(space)} space</span>'
     except BlockQNNError as exc:  # Graphviz's `dot` is not installed: say so, do not fail
         return f'<span class="note">no diagram: {_e(exc)}</span>'
     return f'<div class="diagram">{inline_svg(svg, prefix)}</div>'
@@ -143,11 +152,13 @@ def header(run: RunSummary) -> str:
     best = run.top[0] if run.top else None
     created = run.meta.get("created")
     hosts = sorted({str(s.get("host", "")) for s in run.sessions if s.get("host")})
+    dataset = cfg.data.dataset + (f" (table {cfg.data.table})" if cfg.data.table else "")
     pairs = [
         ("run dir", f"<code>{_e(run.run_dir.resolve())}</code>"),
         ("state", _e(run.state)),
-        ("agent", _e(cfg.search.agent)),
-        ("dataset", _e(cfg.data.dataset)),
+        ("search space", _e(run.space)),
+        ("strategy", _e(cfg.search.agent)),
+        ("dataset", _e(dataset)),
         (
             "trials",
             f"{c['trained']} trained of a budget of {cfg.search.budget} "
@@ -157,13 +168,13 @@ def header(run: RunSummary) -> str:
         ("elapsed", _e(duration(run.elapsed)) + " (search sessions, summed)"),
         ("evaluations per hour", _num(rate, ",.1f")),
         ("median training time", "-" if median is None else _e(duration(median))),
-        ("current epsilon", _num(run.epsilon, "g")),
+        ("strategy now", _e(info_text(run.info)) + " (its info at the latest ask)"),
         (
-            "best block",
+            f"best {run.noun}",
             "-"
             if best is None
             else f"reward {_num(best.reward, '.4f')}, accuracy {_num(best.accuracy, '.4f')}, "
-            f"<code>{_e(best.nsc)}</code>",
+            f"<code>{_e(best.candidate)}</code>",
         ),
         ("evaluated on", _e(", ".join(run.devices) or "-")),
         ("hosts", _e(", ".join(hosts) or "-")),
@@ -173,39 +184,104 @@ def header(run: RunSummary) -> str:
     return f'<table class="summary">\n{_rows(pairs)}\n</table>'
 
 
+def info_text(info: dict[str, Any]) -> str:
+    """A strategy's info as text: 'epsilon 0.9, population 12', or '-' for none."""
+    items = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()]
+    return ", ".join(items) or "-"
+
+
+_CANDIDATE_HEAD = {"nsc": "block (NSC)", "nb201": "cell (NAS-Bench-201)"}
+
+
 def top_table(run: RunSummary) -> str:
+    cost = run.has_cost  # spaces evaluated from a table report no FLOPs, params or density
+    what = _CANDIDATE_HEAD.get(run.space, "candidate")
     head = (
-        "<tr><th>rank</th><th>reward</th><th>accuracy</th><th>FLOPs</th><th>params</th>"
-        "<th>density</th><th>block (NSC) and hash</th><th>diagram</th></tr>"
+        "<tr><th>rank</th><th>reward</th><th>accuracy</th>"
+        + ("<th>FLOPs</th><th>params</th><th>density</th>" if cost else "")
+        + f"<th>{_e(what)} and hash</th><th>diagram</th></tr>"
     )
     rows = []
     for rank, t in enumerate(run.top, start=1):
+        costs = (
+            f'<td class="num">{_num(t.flops, ",")}</td>'
+            f'<td class="num">{_num(t.params, ",")}</td>'
+            f'<td class="num">{_num(t.density, ".3f")}</td>'
+            if cost
+            else ""
+        )
         rows.append(
             f'<tr class="top-block"><td class="num">{rank}</td>'
             f'<td class="num">{_num(t.reward, ".4f")}</td>'
             f'<td class="num">{_num(t.accuracy, ".4f")}</td>'
-            f'<td class="num">{_num(t.flops, ",")}</td>'
-            f'<td class="num">{_num(t.params, ",")}</td>'
-            f'<td class="num">{_num(t.density, ".3f")}</td>'
-            f"<td><code>{_e(t.nsc)}</code><br>"
+            f"{costs}"
+            f"<td><code>{_e(t.candidate)}</code><br>"
             f'<span class="muted">hash <code>{_e(t.hash)}</code>, trial {t.id}</span></td>'
-            f"<td>{block_diagram(t, f'b{rank}-')}</td></tr>"
+            f"<td>{candidate_diagram(t, run.space, f'b{rank}-')}</td></tr>"
         )
     return f'<table class="top">\n{head}\n' + "\n".join(rows) + "\n</table>"
 
 
-def failed_table(trials: Sequence[TrialRecord], limit: int = 10) -> str:
-    failed = [t for t in trials if t.status == FAILED]
+def failed_table(run: RunSummary, limit: int = 10) -> str:
+    failed = [t for t in run.trials if t.status == FAILED]
     if not failed:
         return "<p>No failed trials.</p>"
     shown = failed[-limit:]
     rows = "\n".join(
-        f'<tr><td class="num">{t.id}</td><td><code>{_e(t.nsc)}</code></td>'
+        f'<tr><td class="num">{t.id}</td><td><code>{_e(t.candidate)}</code></td>'
         f"<td>{_e(t.error or '-')}</td></tr>"
         for t in shown
     )
     note = f"<p>The last {len(shown)} of {len(failed)} failed trials.</p>"
-    return f"{note}\n<table><tr><th>trial</th><th>block</th><th>error</th></tr>\n{rows}\n</table>"
+    return (
+        f"{note}\n<table><tr><th>trial</th><th>{run.noun}</th><th>error</th></tr>\n{rows}\n</table>"
+    )
+
+
+def stage_table(stages: Sequence[Stage]) -> str:
+    """One row per epsilon stage: its trials, how many were trained and reused, its mean."""
+    rows = "\n".join(
+        f'<tr class="stage"><td class="num">{s.epsilon:g}</td>'
+        f'<td class="num">{s.first}-{s.last}</td><td class="num">{s.trained}</td>'
+        f'<td class="num">{s.reused}</td><td class="num">{_num(s.mean, ".4f")}</td></tr>'
+        for s in stages
+    )
+    return (
+        '<table class="stages"><tr><th>epsilon</th><th>trials</th><th>trained</th>'
+        f"<th>reused</th><th>mean reward (trained)</th></tr>\n{rows}\n</table>"
+    )
+
+
+def curve_caption(run: RunSummary, stages: Sequence[Stage]) -> str:
+    """What the learning curve shows, and how reused and failed trials count in it."""
+    k = rolling_size(len(run.trained))
+    parts = [
+        "Reward of every finished trial in ask order. The green line is the mean reward of "
+        f"the last {k} trained trials (k is a tenth of the trained trials, at least 5): it "
+        "rises when the strategy learns to propose better candidates."
+    ]
+    if stages:
+        parts.append(
+            "The thick orange segments are the mean reward of each epsilon stage (the paper's "
+            "learning curve), over the stage's trained trials; the table below lists them."
+        )
+    else:
+        parts.append(
+            f"The {_e(run.agent)} strategy reports no epsilon, so the curve has no stages."
+        )
+    if run.counts["reused"]:
+        parts.append(
+            "Reused trials (hollow grey circles, at the reward they reuse) proposed a "
+            f"{run.noun} evaluated before, whose stored reward was told again: nothing new was "
+            "measured, so they are drawn but left out of every mean"
+            + ("; each stage's label and row count them." if stages else ".")
+        )
+    if run.counts["failed"] or any(t.error for t in run.scored):
+        parts.append(
+            "Failed trials are red crosses on the bottom edge and count in the means at the "
+            "reward they were told (reused failures: grey crosses, in no mean)."
+        )
+    return "<p>" + " ".join(parts) + "</p>"
 
 
 def _plot(uri: str, alt: str) -> str:
@@ -218,14 +294,20 @@ def render(
     env: Sequence[tuple[str, str]],
     baseline: RunSummary | None = None,
 ) -> str:
-    """The whole page. `plots` holds data URIs under 'curve', 'flops' and, with a baseline,
-    'comparison'."""
+    """The whole page. `plots` holds data URIs under 'curve', 'flops' (runs with FLOPs) or
+    'accuracy' (without) and, with a baseline, 'comparison'."""
     title = f"blockqnn report: {run.run_dir.resolve().name}"
+    noun = run.noun
+    stages = stage_means(run.scored)
     if baseline is not None:
         comparison = (
             f"<p>Baseline: <code>{_e(baseline.run_dir.resolve())}</code> "
-            f"({_e(baseline.agent)}, {baseline.counts['trained']} trained). "
-            "Both runs' rewards are averaged over the same block positions.</p>\n"
+            f"({_e(baseline.agent)}, {baseline.counts['trained']} trained). Both runs' "
+            f"rewards are placed by how many {noun}s each had trained (reused duplicates "
+            "left out), and averaged over the same positions: per iteration of "
+            f"{run.iteration_size}, as a rolling mean"
+            + (", and per epsilon stage of this run" if stages else "")
+            + ".</p>\n"
             + _plot(plots["comparison"], "mean reward of this run and the baseline")
         )
     else:
@@ -233,6 +315,27 @@ def render(
             '<p class="note">No baseline: pass <code>--baseline RANDOM_RUN_DIR</code> '
             "(a run with agent = &quot;random&quot;) to compare.</p>"
         )
+    if "flops" in plots:
+        cost = "<h2>Accuracy against FLOPs</h2>\n" + _plot(
+            plots["flops"], "validation accuracy against FLOPs, coloured by reward"
+        )
+    else:
+        cost = (
+            "<h2>Accuracy</h2>\n"
+            f'<p class="note">The evaluations of this run measured no FLOPs (the {_e(run.space)} '
+            "space's evaluator reports none): no accuracy-against-cost plot. Instead, how the "
+            "accuracies are distributed.</p>\n"
+            + _plot(plots["accuracy"], "histogram of the accuracies of the complete trials")
+        )
+    if run.space == "nsc":
+        accuracy_note = "accuracy is on the validation split"
+    elif run.space == "nb201":
+        accuracy_note = (
+            "accuracy is the NAS-Bench-201 table's 200-epoch test accuracy on "
+            f"{_e(run.config.data.dataset)}"
+        )
+    else:
+        accuracy_note = "accuracy is as the evaluator measured it"
     config = config_toml(run.config.to_dict())
     partial = (
         '<p class="note">The search is still running: this report is partial; '
@@ -257,26 +360,25 @@ def render(
 </section>
 <section id="learning-curve">
 <h2>Learning curve</h2>
-<p>Reward of every finished trial in ask order; the thick segments are the mean reward of each
-epsilon stage (the paper's learning curve). Failed trials are crosses on the bottom edge.</p>
-{_plot(plots["curve"], "reward of every trial with the mean per epsilon stage")}
+{curve_caption(run, stages)}
+{_plot(plots["curve"], "reward of every trial with its rolling mean")}
+{stage_table(stages) if stages else ""}
 </section>
 <section id="comparison">
 <h2>Against random search</h2>
 {comparison}
 </section>
 <section id="accuracy-flops">
-<h2>Accuracy against FLOPs</h2>
-{_plot(plots["flops"], "validation accuracy against FLOPs, coloured by reward")}
+{cost}
 </section>
 <section id="top-blocks">
-<h2>Top {len(run.top)} blocks</h2>
-<p>Trained blocks by reward (reused duplicates excluded); accuracy is on the validation split.</p>
+<h2>Top {len(run.top)} {noun}s</h2>
+<p>Trained {noun}s by reward (reused duplicates excluded); {accuracy_note}.</p>
 {top_table(run)}
 </section>
 <section id="failed">
 <h2>Failed trials</h2>
-{failed_table(run.trials)}
+{failed_table(run)}
 </section>
 <section id="config">
 <h2>Config</h2>

@@ -1,4 +1,5 @@
-"""The NSC search space as a decision process: states, valid actions, paths and sampling.
+"""The NSC search space (BlockQNN's blocks) as a decision process: states, valid actions,
+paths, sampling and mutation.
 
 Owns: which layer may follow which, so that every sequence an agent can produce is a valid
 `Block` and every valid block can be produced. Must not import torch and must not learn
@@ -30,13 +31,16 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from blockqnn.errors import BlockQNNError
 from blockqnn.nsc import DEFAULT_MAX_DEPTH, KERNELS, Block, LayerType
+from blockqnn.spaces.base import Action, Path, State, parse_path_rows, path_text
 
-Action = tuple[int, int, int, int, int]  # (index, type, kernel, pred1, pred2)
-State = Action  # the layer just added; START before the first one
-Path = tuple[Action, ...]  # the actions of one block, closed by the terminal
+if TYPE_CHECKING:
+    from blockqnn.config import Config
+
+__all__ = ["START", "NSCSpace", "make_space", "parse_path_rows", "path_text"]
 
 START: State = (0, 0, 0, 0, 0)
 TERMINAL = int(LayerType.TERMINAL)
@@ -63,15 +67,19 @@ def _actions_at(index: int, max_depth: int) -> tuple[Action, ...]:
     return tuple(out)
 
 
-class SearchSpace:
-    """The valid blocks of one maximum depth, as states and actions.
+class NSCSpace:
+    """The valid blocks of one maximum depth, as states and actions (a `Space`).
 
-    >>> space = SearchSpace(max_depth=3)
+    >>> space = NSCSpace(max_depth=3)
     >>> len(space.actions(START)), space.actions((2, 1, 3, 1, 0))
     (8, ((3, 7, 0, 0, 0),))
     >>> str(space.to_block(((1, 1, 3, 0, 0), (2, 7, 0, 0, 0))))
     '1,1,3,0,0; 2,7,0,0,0'
     """
+
+    name = "nsc"
+    evaluator = "blockqnn.evaluator:Evaluator"  # early-stop training of the stacked network
+    needs_data = True
 
     def __init__(self, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
         if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 2:
@@ -87,13 +95,20 @@ class SearchSpace:
             self._intern.update((a, a) for a in actions)
 
     def __repr__(self) -> str:
-        return f"SearchSpace(max_depth={self.max_depth})"
+        return f"NSCSpace(max_depth={self.max_depth})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, SearchSpace) and other.max_depth == self.max_depth
+        return isinstance(other, NSCSpace) and other.max_depth == self.max_depth
 
     def __hash__(self) -> int:
-        return hash(("SearchSpace", self.max_depth))
+        return hash(("NSCSpace", self.max_depth))
+
+    @property
+    def start(self) -> State:
+        return START
+
+    def settings(self) -> dict[str, Any]:
+        return {"max_depth": self.max_depth}
 
     # ----- states and actions -------------------------------------------------------------
 
@@ -137,7 +152,7 @@ class SearchSpace:
         """Valid (state, action) pairs: the size of a full Q-table."""
         return sum(len(self._by_index[s[0] + 1]) for s in self._intern if s[1] != TERMINAL)
 
-    def count_blocks(self) -> int:
+    def count(self) -> int:
         """How many distinct paths (blocks up to add/concat order) the space holds."""
         # The actions depend only on the index, so count layer by layer: every non-terminal
         # choice at index j continues into the actions at j + 1.
@@ -161,9 +176,17 @@ class SearchSpace:
             if state[1] == TERMINAL:
                 return tuple(path)
 
-    def to_block(self, path: Path) -> Block:
+    def to_candidate(self, path: Path) -> Block:
         """The `Block` of a path of this space (validated again by `Block`)."""
         return Block.from_tuples([tuple(a) for a in path], self.max_depth)
+
+    def parse(self, text: str) -> Block:
+        return Block.parse(text, self.max_depth)
+
+    def mutate(self, candidate: Block, rng: random.Random) -> Block:
+        from blockqnn.spaces.nsc_mutation import mutate_block
+
+        return mutate_block(self, candidate, rng)
 
     def path_of(self, block: Block) -> Path:
         """The path that produces `block`, add/concat predecessors sorted.
@@ -197,14 +220,6 @@ class SearchSpace:
         return tuple(path)
 
 
-def path_text(path: Path) -> str:
-    """NSC text of a path: `1,1,3,0,0; 2,7,0,0,0`."""
-    return "; ".join(",".join(str(v) for v in a) for a in path)
-
-
-def parse_path_rows(text: str) -> list[tuple[int, ...]]:
-    """Rows of integers from NSC text, without validation (see `SearchSpace.check_path`)."""
-    try:
-        return [tuple(int(v) for v in chunk.split(",")) for chunk in text.split(";")]
-    except ValueError:
-        raise BlockQNNError(f"{text[:60]!r} is not NSC text") from None
+def make_space(config: Config) -> NSCSpace:
+    """The registry's factory: the NSC space of `[agent] max_depth`."""
+    return NSCSpace(config.agent.max_depth)

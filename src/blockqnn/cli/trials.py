@@ -1,0 +1,104 @@
+"""List every trial of a run: candidate, status, reward, metrics, strategy info and times.
+
+Examples:
+  blockqnn trials runs/demo                 a table (a compact subset of the columns)
+  blockqnn trials runs/demo --csv > t.csv   every column, for pandas: pd.read_csv("t.csv")
+  blockqnn trials runs/demo --json          a JSON list of objects with the same columns
+
+Columns: id, status, candidate, hash, reward, accuracy, flops, params, density, then
+metric.NAME for every extra metric of the results (e.g. metric.flops_ref), info.KEY for
+every key of the strategy's info at ask time (e.g. info.epsilon), then reuse_of, attempts,
+lost, worker, error, created, started, finished (Unix seconds) and train_seconds (empty for
+reused trials: they trained nothing). A value a trial lacks is empty (null in JSON).
+
+Reads the run's store only (safe while the search runs); never changes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="DIR", help="the run directory")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print a JSON list of objects")
+    form.add_argument("--csv", action="store_true", help="print CSV with a header row")
+
+
+def run(args: argparse.Namespace) -> int:
+    from blockqnn.report.trials import trials_table
+
+    names, rows = trials_table(args.run_dir)
+    try:
+        if args.json:
+            json.dump(rows, sys.stdout, indent=1)
+            sys.stdout.write("\n")
+        elif args.csv:
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(names)
+            writer.writerows([_csv_value(row[n]) for n in names] for row in rows)
+        else:
+            _print_table(args.run_dir, names, rows)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped reading (`... --csv | head`): not an error. Point stdout at
+        # /dev/null so that the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _csv_value(value: Any) -> str:
+    """A field as text that pandas and `float()` read back: empty for None, full precision."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, int, str)):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    return json.dumps(value)  # a plug-in's list or dict info
+
+
+def _short(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and spec:
+        return format(value, spec)
+    return str(value)
+
+
+def _print_table(run_dir: str, names: list[str], rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
+    if not rows:
+        console.print(f"{run_dir}: no trials yet", markup=False)
+        return
+    info = [n for n in names if n.startswith("info.")]
+    errors = any(row["error"] for row in rows)
+    table = Table(title=f"{len(rows)} trials (all columns: --csv or --json)")
+    for name in ("trial", "status", "reward", "accuracy", *info, "reuse of"):
+        table.add_column(name, justify="right")
+    table.add_column("candidate", overflow="fold")
+    if errors:
+        table.add_column("error", overflow="fold")
+    for row in rows:
+        cells = [
+            str(row["id"]),
+            row["status"],
+            _short(row["reward"], ".4f"),
+            _short(row["accuracy"], ".4f"),
+            *(_short(row[n], "g") for n in info),
+            _short(row["reuse_of"]),
+        ]
+        cells += [row["candidate"]] + ([row["error"]] if errors else [])
+        table.add_row(*(Text(c) for c in cells))  # Text: no rich markup read in the values
+    console.print(table)

@@ -1,0 +1,112 @@
+"""The executor contract: what the search loop hands to executors and gets back.
+
+Owns: the `Executor` protocol (`submit` / `wait` / `shutdown`, `slots`), `Finished` and
+`WorkerLost`, the `Evaluating` protocol every evaluator follows, and the picklable
+`EvaluatorSpec` that tells each worker how to build its evaluator. Must not import an
+executor's implementation (they import this module), torch or Ray.
+
+Interface: `submit(trial_id, candidate)` hands over one evaluation; `wait(timeout)` returns
+the evaluations that finished, each a `Finished(trial_id, outcome, worker)` whose outcome is
+the evaluator's `EvalResult` or a `WorkerLost` (the worker process or its node died; the
+search loop decides whether to run the trial again); `shutdown()` releases the workers.
+`slots` is how many evaluations the executor runs at once: the loop keeps that many in
+flight. Executors are found by name in `blockqnn.registry.EXECUTORS`; a factory takes the
+`EvaluatorSpec` and reads its settings from `spec.config.search`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from blockqnn.config import Config
+from blockqnn.registry import SPACES, resolve
+from blockqnn.result import EvalResult
+from blockqnn.spaces.base import Space
+
+
+class Evaluating(Protocol):
+    """An evaluator: built once per worker, then `evaluate` for each candidate. It returns
+    an `EvalResult` with the metrics it measured and never raises for a bad candidate."""
+
+    def evaluate(self, candidate: Any) -> EvalResult: ...
+
+
+@dataclass(frozen=True)
+class WorkerLost:
+    """The worker running a trial died (process killed, node lost) before it answered."""
+
+    reason: str
+
+
+class Finished(NamedTuple):
+    trial_id: int
+    outcome: EvalResult | WorkerLost
+    worker: str  # who ran it, e.g. "local", "host:pid cuda:0"
+
+
+class Executor(Protocol):
+    slots: int
+
+    def submit(self, trial_id: int, candidate: Any) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> list[Finished]: ...
+
+    def shutdown(self) -> None: ...
+
+
+def make_space(config: Config) -> Space:
+    """The run's search space, built by its registry factory."""
+    space: Space = SPACES.get(config.search.space)(config)
+    return space
+
+
+def load_data(config: Config) -> Any:
+    """The dataset as host arrays: loaded once by the master, shipped to every worker."""
+    from blockqnn.data import load_arrays
+
+    return load_arrays(config.data)
+
+
+def default_evaluator(config: Config, data: Any, device: str | None) -> Evaluating:
+    """The space's own evaluator (`Space.evaluator`, a `module:attr` factory taking
+    (config, data, device)): early-stop training for NSC blocks, a table look-up for nb201."""
+    space = make_space(config)
+    target = getattr(space, "evaluator", "blockqnn.evaluator:Evaluator")
+    evaluator: Evaluating = resolve(target)(config, data, device)
+    return evaluator
+
+
+@dataclass(frozen=True)
+class EvaluatorSpec:
+    """How a worker builds its evaluator; picklable, so Ray can send it to every actor.
+
+    `factory(config, data, device)` builds it once per worker (None: the space's evaluator,
+    `default_evaluator`). The data is loaded once, in the master, by `loader(config)` (None:
+    `load_data`) and reaches the workers through Ray's object store, so remote nodes need no
+    shared file system; `needs_data=False` skips loading (a tabular or synthetic evaluator).
+    """
+
+    config: Config
+    device: str | None = None
+    factory: Callable[[Config, Any, str | None], Evaluating] | None = None
+    loader: Callable[[Config], Any] | None = None
+    needs_data: bool = True
+
+    @classmethod
+    def for_config(cls, config: Config, device: str | None = None) -> EvaluatorSpec:
+        """The space's default evaluator, loading data only where the space needs it."""
+        needs = bool(getattr(make_space(config), "needs_data", True))
+        return cls(config, device, needs_data=needs)
+
+    def space(self) -> Space:
+        return make_space(self.config)
+
+    def load_data(self) -> Any:
+        if not self.needs_data:
+            return None
+        return (self.loader or load_data)(self.config)
+
+    def build(self, data: Any) -> Evaluating:
+        return (self.factory or default_evaluator)(self.config, data, self.device)

@@ -1,0 +1,55 @@
+"""The local executor: evaluations in the search process, one at a time.
+
+Owns: `LocalExecutor` and its registry factory. Must not decide what to evaluate (the search
+loop does) nor write to the store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from blockqnn.errors import BlockQNNError
+from blockqnn.executor.base import EvaluatorSpec, Finished
+
+
+class LocalExecutor:
+    """Evaluations in the search process, one at a time, on the GPU if there is one.
+
+    One slot: the search process has one device and one interpreter, so running several
+    evaluations at once here would only make each slower; use the Ray executor for
+    parallelism (it can pack several evaluations on one GPU).
+    """
+
+    slots = 1
+
+    def __init__(self, spec: EvaluatorSpec) -> None:
+        self._evaluator = spec.build(spec.load_data())
+        self._queue: deque[tuple[int, Any]] = deque()
+
+    def submit(self, trial_id: int, candidate: Any) -> None:
+        self._queue.append((trial_id, candidate))
+
+    def wait(self, timeout: float | None = None) -> list[Finished]:
+        if not self._queue:
+            if timeout:
+                time.sleep(timeout)
+            return []
+        trial_id, candidate = self._queue.popleft()
+        result = self._evaluator.evaluate(candidate)
+        return [Finished(trial_id, result, "local")]
+
+    def shutdown(self) -> None:
+        self._queue.clear()
+
+
+def make_executor(spec: EvaluatorSpec) -> LocalExecutor:
+    """The registry's factory for `local`; asking for GPUs where there are none is refused."""
+    s = spec.config.search
+    if s.gpus_per_trial > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BlockQNNError(f"--gpus-per-trial {s.gpus_per_trial}: no GPU is available here")
+    return LocalExecutor(spec)

@@ -1,0 +1,77 @@
+"""Rewards: the scalar a strategy is told, computed from an evaluation's metrics.
+
+Owns: the `Reward` protocol and the built-in rewards (`paper`, `accuracy`), found by name in
+`blockqnn.registry.REWARDS`. Must not import torch or train anything: a reward is a pure
+function of the metrics an evaluator reported (`EvalResult.metric_values()`), so the master
+computes it, and a stored trial's metrics can be re-scored later.
+
+Metric names: `accuracy` (validation accuracy in [0, 1]), `flops` (forward FLOPs per image),
+`flops_ref` (the reference network's, for normalising), `params`, `density`; evaluators may
+add others (e.g. a measured latency), and a plug-in reward may use them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from blockqnn.registry import REWARDS
+
+if TYPE_CHECKING:
+    from blockqnn.config import Config
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """Built once per search by its registry factory `factory(config)`; then called with the
+    metrics of every successful evaluation (failed ones are told 0.0 without a call)."""
+
+    def __call__(self, metrics: Mapping[str, float]) -> float: ...
+
+
+def compute_reward(
+    accuracy: float, flops: float, flops_ref: float, density: float, mu: float, rho: float
+) -> float:
+    """accuracy - mu log(flops / flops_ref) - rho log(density); a term whose metric is not
+    reported (0, e.g. a tabular benchmark gives accuracy only) is left out."""
+    penalty = 0.0
+    if mu and flops > 0 and flops_ref > 0:
+        penalty += mu * math.log(flops / flops_ref)
+    if rho and density > 0:
+        penalty += rho * math.log(density)
+    return accuracy - penalty
+
+
+class PaperReward:
+    """BlockQNN's reward with FLOPs normalised by a reference network (see `RewardConfig`)."""
+
+    def __init__(self, config: Config) -> None:
+        self.mu = config.reward.mu
+        self.rho = config.reward.rho
+
+    def __call__(self, metrics: Mapping[str, float]) -> float:
+        return compute_reward(
+            metrics["accuracy"],
+            metrics.get("flops", 0.0),
+            metrics.get("flops_ref", 0.0),
+            metrics.get("density", 0.0),
+            self.mu,
+            self.rho,
+        )
+
+
+class AccuracyReward:
+    """The accuracy alone (NAS-Bench comparisons, or when cost should not matter)."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        pass
+
+    def __call__(self, metrics: Mapping[str, float]) -> float:
+        return float(metrics["accuracy"])
+
+
+def make_reward(config: Config) -> Reward:
+    """The reward named by `[reward] name`, built with the config."""
+    reward: Reward = REWARDS.get(config.reward.name)(config)
+    return reward
