@@ -35,17 +35,18 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from blockqnn.agent import make_strategy
-from blockqnn.config import AgentConfig, Config, merge
+from blockqnn.config import Config, merge
+from blockqnn.errors import BlockQNNError
 from blockqnn.nsc import Block, LayerType
+from blockqnn.registry import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TABLE = ROOT.parent / "shared" / "data" / "nats-tss-200epoch-accuracy.csv.gz"
-STRATEGIES = ("qlearning", "random", "evolution")
+DEFAULT_STRATEGIES = ("qlearning", "random", "evolution")
 MAX_REUSE_STREAK = 10_000  # as the search loop: a strategy proposing only known candidates
 # t(0.975, df) for small samples; beyond 30 the normal 1.96 is close enough.
 _T975 = {
@@ -151,7 +152,7 @@ def run_one(task: tuple[str, int, int, dict[str, Any]]) -> dict[str, Any]:
     name, budget, seed, agent_settings = task
     problem = _PROBLEM
     assert problem is not None
-    agent_config = replace(AgentConfig(), **agent_settings)
+    agent_config = merge(Config(), {"agent": agent_settings}).agent  # a preset, then the keys
     strategy = make_strategy(name, problem.space, budget, seed, agent_config)
     known: dict[str, float] = {}
     rewards: list[float] = []
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic", action="store_true", help="nsc: the synthetic reward")
     parser.add_argument("--table", default=str(DEFAULT_TABLE), help="nb201: the table file")
     parser.add_argument("--dataset", default="cifar10", help="nb201: the accuracy column")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES))
     parser.add_argument("--budgets", default="32,100,300,1000")
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--max-depth", type=int, default=10, help="nsc: the space's depth")
@@ -287,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         settings["preset"] = args.preset
     budgets = [int(b) for b in args.budgets.split(",")]
     names = args.strategies.split(",")
+    try:
+        for name in names:
+            STRATEGIES.check(name)
+    except BlockQNNError as exc:
+        print(f"strategies: {exc}", file=sys.stderr)
+        return 2
     tasks = [(n, b, s, settings) for b in budgets for n in names for s in range(args.seeds)]
     init = (args.space, args.table, args.dataset, args.max_depth)
     _init(*init)

@@ -304,3 +304,58 @@ def test_q_learning_beats_random_in_the_low_epsilon_stage() -> None:
     # Random blocks score about 0.11 here; the best blocks (nine 3x3 convs) 0.93. A learning
     # agent at epsilon 0.1 is far above random on every seed, not just on average.
     assert min(gaps) > 0.1, gaps
+
+
+# ----- presets --------------------------------------------------------------------------------
+
+
+def _golden_reward(block: Block) -> float:
+    n3 = sum(1 for layer in block.layers if layer.type == 1 and layer.kernel == 3)
+    pools = sum(1 for layer in block.layers if layer.type in (2, 3))
+    h = int(block.hash[:8], 16) / 2**32
+    return round(0.3 + 0.07 * n3 - 0.08 * pools + 0.02 * h, 6)
+
+
+# Recorded with the release before presets existed (commit 39cbbb4, `QLearningAgent(budget=300,
+# seed=s)`): sha256 of the 300 asked hashes joined by commas, and of the final Q rows.
+PAPER_GOLDEN = {
+    0: (
+        "bfe2f5c851db3fbcf3c87e2a1a9a5d4f1cec749133afe8672af342122a339dd4",
+        "6037109d6fda5c0dea4877855b714f9f68250b6aa2b3f3cfba6e099248b2ee78",
+    ),
+    1: (
+        "16052cefd1fdd78523ac7cd95118fbe6a975027dbda4fa194b14feac14376d85",
+        "ad064244bdfceb8020bc61758e3082ba9a4b0809898db460f0f73cac4b7094ac",
+    ),
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_paper_preset_reproduces_the_paper_agent_exactly(seed: int) -> None:
+    import hashlib
+
+    from blockqnn.config import Config, merge
+
+    config = merge(Config(), {"agent": {"preset": "paper"}}).agent
+    agent = make_strategy("qlearning", NSCSpace(), budget=300, seed=seed, config=config)
+    asked = []
+    for _ in range(300):
+        block = agent.ask()
+        agent.tell(block, _golden_reward(block))
+        asked.append(block.hash)
+    rows = [row[:3] for row in agent.state_dict()["q"]]
+    digest = hashlib.sha256(",".join(asked).encode()).hexdigest()
+    q_digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    assert (digest, q_digest) == PAPER_GOLDEN[seed]
+
+
+def test_presets_set_their_fields_and_explicit_keys_win() -> None:
+    from blockqnn.config import AGENT_PRESETS, Config, merge
+
+    paper = merge(Config(), {"agent": {"preset": "paper"}}).agent
+    assert all(getattr(paper, k) == v for k, v in AGENT_PRESETS["paper"].items())
+    assert all(getattr(AgentConfig(), k) == v for k, v in AGENT_PRESETS["blockqnn"].items())
+    mixed = merge(Config(), {"agent": {"preset": "paper", "alpha": 0.2}}).agent
+    assert mixed.alpha == 0.2 and mixed.q_init_mode == "fixed"
+    with pytest.raises(BlockQNNError, match="preset"):
+        merge(Config(), {"agent": {"preset": "metaqnn"}})

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blockqnn.config import Config
+from blockqnn.config import AGENT_PRESETS, Config
 from blockqnn.errors import BlockQNNError
 from blockqnn.nsc import DEFAULT_MAX_DEPTH, Block
 from blockqnn.result import EvalResult
@@ -217,13 +217,16 @@ class Store:
                 conn.backup(memory)
                 conn.close()
                 conn = memory
-                _migrate(conn, version)
         else:
             conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, atomic
-            if version < SCHEMA_VERSION:
+        if version < SCHEMA_VERSION:
+            try:
                 _migrate(conn, version)
+            except BaseException:
+                conn.close()
+                raise
         conn.execute("PRAGMA foreign_keys = ON")
         return cls(path, conn, readonly)
 
@@ -581,6 +584,15 @@ class AgentState:
     seq: int
 
 
+# What every version-1 run was, in the config keys that version 2 added: an NSC search with
+# the paper's reward and its Q-learning constants (presets and modes did not exist yet).
+_V1_IMPLIED: dict[str, dict[str, Any]] = {
+    "search": {"space": "nsc"},
+    "reward": {"name": "paper"},
+    "agent": {"preset": "paper", **AGENT_PRESETS["paper"]},
+}
+
+
 def _migrate(conn: sqlite3.Connection, version: int) -> None:
     """Bring a store of an older schema to `SCHEMA_VERSION`, in one transaction."""
     conn.execute("BEGIN IMMEDIATE")
@@ -590,12 +602,31 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
             conn.execute("ALTER TABLE trials ADD COLUMN info TEXT NOT NULL DEFAULT '{}'")
             conn.execute("UPDATE trials SET info = json_object('epsilon', epsilon)")
             conn.execute("ALTER TABLE trials DROP COLUMN epsilon")
+            _migrate_config_v1(conn)
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _migrate_config_v1(conn: sqlite3.Connection) -> None:
+    """Write the keys a version-1 config lacks with the values that run used. Read with
+    today's defaults instead, `--resume` would silently continue with another agent (the
+    `blockqnn` preset's modes). Stored values are kept, whatever they are."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
+    data = json.loads(row[0])
+    if not isinstance(data, dict):  # left for Config.from_dict to refuse with its message
+        return
+    for section, implied in _V1_IMPLIED.items():
+        values = data.setdefault(section, {})
+        if isinstance(values, dict):
+            for key, value in implied.items():
+                values.setdefault(key, value)
+    conn.execute(
+        "UPDATE meta SET value = ? WHERE key = 'config'", (json.dumps(data, sort_keys=True),)
+    )
 
 
 def _check(path: Path) -> int:

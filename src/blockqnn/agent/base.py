@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from blockqnn.errors import BlockQNNError
 from blockqnn.spaces.base import Space
@@ -149,6 +149,10 @@ class BaseAgent:
     """Shared parts: the space, the RNG, the counters and snapshot checks."""
 
     kind = ""
+    # Settings that snapshots of older releases lack, read as the value those releases
+    # behaved as (subclasses add their own): version-1 snapshots predate pluggable spaces, so
+    # they are all NSC. A setting missing from both reads None, which no agent's value is.
+    SNAPSHOT_DEFAULTS: ClassVar[dict[str, Any]] = {"space": "nsc"}
 
     def __init__(self, space: Space, budget: int, seed: int) -> None:
         self.space = space
@@ -198,8 +202,7 @@ class BaseAgent:
         if not isinstance(settings, dict):
             raise BlockQNNError("agent snapshot: settings missing")
         for name, mine in self._settings().items():
-            # Snapshots of version-1 runs predate pluggable spaces: they are all NSC.
-            theirs = settings.get(name, "nsc" if name == "space" else None)
+            theirs = settings.get(name, self.SNAPSHOT_DEFAULTS.get(name))
             if theirs != mine:
                 raise BlockQNNError(
                     f"agent snapshot: {name} = {theirs!r} differs from this agent's {mine!r} "

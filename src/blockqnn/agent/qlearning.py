@@ -29,7 +29,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from blockqnn.agent.base import (
     DEFAULT_SCHEDULE,
@@ -65,6 +65,13 @@ class QLearningAgent(BaseAgent):
     """
 
     kind = "qlearning"
+    # Version-1 snapshots have no modes: that release always ran the paper's.
+    SNAPSHOT_DEFAULTS: ClassVar[dict[str, Any]] = {
+        **BaseAgent.SNAPSHOT_DEFAULTS,
+        "q_init_mode": "fixed",
+        "alpha_mode": "fixed",
+        "on_repeat": "allow",
+    }
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -75,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         code: int = args._run(args)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
     except BlockQNNError as exc:
         print(f"blockqnn {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -86,6 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"blockqnn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader stopped reading (`blockqnn status R --json | head`): not an error. Point
+        # stdout at /dev/null so that the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
 
 

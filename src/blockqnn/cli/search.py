@@ -132,6 +132,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(_summary_json(summary, run_dir), indent=2))
     elif summary.top:
         _print_top(summary.top[: args.top], summary, out)
+        for line in learning_summary(run_dir):
+            print(line, file=out)
+        print(
+            f"next: blockqnn status {run_dir} | blockqnn report {run_dir} | "
+            f"blockqnn trials {run_dir} --csv",
+            file=out,
+        )
     if not summary.top:  # every evaluation failed: a failed run, though a recorded one
         print(
             f"blockqnn search: every one of the {summary.failed} evaluations failed; "
@@ -143,12 +150,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary_json(summary: Any, run_dir: str) -> dict[str, Any]:
+    from blockqnn.store import Store
+
+    with Store.open(run_dir, readonly=True) as store:
+        space = store.config().search.space
     return {
         "run_dir": run_dir,
         "trained": summary.trained,
         "reused": summary.reused,
         "failed": summary.failed,
-        "top": [trial_json(t) for t in summary.top],
+        "top": [trial_json(t, space) for t in summary.top],
     }
 
 
@@ -173,6 +184,38 @@ def _print_top(top: list[Any], summary: Any, out: Any) -> None:
             t.candidate,
         )
     console.print(table)
+
+
+MIN_STAGE_TRAINED = 8  # fewer trained blocks in a stage say little about its mean
+
+
+def learning_summary(run_dir: str) -> list[str]:
+    """Whether the strategy learned: the mean reward of its first epsilon stage (random
+    proposals) against its last, over trained trials; nothing for strategies without an
+    epsilon. Says so when the last stage is too small to tell."""
+    from blockqnn.report.data import stage_means
+    from blockqnn.store import Store
+
+    with Store.open(run_dir, readonly=True) as store:
+        stages = [s for s in stage_means(store.trials()) if s.mean is not None]
+        budget = store.config().search.budget
+    if len(stages) < 2:
+        return []
+    first, last = stages[0], stages[-1]
+    assert first.mean is not None and last.mean is not None
+    trend = "rose" if last.mean > first.mean else "did not rise"
+    lines = [
+        f"learning: mean reward {first.mean:.4f} at epsilon {first.epsilon:g} "
+        f"({first.trained} blocks) -> {last.mean:.4f} at epsilon {last.epsilon:g} "
+        f"({last.trained} blocks): it {trend}"
+    ]
+    if last.trained < MIN_STAGE_TRAINED:
+        lines.append(
+            f"  the last stage holds only {last.trained} trained blocks, too few to show "
+            f"learning reliably; a budget of {max(2 * budget, 128)} or more gives a clearer "
+            "picture (blockqnn report draws the whole curve)"
+        )
+    return lines
 
 
 def info_text(info: dict[str, Any]) -> str:

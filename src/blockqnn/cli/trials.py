@@ -20,7 +20,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
 from typing import Any
 
@@ -36,21 +35,15 @@ def run(args: argparse.Namespace) -> int:
     from blockqnn.report.trials import trials_table
 
     names, rows = trials_table(args.run_dir)
-    try:
-        if args.json:
-            json.dump(rows, sys.stdout, indent=1)
-            sys.stdout.write("\n")
-        elif args.csv:
-            writer = csv.writer(sys.stdout, lineterminator="\n")
-            writer.writerow(names)
-            writer.writerows([_csv_value(row[n]) for n in names] for row in rows)
-        else:
-            _print_table(args.run_dir, names, rows)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader stopped reading (`... --csv | head`): not an error. Point stdout at
-        # /dev/null so that the interpreter's final flush does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if args.json:  # a closed pipe (`... --csv | head`) is handled once, in cli.main
+        json.dump(rows, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    elif args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows([_csv_value(row[n]) for n in names] for row in rows)
+    else:
+        _print_table(args.run_dir, names, rows)
     return 0
 
 
