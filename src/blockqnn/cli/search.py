@@ -34,6 +34,7 @@ _OVERRIDES = {
     "space": ("search", "space"),
     "agent": ("search", "agent"),
     "reward": ("reward", "name"),
+    "preset": ("agent", "preset"),
     "seed": ("search", "seed"),
     "executor": ("search", "executor"),
     "workers": ("search", "workers"),
@@ -63,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", metavar="FILE", help="nb201: the accuracy table (CSV[.gz])")
     parser.add_argument("--agent", help=f"search strategy: {', '.join(STRATEGIES.names())}")
     parser.add_argument("--reward", help=f"reward: {', '.join(REWARDS.names())}")
+    parser.add_argument(
+        "--preset", help="agent constants: blockqnn (ours, measured) or paper (the paper's)"
+    )
     parser.add_argument("--seed", type=int, help="seed of the agent")
     parser.add_argument("--executor", help=f"where evaluations run: {', '.join(EXECUTORS.names())}")
     parser.add_argument("--workers", type=int, help="evaluations at once (ray)")
