@@ -8,11 +8,6 @@ only the built-ins again once a test is done.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import hashlib
-import io
-import itertools
 import json
 import logging
 import sys
@@ -22,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.strategies import write_nb201_table
 
 import blockqnn.agent.baseline
 from blockqnn.cli import main
 from blockqnn.errors import BlockQNNError
 from blockqnn.registry import REWARDS, STRATEGIES
-from blockqnn.spaces.nb201 import DATASETS, OPS, Cell
 from blockqnn.store import DB_NAME, Store
 
 BUILTINS = ["qlearning", "random", "evolution"]
@@ -96,26 +91,9 @@ def plugin(tmp_path: Path) -> Iterator[Any]:
     assert STRATEGIES.names()[: len(BUILTINS)] == BUILTINS
 
 
-def write_table(path: Path) -> Path:
-    """A NAS-Bench-201 table of every cell with made-up accuracies: 40% plus 8 points per
-    live 3x3 convolution and 3 per live 1x1 (read from the cell's identity, so isomorphic
-    cells agree), plus up to 2 points of hash noise."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*DATASETS.values(), "ArchitectureString", "UniqueString"])
-    for ix in itertools.product(range(len(OPS)), repeat=6):
-        cell = Cell.from_indices(ix)
-        unique = cell.canonical
-        noise = int(hashlib.sha256(unique.encode()).hexdigest()[:4], 16) / 0xFFFF * 2
-        acc = 40 + 8 * unique.count("nor_conv_3x3") + 3 * unique.count("nor_conv_1x1") + noise
-        writer.writerow([f"{min(acc, 100):.3f}", f"{acc / 2:.3f}", f"{acc / 3:.3f}", cell, unique])
-    path.write_bytes(gzip.compress(out.getvalue().encode()))
-    return path
-
-
 @pytest.fixture(scope="module")
 def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_table(tmp_path_factory.mktemp("nb201") / "table.csv.gz")
+    return write_nb201_table(tmp_path_factory.mktemp("nb201") / "table.csv.gz")
 
 
 def _search(run: Path, table: Path, *argv: str) -> list[str]:

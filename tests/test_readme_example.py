@@ -4,12 +4,7 @@ the strategies benchmark accepts its name. So the README's code cannot silently 
 
 from __future__ import annotations
 
-import csv
-import gzip
-import hashlib
 import importlib.util
-import io
-import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -17,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.strategies import write_nb201_table
 
 from blockqnn.agent.base import Strategy
 from blockqnn.config import Config
 from blockqnn.errors import BlockQNNError
 from blockqnn.registry import STRATEGIES
 from blockqnn.search import restore_agent
-from blockqnn.spaces.nb201 import DATASETS, OPS, Cell, NB201Space
+from blockqnn.spaces.nb201 import NB201Space
 from blockqnn.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,27 +37,11 @@ def section_blocks(language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```$", section, flags=re.DOTALL | re.MULTILINE)
 
 
-def write_table(path: Path) -> Path:
-    """A made-up table of every NAS-Bench-201 cell: 40% plus 8 points per live 3x3 conv and
-    3 per live 1x1 conv (read from the cell's identity), plus up to 2 points of noise."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*DATASETS.values(), "ArchitectureString", "UniqueString"])
-    for ix in itertools.product(range(len(OPS)), repeat=6):
-        cell = Cell.from_indices(ix)
-        unique = cell.canonical
-        noise = int(hashlib.sha256(unique.encode()).hexdigest()[:4], 16) / 0xFFFF * 2
-        acc = 40 + 8 * unique.count("nor_conv_3x3") + 3 * unique.count("nor_conv_1x1") + noise
-        writer.writerow([f"{min(acc, 100):.3f}", f"{acc / 2:.3f}", f"{acc / 3:.3f}", cell, unique])
-    path.write_bytes(gzip.compress(out.getvalue().encode()))
-    return path
-
-
 @pytest.fixture
 def example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """The README's first python block executed (it registers `local`), in a working
     directory that holds the table file its second block names."""
-    write_table(tmp_path / TABLE_NAME)
+    write_nb201_table(tmp_path / TABLE_NAME)
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, Any] = {"__name__": "readme_example"}
     code = section_blocks("python")[0]
