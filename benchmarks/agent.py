@@ -2,7 +2,8 @@
 
 Runs a whole search schedule against a cheap torch-free synthetic reward, timing every `ask`,
 every `tell` and every replay (the replay runs inside the `tell` that completes an iteration;
-it is timed separately and subtracted from that tell). The random agent, run in the same
+it is timed separately and subtracted from that tell). Q-learning runs with the default
+preset (`qlearning`) and the paper's (`qlearning-paper`); the random agent, run in the same
 process on the same budget, is the baseline of the ratio column.
 
     python benchmarks/agent.py                 # budgets 1,000 and 11,392
@@ -26,7 +27,9 @@ import sys
 import time
 from typing import Any
 
-from blockqnn.agent import PAPER_BUDGET, QLearningAgent, RandomAgent
+from blockqnn.agent import PAPER_BUDGET, QLearningAgent, RandomAgent, make_strategy
+from blockqnn.config import Config, merge
+from blockqnn.spaces.nsc import NSCSpace
 from blockqnn.nsc import Block
 
 BUDGETS = (1000, PAPER_BUDGET)
@@ -74,12 +77,13 @@ def space_bytes(agent: QLearningAgent | RandomAgent) -> int:
 
 
 def run_one(kind: str, budget: int, seed: int) -> dict[str, Any]:
-    agent: QLearningAgent | RandomAgent
-    agent = (
-        QLearningAgent(budget=budget, seed=seed)
-        if kind == "qlearning"
-        else RandomAgent(budget=budget, seed=seed)
-    )
+    agent: Any
+    if kind == "random":
+        agent = RandomAgent(budget=budget, seed=seed)
+    else:  # "qlearning" (the default preset) or "qlearning-paper"
+        preset = "paper" if kind == "qlearning-paper" else "blockqnn"
+        config = merge(Config(), {"agent": {"preset": preset}}).agent
+        agent = make_strategy("qlearning", NSCSpace(), budget, seed, config)
     replay_ns: list[int] = []
     if isinstance(agent, QLearningAgent):
         inner = agent._replay
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     budgets = sorted(args.budget or BUDGETS)
     runs: list[dict[str, Any]] = []
     for budget in budgets:
-        for kind in ("random", "qlearning"):
+        for kind in ("random", "qlearning", "qlearning-paper"):
             gc.collect()
             runs.append(run_one(kind, budget, args.seed))
     hardware = _hardware()
