@@ -23,9 +23,20 @@ from typing import Any
 
 import numpy as np
 
+from blockqnn.bounds import (
+    FRACTION,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_TOP,
+    SEED,
+    UNIT_OPEN_HIGH,
+    Range,
+    check,
+    integers,
+)
 from blockqnn.config import Config, DataConfig
 from blockqnn.cost import NetworkConfig
-from blockqnn.errors import BlockQNNError
+from blockqnn.errors import BlockQNNError, clip
 from blockqnn.files import make_dir
 from blockqnn.nsc import Block
 
@@ -55,8 +66,17 @@ class FinalSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise BlockQNNError(f"--epochs {self.epochs}: must be at least 1")
+        for flag, value, allowed in (
+            ("--epochs", self.epochs, integers(1, MAX_EPOCHS)),
+            ("--batch-size", self.batch_size, integers(1, 1_048_576)),
+            ("--lr", self.lr, Range(0.0, MAX_LR, open_low=True)),
+            ("--momentum", self.momentum, UNIT_OPEN_HIGH),
+            ("--weight-decay", self.weight_decay, FRACTION),
+            ("--label-smoothing", self.label_smoothing, UNIT_OPEN_HIGH),
+            ("--cutout", self.cutout, integers(0, 8192)),
+            ("--seed", self.seed, SEED),
+        ):
+            check(flag, value, allowed)
         if self.schedule not in ("multistep", "cosine"):
             raise BlockQNNError(f"--schedule {self.schedule!r}: choose multistep or cosine")
         if self.augment not in ("auto", "crop_flip", "none"):
@@ -67,8 +87,7 @@ def pick_block(run_dir: str | Path, rank: int) -> tuple[Block, Config]:
     """The `rank`-th best (1 = best) completed block of a run and the run's config."""
     from blockqnn.store import Store
 
-    if rank < 1:
-        raise BlockQNNError(f"--rank {rank}: must be at least 1")
+    check("--rank", rank, integers(1, MAX_TOP))
     store = Store.open(run_dir, readonly=True)
     try:
         top = store.top(rank)
