@@ -22,7 +22,7 @@ from collections import deque
 from typing import Any
 
 from blockqnn.errors import BlockQNNError
-from blockqnn.executor.base import EvaluatorSpec, Finished, WorkerLost
+from blockqnn.executor.base import EvaluatorSpec, Finished, WorkerLost, evaluate_safely
 from blockqnn.result import EvalResult
 
 CONNECT_TIMEOUT_S = 5.0  # an --address that does not answer in this long is unreachable
@@ -48,7 +48,7 @@ class _EvalActor:
         return self._name
 
     def evaluate(self, text: str) -> dict[str, Any]:
-        return self._evaluator.evaluate(self._space.parse(text)).to_dict()
+        return evaluate_safely(self._evaluator, self._space.parse(text)).to_dict()
 
 
 class _Slot:
