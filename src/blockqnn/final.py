@@ -192,24 +192,37 @@ def train_final(
     finished = out_dir / MODEL
     if finished.is_file():
         payload = read_payload(finished)
-        if payload.get("metrics", {}).get("identity") != identity:
+        metrics = payload.get("metrics")
+        if not isinstance(metrics, dict) or metrics.get("identity") != identity:
             raise BlockQNNError(f"--out {out_dir}: holds a finished training of other settings")
-        return FinalResult(**payload["metrics"]["result"])
+        try:
+            return FinalResult(**metrics["result"])
+        except (KeyError, TypeError):
+            raise BlockQNNError(f"{finished}: damaged model file (no training result)") from None
 
     resume: dict[str, Any] | None = None
     ckpt_path = out_dir / CHECKPOINT
     if ckpt_path.is_file():
         payload = read_payload(ckpt_path)
-        state = payload.get("train_state") or {}
+        state = payload.get("train_state")
+        if not isinstance(state, dict):
+            raise BlockQNNError(f"{ckpt_path}: damaged checkpoint (no training state)")
         if state.get("identity") != identity:
             raise BlockQNNError(
                 f"--out {out_dir}: holds a training of another block or other settings "
                 "(choose another --out)"
             )
+        epoch = state.get("epoch")
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            raise BlockQNNError(f"{ckpt_path}: damaged checkpoint (no epoch count)")
+        if not 0 <= epoch <= settings.epochs:
+            raise BlockQNNError(
+                f"{ckpt_path}: damaged checkpoint (epoch {clip(epoch)} of {settings.epochs})"
+            )
         resume = {
-            "epoch": state["epoch"],
+            "epoch": epoch,
             "model": payload["state_dict"],
-            "optimizer": state["optimizer"],
+            "optimizer": state.get("optimizer"),
         }
     elif out_dir.is_dir() and any(out_dir.iterdir()):
         raise BlockQNNError(f"--out {out_dir}: is not empty and holds no blockqnn training")
@@ -220,6 +233,8 @@ def train_final(
     torch.manual_seed(settings.seed)
     model = Network(block, net_cfg)
     recipe = _recipe(settings, data.dataset, arrays.input_shape)
+    if resume is not None:
+        _check_checkpoint(model, recipe, resume, ckpt_path)
     start = int(resume["epoch"]) if resume else 0
     mean, std = tuple(arrays.mean), tuple(arrays.std)
     n_train = len(arrays.x_train)
@@ -275,3 +290,32 @@ def train_final(
     metrics = {"test_accuracy": test_acc, "identity": identity, "result": result.to_dict()}
     save_atomic(model_payload(model, mean, std, arrays.classes, metrics), finished)
     return result
+
+
+def _check_checkpoint(model: Any, recipe: Any, resume: dict[str, Any], path: Path) -> None:
+    """Load the checkpoint's weights into `model` and its optimiser state into a fresh
+    optimiser, refusing (one line, "damaged checkpoint") whatever does not fit the block and
+    the recipe: names, shapes, parameter groups, per-parameter state. Without this the first
+    mismatch surfaces as a PyTorch traceback inside `fit`, or mid-step."""
+    import torch
+
+    from blockqnn.model_io import load_weights
+    from blockqnn.trainer import make_optimizer
+
+    try:
+        load_weights(model, resume["model"])
+        if not isinstance(resume["optimizer"], dict):
+            raise BlockQNNError("no optimizer state")
+        optimizer = make_optimizer(model, recipe, graphed=False)
+        optimizer.load_state_dict(resume["optimizer"])
+        for param, state in optimizer.state.items():
+            for name, value in state.items():
+                shaped = isinstance(value, torch.Tensor) and value.dim() > 0
+                if shaped and value.shape != param.shape:
+                    raise BlockQNNError(f"optimizer {name} of shape {tuple(value.shape)}")
+    except BlockQNNError as exc:
+        raise BlockQNNError(f"{path}: damaged checkpoint ({exc})") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        lines = str(exc).strip().splitlines()
+        reason = clip(f"{type(exc).__name__}: {lines[0] if lines else ''}", 160)
+        raise BlockQNNError(f"{path}: damaged checkpoint ({reason})") from None
