@@ -234,3 +234,11 @@ def test_long_values_are_echoed_cut(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert message in line and "..." in line and len(line) < 300
     line = _refused_cleanly(capsys, ["show", "1,1,3,0,0", "--filters", long])
     assert "..." in line  # argparse's own echo is cut too
+
+
+@pytest.mark.parametrize("name", ["d" * 300, "runs/" + "d" * 300 + "/x.npz", "q" * 4000])
+def test_a_dataset_name_the_file_system_cannot_hold_is_bad_input(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _refused_cleanly(capsys, ["evaluate", "1,1,3,0,0", "--dataset", name])
+    assert "dataset" in line and "..." in line
