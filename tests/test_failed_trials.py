@@ -67,3 +67,40 @@ def test_an_unplanned_failure_is_a_recorded_failed_trial(
     assert main(["search", "--resume", str(run)]) == 0  # nothing stuck: a finished run
     assert main(["status", str(run)]) == 0
     assert "failed trial" in capsys.readouterr().out
+
+
+def test_a_network_too_large_for_the_device_fails_before_it_is_built(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import blockqnn.devices as devices
+    import blockqnn.evaluator as evaluator_module
+    from blockqnn.config import merge
+    from blockqnn.cost import NetworkConfig
+    from blockqnn.data import load_arrays
+    from blockqnn.evaluator import Evaluator
+    from blockqnn.final import FinalSettings, train_final
+
+    monkeypatch.setattr(devices, "device_memory", lambda device: 1 << 20)  # a 1 MiB device
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("built a network that cannot fit")
+
+    monkeypatch.setattr(evaluator_module, "Network", never)
+    config = merge(Config(), {"data": {"train_samples": 200}, "network": {"filters": 64}})
+    evaluator = Evaluator(config, load_arrays(config.data), device="cpu")
+    result = evaluator.evaluate(Block.parse("1,1,3,0,0"))
+    assert result.status == "failed" and result.error.startswith("network too large: its ")
+    assert "GiB to train, more than the 0.0 GiB" in result.error and result.params > 0
+
+    from blockqnn import BlockQNNError
+
+    with pytest.raises(BlockQNNError, match="too large for this device"):
+        train_final(
+            Block.parse("1,1,3,0,0"),
+            config.data,
+            NetworkConfig(filters=64),
+            FinalSettings(epochs=1),
+            tmp_path / "out",
+            device="cpu",
+        )
+    assert not (tmp_path / "out").exists()

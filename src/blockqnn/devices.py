@@ -1,11 +1,12 @@
 """Which device and precision training runs on.
 
-Owns: device resolution and description, the CPU's bf16 capability and the autocast dtype.
-Must not train.
+Owns: device resolution and description, the CPU's bf16 capability, the autocast dtype and
+whether a network's parameters can fit the device's memory at all. Must not train.
 """
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
 import torch
@@ -73,3 +74,32 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "bf16" or cpu_has_fast_bf16():
         return torch.bfloat16
     return None
+
+
+# fp32 weights, their gradients and Adam's two moments: what training holds per parameter
+# before any activation. A network that needs more than the device's memory for these alone
+# cannot train there; trying would fail inside the allocator, or, where the kernel
+# overcommits, in the out-of-memory killer.
+TRAINING_BYTES_PER_PARAM = 16
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Total memory of `device` in bytes (the host's RAM for the CPU); None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return None
+
+
+def too_large(params: int, device: torch.device) -> str:
+    """Why a network of `params` parameters cannot be trained on `device`; "" if it may."""
+    memory = device_memory(device)
+    need = params * TRAINING_BYTES_PER_PARAM
+    if memory is None or need <= memory:
+        return ""
+    return (
+        f"its {params:,} parameters need {need / 2**30:,.1f} GiB to train, more than the "
+        f"{memory / 2**30:,.1f} GiB of {describe_device(device)}"
+    )

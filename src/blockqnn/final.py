@@ -173,6 +173,7 @@ def train_final(
     from blockqnn.builder import Network
     from blockqnn.cost import network_cost
     from blockqnn.data import load_arrays
+    from blockqnn.devices import too_large
     from blockqnn.model_io import model_payload, read_payload, save_atomic
     from blockqnn.trainer import EpochInfo, accuracy, describe_device, fit, resolve_device
 
@@ -226,9 +227,12 @@ def train_final(
         }
     elif out_dir.is_dir() and any(out_dir.iterdir()):
         raise BlockQNNError(f"--out {out_dir}: is not empty and holds no blockqnn training")
+    dev = resolve_device(device)
+    reason = too_large(network_cost(block, net_cfg).params, dev)
+    if reason:  # refused before it is built: allocating it could take the host down
+        raise BlockQNNError(f"the network is too large for this device: {reason}")
     make_dir(out_dir, "--out")
 
-    dev = resolve_device(device)
     device_data = arrays.to_device(dev)
     torch.manual_seed(settings.seed)
     model = Network(block, net_cfg)
