@@ -31,11 +31,11 @@ import torch
 from blockqnn.builder import Network
 from blockqnn.config import Config
 from blockqnn.cost import network_cost, reference_flops
+from blockqnn.devices import too_large
 from blockqnn.errors import BlockQNNError
 from blockqnn.nsc import Block
 from blockqnn.result import STATUS_OK, EvalResult
 from blockqnn.rewards import make_reward
-from blockqnn.devices import too_large
 from blockqnn.trainer import (
     Recipe,
     describe_device,
