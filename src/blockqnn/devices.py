@@ -11,7 +11,7 @@ from functools import cache
 
 import torch
 
-from blockqnn.errors import BlockQNNError
+from blockqnn.errors import BlockQNNError, clip
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -22,19 +22,24 @@ def resolve_device(name: str | None = None) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise BlockQNNError(
-            f"device {name!r}: not a device (try auto, cpu, cuda, cuda:1)"
+            f"device {clip(name, quote=True)}: not a device (try auto, cpu, cuda, cuda:1)"
         ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise BlockQNNError(f"device {name!r}: CUDA is not available on this machine")
+            raise BlockQNNError(
+                f"device {clip(name, quote=True)}: CUDA is not available on this machine"
+            )
         index = torch.cuda.current_device() if device.index is None else device.index
         if index >= torch.cuda.device_count():
             raise BlockQNNError(
-                f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible"
+                f"device {clip(name, quote=True)}: only {torch.cuda.device_count()} CUDA "
+                "device(s) visible"
             )
         return torch.device("cuda", index)
     if device.type != "cpu":
-        raise BlockQNNError(f"device {name!r}: only cpu and cuda devices are supported")
+        raise BlockQNNError(
+            f"device {clip(name, quote=True)}: only cpu and cuda devices are supported"
+        )
     return device
 
 

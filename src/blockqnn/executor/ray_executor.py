@@ -21,7 +21,7 @@ import time
 from collections import deque
 from typing import Any
 
-from blockqnn.errors import BlockQNNError
+from blockqnn.errors import BlockQNNError, clip
 from blockqnn.executor.base import EvaluatorSpec, Finished, WorkerLost, evaluate_safely
 from blockqnn.result import EvalResult
 
@@ -196,7 +196,9 @@ def _connect(ray: Any, address: str, workers: int, cpus_per_trial: float) -> Non
     if address != "auto":
         host, _, port = address.removeprefix("ray://").rpartition(":")
         if not host or not port.isdigit():
-            raise BlockQNNError(f"--address {address!r}: expected HOST:PORT (or 'auto')")
+            raise BlockQNNError(
+                f"--address {clip(address, quote=True)}: expected HOST:PORT (or 'auto')"
+            )
         try:
             socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
         except OSError as exc:
