@@ -6,7 +6,9 @@ official test split, and the training folder (checkpoint every epoch, written at
 the finished model file). Must not search or export.
 
 A training folder OUT holds:
-    checkpoint.pt  model file + train_state (optimizer state, epoch, settings); every epoch
+    checkpoint.pt  model file + train_state (optimizer state, epoch, settings); every epoch;
+                   checked before a resume (checksum, then weights and optimiser state
+                   against the block): one that does not fit is a "damaged checkpoint"
     model.pt       the finished model (`blockqnn.load_model`), with test accuracy in metrics
     history.jsonl  one JSON line per epoch (loss, lr, seconds)
 Running the same command again continues from checkpoint.pt; a finished folder just reports.

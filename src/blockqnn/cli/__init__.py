@@ -4,7 +4,8 @@ Owns: argument parsing, exit codes and printing. Must not hold logic: each subco
 parses its arguments and calls the library. Subcommand modules import heavy libraries (torch,
 ray) inside `run` so that `blockqnn --help` stays fast.
 
-Exit codes: 0 ok, 1 a failed evaluation or run, 2 bad input (one line on stderr, no traceback).
+Exit codes: 0 ok, 1 a failed evaluation or run, 2 bad input (one line on stderr, no traceback,
+echoed input cut), 130 / 143 a search stopped by Ctrl-C / SIGTERM (resumable).
 """
 
 from __future__ import annotations
