@@ -3,7 +3,8 @@
 Owns: every setting of a search or an evaluation, its default with the reason, validation
 (once, at load: every numeric setting against its documented range in `blockqnn.bounds`,
 every string's length), reading a TOML file safely, and the round trip to a plain dict (saved
-with every run). Must not import torch. Values marked (paper) come from BlockQNN; (choice) are ours where the paper is silent.
+with every run). Must not import torch. Values marked (paper) come from BlockQNN; (choice)
+are ours where the paper is silent.
 
 A TOML file has one table per section, each optional:
 
