@@ -20,6 +20,8 @@ import fcntl
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -139,16 +141,44 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 
+def leave_a_log(run_dir: Path) -> None:
+    """Leave the run as a killed master does: a -wal holding a committed transaction that
+    no checkpoint has copied into the database, and the -shm index beside it."""
+    code = (
+        "import os, sys\n"
+        "from blockqnn.store import Store\n"
+        "Store.open(sys.argv[1]).begin_session()\n"
+        "os._exit(0)\n"  # killed: no close, no checkpoint, the session never ends
+    )
+    subprocess.run([sys.executable, "-c", code, str(run_dir)], check=True)
+    assert (run_dir / (DB_NAME + "-wal")).stat().st_size > 0
+    assert (run_dir / (DB_NAME + "-shm")).exists()
+
+
+@pytest.mark.parametrize("state", ["stopped", "killed"])
 @pytest.mark.parametrize("kind", sorted(DAMAGE))
 def test_a_refused_resume_leaves_every_file_unchanged(
-    run: Path, capsys: pytest.CaptureFixture[str], kind: str
+    run: Path, capsys: pytest.CaptureFixture[str], kind: str, state: str
 ) -> None:
     damage, message = DAMAGE[kind]
     damage(run)
+    if state == "killed":
+        leave_a_log(run)
     before = files(run)
     assert main(["search", "--resume", str(run)]) == 2
     assert message in one_error_line(capsys)
-    assert files(run) == before  # no session row, no -wal / -shm, no migration
+    assert files(run) == before  # no session row, no migration, not even the -shm index
+
+
+def test_reading_a_killed_run_changes_nothing(
+    run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    leave_a_log(run)
+    before = files(run)
+    for argv in (["status", str(run)], ["trials", str(run), "--json"]):
+        assert main(argv) == 0
+    capsys.readouterr()
+    assert files(run) == before
 
 
 def test_a_resume_of_a_run_in_use_changes_nothing(

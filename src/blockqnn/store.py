@@ -34,8 +34,10 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -336,8 +338,8 @@ class Store:
         version = _check(path)  # read-only inspection first: a foreign file is never touched
         lock = None
         if readonly:
-            conn = sqlite3.connect(_readonly_uri(path), uri=True)
-            if version < SCHEMA_VERSION:  # read an older run through a migrated copy in memory
+            conn, in_memory = _reader(path)
+            if version < SCHEMA_VERSION and not in_memory:  # older: a migrated copy in memory
                 memory = sqlite3.connect(":memory:", isolation_level=None)
                 conn.backup(memory)
                 conn.close()
@@ -463,22 +465,7 @@ class Store:
 
     def active(self) -> bool:
         """Whether a search process holds this run now (its lock is taken)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover
-            return False
-        lock = self.run_dir / LOCK_NAME
-        if self._lock is not None:
-            return True
-        if not lock.exists():
-            return False
-        with open(lock) as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+        return self._lock is not None or _held(self.run_dir)
 
     # ----- writing (the master only) ---------------------------------------------------------
 
@@ -809,9 +796,11 @@ def _check(path: Path) -> int:
     """Refuse, without writing to it, a file that is not a blockqnn run of a known schema.
     Returns its schema version."""
     try:
-        conn = sqlite3.connect(_readonly_uri(path), uri=True)
-    except sqlite3.Error as exc:
-        raise BlockQNNError(f"{path}: cannot open: {exc}") from None
+        conn, _ = _reader(path)
+    except sqlite3.DatabaseError as exc:
+        raise BlockQNNError(f"{path}: corrupt or not a database ({clip(str(exc))})") from None
+    except (sqlite3.Error, OSError) as exc:
+        raise BlockQNNError(f"{path}: cannot open: {clip(str(exc))}") from None
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -843,11 +832,52 @@ def _check(path: Path) -> int:
         conn.close()
 
 
-def _readonly_uri(path: Path) -> str:
-    """A read-only URI. With no write-ahead log on disk no writer is working, and the file
-    is opened immutable: SQLite then creates no -wal / -shm files, so reading a stopped run
-    leaves its directory exactly as it was."""
+def _held(run_dir: Path) -> bool:
+    """Whether a search process holds the run's writer lock now."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return False
+    lock = run_dir / LOCK_NAME
+    if not lock.exists():
+        return False
+    with open(lock) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def _reader(path: Path) -> tuple[sqlite3.Connection, bool]:
+    """A read-only connection to the store at `path`, and whether it is a copy in memory.
+    Reading must leave a stopped run's files exactly as they were:
+
+    - no write-ahead log on disk: no writer is working; the file is opened immutable, and
+      SQLite creates no -wal / -shm files;
+    - a log and a live writer (the lock is held): read beside it (mode=ro), as WAL readers
+      do; the -shm index is the writer's to keep;
+    - a log and no writer (one was killed): SQLite would rebuild the -shm index in the run
+      dir, so a private copy of the database and its log is read into memory instead.
+    """
+    wal = path.with_name(path.name + "-wal")
     uri = f"{path.resolve().as_uri()}?mode=ro"
-    if not path.with_name(path.name + "-wal").exists():
-        uri += "&immutable=1"
-    return uri
+    if not wal.exists():
+        return sqlite3.connect(uri + "&immutable=1", uri=True), False
+    if _held(path.parent):
+        return sqlite3.connect(uri, uri=True), False
+    with tempfile.TemporaryDirectory(prefix="blockqnn-read-") as tmp:
+        copy = Path(tmp) / path.name
+        shutil.copyfile(path, copy)
+        shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+        disk = sqlite3.connect(copy)
+        memory = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            disk.backup(memory)
+        except BaseException:
+            memory.close()
+            raise
+        finally:
+            disk.close()
+    return memory, True
