@@ -29,6 +29,7 @@ import pytest
 from tests.test_store_migration import build_v1_run
 
 import blockqnn.executor.base as ex
+import blockqnn.rundir as rundir
 import blockqnn.store as store_module
 from blockqnn.cli import main
 from blockqnn.executor.synthetic import SyntheticEvaluator
@@ -341,7 +342,7 @@ def test_a_lock_file_that_cannot_be_opened_is_not_writable(
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(store_module, "open", refuse, raising=False)
+    monkeypatch.setattr(rundir, "open", refuse, raising=False)
     with pytest.raises(store_module.BlockQNNError, match="is not writable"):
         Store.open(run, acquire=True)
 

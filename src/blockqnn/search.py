@@ -54,10 +54,10 @@ from blockqnn.errors import BlockQNNError, clip
 from blockqnn.executor import EvaluatorSpec, Executor, WorkerLost, make_executor, make_space
 from blockqnn.result import STATUS_FAILED, EvalResult
 from blockqnn.rewards import Reward, make_reward
+from blockqnn.rundir import DB_NAME, check_writable
 from blockqnn.spaces.base import Space
 from blockqnn.store import (
     COMPLETE,
-    DB_NAME,
     FAILED,
     QUEUED,
     RUNNING,
@@ -65,7 +65,6 @@ from blockqnn.store import (
     AgentState,
     Store,
     TrialRecord,
-    check_writable,
     damaged,
 )
 

@@ -1,9 +1,11 @@
 """The run's single source of truth: one SQLite database per run directory.
 
 Owns: the schema (versioned), the resolved config, every trial and its state, the agent's
-latest snapshot and the sessions that worked on the run. Everything else (the agent, the
-progress display, `status`, the report) is rebuilt from it. Must not hold global state, decide
-what to evaluate or import torch.
+latest snapshot and the sessions that worked on the run, the checksums that guard them, and
+the migration of older schemas. Everything else (the agent, the progress display, `status`,
+the report) is rebuilt from it. The files of the run dir (reading without changing them, the
+lock, whether they can be written) are `blockqnn.rundir`'s. Must not hold global state,
+decide what to evaluate or import torch.
 
 Contract:
 - One writer: the search process (the master). Workers never touch the database; they return
@@ -34,10 +36,8 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import socket
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -48,13 +48,14 @@ from blockqnn.config import AGENT_PRESETS, Config
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.nsc import DEFAULT_MAX_DEPTH, Block
 from blockqnn.result import EvalResult
+from blockqnn.rundir import DB_NAME as DB_NAME  # the run's file names: re-exported
+from blockqnn.rundir import LOCK_NAME as LOCK_NAME
+from blockqnn.rundir import check_writable, held, reader, take_lock, write_failure
 from blockqnn.spaces.base import Candidate
 
 # 1: NSC only, with an epsilon column; 2: any space, strategy info as JSON; 3: checksums
 SCHEMA_VERSION = 3
 APPLICATION_ID = 0x42514E4E  # "BQNN": marks the SQLite file as a blockqnn run
-DB_NAME = "blockqnn.sqlite"
-LOCK_NAME = "lock"
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -205,51 +206,6 @@ def _row_to_record(row: Sequence[Any]) -> TrialRecord:
 _SELECT_TRIALS = f"SELECT {', '.join(_COLUMNS)}, checksum FROM trials"
 
 
-def check_writable(run_dir: str | Path) -> None:
-    """Refuse a run dir whose store this process could not write (permissions, a read-only
-    file system), before anything in it is opened for writing. A resume needs the folder
-    (SQLite creates its -wal and -shm files there), the database, and any -wal, -shm and
-    lock file already present."""
-    directory = Path(run_dir)
-    names = ("", DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", LOCK_NAME)
-    for name in names:
-        p = directory / name if name else directory
-        if p.exists() and not os.access(p, os.W_OK):
-            where = f" ({name} cannot be written)" if name else ""
-            raise BlockQNNError(f"run dir {clip(str(directory))} is not writable{where}")
-
-
-def _lock(run_dir: Path) -> Any:
-    """Take the run's writer lock (`DIR/lock`); the open handle holds it until closed."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
-        fcntl = None  # type: ignore[assignment]
-    try:
-        handle = open(run_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held until close()
-    except OSError as exc:
-        raise BlockQNNError(
-            f"run dir {clip(str(run_dir))} is not writable ({LOCK_NAME}: {exc.strerror})"
-        ) from None
-    if fcntl is not None:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise BlockQNNError(f"{run_dir} is in use by another running search") from None
-    return handle
-
-
-def _sqlite_reason(exc: BaseException) -> str:
-    """A plain reason for what SQLite or the OS said while writing a store."""
-    text = str(exc)
-    if "disk is full" in text or getattr(exc, "errno", None) == 28:
-        return "no space left on the device"
-    if "readonly" in text or "read-only" in text or getattr(exc, "errno", None) in (13, 30):
-        return "not writable"
-    return clip(getattr(exc, "strerror", None) or text)
-
-
 class Store:
     """A run directory's database. Create with `Store.create`, reopen with `Store.open`."""
 
@@ -314,7 +270,7 @@ class Store:
                 os.replace(tmp, path)  # a file system without hard links
         except (sqlite3.Error, OSError) as exc:
             raise BlockQNNError(
-                f"cannot create the run's store in {clip(str(directory))}: {_sqlite_reason(exc)}"
+                f"cannot create the run's store in {clip(str(directory))}: {write_failure(exc)}"
             ) from None
         finally:
             tmp.unlink(missing_ok=True)
@@ -338,7 +294,7 @@ class Store:
         version = _check(path)  # read-only inspection first: a foreign file is never touched
         lock = None
         if readonly:
-            conn, in_memory = _reader(path)
+            conn, in_memory = reader(path)
             if version < SCHEMA_VERSION and not in_memory:  # older: a migrated copy in memory
                 memory = sqlite3.connect(":memory:", isolation_level=None)
                 conn.backup(memory)
@@ -347,7 +303,7 @@ class Store:
         else:
             check_writable(directory)
             if acquire:
-                lock = _lock(directory)
+                lock = take_lock(directory)
             try:
                 conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
                 conn.execute("PRAGMA journal_mode = WAL")
@@ -465,7 +421,7 @@ class Store:
 
     def active(self) -> bool:
         """Whether a search process holds this run now (its lock is taken)."""
-        return self._lock is not None or _held(self.run_dir)
+        return self._lock is not None or held(self.run_dir)
 
     # ----- writing (the master only) ---------------------------------------------------------
 
@@ -473,7 +429,7 @@ class Store:
         """Become the run's only writer until `close()`; writes nothing."""
         self._writable()
         if self._lock is None:
-            self._lock = _lock(self.run_dir)
+            self._lock = take_lock(self.run_dir)
 
     def begin_session(self) -> None:
         """Record that this process now works on the run (for `elapsed`)."""
@@ -796,7 +752,7 @@ def _check(path: Path) -> int:
     """Refuse, without writing to it, a file that is not a blockqnn run of a known schema.
     Returns its schema version."""
     try:
-        conn, _ = _reader(path)
+        conn, _ = reader(path)
     except sqlite3.DatabaseError as exc:
         raise BlockQNNError(f"{path}: corrupt or not a database ({clip(str(exc))})") from None
     except (sqlite3.Error, OSError) as exc:
@@ -830,54 +786,3 @@ def _check(path: Path) -> int:
         raise BlockQNNError(f"{path}: corrupt run (unreadable config)") from None
     finally:
         conn.close()
-
-
-def _held(run_dir: Path) -> bool:
-    """Whether a search process holds the run's writer lock now."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover
-        return False
-    lock = run_dir / LOCK_NAME
-    if not lock.exists():
-        return False
-    with open(lock) as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
-
-
-def _reader(path: Path) -> tuple[sqlite3.Connection, bool]:
-    """A read-only connection to the store at `path`, and whether it is a copy in memory.
-    Reading must leave a stopped run's files exactly as they were:
-
-    - no write-ahead log on disk: no writer is working; the file is opened immutable, and
-      SQLite creates no -wal / -shm files;
-    - a log and a live writer (the lock is held): read beside it (mode=ro), as WAL readers
-      do; the -shm index is the writer's to keep;
-    - a log and no writer (one was killed): SQLite would rebuild the -shm index in the run
-      dir, so a private copy of the database and its log is read into memory instead.
-    """
-    wal = path.with_name(path.name + "-wal")
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    if not wal.exists():
-        return sqlite3.connect(uri + "&immutable=1", uri=True), False
-    if _held(path.parent):
-        return sqlite3.connect(uri, uri=True), False
-    with tempfile.TemporaryDirectory(prefix="blockqnn-read-") as tmp:
-        copy = Path(tmp) / path.name
-        shutil.copyfile(path, copy)
-        shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
-        disk = sqlite3.connect(copy)
-        memory = sqlite3.connect(":memory:", isolation_level=None)
-        try:
-            disk.backup(memory)
-        except BaseException:
-            memory.close()
-            raise
-        finally:
-            disk.close()
-    return memory, True
