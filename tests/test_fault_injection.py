@@ -1,4 +1,5 @@
-"""Random byte flips in a run's store, a model file and a checkpoint (30 each, seeded).
+"""Random byte flips in a run's store, a model file and a checkpoint (30 each, seeded; the
+model file's flips go through `load_model`, the first 10 also through `blockqnn export`).
 
 Every outcome must be a clean refusal (exit 2, one line on stderr, no traceback) or the
 unchanged result (the same output, the same weights): never different data with exit 0.
@@ -120,7 +121,10 @@ def test_flipped_bytes_in_a_model_file(
     flipped, out = tmp_path / "model.pt", tmp_path / "model.ts"
 
     tally = Tally()
-    for at, data in flips(original.read_bytes(), seed=17):
+    cases = flips(original.read_bytes(), seed=17)
+    if reader == "export":  # the same flips through the CLI; a third of them: tracing is slow
+        cases = cases[: FLIPS // 3]
+    for at, data in cases:
         flipped.write_bytes(data)
         out.unlink(missing_ok=True)
         if reader == "export":
@@ -140,7 +144,7 @@ def test_flipped_bytes_in_a_model_file(
         got = load_model(flipped).state_dict()
         assert got.keys() == weights.keys(), f"byte {at}"
         assert all(torch.equal(got[k], weights[k]) for k in weights), f"byte {at}"
-    assert tally.refused >= 10, vars(tally)
+    assert tally.refused >= len(cases) // 3 and tally.unchanged >= 1, vars(tally)
 
 
 @pytest.mark.slow
