@@ -112,3 +112,23 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     _, err = proc.communicate()
     assert proc.returncode == 0, err
     assert len(_trained(run)) == BUDGET
+
+
+def test_sigterm_stops_like_ctrl_c_and_resumes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = _start([*NEW, "--run-dir", str(run)], seconds=0.2)
+    _wait_for(run, proc, 2)
+    proc.send_signal(signal.SIGTERM)  # what a cluster scheduler sends before a kill
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and f"--resume {run}" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with Store.open(run, readonly=True) as s:
+        counts = s.counts()
+        assert counts["interrupted"] == 1 and counts["running"] == 0  # recorded, not stuck
+        (session,) = s.sessions()
+        assert session["outcome"] == "terminated" and session["ended"] is not None
+    proc = _start(["search", "--resume", str(run)])
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert len(_trained(run)) == BUDGET

@@ -151,7 +151,8 @@ def test_states_and_actions() -> None:
 def test_space_and_agent_do_not_import_torch() -> None:
     code = (
         "import sys, blockqnn.spaces.nsc, blockqnn.spaces.nb201, blockqnn.agent, "
-        "blockqnn.agent.evolution, blockqnn.registry, blockqnn.rewards, blockqnn.store; "
+        "blockqnn.agent.evolution, blockqnn.registry, blockqnn.rewards, blockqnn.store, "
+        "blockqnn.rundir, blockqnn.bounds, blockqnn.config, blockqnn.search; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

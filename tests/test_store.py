@@ -79,7 +79,7 @@ def test_trial_lifecycle_snapshot_and_reads(store: Store) -> None:
     dup = store.add_trial(A, info={"epsilon": 0.9}, status="queued", reuse_of=t1, ask_seq=3)
     store.finish(t1, _ok(0.5), 0.5, "w1", 4, AgentState({"n": 1}, 5), duplicates=[(dup, 5)])
     store.finish(t2, EvalResult.failed("nan loss"), 0.0, "w2", 6)  # no snapshot this time
-    reused = store.add_reused(A, 0.8, store.trial(t1), 7, 8, AgentState({"n": 3}, 8))
+    reused = store.add_reused(A, {"epsilon": 0.8}, store.trial(t1), 7, 8, AgentState({"n": 3}, 8))
 
     trials = store.trials()
     assert [t.status for t in trials] == ["complete", "failed", "reused", "reused"]

@@ -28,7 +28,7 @@ from blockqnn.errors import BlockQNNError
 from blockqnn.executor.synthetic import SyntheticEvaluator
 from blockqnn.result import EvalResult
 from blockqnn.spaces.nsc import NSCSpace
-from blockqnn.store import APPLICATION_ID, DB_NAME, LOCK_NAME, Store
+from blockqnn.store import APPLICATION_ID, DB_NAME, LOCK_NAME, SCHEMA_VERSION, Store
 
 V1_SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -274,7 +274,7 @@ def test_read_only_commands_show_the_migrated_view_and_change_nothing(
 def test_read_only_open_migrates_in_memory_only(v1_run: Path) -> None:
     before = _files(v1_run)
     with Store.open(v1_run, readonly=True) as store:
-        assert store.meta()["schema_version"] == "2"
+        assert store.meta()["schema_version"] == str(SCHEMA_VERSION)
         assert store.config().agent.preset == "paper"
         assert store.trials()[0].info
     assert _files(v1_run) == before
@@ -290,12 +290,12 @@ def test_writable_open_migrates_schema_trials_and_config(tmp_path: Path) -> None
     run = tmp_path / "v1"
     rows = build_v1_run(run)
     with Store.open(run) as store:
-        assert store.meta()["schema_version"] == "2"
+        assert store.meta()["schema_version"] == str(SCHEMA_VERSION)
         trials = store.trials()
         config = store.config()
         raw = json.loads(store.meta()["config"])
     conn = sqlite3.connect(run / DB_NAME)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     columns = [r[1] for r in conn.execute("PRAGMA table_info(trials)")]
     conn.close()
     assert "nsc" not in columns and "epsilon" not in columns and "candidate" in columns
@@ -328,7 +328,7 @@ def test_writable_open_migrates_schema_trials_and_config(tmp_path: Path) -> None
     assert (config.search.budget, config.search.seed) == (BUDGET, SEED)
     assert raw["agent"]["preset"] == "paper" and raw["search"]["space"] == "nsc"
 
-    with Store.open(run) as again:  # a second open finds version 2: nothing to do
+    with Store.open(run) as again:  # a second open finds the current version: nothing to do
         assert again.trials() == trials
 
 

@@ -1,8 +1,10 @@
 """Run configuration: frozen dataclasses with unit-carrying defaults, loaded from TOML.
 
 Owns: every setting of a search or an evaluation, its default with the reason, validation
-(once, at load), and the round trip to a plain dict (saved with every run). Must not import
-torch. Values marked (paper) come from BlockQNN; (choice) are ours where the paper is silent.
+(once, at load: every numeric setting against its documented range in `blockqnn.bounds`,
+every string's length), reading a TOML file safely, and the round trip to a plain dict (saved
+with every run). Must not import torch. Values marked (paper) come from BlockQNN; (choice)
+are ours where the paper is silent.
 
 A TOML file has one table per section, each optional:
 
@@ -19,14 +21,16 @@ Names of spaces, strategies, rewards and executors are checked against
 
 from __future__ import annotations
 
-import math
+import os
+import stat
 import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from blockqnn.bounds import check_settings, check_text
 from blockqnn.cost import NetworkConfig
-from blockqnn.errors import BlockQNNError
+from blockqnn.errors import BlockQNNError, clip
 from blockqnn.nsc import DEFAULT_MAX_DEPTH
 from blockqnn.registry import EXECUTORS, REWARDS, SPACES, STRATEGIES, Registry
 
@@ -60,17 +64,13 @@ class TrainConfig:
     seed: int = 0  # base seed of weight init and batch order
 
     def __post_init__(self) -> None:
-        _positive(self, "epochs", "batch_size", "lr_step_epochs")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise BlockQNNError(f"train.lr = {self.lr}: must be a positive number")
-        if not 0 < self.lr_gamma <= 1:
-            raise BlockQNNError(f"train.lr_gamma = {self.lr_gamma}: must be in (0, 1]")
+        object.__setattr__(self, "betas", tuple(self.betas))
+        if len(self.betas) != 2:
+            raise BlockQNNError(f"train.betas = {clip(self.betas)}: expected two numbers")
+        _validate("train", self)
         _choice(self, "precision", ("auto", "bf16", "fp32"))
         _choice(self, "augment", ("auto", "crop_flip", "none"))
         _choice(self, "compile", ("auto", "on", "off"))
-        if self.max_seconds < 0:
-            raise BlockQNNError(f"train.max_seconds = {self.max_seconds}: must be >= 0")
-        object.__setattr__(self, "betas", tuple(self.betas))
 
 
 @dataclass(frozen=True)
@@ -90,11 +90,8 @@ class RewardConfig:
     rho: float = 0.01  # (choice) reward per unit of log density
 
     def __post_init__(self) -> None:
+        _validate("reward", self)
         _registered(self, "name", REWARDS)
-        for name in ("mu", "rho"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise BlockQNNError(f"reward.{name} = {value}: must be a finite number >= 0")
 
 
 @dataclass(frozen=True)
@@ -115,10 +112,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.dataset:
             raise BlockQNNError("data.dataset: empty; name a dataset")
-        if self.train_samples < 0:
-            raise BlockQNNError(f"data.train_samples = {self.train_samples}: must be >= 0")
-        if self.val_size < 0:
-            raise BlockQNNError(f"data.val_size = {self.val_size}: must be >= 0")
+        _validate("data", self)
 
 
 # [agent] presets: `paper` keeps every constant of BlockQNN (and MetaQNN where it is silent)
@@ -173,21 +167,11 @@ class AgentConfig:
     sample_size: int = 5  # (choice) regularized evolution: tournament size
 
     def __post_init__(self) -> None:
+        _validate("agent", self)
         _choice(self, "preset", tuple(AGENT_PRESETS))
-        if not 0 < self.alpha <= 1:
-            raise BlockQNNError(f"agent.alpha = {self.alpha}: must be in (0, 1]")
-        if not 0 <= self.gamma <= 1:
-            raise BlockQNNError(f"agent.gamma = {self.gamma}: must be in [0, 1]")
-        if self.max_depth < 2:
-            raise BlockQNNError(f"agent.max_depth = {self.max_depth}: must be at least 2")
-        if self.replay_size < 0:
-            raise BlockQNNError(f"agent.replay_size = {self.replay_size}: must be >= 0")
-        if self.iteration_size < 0:
-            raise BlockQNNError(f"agent.iteration_size = {self.iteration_size}: must be >= 0")
         _choice(self, "q_init_mode", ("fixed", "mean"))
         _choice(self, "alpha_mode", ("fixed", "visits"))
         _choice(self, "on_repeat", ("allow", "explore"))
-        _positive(self, "population_size", "sample_size")
         if self.sample_size > self.population_size:
             raise BlockQNNError(
                 f"agent.sample_size = {self.sample_size}: must not exceed population_size "
@@ -211,14 +195,10 @@ class SearchSettings:
     max_attempts: int = 3  # tries per trial when a worker dies mid-evaluation
 
     def __post_init__(self) -> None:
-        if self.budget < 1:
-            raise BlockQNNError(f"search.budget = {self.budget}: must be at least 1")
+        _validate("search", self)
         _registered(self, "space", SPACES)
         _registered(self, "agent", STRATEGIES)
         _registered(self, "executor", EXECUTORS)
-        _positive(self, "workers", "max_attempts")
-        if self.gpus_per_trial < 0 or self.cpus_per_trial < 0:
-            raise BlockQNNError("search.gpus_per_trial and cpus_per_trial must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -245,20 +225,56 @@ class Config:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Config:
-        p = Path(path)
-        try:
-            text = p.read_text()
-        except FileNotFoundError:
-            raise BlockQNNError(f"config file {p} does not exist") from None
-        except OSError as exc:
-            raise BlockQNNError(f"config file {p}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise BlockQNNError(f"config file {p}: not UTF-8 text") from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise BlockQNNError(f"config file {p}: invalid TOML: {exc}") from None
-        return cls.from_dict(data)
+        """Read and validate a TOML file. Anything that is not a readable regular file of at
+        most `MAX_CONFIG_BYTES` is refused without reading it (a FIFO would block forever)."""
+        return cls.from_dict(_read_toml(path))
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file of every section is ~2 KB; refuse what cannot be one
+
+
+def _read_toml(path: str | Path) -> dict[str, Any]:
+    if str(path) == "":
+        raise BlockQNNError("config file: the name is empty; give a TOML file")
+    p = Path(path)
+    name = clip(str(p))
+    try:
+        # O_NONBLOCK: opening a FIFO for reading must not wait for a writer
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise BlockQNNError(f"config file {name} does not exist") from None
+    except OSError as exc:
+        raise BlockQNNError(f"config file {name}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise BlockQNNError(f"config file {name}: {what}")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise BlockQNNError(
+                f"config file {name}: {info.st_size:,} bytes, more than a config can be "
+                f"({MAX_CONFIG_BYTES:,})"
+            )
+        with os.fdopen(fd, "rb") as f:
+            fd = -1  # closed by the file object
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise BlockQNNError(f"config file {name}: {exc.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BlockQNNError(f"config file {name}: not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BlockQNNError(f"config file {name}: invalid TOML: {clip(str(exc))}") from None
+    except ValueError as exc:  # an integer of over 4,300 digits
+        raise BlockQNNError(f"config file {name}: invalid TOML: {clip(str(exc))}") from None
+    except RecursionError:  # arrays or tables nested thousands deep
+        raise BlockQNNError(f"config file {name}: invalid TOML: nested too deeply") from None
 
 
 T = TypeVar("T")
@@ -271,7 +287,7 @@ def merge(config: Config, overrides: dict[str, Any]) -> Config:
     for name, values in overrides.items():
         if name not in sections:
             raise BlockQNNError(
-                f"unknown config section [{name}] (valid: {', '.join(sorted(sections))})"
+                f"unknown config section [{clip(name)}] (valid: {', '.join(sorted(sections))})"
             )
         if not isinstance(values, dict):
             raise BlockQNNError(f"config section [{name}] must be a table")
@@ -287,7 +303,7 @@ def _update(section: T, values: dict[str, Any], name: str) -> T:
     for key in values:
         if key not in known:
             raise BlockQNNError(
-                f"unknown config key {name}.{key} (valid: {', '.join(sorted(known))})"
+                f"unknown config key {name}.{clip(key)} (valid: {', '.join(sorted(known))})"
             )
     clean: dict[str, Any] = {}
     for key, value in values.items():
@@ -303,25 +319,40 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     """Check a TOML value against the default's type; ints are accepted for floats."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise BlockQNNError(f"{where} = {value!r}: expected true or false")
+            raise BlockQNNError(f"{where} = {clip(value)}: expected true or false")
         return value
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise BlockQNNError(f"{where} = {value!r}: expected an integer")
+            raise BlockQNNError(f"{where} = {clip(value)}: expected an integer")
         return value
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BlockQNNError(f"{where} = {value!r}: expected a number")
-        return float(value)
+            raise BlockQNNError(f"{where} = {clip(value)}: expected a number")
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float
+            raise BlockQNNError(f"{where} = {clip(value)}: must be a finite number") from None
     if isinstance(default, str):
         if not isinstance(value, str):
-            raise BlockQNNError(f"{where} = {value!r}: expected a string")
+            raise BlockQNNError(f"{where} = {clip(value)}: expected a string")
         return value
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)) or len(value) != len(default):
-            raise BlockQNNError(f"{where} = {value!r}: expected a list of {len(default)} values")
+            raise BlockQNNError(
+                f"{where} = {clip(value)}: expected a list of {len(default)} values"
+            )
         return tuple(_coerce(v, d, where) for v, d in zip(value, default, strict=True))
     return value
+
+
+def _validate(section: str, obj: Any) -> None:
+    """Every numeric field in its documented range (`blockqnn.bounds.SETTINGS`), every string
+    of a sane length: once, when the section is built."""
+    check_settings(section, obj)
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, str):
+            check_text(f"{section}.{f.name}", value)
 
 
 _SECTIONS = {
@@ -331,14 +362,6 @@ _SECTIONS = {
     "DataConfig": "data",
     "RewardConfig": "reward",
 }
-
-
-def _positive(obj: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value < 1:
-            section = _SECTIONS.get(type(obj).__name__, type(obj).__name__)
-            raise BlockQNNError(f"{section}.{name} = {value}: must be at least 1")
 
 
 def _registered(obj: Any, name: str, registry: Registry[Any]) -> None:
@@ -352,4 +375,7 @@ def _registered(obj: Any, name: str, registry: Registry[Any]) -> None:
 def _choice(obj: Any, name: str, options: tuple[str, ...]) -> None:
     value = getattr(obj, name)
     if value not in options:
-        raise BlockQNNError(f"{name} = {value!r}: choose one of {', '.join(options)}")
+        section = _SECTIONS.get(type(obj).__name__, type(obj).__name__)
+        raise BlockQNNError(
+            f"{section}.{name} = {clip(value, quote=True)}: choose one of {', '.join(options)}"
+        )

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from blockqnn.errors import BlockQNNError
+from blockqnn.bounds import INPUT_CHANNELS, INPUT_SIDE, check, check_settings
+from blockqnn.errors import BlockQNNError, clip
 from blockqnn.nsc import Block, LayerType
 
 HEADS = ("paper", "gap")
@@ -43,14 +44,18 @@ class NetworkConfig:
     dropout: float = 0.4  # dropout of the paper head
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
-        if len(self.input_shape) != 3:
-            raise BlockQNNError(f"input_shape = {self.input_shape}: expected (C, H, W)")
-        c, h, w = self.input_shape
-        if c < 1:
-            raise BlockQNNError(f"input_shape: {c} channels, need at least 1")
+        shape = self.input_shape
+        if not isinstance(shape, (tuple, list)) or len(shape) != 3:
+            raise BlockQNNError(f"network.input_shape = {clip(shape)}: expected (C, H, W)")
+        check("network.input_shape channels", shape[0], INPUT_CHANNELS)
+        check("network.input_shape height", shape[1], INPUT_SIDE)
+        check("network.input_shape width", shape[2], INPUT_SIDE)
+        object.__setattr__(self, "input_shape", tuple(int(v) for v in shape))
+        _, h, w = self.input_shape
         if self.template not in TEMPLATES:
-            raise BlockQNNError(f"template = {self.template!r}: choose one of {TEMPLATES}")
+            raise BlockQNNError(
+                f"network.template = {clip(self.template, quote=True)}: choose one of {TEMPLATES}"
+            )
         min_side = 8 if self.template == "cifar" else 32
         if min(h, w) < min_side:
             raise BlockQNNError(
@@ -58,12 +63,10 @@ class NetworkConfig:
                 f"(at least {min_side}x{min_side})"
             )
         if self.head not in HEADS:
-            raise BlockQNNError(f"head = {self.head!r}: choose one of {HEADS}")
-        for name in ("num_classes", "filters", "blocks_per_stage", "hidden"):
-            if int(getattr(self, name)) < 1:
-                raise BlockQNNError(f"{name} = {getattr(self, name)}: must be at least 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise BlockQNNError(f"dropout = {self.dropout}: must be in [0, 1)")
+            raise BlockQNNError(
+                f"network.head = {clip(self.head, quote=True)}: choose one of {HEADS}"
+            )
+        check_settings("network", self)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -76,11 +79,15 @@ class NetworkConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise BlockQNNError(
-                f"unknown network setting {unknown[0]!r} (valid: {', '.join(sorted(known))})"
+                f"unknown network setting {clip(unknown[0], quote=True)} "
+                f"(valid: {', '.join(sorted(known))})"
             )
         values = dict(data)
         if "input_shape" in values:
-            values["input_shape"] = tuple(values["input_shape"])
+            shape = values["input_shape"]
+            if not isinstance(shape, (list, tuple)):
+                raise BlockQNNError(f"network.input_shape = {clip(shape)}: expected (C, H, W)")
+            values["input_shape"] = tuple(shape)
         return cls(**values)
 
     @property

@@ -1,16 +1,17 @@
 """Which device and precision training runs on.
 
-Owns: device resolution and description, the CPU's bf16 capability and the autocast dtype.
-Must not train.
+Owns: device resolution and description, the CPU's bf16 capability, the autocast dtype and
+whether a network's parameters can fit the device's memory at all. Must not train.
 """
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
 import torch
 
-from blockqnn.errors import BlockQNNError
+from blockqnn.errors import BlockQNNError, clip
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -21,19 +22,24 @@ def resolve_device(name: str | None = None) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise BlockQNNError(
-            f"device {name!r}: not a device (try auto, cpu, cuda, cuda:1)"
+            f"device {clip(name, quote=True)}: not a device (try auto, cpu, cuda, cuda:1)"
         ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise BlockQNNError(f"device {name!r}: CUDA is not available on this machine")
+            raise BlockQNNError(
+                f"device {clip(name, quote=True)}: CUDA is not available on this machine"
+            )
         index = torch.cuda.current_device() if device.index is None else device.index
         if index >= torch.cuda.device_count():
             raise BlockQNNError(
-                f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible"
+                f"device {clip(name, quote=True)}: only {torch.cuda.device_count()} CUDA "
+                "device(s) visible"
             )
         return torch.device("cuda", index)
     if device.type != "cpu":
-        raise BlockQNNError(f"device {name!r}: only cpu and cuda devices are supported")
+        raise BlockQNNError(
+            f"device {clip(name, quote=True)}: only cpu and cuda devices are supported"
+        )
     return device
 
 
@@ -73,3 +79,32 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "bf16" or cpu_has_fast_bf16():
         return torch.bfloat16
     return None
+
+
+# fp32 weights, their gradients and Adam's two moments: what training holds per parameter
+# before any activation. A network that needs more than the device's memory for these alone
+# cannot train there; trying would fail inside the allocator, or, where the kernel
+# overcommits, in the out-of-memory killer.
+TRAINING_BYTES_PER_PARAM = 16
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Total memory of `device` in bytes (the host's RAM for the CPU); None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return None
+
+
+def too_large(params: int, device: torch.device) -> str:
+    """Why a network of `params` parameters cannot be trained on `device`; "" if it may."""
+    memory = device_memory(device)
+    need = params * TRAINING_BYTES_PER_PARAM
+    if memory is None or need <= memory:
+        return ""
+    return (
+        f"its {params:,} parameters need {need / 2**30:,.1f} GiB to train, more than the "
+        f"{memory / 2**30:,.1f} GiB of {describe_device(device)}"
+    )

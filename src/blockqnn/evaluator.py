@@ -8,6 +8,8 @@ every candidate and never raises for a candidate's failure:
   whose mean loss is 100x that of guessing -> failed, "loss diverged at epoch k (...)" (a
   huge lr keeps the loss finite, ~1e20, while the network learns nothing);
 - CUDA out of memory -> retried once from scratch at half the batch, then failed;
+- a network whose parameters alone (with their gradients and Adam's moments) exceed the
+  device's memory -> failed, "network too large: ...", before it is built;
 - `train.max_seconds` exceeded -> failed, "time limit of S s reached in epoch k". A partly
   trained network is not comparable with fully trained ones, and an "ok" result would let a
   slow block's under-trained accuracy into the reward; failing keeps the reward honest and
@@ -29,6 +31,7 @@ import torch
 from blockqnn.builder import Network
 from blockqnn.config import Config
 from blockqnn.cost import network_cost, reference_flops
+from blockqnn.devices import too_large
 from blockqnn.errors import BlockQNNError
 from blockqnn.nsc import Block
 from blockqnn.result import STATUS_OK, EvalResult
@@ -84,6 +87,16 @@ class Evaluator:
 
     def evaluate(self, block: Block) -> EvalResult:
         """Train `block`'s search-time network and score it; failures become results."""
+        cost = network_cost(block, self.network_config)
+        reason = too_large(cost.params, self.device)
+        if reason:  # priced before it is built: allocating it could take the host down
+            return EvalResult.failed(
+                f"network too large: {reason}",
+                flops=cost.flops,
+                params=cost.params,
+                density=cost.density,
+                device=self.device_name,
+            )
         recipe = self.recipe
         half = max(1, recipe.batch_size // 2)
         where = "CUDA"

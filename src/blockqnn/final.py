@@ -6,7 +6,9 @@ official test split, and the training folder (checkpoint every epoch, written at
 the finished model file). Must not search or export.
 
 A training folder OUT holds:
-    checkpoint.pt  model file + train_state (optimizer state, epoch, settings); every epoch
+    checkpoint.pt  model file + train_state (optimizer state, epoch, settings); every epoch;
+                   checked before a resume (checksum, then weights and optimiser state
+                   against the block): one that does not fit is a "damaged checkpoint"
     model.pt       the finished model (`blockqnn.load_model`), with test accuracy in metrics
     history.jsonl  one JSON line per epoch (loss, lr, seconds)
 Running the same command again continues from checkpoint.pt; a finished folder just reports.
@@ -23,9 +25,20 @@ from typing import Any
 
 import numpy as np
 
+from blockqnn.bounds import (
+    FRACTION,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_TOP,
+    SEED,
+    UNIT_OPEN_HIGH,
+    Range,
+    check,
+    integers,
+)
 from blockqnn.config import Config, DataConfig
 from blockqnn.cost import NetworkConfig
-from blockqnn.errors import BlockQNNError
+from blockqnn.errors import BlockQNNError, clip
 from blockqnn.files import make_dir
 from blockqnn.nsc import Block
 
@@ -55,8 +68,17 @@ class FinalSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise BlockQNNError(f"--epochs {self.epochs}: must be at least 1")
+        for flag, value, allowed in (
+            ("--epochs", self.epochs, integers(1, MAX_EPOCHS)),
+            ("--batch-size", self.batch_size, integers(1, 1_048_576)),
+            ("--lr", self.lr, Range(0.0, MAX_LR, open_low=True)),
+            ("--momentum", self.momentum, UNIT_OPEN_HIGH),
+            ("--weight-decay", self.weight_decay, FRACTION),
+            ("--label-smoothing", self.label_smoothing, UNIT_OPEN_HIGH),
+            ("--cutout", self.cutout, integers(0, 8192)),
+            ("--seed", self.seed, SEED),
+        ):
+            check(flag, value, allowed)
         if self.schedule not in ("multistep", "cosine"):
             raise BlockQNNError(f"--schedule {self.schedule!r}: choose multistep or cosine")
         if self.augment not in ("auto", "crop_flip", "none"):
@@ -67,8 +89,7 @@ def pick_block(run_dir: str | Path, rank: int) -> tuple[Block, Config]:
     """The `rank`-th best (1 = best) completed block of a run and the run's config."""
     from blockqnn.store import Store
 
-    if rank < 1:
-        raise BlockQNNError(f"--rank {rank}: must be at least 1")
+    check("--rank", rank, integers(1, MAX_TOP))
     store = Store.open(run_dir, readonly=True)
     try:
         top = store.top(rank)
@@ -154,6 +175,7 @@ def train_final(
     from blockqnn.builder import Network
     from blockqnn.cost import network_cost
     from blockqnn.data import load_arrays
+    from blockqnn.devices import too_large
     from blockqnn.model_io import model_payload, read_payload, save_atomic
     from blockqnn.trainer import EpochInfo, accuracy, describe_device, fit, resolve_device
 
@@ -173,34 +195,52 @@ def train_final(
     finished = out_dir / MODEL
     if finished.is_file():
         payload = read_payload(finished)
-        if payload.get("metrics", {}).get("identity") != identity:
+        metrics = payload.get("metrics")
+        if not isinstance(metrics, dict) or metrics.get("identity") != identity:
             raise BlockQNNError(f"--out {out_dir}: holds a finished training of other settings")
-        return FinalResult(**payload["metrics"]["result"])
+        try:
+            return FinalResult(**metrics["result"])
+        except (KeyError, TypeError):
+            raise BlockQNNError(f"{finished}: damaged model file (no training result)") from None
 
     resume: dict[str, Any] | None = None
     ckpt_path = out_dir / CHECKPOINT
     if ckpt_path.is_file():
         payload = read_payload(ckpt_path)
-        state = payload.get("train_state") or {}
+        state = payload.get("train_state")
+        if not isinstance(state, dict):
+            raise BlockQNNError(f"{ckpt_path}: damaged checkpoint (no training state)")
         if state.get("identity") != identity:
             raise BlockQNNError(
                 f"--out {out_dir}: holds a training of another block or other settings "
                 "(choose another --out)"
             )
+        epoch = state.get("epoch")
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            raise BlockQNNError(f"{ckpt_path}: damaged checkpoint (no epoch count)")
+        if not 0 <= epoch <= settings.epochs:
+            raise BlockQNNError(
+                f"{ckpt_path}: damaged checkpoint (epoch {clip(epoch)} of {settings.epochs})"
+            )
         resume = {
-            "epoch": state["epoch"],
+            "epoch": epoch,
             "model": payload["state_dict"],
-            "optimizer": state["optimizer"],
+            "optimizer": state.get("optimizer"),
         }
     elif out_dir.is_dir() and any(out_dir.iterdir()):
         raise BlockQNNError(f"--out {out_dir}: is not empty and holds no blockqnn training")
+    dev = resolve_device(device)
+    reason = too_large(network_cost(block, net_cfg).params, dev)
+    if reason:  # refused before it is built: allocating it could take the host down
+        raise BlockQNNError(f"the network is too large for this device: {reason}")
     make_dir(out_dir, "--out")
 
-    dev = resolve_device(device)
     device_data = arrays.to_device(dev)
     torch.manual_seed(settings.seed)
     model = Network(block, net_cfg)
     recipe = _recipe(settings, data.dataset, arrays.input_shape)
+    if resume is not None:
+        _check_checkpoint(model, recipe, resume, ckpt_path)
     start = int(resume["epoch"]) if resume else 0
     mean, std = tuple(arrays.mean), tuple(arrays.std)
     n_train = len(arrays.x_train)
@@ -256,3 +296,32 @@ def train_final(
     metrics = {"test_accuracy": test_acc, "identity": identity, "result": result.to_dict()}
     save_atomic(model_payload(model, mean, std, arrays.classes, metrics), finished)
     return result
+
+
+def _check_checkpoint(model: Any, recipe: Any, resume: dict[str, Any], path: Path) -> None:
+    """Load the checkpoint's weights into `model` and its optimiser state into a fresh
+    optimiser, refusing (one line, "damaged checkpoint") whatever does not fit the block and
+    the recipe: names, shapes, parameter groups, per-parameter state. Without this the first
+    mismatch surfaces as a PyTorch traceback inside `fit`, or mid-step."""
+    import torch
+
+    from blockqnn.model_io import load_weights
+    from blockqnn.trainer import make_optimizer
+
+    try:
+        load_weights(model, resume["model"])
+        if not isinstance(resume["optimizer"], dict):
+            raise BlockQNNError("no optimizer state")
+        optimizer = make_optimizer(model, recipe, graphed=False)
+        optimizer.load_state_dict(resume["optimizer"])
+        for param, state in optimizer.state.items():
+            for name, value in state.items():
+                shaped = isinstance(value, torch.Tensor) and value.dim() > 0
+                if shaped and value.shape != param.shape:
+                    raise BlockQNNError(f"optimizer {name} of shape {tuple(value.shape)}")
+    except BlockQNNError as exc:
+        raise BlockQNNError(f"{path}: damaged checkpoint ({exc})") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        lines = str(exc).strip().splitlines()
+        reason = clip(f"{type(exc).__name__}: {lines[0] if lines else ''}", 160)
+        raise BlockQNNError(f"{path}: damaged checkpoint ({reason})") from None

@@ -5,16 +5,25 @@ Owns: the model file format (weights + block + network settings + normalisation,
 code), `load_model`, and TorchScript / ONNX export. Must not train.
 
 A model file is a dict:
-    format "blockqnn-model", version 1, block (NSC text), max_depth, network (NetworkConfig
+    format "blockqnn-model", version 2, block (NSC text), max_depth, network (NetworkConfig
     dict), classes, mean, std (per channel, [0, 1] units), metrics (dict), state_dict,
-    and optionally train_state (optimizer/scheduler state and epoch, for resuming `train`).
+    optionally train_state (optimizer/scheduler state and epoch, for resuming `train`), and
+    checksum: the SHA-256 of everything else, tensors by dtype, shape and bytes
+    (`payload_checksum`). Every read verifies it: a file whose weights or settings changed
+    after it was written (a flipped bit, a truncated copy that still unzips) is refused as
+    damaged, never used. Version-1 files (no checksum, written before it existed) are read
+    with a warning that their contents cannot be verified; refusing them would strand every
+    trained model of that release, and a warning says what cannot be promised.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import os
 import re
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,12 +33,14 @@ from torch import nn
 
 from blockqnn.builder import Network
 from blockqnn.cost import NetworkConfig
-from blockqnn.errors import BlockQNNError
+from blockqnn.errors import BlockQNNError, clip
 from blockqnn.files import temp_beside
 from blockqnn.nsc import Block
 
 FORMAT = "blockqnn-model"
-VERSION = 1
+VERSION = 2  # 1: no checksum; 2: `checksum` of the rest
+CHECKSUM = "checksum"
+log = logging.getLogger("blockqnn.model_io")
 
 
 class DeployModel(nn.Module):
@@ -91,9 +102,57 @@ def model_payload(
     return payload
 
 
+class _Unhashable(Exception):
+    """A value a model file cannot hold (only plain containers, numbers, text, tensors)."""
+
+
+def _feed(h: Any, obj: Any) -> None:
+    """Feed `obj` to the hash `h` unambiguously: a type tag, a length, then the content."""
+    if obj is None:
+        h.update(b"N")
+    elif isinstance(obj, bool):
+        h.update(b"T" if obj else b"F")
+    elif isinstance(obj, int):  # bytes, not decimal text: no limit on the number's size
+        data = obj.to_bytes(obj.bit_length() // 8 + 1, "little", signed=True)
+        h.update(b"i%d:" % len(data) + data)
+    elif isinstance(obj, float):
+        h.update(b"f" + struct.pack("<d", obj))
+    elif isinstance(obj, str):
+        data = obj.encode("utf-8", "surrogatepass")
+        h.update(b"s%d:" % len(data) + data)
+    elif isinstance(obj, bytes):
+        h.update(b"b%d:" % len(obj) + obj)
+    elif isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        if t.is_quantized or t.layout != torch.strided:
+            raise _Unhashable(f"a {t.layout} tensor")
+        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        h.update(f"t{t.dtype}{tuple(obj.shape)}:{len(raw)}:".encode() + raw)
+    elif isinstance(obj, (list, tuple)):
+        h.update((b"l" if isinstance(obj, list) else b"u") + b"%d:" % len(obj))
+        for item in obj:
+            _feed(h, item)
+    elif isinstance(obj, dict):  # insertion order: a file reads back in the order written
+        h.update(b"d%d:" % len(obj))
+        for key, value in obj.items():
+            _feed(h, key)
+            _feed(h, value)
+    else:
+        raise _Unhashable(type(obj).__name__)
+
+
+def payload_checksum(payload: dict[str, Any]) -> str:
+    """SHA-256 of a model file's payload, its `checksum` entry left out."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in payload.items() if k != CHECKSUM})
+    return h.hexdigest()
+
+
 def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
     """Write with temp file + fsync + rename: a kill at any moment leaves the old file or the
-    new one, never a torn one."""
+    new one, never a torn one. The payload is written with its checksum (version 2)."""
+    payload = {**payload, "version": VERSION}
+    payload[CHECKSUM] = payload_checksum(payload)
     target = Path(path)
     fd, tmp = temp_beside(target, "model file")
     try:
@@ -108,10 +167,13 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
 
 
 def read_payload(path: str | Path) -> dict[str, Any]:
-    """Load and check a model file; BlockQNNError for anything that is not ours or broken."""
+    """Load and check a model file; BlockQNNError for anything that is not ours, broken or
+    damaged (its checksum does not match)."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise BlockQNNError(f"{p}: no such model file")
+    if not p.is_file():  # a FIFO would block the reader, a device would never end
+        raise BlockQNNError(f"{p}: not a regular file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's multi-line hints about weights_only
@@ -122,29 +184,72 @@ def read_payload(path: str | Path) -> dict[str, Any]:
         raise BlockQNNError(f"{p}: not a readable blockqnn model file ({reason[:120]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise BlockQNNError(f"{p}: not a blockqnn model file")
-    if payload.get("version") != VERSION:
+    version = payload.get("version")
+    if version not in (1, VERSION) or isinstance(version, bool):
         raise BlockQNNError(
-            f"{p}: model file version {payload.get('version')} is not supported "
-            f"(this blockqnn reads version {VERSION})"
+            f"{p}: model file version {clip(version)} is not supported "
+            f"(this blockqnn reads versions 1 and {VERSION})"
         )
+    stored = payload.get(CHECKSUM)
+    if stored is None and version == 1:
+        log.warning(
+            "%s: written by an older blockqnn without a checksum; its contents cannot be verified",
+            p,
+        )
+    else:
+        try:
+            actual = payload_checksum(payload)
+        except _Unhashable as exc:
+            raise BlockQNNError(f"{p}: damaged model file (it holds {exc})") from None
+        if stored != actual:
+            raise BlockQNNError(
+                f"{p}: damaged model file (its contents do not match its SHA-256 checksum)"
+            )
     missing = [k for k in ("block", "network", "mean", "std", "state_dict") if k not in payload]
     if missing:
         raise BlockQNNError(f"{p}: model file lacks {', '.join(missing)}")
+    if not isinstance(payload["state_dict"], dict) or not isinstance(payload["network"], dict):
+        raise BlockQNNError(f"{p}: damaged model file (state_dict or network is not a dict)")
     return payload
 
 
 def model_from_payload(payload: dict[str, Any], source: str = "model") -> DeployModel:
-    block = Block.parse(payload["block"], max_depth=int(payload.get("max_depth", 10)))
-    network = Network(block, NetworkConfig.from_dict(payload["network"]))
+    """The model a checked payload describes. Settings or weights that do not fit each other
+    (a file written by hand, or an old one that no checksum protects) are refused as a
+    damaged file, never a traceback."""
     try:
-        network.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise BlockQNNError(f"{source}: weights do not fit the stored network ({first})") from None
-    model = DeployModel(
-        network, tuple(payload["mean"]), tuple(payload["std"]), tuple(payload.get("classes", ()))
-    )
+        block = Block.parse(payload["block"], max_depth=payload.get("max_depth", 10))
+        network = Network(block, NetworkConfig.from_dict(payload["network"]))
+        load_weights(network, payload["state_dict"])
+        model = DeployModel(
+            network,
+            tuple(float(v) for v in payload["mean"]),
+            tuple(float(v) for v in payload["std"]),
+            tuple(str(c) for c in payload.get("classes", ())),
+        )
+    except BlockQNNError as exc:
+        raise BlockQNNError(f"{source}: damaged model file ({exc})") from None
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise BlockQNNError(f"{source}: damaged model file ({_first_line(exc)})") from None
     return model.eval()
+
+
+def load_weights(module: nn.Module, state_dict: Any) -> None:
+    """`module.load_state_dict(state_dict)`, refusing weights whose names, shapes or types do
+    not fit as one `BlockQNNError` line instead of PyTorch's many ("weights do not fit")."""
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
+    ):
+        raise BlockQNNError("the weights are not a dict of named tensors")
+    try:
+        module.load_state_dict(state_dict)
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+        raise BlockQNNError(f"weights do not fit the network ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return clip(f"{type(exc).__name__}: {lines[0] if lines else ''}", 160)
 
 
 def load_model(path: str | Path) -> DeployModel:

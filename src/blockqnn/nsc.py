@@ -19,9 +19,15 @@ from enum import IntEnum
 from functools import cached_property
 from typing import Any
 
-from blockqnn.errors import BlockQNNError
+from blockqnn.bounds import MAX_DEPTH
+from blockqnn.errors import BlockQNNError, clip
 
 DEFAULT_MAX_DEPTH = 10  # choice: the paper's value is uncertain (23 recalled), ports use 10
+# Layer values are small: index and predecessors below MAX_DEPTH, types 1-7, kernels 0-5.
+# Anything beyond this many digits is refused before Python converts it (conversion of a
+# 4,301-digit number is itself an error, and a slow one below that).
+MAX_DIGITS = 9
+VALUE_LIMIT = 10**MAX_DIGITS
 
 
 class LayerType(IntEnum):
@@ -112,6 +118,8 @@ def check_layer(values: tuple[int, ...], position: int, max_depth: int) -> Layer
             f"layer {position}: expected 5 integers (index,type,kernel,pred1,pred2), "
             f"got {len(values)}"
         )
+    if not all(isinstance(v, int) and -VALUE_LIMIT < v < VALUE_LIMIT for v in values):
+        raise BlockQNNError(f"layer {position}: values out of range (layers are small integers)")
     index, type_code, kernel, pred1, pred2 = values
     where = f"layer {index}"
     if index != position:
@@ -146,36 +154,88 @@ def check_layer(values: tuple[int, ...], position: int, max_depth: int) -> Layer
     return Layer(index, ltype, kernel, pred1, pred2)
 
 
-_INT_LIST = re.compile(r"^-?\d+$")
+# ASCII digits only: `\d` would also take full-width and other scripts' digits ("１").
+_INTEGER = re.compile(r"^-?[0-9]+$")
+
+
+def check_depth(max_depth: int) -> None:
+    """`max_depth` must be an integer in [2, MAX_DEPTH]: the agent's actions grow with its
+    square, and no layer of a valid block can lie beyond it."""
+    if isinstance(max_depth, bool) or not isinstance(max_depth, int):
+        raise BlockQNNError(f"max_depth = {clip(max_depth)}: must be an integer")
+    if not 2 <= max_depth <= MAX_DEPTH:
+        raise BlockQNNError(f"max_depth = {clip(max_depth)}: must be in [2, {MAX_DEPTH}]")
+
+
+def _json_depth(text: str) -> int:
+    """How deeply `[` and `{` nest in `text` (strings cannot occur in a block: not tracked)."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _loads(text: str) -> Any:
+    """`json.loads` of a block's JSON form, refusing what cannot be one before decoding it:
+    nesting deeper than a list of lists (json would recurse into a RecursionError) and
+    integers too long to be layer values (Python refuses to convert over 4,300 digits)."""
+    if _json_depth(text) > 2:
+        raise BlockQNNError(
+            "malformed JSON block: nested more deeply than a list of 5-integer lists"
+        )
+    if re.search(rf"[0-9]{{{MAX_DIGITS + 1}}}", text):
+        raise BlockQNNError("malformed JSON block: a number too large for a layer value")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BlockQNNError(f"malformed JSON block: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:
+        raise BlockQNNError(f"malformed JSON block: {clip(str(exc))}") from None
+
+
+MAX_TEXT = 100_000  # characters of a block's text: a 64-layer block in any form needs ~3,000
 
 
 def _parse_text(text: str) -> list[tuple[int, ...]]:
+    if len(text) > MAX_TEXT:
+        raise BlockQNNError(f"block text of {len(text):,} characters: a block needs far fewer")
     stripped = text.strip()
     if not stripped:
         raise BlockQNNError("empty block: no layers given")
     if stripped.startswith("[["):
-        try:
-            data = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise BlockQNNError(f"malformed JSON block: {exc.msg}") from None
-        return _from_json_list(data)
+        return _from_json_list(_loads(stripped))
     groups = re.findall(r"\(([^()]*)\)", stripped)
     if groups:  # "(1,1,3,0,0), (2,...)" or "[(...); (...)]": one layer per parenthesis
         chunks = [re.sub(r"\s", "", g) for g in groups]
         rest = re.sub(r"\(([^()]*)\)", "", stripped)
         if re.sub(r"[\s;,\[\]]", "", rest):
-            raise BlockQNNError(f"malformed block text outside parentheses: {rest.strip()!r}")
+            raise BlockQNNError(
+                f"malformed block text outside parentheses: {clip(rest.strip(), quote=True)}"
+            )
     else:
         chunks = re.sub(r"[\[\]\s]", "", stripped).split(";")
         if len(chunks) > 1 and chunks[-1] == "":
             chunks.pop()  # a trailing separator is harmless
+    if len(chunks) > MAX_DEPTH:  # the terminal is at index MAX_DEPTH at the latest
+        raise BlockQNNError(f"{len(chunks)} layers: a block has at most {MAX_DEPTH}")
     rows: list[tuple[int, ...]] = []
     for position, chunk in enumerate(chunks, start=1):
         if not chunk:
             raise BlockQNNError(f"layer {position}: empty (two ';' in a row?)")
         parts = chunk.split(",")
-        if not all(_INT_LIST.match(p) for p in parts):
-            raise BlockQNNError(f"layer {position}: {chunk!r} is not a list of integers")
+        if not all(_INTEGER.match(p) for p in parts):
+            raise BlockQNNError(
+                f"layer {position}: {clip(chunk, quote=True)} is not a list of integers"
+            )
+        if any(len(p.lstrip("-")) > MAX_DIGITS for p in parts):
+            raise BlockQNNError(
+                f"layer {position}: {clip(chunk, quote=True)} holds a number too large for a "
+                "layer value"
+            )
         rows.append(tuple(int(p) for p in parts))
     return rows
 
@@ -183,12 +243,14 @@ def _parse_text(text: str) -> list[tuple[int, ...]]:
 def _from_json_list(data: Any) -> list[tuple[int, ...]]:
     if not isinstance(data, list) or not data:
         raise BlockQNNError("a JSON block must be a non-empty list of 5-integer lists")
+    if len(data) > MAX_DEPTH:
+        raise BlockQNNError(f"{len(data)} layers: a block has at most {MAX_DEPTH}")
     rows = []
     for position, row in enumerate(data, start=1):
         if not isinstance(row, list) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in row
         ):
-            raise BlockQNNError(f"layer {position}: {row!r} is not a list of integers")
+            raise BlockQNNError(f"layer {position}: {clip(row)} is not a list of integers")
         rows.append(tuple(row))
     return rows
 
@@ -211,8 +273,7 @@ class Block:
     max_depth: int = DEFAULT_MAX_DEPTH
 
     def __post_init__(self) -> None:
-        if self.max_depth < 2:
-            raise BlockQNNError(f"max_depth = {self.max_depth}: must be at least 2")
+        check_depth(self.max_depth)
         if not self.layers:
             raise BlockQNNError("empty block: it needs at least one layer before the terminal")
         for position, layer in enumerate(self.layers, start=1):
@@ -227,6 +288,7 @@ class Block:
         cls, rows: list[tuple[int, ...]] | list[list[int]], max_depth: int = DEFAULT_MAX_DEPTH
     ) -> Block:
         """Validate a list of 5-tuples; a trailing terminal is optional."""
+        check_depth(max_depth)
         layers: list[Layer] = []
         rows = [tuple(r) for r in rows]
         for position, row in enumerate(rows, start=1):
@@ -251,10 +313,7 @@ class Block:
     def from_json(cls, data: str | list[list[int]], max_depth: int = DEFAULT_MAX_DEPTH) -> Block:
         """Read the JSON form: a list of 5-lists, or its text."""
         if isinstance(data, str):
-            try:
-                data = json.loads(data)
-            except json.JSONDecodeError as exc:
-                raise BlockQNNError(f"malformed JSON block: {exc.msg}") from None
+            data = _loads(data)
         return cls.from_tuples(_from_json_list(data), max_depth)
 
     # ----- forms --------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any, Generic, TypeVar
 
-from blockqnn.errors import BlockQNNError
+from blockqnn.errors import BlockQNNError, clip
 
 log = logging.getLogger("blockqnn.registry")
 
@@ -80,7 +80,8 @@ class Registry(Generic[F]):
             raise BlockQNNError(self._broken[name])
         if name not in self._targets:
             raise BlockQNNError(
-                f"unknown {self.kind} {name!r} (registered: {', '.join(self.names())})"
+                f"unknown {self.kind} {clip(name, quote=True)} "
+                f"(registered: {', '.join(self.names())})"
             )
         return name
 

@@ -25,13 +25,22 @@ Rules, where the paper leaves the choice to us:
   which concurrent evaluations finish. With one slot (the local executor) that order is
   fixed, and an interrupted and resumed run records the same blocks, in the same order, as
   an uninterrupted one.
-- Stopping (Ctrl-C): in-flight trials become `interrupted`; resume queues them again (their
-  `attempts` count each start). A master killed with kill -9 leaves them `running`, treated
-  the same way on resume.
+- Stopping (Ctrl-C, or SIGTERM turned into `Terminated` by the CLI): in-flight trials become
+  `interrupted`; resume queues them again (their `attempts` count each start), and the
+  session is closed with its outcome. A master killed with kill -9 leaves them `running`,
+  treated the same way on resume.
+- An evaluation that raises, or whose result cannot be stored (a FLOP count beyond SQLite's
+  64-bit integers, metrics that are not numbers), is a failed trial with the reason as its
+  error: a stuck `running` trial would crash every resume the same way.
+- Resume checks everything first, on a read-only view: the stored config, every trial (its
+  checksum, its JSON, its candidate parsed by the space), the sessions and the agent
+  restored from its snapshot and the recorded calls. Only then does it lock the run, migrate
+  an older schema and write its session: a refused resume leaves every file unchanged.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import deque
@@ -41,14 +50,14 @@ from pathlib import Path
 from typing import Any
 
 from blockqnn.config import Config, merge
-from blockqnn.errors import BlockQNNError
+from blockqnn.errors import BlockQNNError, clip
 from blockqnn.executor import EvaluatorSpec, Executor, WorkerLost, make_executor, make_space
 from blockqnn.result import STATUS_FAILED, EvalResult
 from blockqnn.rewards import Reward, make_reward
+from blockqnn.rundir import DB_NAME, check_writable
 from blockqnn.spaces.base import Space
 from blockqnn.store import (
     COMPLETE,
-    DB_NAME,
     FAILED,
     QUEUED,
     RUNNING,
@@ -56,6 +65,7 @@ from blockqnn.store import (
     AgentState,
     Store,
     TrialRecord,
+    damaged,
 )
 
 log = logging.getLogger("blockqnn.search")
@@ -70,6 +80,16 @@ EXECUTION_KEYS = ("executor", "workers", "gpus_per_trial", "cpus_per_trial", "ad
 
 class SearchStalled(RuntimeError):
     """The agent proposed only known blocks for `MAX_REUSE_STREAK` asks in a row."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM, as cluster schedulers send before a kill).
+
+    A `KeyboardInterrupt`, so that it takes Ctrl-C's path: in-flight trials are recorded
+    `interrupted`, the workers are shut down and the session is closed ("terminated")."""
+
+
+INT64 = 2**63 - 1  # SQLite's INTEGER: a larger count cannot be stored
 
 
 @dataclass(frozen=True)
@@ -260,7 +280,7 @@ class Search:
                 self._emit("requeued", self.store.trial(trial_id))
                 return
             outcome = EvalResult.failed(f"worker lost {lost} times; last: {outcome.reason}")
-        outcome = self._score(outcome)
+        outcome = _storable(self._score(outcome))
         reward = outcome.reward if outcome.ok else FAILED_REWARD
         tell_seq = self._tell(block, reward)
         duplicates = self._waiting.pop(block.hash, [])
@@ -334,6 +354,26 @@ class Search:
         )
 
 
+def _storable(outcome: EvalResult) -> EvalResult:
+    """The result as the store can keep it: counts that fit SQLite's 64-bit integers and
+    metrics that JSON can write. A result that cannot be kept becomes a failed one that can,
+    with the reason (its cost is then unknown: 0)."""
+    problems = [
+        f"{name} = {clip(value)} does not fit a 64-bit integer"
+        for name, value in (("flops", outcome.flops), ("params", outcome.params))
+        if not (isinstance(value, int) and -INT64 <= value <= INT64)
+    ]
+    try:
+        json.dumps(outcome.to_dict())
+    except (TypeError, ValueError) as exc:
+        problems.append(f"its metrics are not JSON numbers ({clip(str(exc))})")
+    if not problems:
+        return outcome
+    why = f"the result cannot be stored: {'; '.join(problems)}"
+    error = f"{outcome.error}; {why}" if outcome.error else why
+    return EvalResult.failed(error, device=str(outcome.device), mode=str(outcome.mode))
+
+
 # ----- starting and resuming -------------------------------------------------------------------
 
 
@@ -366,16 +406,16 @@ def run_search(
 
     `spec(config)` replaces the evaluator's description (default: the early-stop evaluator
     on `device`), `agent_factory(config)` replaces `blockqnn.agent.make_agent`. Bad input (a
-    run dir that holds a run, a missing or corrupt one, an unreachable cluster) raises
-    `BlockQNNError` before anything in an existing run dir changes.
+    run dir that holds a run, a missing, damaged or unwritable one, an unreachable cluster)
+    raises `BlockQNNError` before anything in an existing run dir changes.
     """
     directory = Path(run_dir)
     resume = config is None
+    make_agent = agent_factory or _make_agent
+    checked: _Resumable | None = None
     if config is None:  # validate read-only: bad input must leave the run untouched
-        with Store.open(directory, readonly=True) as existing:
-            config = resume_config(existing, resume_overrides)
-            if existing.active():
-                raise BlockQNNError(f"{directory} is in use by another running search")
+        checked = _check_resumable(directory, resume_overrides, make_agent)
+        config = checked.config
     else:
         if (directory / DB_NAME).exists():
             Store.create(directory, config)  # raises: the dir holds a run; nothing changed
@@ -388,24 +428,32 @@ def run_search(
                 f"the search space {space!r}"
             )
     evaluator_spec = spec(config) if spec is not None else EvaluatorSpec.for_config(config, device)
-    agent = (agent_factory or _make_agent)(config)
+    agent = checked.agent if checked is not None else make_agent(config)
     reward = make_reward(config)
     executor = executor_factory(evaluator_spec)  # may raise BlockQNNError: nothing written yet
     store: Store | None = None
     outcome = "error"
     try:
-        store = Store.open(directory) if resume else Store.create(directory, config)
-        store.acquire()
+        if resume:  # the lock first: nothing is written (not even a migration) without it
+            store = Store.open(directory, acquire=True)
+        else:
+            store = Store.create(directory, config)
+            store.acquire()
         store.begin_session()
-        seq = restore_agent(store, agent, space)
+        if checked is not None and _progress(store) == checked.progress:
+            seq = checked.seq  # the agent restored while checking is this store's agent
+        else:
+            if checked is not None:  # another search worked on the run meanwhile
+                agent = make_agent(config)
+            seq = restore_agent(store, agent, space)
         search = Search(
             store, agent, executor, config, on_event, seq, SNAPSHOT_EVERY, space, reward
         )
         summary = search.run()
         outcome = "complete"
         return summary
-    except KeyboardInterrupt:
-        outcome = "interrupted"
+    except KeyboardInterrupt as exc:
+        outcome = "terminated" if isinstance(exc, Terminated) else "interrupted"
         raise
     finally:
         executor.shutdown()
@@ -413,6 +461,55 @@ def run_search(
             if store.in_session:
                 store.end_session(outcome)
             store.close()
+
+
+@dataclass(frozen=True)
+class _Resumable:
+    """What checking a run for resume found: its config, the agent restored from it (after
+    `seq` calls) and the trials' progress it was restored from."""
+
+    config: Config
+    agent: Any
+    seq: int
+    progress: tuple[Any, ...]
+
+
+def _progress(store: Store) -> tuple[Any, ...]:
+    """What the agent's state depends on: the trials' asks and tells, the newest snapshot."""
+    snap = store.latest_snapshot()
+    asks = [(t.id, t.hash, t.ask_seq, t.tell_seq, t.reward) for t in store.trials()]
+    return (tuple(asks), None if snap is None else snap.seq)
+
+
+def check_resumable(
+    run_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    agent_factory: Callable[[Config], Any] | None = None,
+) -> Config:
+    """Everything a resume will read, checked on a read-only view of the run; returns the
+    config to resume with. Raises `BlockQNNError` for a run that is missing, damaged, in
+    use, not writable, or whose agent cannot be restored, having changed nothing."""
+    return _check_resumable(Path(run_dir), overrides, agent_factory or _make_agent).config
+
+
+def _check_resumable(
+    directory: Path, overrides: dict[str, Any] | None, agent_factory: Callable[[Config], Any]
+) -> _Resumable:
+    check_writable(directory)  # first: even reading a run with a -wal file writes its -shm
+    with Store.open(directory, readonly=True) as existing:
+        config = resume_config(existing, overrides)
+        if existing.active():
+            raise BlockQNNError(f"{directory} is in use by another running search")
+        space = make_space(config)
+        existing.sessions()  # verified: a damaged session row is refused here
+        for t in existing.trials():  # every row verified and decoded
+            try:
+                space.parse(t.candidate)
+            except BlockQNNError as exc:
+                raise damaged(f"trial {t.id}'s candidate does not parse ({exc})") from None
+        agent = agent_factory(config)
+        seq = restore_agent(existing, agent, space)  # an incompatible snapshot: refused
+        return _Resumable(config, agent, seq, _progress(existing))
 
 
 def _make_agent(config: Config) -> Any:

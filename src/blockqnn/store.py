@@ -1,9 +1,11 @@
 """The run's single source of truth: one SQLite database per run directory.
 
 Owns: the schema (versioned), the resolved config, every trial and its state, the agent's
-latest snapshot and the sessions that worked on the run. Everything else (the agent, the
-progress display, `status`, the report) is rebuilt from it. Must not hold global state, decide
-what to evaluate or import torch.
+latest snapshot and the sessions that worked on the run, the checksums that guard them, and
+the migration of older schemas. Everything else (the agent, the progress display, `status`,
+the report) is rebuilt from it. The files of the run dir (reading without changing them, the
+lock, whether they can be written) are `blockqnn.rundir`'s. Must not hold global state,
+decide what to evaluate or import torch.
 
 Contract:
 - One writer: the search process (the master). Workers never touch the database; they return
@@ -15,6 +17,12 @@ Contract:
 - Finished trials (complete, failed, reused) never change.
 - A database with a newer schema, or one that is not a blockqnn run, is refused with a clear
   message and never modified.
+- Silent damage is refused, never shown as data: every row of `trials`, `agent_snapshots`
+  and `sessions` carries a SHA-256 of its values (rewritten by the store with every change
+  of the row), the `meta` table one of all its rows; every read verifies them, and SQLite's
+  `integrity_check` runs at every open. A mismatch, an undecodable JSON value or a damaged
+  page is a `BlockQNNError` naming what is damaged.
+- A run dir that cannot be written is refused before a writable open touches anything.
 
 Trial states: `queued` (waiting for a slot, or a duplicate waiting for its original's
 result), `running` (handed to the executor), `complete`, `failed` (the evaluator's failure or
@@ -25,6 +33,7 @@ training), `interrupted` (in flight when the search was stopped; resumed as queu
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -36,15 +45,17 @@ from pathlib import Path
 from typing import Any
 
 from blockqnn.config import AGENT_PRESETS, Config
-from blockqnn.errors import BlockQNNError
+from blockqnn.errors import BlockQNNError, clip
 from blockqnn.nsc import DEFAULT_MAX_DEPTH, Block
 from blockqnn.result import EvalResult
+from blockqnn.rundir import DB_NAME as DB_NAME  # the run's file names: re-exported
+from blockqnn.rundir import LOCK_NAME as LOCK_NAME
+from blockqnn.rundir import check_writable, held, reader, take_lock, write_failure
 from blockqnn.spaces.base import Candidate
 
-SCHEMA_VERSION = 2  # 1: NSC only, with an epsilon column; 2: any space, strategy info as JSON
+# 1: NSC only, with an epsilon column; 2: any space, strategy info as JSON; 3: checksums
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x42514E4E  # "BQNN": marks the SQLite file as a blockqnn run
-DB_NAME = "blockqnn.sqlite"
-LOCK_NAME = "lock"
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -73,7 +84,8 @@ CREATE TABLE trials (
     info TEXT NOT NULL DEFAULT '{{}}', -- the strategy's info() when it proposed the candidate
     ask_seq INTEGER NOT NULL,        -- the agent's calls, asks and tells, numbered in order
     tell_seq INTEGER,                -- when its reward was told; NULL until then
-    created REAL NOT NULL, started REAL, finished REAL
+    created REAL NOT NULL, started REAL, finished REAL,
+    checksum TEXT NOT NULL DEFAULT ''     -- SHA-256 of the columns above (see _digest)
 );
 CREATE INDEX trials_hash ON trials(hash);
 CREATE INDEX trials_status ON trials(status);
@@ -82,11 +94,13 @@ CREATE TABLE agent_snapshots (
     seq INTEGER NOT NULL,            -- agent calls reflected: ask_seq / tell_seq <= this
     trial_count INTEGER NOT NULL,
     created REAL NOT NULL,
-    state TEXT NOT NULL
+    state TEXT NOT NULL,
+    checksum TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE sessions (
     id INTEGER PRIMARY KEY, pid INTEGER NOT NULL, host TEXT NOT NULL,
-    started REAL NOT NULL, updated REAL NOT NULL, ended REAL, outcome TEXT NOT NULL DEFAULT ''
+    started REAL NOT NULL, updated REAL NOT NULL, ended REAL, outcome TEXT NOT NULL DEFAULT '',
+    checksum TEXT NOT NULL DEFAULT ''
 );
 """
 
@@ -134,13 +148,62 @@ class TrialRecord:
 
 
 _COLUMNS = tuple(TrialRecord.__dataclass_fields__)
+# The columns each table's checksum covers, in order (the row id included: a flipped id is a
+# different row). `meta`'s checksum row covers every other row of meta.
+_CONTENT = {
+    "trials": _COLUMNS,
+    "agent_snapshots": ("id", "seq", "trial_count", "created", "state"),
+    "sessions": ("id", "pid", "host", "started", "updated", "ended", "outcome"),
+}
+META_CHECKSUM = "checksum"
 
 
-def _row_to_record(row: sqlite3.Row) -> TrialRecord:
-    values = dict(zip(_COLUMNS, row, strict=True))
-    values["result"] = json.loads(values["result"]) if values["result"] else None
-    values["info"] = json.loads(values["info"]) if values["info"] else {}
+def _digest(table: str, values: Sequence[Any]) -> str:
+    """SHA-256 of a row's values as SQLite returns them. `repr` is exact and tells the types
+    apart (1 from 1.0 from '1'), so any change of a stored value changes the digest."""
+    text = repr((table, *values))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def damaged(what: str) -> BlockQNNError:
+    """The error for a store whose content cannot be trusted (exit 2 at the CLI)."""
+    return BlockQNNError(f"the run's store is damaged: {what}")
+
+
+def _verified(table: str, row: Sequence[Any], what: str) -> tuple[Any, ...]:
+    """The row's content (the checksum column, last, removed) if its checksum matches."""
+    *content, checksum = row
+    if _digest(table, content) != checksum:
+        raise damaged(f"{what} does not match its checksum")
+    return tuple(content)
+
+
+def _decode(text: Any, what: str) -> Any:
+    """A stored JSON value; anything undecodable means the store is damaged."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError):  # not text, not JSON, too long or deep
+        raise damaged(f"{what} is not readable JSON") from None
+
+
+def _row_to_record(row: Sequence[Any]) -> TrialRecord:
+    """A trial from its row (content columns then checksum): verified and decoded."""
+    trial = f"trial {clip(row[0])}"
+    values = dict(zip(_COLUMNS, _verified("trials", row, trial), strict=True))
+    if values["result"] is not None:
+        values["result"] = _decode(values["result"], f"{trial}'s result")
+        if not isinstance(values["result"], dict):
+            raise damaged(f"{trial}'s result is not a JSON object")
+    info = _decode(values["info"], f"{trial}'s info") if values["info"] else {}
+    if not isinstance(info, dict):
+        raise damaged(f"{trial}'s info is not a JSON object")
+    values["info"] = info
+    if values["status"] not in STATUSES:
+        raise damaged(f"{trial} has an unknown status")
     return TrialRecord(**values)
+
+
+_SELECT_TRIALS = f"SELECT {', '.join(_COLUMNS)}, checksum FROM trials"
 
 
 class Store:
@@ -159,7 +222,8 @@ class Store:
     @classmethod
     def create(cls, run_dir: str | Path, config: Config) -> Store:
         """Start a new run in `run_dir` (created if needed). A directory that already holds a
-        run is refused, untouched."""
+        run is refused, untouched; one that cannot be written (permissions, a read-only file
+        system, a full disk) is refused with its reason and left as it was."""
         from blockqnn import __version__
 
         directory = Path(run_dir)
@@ -171,64 +235,95 @@ class Store:
             )
         if directory.exists() and not directory.is_dir():
             raise BlockQNNError(f"--run-dir {directory} is a file, not a directory")
+        made = not directory.exists()
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BlockQNNError(f"cannot create run dir {directory}: {exc.strerror}") from None
         tmp = directory / f".{DB_NAME}.{os.getpid()}.tmp"
-        tmp.unlink(missing_ok=True)
-        conn = sqlite3.connect(tmp, isolation_level=None)
-        with conn:  # build fully in a temporary file, then rename: never half a run
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            meta = {
-                "schema_version": str(SCHEMA_VERSION),
-                "created": repr(time.time()),
-                "blockqnn_version": __version__,
-                "config": json.dumps(config.to_dict(), sort_keys=True),
-            }
-            conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-        conn.close()
+        journal = tmp.with_name(tmp.name + "-journal")
         try:
-            os.link(tmp, path)  # fails if another process created the run meanwhile
-        except FileExistsError:
-            raise BlockQNNError(f"{directory} already holds a run") from None
-        except OSError:  # a file system without hard links
-            os.replace(tmp, path)
+            check_writable(directory)
+            tmp.unlink(missing_ok=True)
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:  # build fully in a temporary file, then rename: never half a run
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                meta = {
+                    "schema_version": str(SCHEMA_VERSION),
+                    "created": repr(time.time()),
+                    "blockqnn_version": __version__,
+                    "config": json.dumps(config.to_dict(), sort_keys=True),
+                }
+                conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+                _seal_meta(conn)
+            finally:
+                conn.close()
+            try:
+                os.link(tmp, path)  # fails if another process created the run meanwhile
+            except FileExistsError:
+                raise BlockQNNError(f"{directory} already holds a run") from None
+            except OSError as exc:
+                if exc.errno in (28, 30):  # no space, read-only: not a missing hard link
+                    raise
+                os.replace(tmp, path)  # a file system without hard links
+        except (sqlite3.Error, OSError) as exc:
+            raise BlockQNNError(
+                f"cannot create the run's store in {clip(str(directory))}: {write_failure(exc)}"
+            ) from None
         finally:
             tmp.unlink(missing_ok=True)
+            journal.unlink(missing_ok=True)
+            if made and not path.exists():  # refused: leave no empty run dir behind
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
         return cls.open(directory)
 
     @classmethod
-    def open(cls, run_dir: str | Path, readonly: bool = False) -> Store:
+    def open(cls, run_dir: str | Path, readonly: bool = False, acquire: bool = False) -> Store:
         """Open an existing run. Missing, corrupt, foreign or newer databases raise
-        `BlockQNNError` and are not modified."""
+        `BlockQNNError` and are not modified. A writable open checks that the run dir can be
+        written first; with `acquire` it also takes the writer lock (`acquire()`) before it
+        writes anything (the migration of an older schema is a write)."""
         directory = Path(run_dir)
         path = directory / DB_NAME
         if not path.is_file():
             what = "does not exist" if not directory.exists() else f"holds no {DB_NAME}"
             raise BlockQNNError(f"run dir {directory} {what}: not a blockqnn run")
         version = _check(path)  # read-only inspection first: a foreign file is never touched
+        lock = None
         if readonly:
-            conn = sqlite3.connect(_readonly_uri(path), uri=True)
-            if version < SCHEMA_VERSION:  # read an older run through a migrated copy in memory
+            conn, in_memory = reader(path)
+            if version < SCHEMA_VERSION and not in_memory:  # older: a migrated copy in memory
                 memory = sqlite3.connect(":memory:", isolation_level=None)
                 conn.backup(memory)
                 conn.close()
                 conn = memory
         else:
-            conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, atomic
+            check_writable(directory)
+            if acquire:
+                lock = take_lock(directory)
+            try:
+                conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints
+            except BaseException:
+                if lock is not None:
+                    lock.close()
+                raise
         if version < SCHEMA_VERSION:
             try:
                 _migrate(conn, version)
             except BaseException:
                 conn.close()
+                if lock is not None:
+                    lock.close()
                 raise
         conn.execute("PRAGMA foreign_keys = ON")
-        return cls(path, conn, readonly)
+        store = cls(path, conn, readonly)
+        store._lock = lock
+        return store
 
     def close(self) -> None:
         self._conn.close()
@@ -245,15 +340,25 @@ class Store:
     # ----- reading (the public API others use) ----------------------------------------------
 
     def meta(self) -> dict[str, str]:
-        return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+        """The run's meta rows (schema version, creation time, config JSON), verified."""
+        rows = self._conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
+        stored = dict(rows)
+        content = [r for r in rows if r[0] != META_CHECKSUM]
+        if stored.get(META_CHECKSUM) != _digest("meta", content):
+            raise damaged("its settings (the meta table) do not match their checksum")
+        del stored[META_CHECKSUM]
+        return stored
 
     def config(self) -> Config:
         """The resolved config the run was started with."""
-        return Config.from_dict(json.loads(self.meta()["config"]))
+        data = _decode(self.meta().get("config"), "the stored config")
+        if not isinstance(data, dict):
+            raise damaged("the stored config is not a JSON object")
+        return Config.from_dict(data)
 
     def trials(self, status: str | None = None) -> list[TrialRecord]:
         """Every trial in ask order, or those with one status."""
-        query = f"SELECT {', '.join(_COLUMNS)} FROM trials"
+        query = _SELECT_TRIALS
         args: tuple[Any, ...] = ()
         if status is not None:
             query += " WHERE status = ?"
@@ -262,9 +367,7 @@ class Store:
         return [_row_to_record(r) for r in rows]
 
     def trial(self, trial_id: int) -> TrialRecord:
-        row = self._conn.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM trials WHERE id = ?", (trial_id,)
-        ).fetchone()
+        row = self._conn.execute(_SELECT_TRIALS + " WHERE id = ?", (trial_id,)).fetchone()
         if row is None:
             raise KeyError(trial_id)
         return _row_to_record(row)
@@ -272,9 +375,8 @@ class Store:
     def top(self, k: int = 10) -> list[TrialRecord]:
         """The `k` best trained blocks by reward, best first (reused duplicates excluded)."""
         rows = self._conn.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM trials WHERE status = ? "
-            "ORDER BY reward DESC, id LIMIT ?",
-            (COMPLETE, k),
+            _SELECT_TRIALS + " WHERE status = ? ORDER BY reward DESC, id LIMIT ?",
+            (COMPLETE, min(k, 2**62)),
         ).fetchall()
         return [_row_to_record(r) for r in rows]
 
@@ -282,63 +384,52 @@ class Store:
         """Trials per status (every status present, zeros included) and `trained`."""
         out = dict.fromkeys(STATUSES, 0)
         for status, n in self._conn.execute("SELECT status, COUNT(*) FROM trials GROUP BY 1"):
+            if status not in out:
+                raise damaged(f"a trial has an unknown status {clip(status)}")
             out[status] = n
         out["trained"] = out[COMPLETE] + out[FAILED]
         return out
 
     def latest_snapshot(self) -> AgentState | None:
         """The newest agent snapshot, or None."""
+        cols = ", ".join(_CONTENT["agent_snapshots"])
         row = self._conn.execute(
-            "SELECT seq, state FROM agent_snapshots ORDER BY id DESC LIMIT 1"
+            f"SELECT {cols}, checksum FROM agent_snapshots ORDER BY id DESC LIMIT 1"
         ).fetchone()
-        return None if row is None else AgentState(json.loads(row[1]), row[0])
+        if row is None:
+            return None
+        _, seq, _, _, state = _verified("agent_snapshots", row, "the agent's snapshot")
+        data = _decode(state, "the agent's snapshot")
+        if not isinstance(data, dict) or not isinstance(seq, int):
+            raise damaged("the agent's snapshot is not a JSON object")
+        return AgentState(data, seq)
 
     def elapsed(self) -> float:
         """Seconds the run's sessions have been working, summed over sessions."""
-        row = self._conn.execute("SELECT COALESCE(SUM(updated - started), 0) FROM sessions")
-        return float(row.fetchone()[0])
+        return float(sum(s["updated"] - s["started"] for s in self.sessions()))
 
     def sessions(self) -> list[dict[str, Any]]:
-        cur = self._conn.execute("SELECT * FROM sessions ORDER BY id")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        names = _CONTENT["sessions"]
+        rows = self._conn.execute(
+            f"SELECT {', '.join(names)}, checksum FROM sessions ORDER BY id"
+        ).fetchall()
+        out = []
+        for row in rows:
+            values = _verified("sessions", row, f"session {clip(row[0])}")
+            out.append(dict(zip(names, values, strict=True)))
+        return out
 
     def active(self) -> bool:
         """Whether a search process holds this run now (its lock is taken)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover
-            return False
-        lock = self.run_dir / LOCK_NAME
-        if self._lock is not None:
-            return True
-        if not lock.exists():
-            return False
-        with open(lock) as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+        return self._lock is not None or held(self.run_dir)
 
     # ----- writing (the master only) ---------------------------------------------------------
 
     def acquire(self) -> None:
         """Become the run's only writer until `close()`; writes nothing."""
         self._writable()
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
-            fcntl = None  # type: ignore[assignment]
-        handle = open(self.run_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held until close()
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.close()
-                raise BlockQNNError(f"{self.run_dir} is in use by another running search") from None
-        self._lock = handle
+        if self._lock is None:
+            self._lock = take_lock(self.run_dir)
 
     def begin_session(self) -> None:
         """Record that this process now works on the run (for `elapsed`)."""
@@ -348,6 +439,7 @@ class Store:
                 "INSERT INTO sessions (pid, host, started, updated) VALUES (?, ?, ?, ?)",
                 (os.getpid(), socket.gethostname(), now, now),
             )
+            assert cur.lastrowid is not None
             self._session = cur.lastrowid
 
     @property
@@ -396,6 +488,7 @@ class Store:
                 ),
             )
             assert cur.lastrowid is not None
+            _seal(c, "trials", cur.lastrowid)
             return cur.lastrowid
 
     def add_reused(
@@ -431,6 +524,7 @@ class Store:
                 "worker = ? WHERE id = ?",
                 (RUNNING, time.time(), worker, trial_id),
             )
+            _seal(c, "trials", trial_id)
 
     def finish(
         self,
@@ -468,10 +562,9 @@ class Store:
                     trial_id,
                 ),
             )
+            _seal(c, "trials", trial_id)
             source = _row_to_record(
-                c.execute(
-                    f"SELECT {', '.join(_COLUMNS)} FROM trials WHERE id = ?", (trial_id,)
-                ).fetchone()
+                c.execute(_SELECT_TRIALS + " WHERE id = ?", (trial_id,)).fetchone()
             )
             for dup, dup_seq in duplicates:
                 self._transition(c, dup, (QUEUED,))
@@ -487,6 +580,7 @@ class Store:
                 "UPDATE trials SET status = ?, lost = lost + ?, error = ? WHERE id = ?",
                 (QUEUED, int(lost), error, trial_id),
             )
+            _seal(c, "trials", trial_id)
 
     def interrupt(self, trial_ids: list[int]) -> None:
         """The search is stopping: in-flight trials become `interrupted` (resumable)."""
@@ -494,6 +588,7 @@ class Store:
             for trial_id in trial_ids:
                 self._transition(c, trial_id, (RUNNING,))
                 c.execute("UPDATE trials SET status = ? WHERE id = ?", (INTERRUPTED, trial_id))
+                _seal(c, "trials", trial_id)
 
     def recover(self) -> list[int]:
         """After a stop or a crash: running and interrupted trials become queued again.
@@ -506,10 +601,9 @@ class Store:
                     (RUNNING, INTERRUPTED),
                 )
             ]
-            c.execute(
-                "UPDATE trials SET status = ? WHERE status IN (?, ?)",
-                (QUEUED, RUNNING, INTERRUPTED),
-            )
+            for trial_id in ids:
+                c.execute("UPDATE trials SET status = ? WHERE id = ?", (QUEUED, trial_id))
+                _seal(c, "trials", trial_id)
         return ids
 
     # ----- internals --------------------------------------------------------------------------
@@ -525,6 +619,7 @@ class Store:
                 c.execute(
                     "UPDATE sessions SET updated = ? WHERE id = ?", (time.time(), self._session)
                 )
+                _seal(c, "sessions", self._session)
         except BaseException:
             c.execute("ROLLBACK")
             raise
@@ -564,16 +659,34 @@ class Store:
                 trial_id,
             ),
         )
+        _seal(c, "trials", trial_id)
 
     @staticmethod
     def _snapshot(c: sqlite3.Connection, state: AgentState) -> None:
         trial_count = c.execute("SELECT COALESCE(MAX(id), 0) FROM trials").fetchone()[0]
-        c.execute(
+        cur = c.execute(
             "INSERT INTO agent_snapshots (seq, trial_count, created, state) VALUES (?,?,?,?)",
             (state.seq, trial_count, time.time(), json.dumps(state.state)),
         )
+        assert cur.lastrowid is not None
+        _seal(c, "agent_snapshots", cur.lastrowid)
         # Only the newest snapshot is needed to resume; the trials hold the history.
-        c.execute("DELETE FROM agent_snapshots WHERE id < last_insert_rowid()")
+        c.execute("DELETE FROM agent_snapshots WHERE id < ?", (cur.lastrowid,))
+
+
+def _seal(c: sqlite3.Connection, table: str, row_id: int) -> None:
+    """Write the checksum of a row as it now reads back (after SQLite's type affinity: a
+    Python int stored in a REAL column reads back as a float)."""
+    cols = ", ".join(_CONTENT[table])
+    row = c.execute(f"SELECT {cols} FROM {table} WHERE id = ?", (row_id,)).fetchone()
+    c.execute(f"UPDATE {table} SET checksum = ? WHERE id = ?", (_digest(table, row), row_id))
+
+
+def _seal_meta(c: sqlite3.Connection) -> None:
+    rows = c.execute(
+        "SELECT key, value FROM meta WHERE key != ? ORDER BY key", (META_CHECKSUM,)
+    ).fetchall()
+    c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (META_CHECKSUM, _digest("meta", rows)))
 
 
 @dataclass(frozen=True)
@@ -603,8 +716,14 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
             conn.execute("UPDATE trials SET info = json_object('epsilon', epsilon)")
             conn.execute("ALTER TABLE trials DROP COLUMN epsilon")
             _migrate_config_v1(conn)
+        if version < 3:  # checksums: those of the rows as they are now (nothing to compare)
+            for table in _CONTENT:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN checksum TEXT NOT NULL DEFAULT ''")
+                for (row_id,) in conn.execute(f"SELECT id FROM {table}").fetchall():
+                    _seal(conn, table, row_id)
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        _seal_meta(conn)
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -633,9 +752,11 @@ def _check(path: Path) -> int:
     """Refuse, without writing to it, a file that is not a blockqnn run of a known schema.
     Returns its schema version."""
     try:
-        conn = sqlite3.connect(_readonly_uri(path), uri=True)
-    except sqlite3.Error as exc:
-        raise BlockQNNError(f"{path}: cannot open: {exc}") from None
+        conn, _ = reader(path)
+    except sqlite3.DatabaseError as exc:
+        raise BlockQNNError(f"{path}: corrupt or not a database ({clip(str(exc))})") from None
+    except (sqlite3.Error, OSError) as exc:
+        raise BlockQNNError(f"{path}: cannot open: {clip(str(exc))}") from None
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -646,29 +767,22 @@ def _check(path: Path) -> int:
                 f"{path} has store schema {version}, newer than this blockqnn's "
                 f"{SCHEMA_VERSION}: upgrade blockqnn"
             )
+        if version < 1:
+            raise BlockQNNError(f"{path}: corrupt run (unknown store schema {version})")
         row = conn.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
         if row is None:
             raise BlockQNNError(f"{path}: corrupt run (no config)")
         json.loads(row[0])
-        # Every page, not only meta's: a damaged trials table must be refused here, before
-        # anything is written (quick_check reads the whole file: milliseconds for a run).
-        problems = [r[0] for r in conn.execute("PRAGMA quick_check(1)").fetchall()]
+        # Every page and every index, not only meta's: a damaged trials table, or an index
+        # that no longer matches its table (a query through it would silently miss rows),
+        # must be refused here, before anything is written. Milliseconds for a run.
+        problems = [r[0] for r in conn.execute("PRAGMA integrity_check(1)").fetchall()]
         if problems != ["ok"]:
-            raise BlockQNNError(f"{path}: corrupt run ({problems[0]})")
+            raise BlockQNNError(f"{path}: corrupt run ({clip(problems[0])})")
         return int(version)
     except sqlite3.DatabaseError as exc:
-        raise BlockQNNError(f"{path}: corrupt or not a database ({exc})") from None
-    except json.JSONDecodeError:
+        raise BlockQNNError(f"{path}: corrupt or not a database ({clip(str(exc))})") from None
+    except (TypeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError
         raise BlockQNNError(f"{path}: corrupt run (unreadable config)") from None
     finally:
         conn.close()
-
-
-def _readonly_uri(path: Path) -> str:
-    """A read-only URI. With no write-ahead log on disk no writer is working, and the file
-    is opened immutable: SQLite then creates no -wal / -shm files, so reading a stopped run
-    leaves its directory exactly as it was."""
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    if not path.with_name(path.name + "-wal").exists():
-        uri += "&immutable=1"
-    return uri

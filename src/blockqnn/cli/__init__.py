@@ -4,7 +4,8 @@ Owns: argument parsing, exit codes and printing. Must not hold logic: each subco
 parses its arguments and calls the library. Subcommand modules import heavy libraries (torch,
 ray) inside `run` so that `blockqnn --help` stays fast.
 
-Exit codes: 0 ok, 1 a failed evaluation or run, 2 bad input (one line on stderr, no traceback).
+Exit codes: 0 ok, 1 a failed evaluation or run, 2 bad input (one line on stderr, no traceback,
+echoed input cut), 130 / 143 a search stopped by Ctrl-C / SIGTERM (resumable).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
 
-from blockqnn.errors import BlockQNNError
+from blockqnn.errors import ECHO_LIMIT, BlockQNNError, clip, one_line
 
 # name -> module under blockqnn.cli; each module defines `add_arguments(parser)` and
 # `run(args) -> int`, and a module docstring whose first line is the command's help.
@@ -29,7 +31,9 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        # argparse quotes the offending value whole ("invalid int value: '999...'"): cut it
+        message = re.sub(rf"'[^']{{{ECHO_LIMIT},}}'", lambda m: clip(m.group(0)), message)
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def _available_commands() -> list[tuple[str, ModuleType]]:
@@ -71,19 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
+    if args.command is None:  # a usage error: the help goes where errors go
+        parser.print_help(sys.stderr)
         return 2
     try:
         code: int = args._run(args)
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
     except BlockQNNError as exc:
-        print(f"blockqnn {args.command}: error: {exc}", file=sys.stderr)
+        print(f"blockqnn {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
-    except sqlite3.DatabaseError as exc:  # a run store damaged after it was opened
-        print(
-            f"blockqnn {args.command}: error: the run's store is damaged ({exc})", file=sys.stderr
-        )
+    except sqlite3.DatabaseError as exc:  # a run store that failed after it was opened
+        print(f"blockqnn {args.command}: error: {_store_failure(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"blockqnn {args.command}: interrupted", file=sys.stderr)
@@ -94,6 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return code
+
+
+def _store_failure(exc: sqlite3.DatabaseError) -> str:
+    """What a SQLite error while using a run means, in one line: a full disk or a store that
+    cannot be written is not a damaged one."""
+    text = str(exc)
+    if "disk is full" in text:
+        return f"the disk holding the run is full ({text})"
+    if "readonly" in text or "read-only" in text:
+        return f"the run's store is not writable ({text})"
+    return one_line(f"the run's store is damaged ({text})")
 
 
 def entry() -> NoReturn:

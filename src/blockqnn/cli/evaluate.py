@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> Any:
     from blockqnn.config import Config, merge
 
-    config = Config.from_toml(args.config) if args.config else Config()
+    config = Config.from_toml(args.config) if args.config is not None else Config()
     overrides: dict[str, dict[str, Any]] = {}
     for option, (section, key) in _OVERRIDES.items():
         value = getattr(args, option)

@@ -11,15 +11,21 @@ Examples:
 The settings come from the TOML `--config` (every section optional), then the flags. The run
 directory keeps the resolved config, every trial and the agent: `--resume DIR` continues a
 stopped or killed search (only where it runs - executor, workers, GPUs, address - may change).
-Ctrl-C stops cleanly (exit 130) and leaves a resumable run.
+Ctrl-C stops cleanly (exit 130) and leaves a resumable run; so does SIGTERM (exit 143), what
+cluster schedulers send before they kill a job: the trials in flight are recorded
+interrupted, the workers stopped, the session closed, and the resume command printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from blockqnn.cli.status import trial_json
@@ -90,13 +96,34 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return out
 
 
+@contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """While the search runs, SIGTERM raises `Terminated` (Ctrl-C's path: a clean stop). A
+    second SIGTERM during that stop ends the process at once, as SIGTERM normally does."""
+    from blockqnn.search import Terminated
+
+    if threading.current_thread() is not threading.main_thread():  # signals: main only
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     from blockqnn.config import Config, merge
-    from blockqnn.search import SearchStalled, run_search
+    from blockqnn.search import SearchStalled, Terminated, run_search
 
     overrides = _overrides(args)
     if args.resume:
-        if args.config:
+        if args.config is not None:
             raise BlockQNNError("--resume uses the run's stored config; drop --config")
         changed = {
             k for section, values in overrides.items() for k in values if section != "search"
@@ -108,18 +135,27 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.run_dir:
             raise BlockQNNError("--run-dir DIR is required (or --resume DIR)")
-        base = Config.from_toml(args.config) if args.config else Config()
+        base = Config.from_toml(args.config) if args.config is not None else Config()
         run_dir, config = args.run_dir, merge(base, overrides)
     out = sys.stderr if args.json else sys.stdout
     display = _Display(out, run_dir)
     try:
-        summary = run_search(
-            run_dir,
-            config,
-            resume_overrides=overrides.get("search") if args.resume else None,
-            device=args.device,
-            on_event=display.event,
+        with _sigterm_stops():
+            summary = run_search(
+                run_dir,
+                config,
+                resume_overrides=overrides.get("search") if args.resume else None,
+                device=args.device,
+                on_event=display.event,
+            )
+    except Terminated:
+        display.close()
+        print(
+            "blockqnn search: terminated (SIGTERM); continue with: "
+            f"blockqnn search --resume {run_dir}",
+            file=sys.stderr,
         )
+        return 143
     except KeyboardInterrupt:
         display.close()
         print(

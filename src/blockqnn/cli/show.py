@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from blockqnn.errors import BlockQNNError
+from blockqnn.errors import BlockQNNError, clip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,13 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _shape(text: str) -> tuple[int, int, int]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise BlockQNNError(f"--input-shape {text!r}: expected C,H,W integers") from None
-    if len(values) != 3:
-        raise BlockQNNError(f"--input-shape {text!r}: expected C,H,W integers")
-    return values  # type: ignore[return-value]
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
+        raise BlockQNNError(f"--input-shape {clip(text, quote=True)}: expected C,H,W integers")
+    if any(len(p.strip()) > 9 for p in parts):
+        raise BlockQNNError(f"--input-shape {clip(text, quote=True)}: sizes out of range")
+    c, h, w = (int(p) for p in parts)
+    return c, h, w
 
 
 def run(args: argparse.Namespace) -> int:

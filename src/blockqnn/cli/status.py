@@ -61,10 +61,9 @@ def status(run_dir: str, top: int = 5) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.top < 0:
-        from blockqnn.errors import BlockQNNError
+    from blockqnn.bounds import MAX_TOP, check, integers
 
-        raise BlockQNNError(f"--top {args.top}: must be >= 0")
+    check("--top", args.top, integers(0, MAX_TOP))
     info = status(args.run_dir, args.top)
     if args.json:
         print(json.dumps(info, indent=2))

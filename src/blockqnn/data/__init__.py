@@ -27,7 +27,7 @@ from blockqnn.data.cache import cache_root
 from blockqnn.data.cifar import load_cifar
 from blockqnn.data.local import Raw, load_folder, load_npz_dataset
 from blockqnn.data.splits import balanced_subset, channel_stats, stratified_split, val_count
-from blockqnn.errors import BlockQNNError
+from blockqnn.errors import BlockQNNError, clip
 
 __all__ = [
     "BUILTIN",
@@ -82,20 +82,25 @@ def _load_raw(config: DataConfig, download: bool) -> Raw:
         data_dir = Path(config.data_dir).expanduser() if config.data_dir else None
         return Raw(*load_cifar(name, data_dir, cache, download))
     path = Path(name).expanduser()
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise BlockQNNError(f"dataset {clip(name, quote=True)}: {exc.strerror}") from None
+    if is_dir:
         return load_folder(path, cache)
-    if path.is_file():
+    if is_file:
         if path.suffix.lower() != ".npz":
             raise BlockQNNError(
-                f"dataset {name}: a file must be a .npz (or give a folder with train/ and test/)"
+                f"dataset {clip(name)}: a file must be a .npz (or give a folder with train/ and "
+                "test/)"
             )
         return load_npz_dataset(path)
     if path.suffix.lower() == ".npz":
-        raise BlockQNNError(f"dataset file {name} does not exist")
+        raise BlockQNNError(f"dataset file {clip(name)} does not exist")
     if "/" in name or "\\" in name or name.startswith("."):
-        raise BlockQNNError(f"dataset folder {name} does not exist")
+        raise BlockQNNError(f"dataset folder {clip(name)} does not exist")
     raise BlockQNNError(
-        f"unknown dataset {name!r} (valid: {', '.join(BUILTIN)}, "
+        f"unknown dataset {clip(name, quote=True)} (valid: {', '.join(BUILTIN)}, "
         "a folder with train/ and test/, or a .npz file)"
     )
 

@@ -16,6 +16,7 @@ flight. Executors are found by name in `blockqnn.registry.EXECUTORS`; a factory 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -24,6 +25,8 @@ from blockqnn.config import Config
 from blockqnn.registry import SPACES, resolve
 from blockqnn.result import EvalResult
 from blockqnn.spaces.base import Space
+
+log = logging.getLogger("blockqnn.executor")
 
 
 class Evaluating(Protocol):
@@ -54,6 +57,23 @@ class Executor(Protocol):
     def wait(self, timeout: float | None = None) -> list[Finished]: ...
 
     def shutdown(self) -> None: ...
+
+
+def evaluate_safely(evaluator: Evaluating, candidate: Any) -> EvalResult:
+    """`evaluator.evaluate(candidate)`, with an exception turned into a failed result.
+
+    Evaluators return failures as results; one that raises has a bug or met a candidate it
+    cannot handle. Inside a search that must not crash the master: the trial would stay
+    `running` and every resume would run it into the same exception. It is recorded failed
+    with the exception as its error (and logged), so the search goes on and says so. Ctrl-C
+    and SIGTERM (not `Exception`s) still stop the search."""
+    try:
+        return evaluator.evaluate(candidate)
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:300]
+        log.warning("the evaluation of %s raised %s", str(candidate)[:200], reason)
+        return EvalResult.failed(f"the evaluator raised {reason}")
 
 
 def make_space(config: Config) -> Space:

@@ -11,7 +11,7 @@ from collections import deque
 from typing import Any
 
 from blockqnn.errors import BlockQNNError
-from blockqnn.executor.base import EvaluatorSpec, Finished
+from blockqnn.executor.base import EvaluatorSpec, Finished, evaluate_safely
 
 
 class LocalExecutor:
@@ -37,7 +37,7 @@ class LocalExecutor:
                 time.sleep(timeout)
             return []
         trial_id, candidate = self._queue.popleft()
-        result = self._evaluator.evaluate(candidate)
+        result = evaluate_safely(self._evaluator, candidate)
         return [Finished(trial_id, result, "local")]
 
     def shutdown(self) -> None:

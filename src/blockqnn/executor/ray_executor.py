@@ -21,8 +21,8 @@ import time
 from collections import deque
 from typing import Any
 
-from blockqnn.errors import BlockQNNError
-from blockqnn.executor.base import EvaluatorSpec, Finished, WorkerLost
+from blockqnn.errors import BlockQNNError, clip
+from blockqnn.executor.base import EvaluatorSpec, Finished, WorkerLost, evaluate_safely
 from blockqnn.result import EvalResult
 
 CONNECT_TIMEOUT_S = 5.0  # an --address that does not answer in this long is unreachable
@@ -48,7 +48,7 @@ class _EvalActor:
         return self._name
 
     def evaluate(self, text: str) -> dict[str, Any]:
-        return self._evaluator.evaluate(self._space.parse(text)).to_dict()
+        return evaluate_safely(self._evaluator, self._space.parse(text)).to_dict()
 
 
 class _Slot:
@@ -196,7 +196,9 @@ def _connect(ray: Any, address: str, workers: int, cpus_per_trial: float) -> Non
     if address != "auto":
         host, _, port = address.removeprefix("ray://").rpartition(":")
         if not host or not port.isdigit():
-            raise BlockQNNError(f"--address {address!r}: expected HOST:PORT (or 'auto')")
+            raise BlockQNNError(
+                f"--address {clip(address, quote=True)}: expected HOST:PORT (or 'auto')"
+            )
         try:
             socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
         except OSError as exc:

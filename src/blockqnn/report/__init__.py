@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from blockqnn.bounds import MAX_TOP, check, integers
 from blockqnn.errors import BlockQNNError
 from blockqnn.files import write_atomic
 from blockqnn.report.data import (
@@ -61,8 +62,7 @@ def render_report(run_dir: str | Path, baseline: str | Path | None = None, top_k
         raise BlockQNNError("the report needs matplotlib: pip install 'blockqnn[report]'") from None
     from blockqnn.report import page, plots
 
-    if top_k < 1:
-        raise BlockQNNError(f"--top {top_k}: must be at least 1")
+    check("--top", top_k, integers(1, MAX_TOP))
     run = load_run(run_dir, top_k)
     base = None
     if baseline is not None:

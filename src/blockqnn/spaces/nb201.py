@@ -46,7 +46,7 @@ from functools import cached_property
 from pathlib import Path as FilePath
 from typing import TYPE_CHECKING, Any
 
-from blockqnn.errors import BlockQNNError
+from blockqnn.errors import BlockQNNError, clip
 from blockqnn.result import STATUS_OK, EvalResult
 from blockqnn.spaces.base import Action, Path, State
 
@@ -85,12 +85,12 @@ DATASETS: dict[str, str] = {
 ARCH_COLUMN = "ArchitectureString"
 
 
-def _clip(text: str, limit: int = 60) -> str:
-    """`text` for an error message: repr'd, cut to about `limit` characters."""
-    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
-
-
 # ----- the cell ---------------------------------------------------------------------------
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """`text` quoted for an error message, cut to `limit` characters (`errors.clip`)."""
+    return clip(text, limit, quote=True)
 
 
 @dataclass(frozen=True)

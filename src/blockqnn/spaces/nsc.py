@@ -34,7 +34,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from blockqnn.errors import BlockQNNError
-from blockqnn.nsc import DEFAULT_MAX_DEPTH, KERNELS, Block, LayerType
+from blockqnn.nsc import DEFAULT_MAX_DEPTH, KERNELS, Block, LayerType, check_depth
 from blockqnn.spaces.base import Action, Path, State, parse_path_rows, path_text
 
 if TYPE_CHECKING:
@@ -82,8 +82,7 @@ class NSCSpace:
     needs_data = True
 
     def __init__(self, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
-        if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 2:
-            raise BlockQNNError(f"max_depth = {max_depth!r}: must be an integer of at least 2")
+        check_depth(max_depth)
         self.max_depth = max_depth
         # _by_index[j]: the actions whose layer index is j (j = 0 holds nothing).
         self._by_index: list[tuple[Action, ...]] = [()] + [
