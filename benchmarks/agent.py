@@ -29,8 +29,8 @@ from typing import Any
 
 from blockqnn.agent import PAPER_BUDGET, QLearningAgent, RandomAgent, make_strategy
 from blockqnn.config import Config, merge
-from blockqnn.spaces.nsc import NSCSpace
 from blockqnn.nsc import Block
+from blockqnn.spaces.nsc import NSCSpace
 
 BUDGETS = (1000, PAPER_BUDGET)
 
