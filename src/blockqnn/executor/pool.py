@@ -12,7 +12,8 @@ spec once, and sends the bytes to each worker over its pipe; the worker moves th
 device and, on a GPU, drops the host copy. Loading in the master rather than in every worker
 keeps one source of truth (the same split everywhere, as with Ray), reports unusable data as
 bad input before any worker starts, and never has K processes decode the same JPEG folder or
-race to write its cache. The cost is one host copy per CPU worker (CIFAR-10: 150 MB each).
+race to write its cache. The cost is one host copy per CPU worker (CIFAR-10: 150 MB each),
+plus the pickled bytes the master keeps to start replacement workers.
 
 Life cycle:
 - Workers are spawned (no fork: CUDA and torch's thread pools do not survive a fork) with
