@@ -129,7 +129,7 @@ def test_two_workers_evaluate_two_candidates_at_once(tmp_path: Path) -> None:
     summary = run_search(
         tmp_path / "run",
         _config(budget=4, workers=2),
-        spec=lambda c: synthetic_spec(c, 1.0, record_times=True),
+        spec=lambda c: synthetic_spec(c, 1.5, record_times=True),
     )
     assert summary.trained == 4
     trials = _trained(tmp_path / "run")
@@ -178,8 +178,9 @@ def test_a_worker_killed_mid_trial_costs_only_that_trial(tmp_path: Path) -> None
             busy = [(pid, t) for pid, t in (pools[0].workers() if pools else []) if t]
             if busy:
                 time.sleep(0.3)
-                os.kill(busy[0][0], signal.SIGKILL)
-                killed.append((busy[0][0], busy[0][1] or 0))
+                if busy[0] in (pools[0].workers()):  # still on the same trial: mid-evaluation
+                    os.kill(busy[0][0], signal.SIGKILL)
+                    killed.append((busy[0][0], busy[0][1] or 0))
             time.sleep(0.05)
 
     thread = threading.Thread(target=killer, daemon=True)
