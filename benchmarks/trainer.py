@@ -70,15 +70,20 @@ SEARCH_EPOCHS = 12  # (paper) early-stop epochs
 VAL_IMAGES = 5_000
 
 
-def load_data() -> tuple[DataArrays, str]:
-    if ARCHIVE.is_file():
-        folder = CACHE / "cifar10-jpg"
+def load_data(archive: Path = ARCHIVE, cache: Path = CACHE) -> tuple[DataArrays, str]:
+    """CIFAR-10 from `archive` (the JPEG .tar.gz, or a folder already extracted from it),
+    decoded once into `cache`; random images of its shape when the archive is absent."""
+    if archive.is_dir():
+        config = DataConfig(dataset=str(archive), cache_dir=str(cache / "arrays"))
+        return load_arrays(config), f"CIFAR-10 JPEGs ({archive})"
+    if archive.is_file():
+        folder = cache / "cifar10-jpg"
         if not (folder / "test").is_dir():
-            CACHE.mkdir(parents=True, exist_ok=True)
-            with tarfile.open(ARCHIVE) as tar:
+            cache.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(archive) as tar:
                 tar.extractall(folder, filter="data")
-        config = DataConfig(dataset=str(folder), cache_dir=str(CACHE / "arrays"))
-        return load_arrays(config), f"CIFAR-10 JPEGs ({ARCHIVE.name})"
+        config = DataConfig(dataset=str(folder), cache_dir=str(cache / "arrays"))
+        return load_arrays(config), f"CIFAR-10 JPEGs ({archive.name})"
     rng = np.random.default_rng(0)
 
     def images(n: int) -> np.ndarray:
@@ -193,13 +198,20 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="ours with torch.compile; auto decides as a 12-epoch CIFAR-10 evaluation would",
     )
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        default=ARCHIVE,
+        help="the CIFAR-10 JPEG .tar.gz or its extracted folder (default: ../shared/data)",
+    )
+    parser.add_argument("--cache", type=Path, default=CACHE, help="where to extract and decode")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
     threads = configure_threads() if device.type == "cpu" else torch.get_num_threads()
     steps = args.steps or (200 if device.type == "cuda" else 8)
-    arrays, source = load_data()
+    arrays, source = load_data(args.archive, args.cache)
     data = arrays.to_device(device)
     recipe = replace(
         early_stop_recipe(TrainConfig(), "cifar10", (3, 32, 32)),
@@ -248,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
+        "compile": args.compile,
     }
     if args.json:
         json.dump(report, sys.stdout)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,7 +15,14 @@ import torch
 from blockqnn import BlockQNNError, load_model
 from blockqnn.config import DataConfig
 from blockqnn.cost import NetworkConfig
-from blockqnn.final import CHECKPOINT, MODEL, FinalSettings, train_final
+from blockqnn.final import (
+    CHECKPOINT,
+    FINAL_RECIPES,
+    MODEL,
+    FinalSettings,
+    _settings_identity,
+    train_final,
+)
 from blockqnn.model_io import read_payload
 from blockqnn.nsc import Block
 
@@ -129,3 +138,81 @@ def test_block_deeper_than_the_default_needs_max_depth(tmp_path: Path) -> None:
     )  # fmt: skip
     # The block is accepted at depth 12; what stops it now is the (deliberately) bad epochs.
     assert proc.returncode == 2 and "epochs" in proc.stderr and "depth" not in proc.stderr
+
+
+def test_the_paper_recipe_is_unchanged_and_keeps_old_folders_resumable() -> None:
+    paper = FINAL_RECIPES["paper"]
+    assert paper == FinalSettings()
+    assert (paper.epochs, paper.batch_size, paper.lr, paper.momentum, paper.weight_decay) == (
+        300,
+        128,
+        0.1,
+        0.9,
+        5e-4,
+    )
+    assert (paper.schedule, paper.nesterov, paper.warmup_epochs, paper.tta) == (
+        "multistep",
+        False,
+        0.0,
+        "none",
+    )
+    # A folder started before nesterov / warm-up / TTA existed recorded these keys only.
+    old_keys = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule"}
+    old_keys |= {"label_smoothing", "cutout", "augment", "precision", "seed"}
+    assert set(_settings_identity(paper)) == old_keys
+    assert "tta" in _settings_identity(FINAL_RECIPES["fast"])
+
+
+def test_fast_recipe_trains_and_tests_with_flips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import blockqnn.trainer as trainer
+
+    calls: list[tuple[str, bool]] = []
+    real = trainer.accuracy
+
+    def spy(model: Any, data: Any, split: str = "val", **kwargs: Any) -> float:
+        calls.append((split, bool(kwargs.get("tta", False))))
+        return real(model, data, split, **kwargs)
+
+    monkeypatch.setattr(trainer, "accuracy", spy)
+    fast = replace(FINAL_RECIPES["fast"], epochs=2, augment="crop_flip")  # digits: no flips
+    result = train_final(BLOCK, DATA, NET, fast, tmp_path / "fast", device="cpu")
+    assert calls == [("test", True), ("test", False)]  # with the mirror images, then without
+    assert result.tta == "flip" and result.test_accuracy_no_tta is not None
+    assert 0.0 <= result.test_accuracy <= 1.0 and result.epochs == 2
+    lines = (tmp_path / "fast" / "history.jsonl").read_text().splitlines()
+    lrs = [json.loads(x)["lr"] for x in lines]
+    assert lrs[0] < lrs[1] < fast.lr  # warming up all along (2 epochs of warm-up)
+
+    calls.clear()
+    auto = replace(FINAL_RECIPES["fast"], epochs=1)  # digits trains without flips: no TTA
+    result = train_final(BLOCK, DATA, NET, auto, tmp_path / "auto", device="cpu")
+    assert calls == [("test", False)] and result.tta == "none"
+    assert result.test_accuracy_no_tta is None
+
+
+def test_cli_recipe_flags(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "blockqnn", "train", "--block", "1,1,3,0,0",
+             "--dataset", "digits", "--train-samples", "200", "--filters", "4", *args],
+            capture_output=True, text=True,
+        )  # fmt: skip
+
+    proc = run("--recipe", "fast", "--epochs", "1", "--augment", "crop_flip", "--json",
+               "--out", str(tmp_path / "fast"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["tta"] == "flip" and result["epochs"] == 1
+    for args, message in (
+        (("--recipe", "slow"), "invalid choice"),
+        (("--recipe", "fast", "--warmup-epochs", "-1"), "--warmup-epochs -1"),
+        (("--tta", "sideways"), "invalid choice"),
+        (("--lr", "-1"), "--lr -1"),
+    ):
+        proc = run(*args, "--out", str(tmp_path / "bad"))
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "bad").exists()

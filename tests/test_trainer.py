@@ -13,6 +13,8 @@ from blockqnn.builder import build_network
 from blockqnn.config import DataConfig, TrainConfig
 from blockqnn.data import DeviceData, load_arrays
 from blockqnn.errors import BlockQNNError
+from blockqnn.optim import GraphableSGD
+from blockqnn.recipe import WARMUP_START
 from blockqnn.trainer import (
     EARLY_STOP_BN_IMAGES,
     EpochInfo,
@@ -20,10 +22,12 @@ from blockqnn.trainer import (
     _compile,
     _cutout,
     _Execution,
+    _load_optimizer_state,
     accuracy,
     early_stop_recipe,
     fit,
     lr_at,
+    make_optimizer,
     resolve_device,
     resolve_precision,
     should_compile,
@@ -94,6 +98,101 @@ def test_multistep_cosine_constant() -> None:
     assert lr_at(c, 10, 5) == pytest.approx(0.05)
     assert lr_at(c, 10, 10) == pytest.approx(0.0, abs=1e-12)
     assert lr_at(replace(r, schedule="constant"), 10, 7.5) == 0.1
+
+
+def test_linear_warm_up_then_the_schedule() -> None:
+    r = Recipe(optimizer="sgd", lr=0.4, schedule="cosine", warmup_epochs=2)
+    assert lr_at(r, 40, 0) == pytest.approx(0.4 * WARMUP_START)  # not 0: a wasted step
+    halfway = WARMUP_START + (1 - WARMUP_START) / 2  # linear: half the way at epoch 1 of 2
+    assert lr_at(r, 40, 1) == pytest.approx(0.4 * halfway * 0.5 * (1 + math.cos(math.pi / 40)))
+    cosine = replace(r, warmup_epochs=0)
+    assert lr_at(r, 40, 2) == lr_at(cosine, 40, 2)  # the schedule's own after the warm-up
+    assert lr_at(r, 40, 30) == lr_at(cosine, 40, 30)
+    assert [lr_at(r, 40, p / 10) for p in range(21)] == sorted(
+        lr_at(r, 40, p / 10) for p in range(21)
+    )  # rising through the warm-up
+
+
+def test_warm_up_changes_the_lr_every_step(digits: DeviceData) -> None:
+    """A warm-up within one epoch: the optimiser sees a new lr at each step, so the first
+    epoch's end lr is the warm-up's end, not its start."""
+    recipe = replace(RECIPE, optimizer="sgd", lr=0.05, schedule="constant", warmup_epochs=1)
+    seen: list[float] = []
+    original = torch.optim.SGD.step
+
+    def spy(self: torch.optim.SGD, *args: object, **kwargs: object) -> object:
+        seen.append(float(self.param_groups[0]["lr"]))
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.SGD, "step", spy)
+        result = fit(net(digits), digits, recipe, epochs=2, eval_split=None)
+    assert result.ok
+    steps = len(seen) // 2
+    assert seen[0] == pytest.approx(0.05 * WARMUP_START)
+    assert seen[:steps] == sorted(seen[:steps]) and len(set(seen[:steps])) == steps
+    assert seen[steps:] == [0.05] * steps
+
+
+def test_graphable_sgd_matches_torch_sgd() -> None:
+    for nesterov, wd in ((True, 5e-4), (False, 0.0), (True, 0.0)):
+        torch.manual_seed(0)
+        a = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+        b = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+        b.load_state_dict(a.state_dict())
+        lr = torch.tensor(0.1)
+        ours = GraphableSGD(b.parameters(), lr=lr, momentum=0.9, nesterov=nesterov, weight_decay=wd)
+        theirs = torch.optim.SGD(
+            a.parameters(), lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=wd
+        )
+        for i in range(6):
+            x = torch.randn(4, 5)
+            for model, opt in ((a, theirs), (b, ours)):
+                opt.zero_grad()
+                model(x).pow(2).sum().backward()
+                opt.step()
+            lr.fill_(0.1 * 0.5**i)  # the schedule moves the tensor in place
+            theirs.param_groups[0]["lr"] = 0.1 * 0.5**i
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            assert torch.allclose(p, q, atol=1e-6), (nesterov, wd)
+
+
+def test_a_checkpoint_moves_between_the_two_sgds(digits: DeviceData) -> None:
+    """A final training checkpointed on a GPU (graphed SGD) resumes on the CPU (torch's SGD)
+    and the other way round."""
+    recipe = replace(RECIPE, optimizer="sgd", lr=0.05, nesterov=True)
+    model = net(digits)
+    graphed = make_optimizer(model, recipe, graphed=True)
+    eager = make_optimizer(model, recipe, graphed=False)
+    assert isinstance(graphed, GraphableSGD) and type(eager) is torch.optim.SGD
+    for source, target, is_graphed in ((graphed, eager, False), (eager, graphed, True)):
+        source.zero_grad()
+        model(digits.normalize(digits.x_train[:8])).sum().backward()
+        source.step()
+        _load_optimizer_state(target, source.state_dict(), graphed=is_graphed)
+        target.zero_grad()
+        model(digits.normalize(digits.x_train[:8])).sum().backward()
+        target.step()  # a missing hyperparameter would raise KeyError here
+
+
+class _LeftOrRight(nn.Module):
+    """Class 0 when the left half of the image is brighter, else class 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = x.shape[-1] // 2
+        left, right = x[..., :w].mean((1, 2, 3)), x[..., w:].mean((1, 2, 3))
+        return torch.stack([left - right, right - left], 1)
+
+
+def test_flip_tta_sums_the_logits_of_the_mirror_image(digits: DeviceData) -> None:
+    x = torch.zeros(6, 1, 8, 8, dtype=torch.uint8)
+    x[:3, ..., :4] = 255  # bright left half: class 0
+    x[3:, ..., 4:] = 255  # bright right half: class 1
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    data = replace(digits, x_test=x, y_test=y)
+    assert accuracy(_LeftOrRight(), data, "test", precision="fp32") == 1.0
+    # With the mirror's logits added the two classes tie (argmax: class 0): half right.
+    assert accuracy(_LeftOrRight(), data, "test", precision="fp32", tta=True) == 0.5
 
 
 def test_recipe_validation() -> None:
@@ -210,6 +309,7 @@ def test_cutout_squares() -> None:
     assert bool(((out == 7) | (out == 200)).all())
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_training(digits: DeviceData) -> None:
     data = load_arrays(DataConfig(dataset="digits")).to_device("cuda")
@@ -218,9 +318,11 @@ def test_cuda_graph_training(digits: DeviceData) -> None:
     assert graphed.ok and graphed.accuracy is not None and graphed.accuracy > 0.8
     assert graphed.mode.startswith("cuda graph bf16"), graphed.mode
     assert graphed.images == 3 * (len(data.x_train) // 64)  # the partial batch is dropped
-    eager = fit(net(data), data, replace(recipe, optimizer="sgd", lr=0.05), epochs=1)
-    assert "no cuda graph: sgd" in eager.mode and eager.ok
-    assert math.isfinite(eager.train_loss)
+    sgd = fit(net(data), data, replace(recipe, optimizer="sgd", lr=0.05), epochs=1)
+    assert sgd.mode.startswith("cuda graph"), sgd.mode  # GraphableSGD: captured too
+    assert sgd.ok and math.isfinite(sgd.train_loss)
+    eager = fit(net(data), data, replace(recipe, cuda_graphs=False), epochs=1)
+    assert "no cuda graph: disabled" in eager.mode and eager.ok
 
 
 def test_compile_policy() -> None:

@@ -179,6 +179,12 @@ class AgentConfig:
             )
 
 
+# (choice) More worker processes than this on one machine is a typo, not a plan: each holds
+# the dataset and, on a GPU, a CUDA context (~0.5 GB), and 256 already means 32 per GPU on
+# an 8-GPU machine. A Ray cluster may hold more slots, but not millions.
+MAX_LOCAL_WORKERS = 256
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """The search loop and where it runs."""
@@ -187,10 +193,17 @@ class SearchSettings:
     space: str = "nsc"  # (paper) the search space: "nsc" (BlockQNN's blocks), "nb201", plug-ins
     agent: str = "qlearning"  # (paper) the strategy: "qlearning", "random", "evolution", plug-ins
     seed: int = 0  # seed of the agent
-    executor: str = "local"  # "local" (in process) or "ray"
-    workers: int = 1  # evaluation slots running at once
-    gpus_per_trial: float = 0.0  # Ray: GPUs per evaluation; fractions pack one GPU
-    cpus_per_trial: float = 1.0  # Ray: CPUs reserved per evaluation
+    # "local" (this machine: in process for 1 worker, worker processes for more) or "ray"
+    executor: str = "local"
+    # evaluation slots running at once; at most MAX_LOCAL_WORKERS with "local" (bounds.py
+    # caps every executor)
+    workers: int = 1
+    # GPUs per evaluation; fractions pack one GPU (0.5: two per GPU). "local": 0 (the
+    # default) spreads the workers over the visible GPUs without a cap, > 0 requires a GPU
+    # and must be 1/k (an evaluation uses one device, and a share that leaves a remainder
+    # would leave part of every GPU idle)
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0  # Ray: CPUs reserved per evaluation ("local" divides them)
     address: str = ""  # Ray: address of an existing cluster; "" starts a local one
     max_attempts: int = 3  # tries per trial when a worker dies mid-evaluation
 
@@ -199,6 +212,24 @@ class SearchSettings:
         _registered(self, "space", SPACES)
         _registered(self, "agent", STRATEGIES)
         _registered(self, "executor", EXECUTORS)
+        # bounds.py has checked the ranges (workers 1..4096, finite non-negative shares)
+        if self.executor == "local" and self.workers > MAX_LOCAL_WORKERS:
+            raise BlockQNNError(
+                f"search.workers = {self.workers}: the local executor runs at most "
+                f"{MAX_LOCAL_WORKERS} at once"
+            )
+        g = self.gpus_per_trial
+        if self.executor == "local" and g > 0:
+            if g > 1:
+                raise BlockQNNError(
+                    f"search.gpus_per_trial = {g:g}: the local executor runs an evaluation "
+                    "on one GPU; use at most 1"
+                )
+            if abs(1 / g - round(1 / g)) > 1e-9:
+                raise BlockQNNError(
+                    f"search.gpus_per_trial = {g:g}: must divide one GPU evenly "
+                    "(1, 0.5, 0.25, ...: 1/k)"
+                )
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,10 @@ EARLY_STOP_BN_IMAGES = 2048
 # search-time network, benchmarks/trainer.py); compiling costs 60-90 s there, so at 1,200 s
 # it is at most ~8% of the run and halves the rest.
 COMPILE_AUTO_SECONDS = 1200.0
+# (choice) A warm-up starts at this fraction of the lr, not at 0: a first step at lr 0 would
+# be wasted, and 10% of a large-batch lr is already a safe first step (Goyal et al., 2017,
+# ramp from lr / k towards k x lr over 5 epochs; ours reaches the peak linearly).
+WARMUP_START = 0.1
 CPU_EAGER_FLOPS_PER_SECOND = 8.8e10
 
 
@@ -52,6 +56,9 @@ class Recipe:
     step_epochs: int = 5  # "step": multiply the lr by `gamma` every this many epochs
     gamma: float = 0.2  # lr factor at each step or milestone
     milestones: tuple[float, ...] = (0.5, 0.75)  # "multistep": fractions of the total epochs
+    # linear warm-up over this many epochs (fractions allowed), per step, from
+    # WARMUP_START of the schedule's lr to all of it; 0 = none
+    warmup_epochs: float = 0.0
     label_smoothing: float = 0.0  # cross-entropy target smoothing in [0, 1)
     pad: int = 0  # random-crop shift in pixels (reflect padding); 0 = no crop
     flip: bool = False  # random horizontal flip
@@ -88,6 +95,10 @@ class Recipe:
             raise BlockQNNError(f"milestones = {self.milestones}: fractions in (0, 1)")
         if not 0 <= self.label_smoothing < 1:
             raise BlockQNNError(f"label_smoothing = {self.label_smoothing}: must be in [0, 1)")
+        if not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
+            raise BlockQNNError(f"warmup_epochs = {self.warmup_epochs}: must be >= 0")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise BlockQNNError("nesterov needs the sgd optimizer with a momentum > 0")
         if min(self.pad, self.cutout, self.weight_decay, self.max_seconds, self.bn_recalibrate) < 0:
             raise BlockQNNError(
                 "pad, cutout, weight_decay, max_seconds and bn_recalibrate must be >= 0"
@@ -156,7 +167,15 @@ def should_compile(
 
 
 def lr_at(recipe: Recipe, epochs: int, progress: float) -> float:
-    """The learning rate after `progress` epochs (fractional within an epoch) of `epochs`."""
+    """The learning rate after `progress` epochs (fractional within an epoch) of `epochs`:
+    the schedule's, times the linear warm-up's factor while `progress < warmup_epochs`."""
+    lr = _scheduled_lr(recipe, epochs, progress)
+    if progress < recipe.warmup_epochs:
+        lr *= WARMUP_START + (1.0 - WARMUP_START) * progress / recipe.warmup_epochs
+    return lr
+
+
+def _scheduled_lr(recipe: Recipe, epochs: int, progress: float) -> float:
     if recipe.schedule == "constant":
         return recipe.lr
     if recipe.schedule == "cosine":

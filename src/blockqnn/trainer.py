@@ -42,6 +42,7 @@ from torch import nn
 
 from blockqnn.devices import cpu_has_fast_bf16, describe_device, resolve_device, resolve_precision
 from blockqnn.errors import BlockQNNError
+from blockqnn.optim import GraphableSGD
 from blockqnn.recipe import (
     COMPILE_AUTO_SECONDS,
     EARLY_STOP_BN_IMAGES,
@@ -182,6 +183,16 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def make_optimizer(model: nn.Module, recipe: Recipe, graphed: bool) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.optimizer == "sgd" and graphed:
+        # torch's SGD reads a tensor lr on the host; this one multiplies it in on the device
+        lr_tensor = torch.tensor(recipe.lr, device=params[0].device)
+        return GraphableSGD(
+            params,
+            lr=lr_tensor,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov,
+            weight_decay=recipe.weight_decay,
+        )
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(
             params,
@@ -220,6 +231,8 @@ def _load_optimizer_state(
     optimizer.load_state_dict(dict(state))
     for group, lr in zip(optimizer.param_groups, lrs, strict=True):
         group["lr"] = lr
+        for key, value in optimizer.defaults.items():  # a checkpoint of the other SGD class
+            group.setdefault(key, value)
         if "capturable" in group:
             group["capturable"] = graphed
         for param in group["params"]:
@@ -278,16 +291,24 @@ def accuracy(
     batch_size: int = 1024,
     precision: str = "auto",
     channels_last: bool = True,
+    tta: bool = False,
 ) -> float:
-    """Top-1 accuracy of `model` on one split, in inference mode, one host sync at the end."""
+    """Top-1 accuracy of `model` on one split, in inference mode, one host sync at the end.
+    `tta`: flip test-time augmentation, the class of the summed logits of each image and its
+    mirror image (for models trained with random flips: both are images it learned)."""
     if split not in SPLITS:
         raise BlockQNNError(f"split {split!r}: choose one of {SPLITS}")
     ex = _Execution(data.device, resolve_precision(precision, data.device), channels_last)
-    return _accuracy(model, data, split, batch_size, ex)
+    return _accuracy(model, data, split, batch_size, ex, tta)
 
 
 def _accuracy(
-    model: nn.Module, data: DeviceData, split: str, batch_size: int, ex: _Execution
+    model: nn.Module,
+    data: DeviceData,
+    split: str,
+    batch_size: int,
+    ex: _Execution,
+    tta: bool = False,
 ) -> float:
     x: torch.Tensor = getattr(data, f"x_{split}")
     y: torch.Tensor = getattr(data, f"y_{split}")
@@ -301,7 +322,12 @@ def _accuracy(
             xb = x[i : i + batch_size]
             if ex.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            logits = model(data.normalize(xb))
+            logits = model(data.normalize(xb))  # (B, classes)
+            if tta:
+                mirrored = xb.flip(-1)  # (B, C, H, W): W is the last dimension
+                if ex.channels_last:
+                    mirrored = mirrored.contiguous(memory_format=torch.channels_last)
+                logits = logits.float() + model(data.normalize(mirrored)).float()
             correct += (logits.argmax(1) == y[i : i + batch_size]).sum()
     model.train(was_training)
     return int(correct.item()) / len(x)
@@ -427,7 +453,8 @@ def fit(
         _set_lr(optimizer, lr)
         model.train()
         for i in range(steps):
-            if recipe.schedule == "cosine" and i:
+            # cosine and warm-up change the lr every step; the others once per epoch
+            if i and (recipe.schedule == "cosine" or epoch < recipe.warmup_epochs):
                 lr = lr_at(recipe, epochs, epoch + i / steps)
                 _set_lr(optimizer, lr)
             xb, yb = batch(order[i * batch_size : (i + 1) * batch_size])
@@ -519,8 +546,6 @@ def _graph_obstacle(recipe: Recipe) -> str:
     """Why the step cannot be a CUDA graph ("" when it can be tried on CUDA)."""
     if not recipe.cuda_graphs:
         return "disabled"
-    if recipe.optimizer != "adam":
-        return "sgd's step reads its lr on the host"
     return ""
 
 

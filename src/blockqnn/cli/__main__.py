@@ -1,3 +1,5 @@
 from blockqnn.cli import entry
 
-entry()
+# Guarded: worker processes started with "spawn" may import the main module again.
+if __name__ == "__main__":
+    entry()

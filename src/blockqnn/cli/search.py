@@ -5,6 +5,8 @@ Examples:
   blockqnn search --resume runs/digits
   blockqnn search --space nb201 --table nats-tss-200epoch-accuracy.csv.gz --dataset cifar10 \\
       --budget 100 --agent evolution --run-dir runs/nb201
+  blockqnn search --dataset cifar10 --budget 1000 --run-dir runs/c10 --workers 2 \\
+      --gpus-per-trial 0.5
   blockqnn search --dataset cifar10 --budget 1000 --run-dir runs/c10 --executor ray \\
       --workers 8 --gpus-per-trial 0.5
 
@@ -75,8 +77,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, help="seed of the agent")
     parser.add_argument("--executor", help=f"where evaluations run: {', '.join(EXECUTORS.names())}")
-    parser.add_argument("--workers", type=int, help="evaluations at once (ray)")
-    parser.add_argument("--gpus-per-trial", type=float, help="GPUs per evaluation (ray)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="evaluations at once; local: worker processes on this machine (1: in process)",
+    )
+    parser.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        help="GPUs per evaluation; 0.5 packs two on a GPU (local: 1/k, at most 1)",
+    )
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per evaluation (ray)")
     parser.add_argument("--address", help="join the Ray cluster at HOST:PORT (ray start)")
     parser.add_argument("--epochs", type=int, help="early-stop epochs per candidate")

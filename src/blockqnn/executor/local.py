@@ -1,7 +1,9 @@
-"""The local executor: evaluations in the search process, one at a time.
+"""The local executor: evaluations on this machine, in the search process or in a pool.
 
-Owns: `LocalExecutor` and its registry factory. Must not decide what to evaluate (the search
-loop does) nor write to the store.
+Owns: `LocalExecutor` (one evaluation at a time, in the search process) and the registry
+factory for `local`, which picks it for `workers = 1` and `executor.pool.PoolExecutor` (worker
+processes, no Ray) for more. Must not decide what to evaluate (the search loop does) nor
+write to the store.
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ from collections import deque
 from typing import Any
 
 from blockqnn.errors import BlockQNNError
-from blockqnn.executor.base import EvaluatorSpec, Finished, evaluate_safely
+from blockqnn.executor.base import EvaluatorSpec, Executor, Finished, evaluate_safely
 
 
 class LocalExecutor:
     """Evaluations in the search process, one at a time, on the GPU if there is one.
 
     One slot: the search process has one device and one interpreter, so running several
-    evaluations at once here would only make each slower; use the Ray executor for
-    parallelism (it can pack several evaluations on one GPU).
+    evaluations at once here would only make each slower; `workers > 1` runs them in worker
+    processes instead (`executor.pool`), which can also pack several on one GPU.
     """
 
     slots = 1
@@ -44,9 +46,14 @@ class LocalExecutor:
         self._queue.clear()
 
 
-def make_executor(spec: EvaluatorSpec) -> LocalExecutor:
-    """The registry's factory for `local`; asking for GPUs where there are none is refused."""
+def make_executor(spec: EvaluatorSpec) -> Executor:
+    """The registry's factory for `local`: in process for one worker (what it always was),
+    a process pool for more; asking for GPUs where there are none is refused."""
     s = spec.config.search
+    if s.workers > 1:
+        from blockqnn.executor.pool import make_pool
+
+        return make_pool(spec)
     if s.gpus_per_trial > 0:
         import torch
 

@@ -23,7 +23,9 @@ class SyntheticEvaluator:
     """`evaluate` sleeps `seconds`, then scores the block from its hash.
 
     Blocks whose hash starts with a digit in `fail_digits` fail (status "failed"), so tests
-    can exercise the failure path deterministically.
+    can exercise the failure path deterministically. `record_times` adds the evaluation's
+    start and end (Unix seconds, in the process that ran it) as the metrics `started_at` and
+    `finished_at`, so tests can see which evaluations overlapped.
     """
 
     def __init__(
@@ -34,14 +36,17 @@ class SyntheticEvaluator:
         seconds: float = 0.0,
         fail_digits: str = "",
         with_cost: bool = True,
+        record_times: bool = False,
     ) -> None:
         self.config = config
+        self.record_times = record_times
         self.seconds = seconds
         self.fail_digits = fail_digits
         self.with_cost = with_cost
         self._ref = reference_flops(config.network) if with_cost else 1
 
     def evaluate(self, block: Block) -> EvalResult:
+        started = time.time()
         if self.seconds:
             time.sleep(self.seconds)
         h = block.hash
@@ -61,6 +66,9 @@ class SyntheticEvaluator:
             self.config.reward.mu if self.with_cost else 0.0,
             self.config.reward.rho,
         )
+        metrics = {"flops_ref": float(self._ref)} if self.with_cost else {}
+        if self.record_times:
+            metrics.update(started_at=started, finished_at=time.time())
         return EvalResult(
             status="ok",
             accuracy=accuracy,
@@ -72,12 +80,16 @@ class SyntheticEvaluator:
             train_seconds=self.seconds,
             device="synthetic",
             mode="synthetic",
-            metrics={"flops_ref": float(self._ref)} if self.with_cost else {},
+            metrics=metrics,
         )
 
 
 def synthetic_spec(
-    config: Config, seconds: float = 0.0, fail_digits: str = "", with_cost: bool = True
+    config: Config,
+    seconds: float = 0.0,
+    fail_digits: str = "",
+    with_cost: bool = True,
+    record_times: bool = False,
 ) -> Any:
     """An `EvaluatorSpec` for `SyntheticEvaluator(...)`: no data, picklable."""
     import functools
@@ -85,7 +97,11 @@ def synthetic_spec(
     from blockqnn.executor import EvaluatorSpec
 
     factory = functools.partial(
-        _build, seconds=seconds, fail_digits=fail_digits, with_cost=with_cost
+        _build,
+        seconds=seconds,
+        fail_digits=fail_digits,
+        with_cost=with_cost,
+        record_times=record_times,
     )
     return EvaluatorSpec(config, factory=factory, needs_data=False)
 
@@ -97,5 +113,6 @@ def _build(
     seconds: float,
     fail_digits: str,
     with_cost: bool,
+    record_times: bool = False,
 ) -> SyntheticEvaluator:
-    return SyntheticEvaluator(config, data, device, seconds, fail_digits, with_cost)
+    return SyntheticEvaluator(config, data, device, seconds, fail_digits, with_cost, record_times)
