@@ -91,6 +91,10 @@ def test_both_ends_of_a_closed_range_are_accepted(key: str) -> None:
             overrides["agent"]["population_size"] = max(int(value), 1)
         if key == "agent.population_size":
             overrides["agent"]["sample_size"] = 1
+        if key == "search.workers":  # the local executor holds fewer (MAX_LOCAL_WORKERS)
+            overrides["search"]["executor"] = "ray"
+        if key == "search.gpus_per_trial":  # the local executor runs one GPU per evaluation
+            overrides["search"]["executor"] = "ray"
         merge(Config(), overrides)
 
 
