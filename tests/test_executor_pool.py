@@ -77,12 +77,15 @@ def test_placement_refuses_what_cannot_run(args: Any, message: str) -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--workers", "0"], "search.workers = 0: must be at least 1"),
-        (["--workers", "-3"], "search.workers = -3: must be at least 1"),
+        (["--workers", "0"], "search.workers = 0: must be an integer in [1, 4096]"),
+        (["--workers", "-3"], "search.workers = -3: must be an integer in [1, 4096]"),
         (["--workers", "257"], "the local executor runs at most 256 at once"),
         (["--workers", "2", "--gpus-per-trial", "2"], "use at most 1"),
         (["--workers", "2", "--gpus-per-trial", "0.3"], "must divide one GPU evenly"),
-        (["--workers", "2", "--gpus-per-trial", "nan"], "must be >= 0"),
+        (
+            ["--workers", "2", "--gpus-per-trial", "nan"],
+            "search.gpus_per_trial = nan: must be a finite number",
+        ),
     ],
 )
 def test_bad_worker_settings_exit_2_with_one_line(

@@ -209,7 +209,7 @@ def test_cli_recipe_flags(tmp_path: Path) -> None:
         (("--recipe", "slow"), "invalid choice"),
         (("--recipe", "fast", "--warmup-epochs", "-1"), "--warmup-epochs -1"),
         (("--tta", "sideways"), "invalid choice"),
-        (("--lr", "-1"), "--lr -1"),
+        (("--lr", "-1"), "--lr = -1.0: must be"),
     ):
         proc = run(*args, "--out", str(tmp_path / "bad"))
         assert proc.returncode == 2, (args, proc.stderr)
