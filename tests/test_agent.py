@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from tests.strategies import synthetic_reward
 
 from blockqnn import Block, BlockQNNError
 from blockqnn.agent import (
@@ -28,13 +29,6 @@ ONE_CONV = Block.parse("1,1,3,0,0; 2,7,0,0,0")
 
 def _agents(seed: int = 0) -> list[Strategy]:
     return [QLearningAgent(budget=200, seed=seed), RandomAgent(seed=seed, budget=200)]
-
-
-def synthetic_reward(block: Block, rng: random.Random) -> float:
-    """Best region known: many 3x3 convolutions and no pooling; plus noise."""
-    n3 = sum(1 for layer in block.layers if layer.type == 1 and layer.kernel == 3)
-    pools = sum(1 for layer in block.layers if layer.type in (2, 3))
-    return 0.3 + 0.07 * n3 - 0.08 * pools + rng.gauss(0.0, 0.02)
 
 
 def _run(agent: Strategy, n: int, seed: int) -> list[float]:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from tests.strategies import synthetic_reward
 
 from blockqnn import Block, BlockQNNError
 from blockqnn.agent.baseline import RandomAgent
@@ -18,13 +19,6 @@ from blockqnn.agent.evolution import RegularizedEvolution, make_strategy
 from blockqnn.spaces.nsc import NSCSpace
 
 ONE_CONV = Block.parse("1,1,3,0,0; 2,7,0,0,0")
-
-
-def synthetic_reward(block: Block, rng: random.Random) -> float:
-    """As in tests/test_agent.py: many 3x3 convolutions good, pooling bad; plus noise."""
-    n3 = sum(1 for layer in block.layers if layer.type == 1 and layer.kernel == 3)
-    pools = sum(1 for layer in block.layers if layer.type in (2, 3))
-    return 0.3 + 0.07 * n3 - 0.08 * pools + rng.gauss(0.0, 0.02)
 
 
 def exact_reward(block: Block) -> float:
