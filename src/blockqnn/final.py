@@ -164,7 +164,7 @@ def pick_block(run_dir: str | Path, rank: int) -> tuple[Block, Config]:
 
 
 def _recipe(settings: FinalSettings, dataset: str, input_shape: tuple[int, int, int]) -> Any:
-    from blockqnn.trainer import Recipe, augmentation
+    from blockqnn.recipe import Recipe, augmentation
 
     pad, flip = augmentation(settings.augment, dataset, input_shape)
     return Recipe(
@@ -234,9 +234,9 @@ def train_final(
     from blockqnn.builder import Network
     from blockqnn.cost import network_cost
     from blockqnn.data import load_arrays
-    from blockqnn.devices import too_large
+    from blockqnn.devices import describe_device, resolve_device, too_large
     from blockqnn.model_io import model_payload, read_payload, save_atomic
-    from blockqnn.trainer import EpochInfo, accuracy, describe_device, fit, resolve_device
+    from blockqnn.trainer import EpochInfo, accuracy, fit
 
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():

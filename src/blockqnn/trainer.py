@@ -10,7 +10,7 @@ Speed follows airbench: the dataset stays on the device as uint8; each epoch sli
 out of a seeded `randperm`; every batch is augmented and normalised on the device; there is
 no DataLoader. On CUDA the step runs under bf16 autocast in channels_last, and the whole step
 (forward, backward, Adam) is captured once as a CUDA graph and replayed, which removes the
-kernel-launch overhead that dominates these small networks (DESIGN.md, "Measured anchors").
+kernel-launch overhead that dominates these small networks (README, "Benchmarks").
 When capture is not possible the loop runs eagerly and `FitResult.mode` says why. On the
 CPU it uses every core, channels_last, and bf16 only where the CPU has bf16 hardware (AMX or
 AVX512-BF16); elsewhere emulated bf16 is slower than fp32 (measured: 93 vs 125-200 images/s
@@ -40,42 +40,23 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from blockqnn.devices import cpu_has_fast_bf16, describe_device, resolve_device, resolve_precision
+from blockqnn.data.augment import augment, cutout
+from blockqnn.devices import resolve_precision
 from blockqnn.errors import BlockQNNError
 from blockqnn.optim import GraphableSGD
-from blockqnn.recipe import (
-    COMPILE_AUTO_SECONDS,
-    EARLY_STOP_BN_IMAGES,
-    Recipe,
-    augmentation,
-    early_stop_recipe,
-    lr_at,
-    should_compile,
-)
+from blockqnn.recipe import Recipe, lr_at
 
 if TYPE_CHECKING:
     from blockqnn.data import DeviceData
 
-# Re-exported: the trainer's public names include the recipe and device helpers it uses.
 __all__ = [
-    "COMPILE_AUTO_SECONDS",
-    "EARLY_STOP_BN_IMAGES",
     "EpochInfo",
     "FitResult",
-    "Recipe",
     "accuracy",
-    "augmentation",
     "configure_threads",
-    "cpu_has_fast_bf16",
-    "describe_device",
-    "early_stop_recipe",
     "fit",
-    "lr_at",
     "make_optimizer",
     "recalibrate_batchnorm",
-    "resolve_device",
-    "resolve_precision",
-    "should_compile",
 ]
 
 SPLITS = ("val", "test")
@@ -242,24 +223,24 @@ def _load_optimizer_state(
                 pstate["step"] = step.to(param.device if graphed else "cpu")
 
 
-def _cutout(x: torch.Tensor, size: int, fill: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Set a random size x size square of each image to `fill`; the square's centre is
-    uniform over the image, so squares are clipped at the border (DeVries & Taylor, 2017)."""
-    b, _, h, w = x.shape
-    y0 = torch.randint(0, h, (b, 1, 1), generator=gen, device=gen.device).to(x.device)
-    x0 = torch.randint(0, w, (b, 1, 1), generator=gen, device=gen.device).to(x.device)
-    y0, x0 = y0 - size // 2, x0 - size // 2  # top-left corner
-    ys = torch.arange(h, device=x.device).view(1, h, 1)
-    xs = torch.arange(w, device=x.device).view(1, 1, w)
-    inside = (ys >= y0) & (ys < y0 + size) & (xs >= x0) & (xs < x0 + size)  # (B, H, W)
-    return torch.where(inside.unsqueeze(1), fill, x)
-
-
 def recalibrate_batchnorm(
-    model: nn.Module, data: DeviceData, images: int, batch_size: int, ex: _Execution
+    model: nn.Module,
+    data: DeviceData,
+    images: int,
+    batch_size: int,
+    *,
+    precision: str = "auto",
+    channels_last: bool = True,
 ) -> None:
     """Replace every BatchNorm's running mean and variance by their average over the batch
     statistics of `images` training images (a fixed, seeded sample; no augmentation)."""
+    ex = _Execution(data.device, resolve_precision(precision, data.device), channels_last)
+    _recalibrate(model, data, images, batch_size, ex)
+
+
+def _recalibrate(
+    model: nn.Module, data: DeviceData, images: int, batch_size: int, ex: _Execution
+) -> None:
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or images <= 0:
         return
@@ -354,8 +335,6 @@ def fit(
     training goes on after its epoch. Same seed, same device and thread count -> the same
     result on the CPU.
     """
-    from blockqnn.data import augment
-
     if epochs < 1:
         raise BlockQNNError(f"epochs = {epochs}: must be at least 1")
     if eval_split is not None and eval_split not in SPLITS:
@@ -364,7 +343,157 @@ def fit(
         start_epoch = int(resume["epoch"])
     if not 0 <= start_epoch <= epochs:
         raise BlockQNNError(f"start_epoch = {start_epoch}: must be in [0, epochs = {epochs}]")
-    t_setup = time.perf_counter()
+    run = _prepare(model, data, recipe, resume, train=start_epoch < epochs)
+    train_seconds = eval_seconds = 0.0
+    images = 0
+    acc: float | None = None
+    acc_epoch = -1  # the epoch count `acc` was measured at
+    last_loss = math.nan
+    error = ""
+    done = start_epoch
+    for epoch in range(start_epoch, epochs):
+        ep = _train_epoch(run, epoch, epochs)
+        train_seconds += ep.seconds
+        images += ep.images
+        last_loss, error = ep.loss, ep.error
+        if error:
+            break
+        done = epoch + 1
+        epoch_acc = None
+        if eval_split and (done == epochs or (eval_every and done % eval_every == 0)):
+            epoch_acc, seconds = _evaluate(run, eval_split)
+            acc, acc_epoch = epoch_acc, done
+            eval_seconds += seconds
+        if on_epoch is not None:
+            info = EpochInfo(
+                done, epochs, last_loss, ep.lr, epoch_acc, train_seconds, model, run.optimizer
+            )
+            if on_epoch(info):
+                break
+    if not error and eval_split and acc_epoch != done and done > 0:
+        acc, seconds = _evaluate(run, eval_split)  # stopped by the callback between evaluations
+        eval_seconds += seconds
+    return FitResult(
+        epochs=done,
+        accuracy=None if error else acc,
+        train_loss=last_loss,
+        images=images,
+        setup_seconds=run.setup_seconds,
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        mode=run.ex.mode(),
+        batch_size=run.batch_size,
+        error=error,
+    )
+
+
+class _Batches:
+    """The training batches: seeded crop, flip and cutout on the device, in the layout the
+    model trains in."""
+
+    def __init__(
+        self, data: DeviceData, recipe: Recipe, ex: _Execution, gen: torch.Generator
+    ) -> None:
+        self.data, self.recipe, self.ex, self.gen = data, recipe, ex, gen
+        # Cutout fills with the dataset mean, which normalises to 0.
+        self.fill = (data.mean * 255).round().to(torch.uint8)
+
+    def __call__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xb = augment(self.data.x_train[idx], self.recipe.pad, self.recipe.flip, self.gen)
+        if self.recipe.cutout:
+            xb = cutout(xb, self.recipe.cutout, self.fill, self.gen)
+        if self.ex.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb, self.data.y_train[idx]
+
+
+class _EagerStep:
+    """One training step (forward, backward, optimiser) run op by op; it adds the batch's
+    summed loss to `loss_sum`."""
+
+    def __init__(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        loss_fn: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data: DeviceData,
+        ex: _Execution,
+        loss_sum: torch.Tensor,
+    ) -> None:
+        self.forward, self.loss_fn, self.optimizer = forward, loss_fn, optimizer
+        self.data, self.ex, self.loss_sum = data, ex, loss_sum
+
+    def loss(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """The step itself, without zeroing the gradients; returns the detached loss."""
+        with self.ex.autocast():
+            loss = self.loss_fn(self.forward(self.data.normalize(xb)), yb)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach().float()
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> bool:
+        """Run one step; False when the loss is known to be non-finite."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(xb, yb)
+        self.loss_sum += loss * len(yb)
+        # On the CPU reading the loss costs nothing: stop a diverging run at once.
+        return self.ex.device.type != "cpu" or math.isfinite(loss.item())
+
+
+class _GraphedStep:
+    """One training step replayed from a CUDA graph: the batch is copied into the graph's
+    static inputs, and the graph adds the loss to `loss_sum` itself."""
+
+    def __init__(
+        self, graph: torch.cuda.CUDAGraph, static_x: torch.Tensor, static_y: torch.Tensor
+    ) -> None:
+        self.graph, self.static_x, self.static_y = graph, static_x, static_y
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> bool:
+        self.static_x.copy_(xb)
+        self.static_y.copy_(yb)
+        self.graph.replay()
+        return True  # read once per epoch: a host sync per step would cost the graph's gain
+
+
+@dataclass
+class _Run:
+    """Everything one `fit` prepared before its first epoch."""
+
+    model: nn.Module
+    data: DeviceData
+    recipe: Recipe
+    ex: _Execution
+    optimizer: torch.optim.Optimizer
+    step: _EagerStep | _GraphedStep
+    batches: _Batches
+    gen: torch.Generator
+    loss_sum: torch.Tensor  # the sum of the epoch's per-image losses, on the device
+    batch_size: int
+    steps: int  # per epoch
+    started: float  # perf_counter at the start of preparation (the time limit counts it)
+    setup_seconds: float
+
+
+@dataclass(frozen=True)
+class _Epoch:
+    images: int
+    loss: float  # the mean training loss (nan if no step ran)
+    lr: float  # at the end of the epoch
+    seconds: float
+    error: str
+
+
+def _prepare(
+    model: nn.Module,
+    data: DeviceData,
+    recipe: Recipe,
+    resume: Mapping[str, Any] | None,
+    train: bool,
+) -> _Run:
+    """Device, model placement, optimiser, resume, compilation and CUDA-graph capture.
+    `train`: epochs are left to run (nothing to compile or capture otherwise)."""
+    started = time.perf_counter()
     device = data.device
     n_train = len(data.x_train)
     if n_train == 0:
@@ -384,146 +513,113 @@ def fit(
     optimizer = make_optimizer(model, recipe, graphed=ex.try_graph)
     if resume is not None:
         _load_optimizer_state(optimizer, resume["optimizer"], graphed=ex.try_graph)
-    diverged = DIVERGED_FACTOR * math.log(max(data.num_classes, 2))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    loss_sum = torch.zeros((), dtype=torch.float32, device=device)  # sum over the epoch's images
-    # Cutout fills with the dataset mean, which normalises to 0.
-    fill = (data.mean * 255).round().to(torch.uint8)
-
-    forward: Callable[[torch.Tensor], torch.Tensor] = model
-
-    def step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        with ex.autocast():
-            loss = loss_fn(forward(data.normalize(xb)), yb)
-        loss.backward()
-        optimizer.step()
-        return loss.detach().float()
-
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
     gen = torch.Generator(device=device)
-
-    def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        xb = augment(data.x_train[idx], recipe.pad, recipe.flip, gen)
-        if recipe.cutout:
-            xb = _cutout(xb, recipe.cutout, fill, gen)
-        if ex.channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        return xb, data.y_train[idx]
-
-    graph: Any = None
-    static_x = static_y = None
+    batches = _Batches(data, recipe, ex, gen)
     model.train()
-    if recipe.compile and start_epoch < epochs:
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
+    if recipe.compile and train:
         gen.manual_seed(_epoch_seed(recipe.seed, -1))
-        xb, yb = batch(torch.arange(batch_size, device=device))
+        xb, yb = batches(torch.arange(batch_size, device=device))
         forward = _compile(model, loss_fn, data.normalize(xb), yb, ex)
-    if ex.try_graph and start_epoch < epochs:
+    eager = _EagerStep(forward, loss_fn, optimizer, data, ex, loss_sum)
+    step: _EagerStep | _GraphedStep = eager
+    if ex.try_graph and train:
         gen.manual_seed(_epoch_seed(recipe.seed, -1))
-        static_x, static_y = batch(torch.arange(batch_size, device=device))
-        try:
-            graph = _capture(step, static_x, static_y, model, optimizer, loss_sum)
-            ex.graphed = True
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception as exc:  # e.g. an op that cannot be captured: run eagerly instead
-            ex.graph_reason = f"capture failed: {type(exc).__name__}: {_first_line(exc)}"
+        static = batches(torch.arange(batch_size, device=device))
+        graphed = _graphed_step(eager, static, model, ex)
+        if graphed is not None:
+            step = graphed
+        else:  # run eagerly, with an optimiser of the eager kind
             optimizer = make_optimizer(model, recipe, graphed=False)
             if resume is not None:
                 _load_optimizer_state(optimizer, resume["optimizer"], graphed=False)
-    setup_seconds = time.perf_counter() - t_setup
-
-    train_seconds = eval_seconds = 0.0
-    images = 0
-    acc: float | None = None
-    acc_epoch = -1  # the epoch count `acc` was measured at
-    last_loss = math.nan
-    error = ""
-    done = start_epoch
+            step = _EagerStep(forward, loss_fn, optimizer, data, ex, loss_sum)
     # A CUDA graph and a compiled network have fixed shapes: they drop the last partial batch.
     fixed = ex.graphed or ex.compiled
     steps = n_train // batch_size if fixed else math.ceil(n_train / batch_size)
-    for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        seed = _epoch_seed(recipe.seed, epoch)
-        gen.manual_seed(seed)
-        torch.manual_seed(seed)  # dropout
-        order = torch.randperm(n_train, device=device, generator=gen)
-        loss_sum.zero_()
-        epoch_images = 0
-        lr = lr_at(recipe, epochs, epoch)
-        _set_lr(optimizer, lr)
-        model.train()
-        for i in range(steps):
-            # cosine and warm-up change the lr every step; the others once per epoch
-            if i and (recipe.schedule == "cosine" or epoch < recipe.warmup_epochs):
-                lr = lr_at(recipe, epochs, epoch + i / steps)
-                _set_lr(optimizer, lr)
-            xb, yb = batch(order[i * batch_size : (i + 1) * batch_size])
-            if graph is not None and static_x is not None and static_y is not None:
-                static_x.copy_(xb)
-                static_y.copy_(yb)
-                graph.replay()  # adds the step's loss to loss_sum inside the graph
-                epoch_images += len(yb)
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                loss = step(xb, yb)
-                loss_sum += loss * len(yb)
-                epoch_images += len(yb)
-                # On the CPU reading the loss costs nothing: stop a diverging run at once.
-                if device.type == "cpu" and not math.isfinite(loss.item()):
-                    error = f"non-finite loss at epoch {epoch + 1}"
-                    break
-            if recipe.max_seconds and time.perf_counter() - t_setup > recipe.max_seconds:
-                error = f"time limit of {recipe.max_seconds:g} s reached in epoch {epoch + 1}"
-                break
-        last_loss = loss_sum.item() / max(epoch_images, 1)  # one host sync per epoch
-        train_seconds += time.perf_counter() - t0
-        images += epoch_images
-        if not error and not math.isfinite(last_loss):
+    setup_seconds = time.perf_counter() - started
+    return _Run(
+        model, data, recipe, ex, optimizer, step, batches, gen, loss_sum, batch_size, steps,
+        started, setup_seconds,
+    )  # fmt: skip
+
+
+def _graphed_step(
+    eager: _EagerStep,
+    static: tuple[torch.Tensor, torch.Tensor],
+    model: nn.Module,
+    ex: _Execution,
+) -> _GraphedStep | None:
+    """Capture `eager` as a CUDA graph on the static batch; None (and the reason in `ex`)
+    when capture fails, e.g. on an op that cannot be captured."""
+    static_x, static_y = static
+    try:
+        graph = _capture(eager.loss, static_x, static_y, model, eager.optimizer, eager.loss_sum)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:
+        ex.graph_reason = f"capture failed: {type(exc).__name__}: {_first_line(exc)}"
+        return None
+    ex.graphed = True
+    return _GraphedStep(graph, static_x, static_y)
+
+
+def _train_epoch(run: _Run, epoch: int, epochs: int) -> _Epoch:
+    """One epoch of `fit`: a seeded order and augmentation, the lr schedule, the steps, and
+    the checks for a non-finite or diverged loss and the time limit."""
+    t0 = time.perf_counter()
+    recipe = run.recipe
+    seed = _epoch_seed(recipe.seed, epoch)
+    run.gen.manual_seed(seed)
+    torch.manual_seed(seed)  # dropout
+    n_train = len(run.data.x_train)
+    order = torch.randperm(n_train, device=run.data.device, generator=run.gen)
+    run.loss_sum.zero_()
+    images = 0
+    error = ""
+    lr = lr_at(recipe, epochs, epoch)
+    _set_lr(run.optimizer, lr)
+    run.model.train()
+    for i in range(run.steps):
+        # cosine and warm-up change the lr every step; the others once per epoch
+        if i and (recipe.schedule == "cosine" or epoch < recipe.warmup_epochs):
+            lr = lr_at(recipe, epochs, epoch + i / run.steps)
+            _set_lr(run.optimizer, lr)
+        xb, yb = run.batches(order[i * run.batch_size : (i + 1) * run.batch_size])
+        finite = run.step(xb, yb)
+        images += len(yb)
+        if not finite:
             error = f"non-finite loss at epoch {epoch + 1}"
-        elif not error and last_loss > diverged:
-            error = f"loss diverged at epoch {epoch + 1} (mean {last_loss:.3g} > {diverged:.3g})"
-        if error:
             break
-        done = epoch + 1
-        epoch_acc = None
-        if eval_split and (done == epochs or (eval_every and done % eval_every == 0)):
-            t0 = time.perf_counter()
-            recalibrate_batchnorm(model, data, recipe.bn_recalibrate, batch_size, ex)
-            epoch_acc = acc = _accuracy(model, data, eval_split, recipe.eval_batch_size, ex)
-            acc_epoch = done
-            eval_seconds += time.perf_counter() - t0
-        if on_epoch is not None:
-            info = EpochInfo(
-                done, epochs, last_loss, lr, epoch_acc, train_seconds, model, optimizer
-            )
-            if on_epoch(info):
-                break
-    if not error and eval_split and acc_epoch != done and done > 0:
-        t0 = time.perf_counter()  # stopped by the callback between evaluations
-        recalibrate_batchnorm(model, data, recipe.bn_recalibrate, batch_size, ex)
-        acc = _accuracy(model, data, eval_split, recipe.eval_batch_size, ex)
-        eval_seconds += time.perf_counter() - t0
-    return FitResult(
-        epochs=done,
-        accuracy=None if error else acc,
-        train_loss=last_loss,
-        images=images,
-        setup_seconds=setup_seconds,
-        train_seconds=train_seconds,
-        eval_seconds=eval_seconds,
-        mode=ex.mode(),
-        batch_size=batch_size,
-        error=error,
-    )
+        if recipe.max_seconds and time.perf_counter() - run.started > recipe.max_seconds:
+            error = f"time limit of {recipe.max_seconds:g} s reached in epoch {epoch + 1}"
+            break
+    loss = run.loss_sum.item() / max(images, 1)  # one host sync per epoch
+    seconds = time.perf_counter() - t0
+    diverged = DIVERGED_FACTOR * math.log(max(run.data.num_classes, 2))
+    if not error and not math.isfinite(loss):
+        error = f"non-finite loss at epoch {epoch + 1}"
+    elif not error and loss > diverged:
+        error = f"loss diverged at epoch {epoch + 1} (mean {loss:.3g} > {diverged:.3g})"
+    return _Epoch(images, loss, lr, seconds, error)
+
+
+def _evaluate(run: _Run, split: str) -> tuple[float, float]:
+    """BatchNorm re-estimation then accuracy on `split`: (accuracy, seconds)."""
+    t0 = time.perf_counter()
+    _recalibrate(run.model, run.data, run.recipe.bn_recalibrate, run.batch_size, run.ex)
+    acc = _accuracy(run.model, run.data, split, run.recipe.eval_batch_size, run.ex)
+    return acc, time.perf_counter() - t0
 
 
 def _compile(
     model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, yb: torch.Tensor, ex: _Execution
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """torch.compile `model` and compile its forward and backward now, on one normalised
-    batch `x`, with the
-    model's state restored afterwards; on any failure (no C++ compiler, an unsupported op)
-    train eagerly and say why in the mode."""
+    batch `x`, with the model's state restored afterwards; on any failure (no C++ compiler,
+    an unsupported op) train eagerly and say why in the mode."""
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     compiled = torch.compile(model)
     try:

@@ -5,7 +5,7 @@ memory and their snapshot. Must not import torch, know about the store or decide
 block gets trained: the search loop reuses stored rewards for blocks already seen and simply
 tells them again.
 
-Choices, where the paper is silent (DESIGN.md, "Q-learning"):
+Choices, where the paper is silent:
 
 - The schedule's clock is the number of *distinct* blocks (by isomorphism-invariant hash)
   told so far: MetaQNN's schedule counts models trained at each epsilon, and the search's
