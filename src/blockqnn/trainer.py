@@ -10,7 +10,7 @@ Speed follows airbench: the dataset stays on the device as uint8; each epoch sli
 out of a seeded `randperm`; every batch is augmented and normalised on the device; there is
 no DataLoader. On CUDA the step runs under bf16 autocast in channels_last, and the whole step
 (forward, backward, Adam) is captured once as a CUDA graph and replayed, which removes the
-kernel-launch overhead that dominates these small networks (README, "Benchmarks").
+kernel-launch overhead that dominates these small networks.
 When capture is not possible the loop runs eagerly and `FitResult.mode` says why. On the
 CPU it uses every core, channels_last, and bf16 only where the CPU has bf16 hardware (AMX or
 AVX512-BF16); elsewhere emulated bf16 is slower than fp32 (measured: 93 vs 125-200 images/s
