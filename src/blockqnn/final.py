@@ -369,7 +369,7 @@ def _check_checkpoint(model: Any, recipe: Any, resume: dict[str, Any], path: Pat
     import torch
 
     from blockqnn.model_io import load_weights
-    from blockqnn.trainer import make_optimizer
+    from blockqnn.step import make_optimizer
 
     try:
         load_weights(model, resume["model"])
