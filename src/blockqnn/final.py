@@ -1,9 +1,10 @@
 """Final training of a found block: the paper's CIFAR recipe, checkpoints and resume.
 
-Owns: `FinalSettings` (the final recipe, paper defaults), choosing the block (from a run's
-ranking or given), training on train + validation with `trainer.fit`, evaluating on the
-official test split, and the training folder (checkpoint every epoch, written atomically;
-the finished model file). Must not search or export.
+Owns: choosing the block (from a run's ranking or given), training on train + validation
+with `trainer.fit`, evaluating on the official test split, and the training folder
+(checkpoint every epoch, written atomically; the finished model file). The settings
+(`FinalSettings`, the named recipes) are `blockqnn.final_settings`'. Must not search or
+export.
 
 A training folder OUT holds:
     checkpoint.pt  model file + train_state (optimizer state, epoch, settings); every epoch;
@@ -17,7 +18,6 @@ Running the same command again continues from checkpoint.pt; a finished folder j
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -26,21 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from blockqnn.bounds import (
-    FRACTION,
-    MAX_EPOCHS,
-    MAX_LR,
-    MAX_TOP,
-    SEED,
-    UNIT_OPEN_HIGH,
-    Range,
-    check,
-    integers,
-)
+from blockqnn.bounds import MAX_TOP, check, integers
 from blockqnn.config import Config, DataConfig
 from blockqnn.cost import NetworkConfig
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.files import make_dir
+from blockqnn.final_settings import FINAL_RECIPES as FINAL_RECIPES  # re-exported
+from blockqnn.final_settings import FinalSettings as FinalSettings
 from blockqnn.nsc import Block
 
 CHECKPOINT = "checkpoint.pt"
@@ -51,83 +43,6 @@ HISTORY = "history.jsonl"
 class TrainingFailed(Exception):
     """The final training diverged (non-finite loss): a failed run, exit code 1."""
 
-
-@dataclass(frozen=True)
-class FinalSettings:
-    """The final recipe. Defaults: the paper's CIFAR training (`FINAL_RECIPES["paper"]`)."""
-
-    epochs: int = 300  # (paper) total epochs
-    batch_size: int = 128  # (paper) images per step
-    lr: float = 0.1  # (paper) SGD learning rate (peak, after any warm-up)
-    momentum: float = 0.9  # (paper) SGD momentum
-    weight_decay: float = 5e-4  # (paper) L2 penalty
-    schedule: str = "multistep"  # (paper) lr /10 at 50% and 75%; or "cosine" (modern)
-    label_smoothing: float = 0.0  # (modern option) e.g. 0.1
-    cutout: int = 0  # (modern option) side in pixels of the erased square, e.g. 16 on CIFAR
-    augment: str = "auto"  # "auto": crop+flip for images, none for digits; "crop_flip"; "none"
-    precision: str = "auto"  # bf16 where it is fast, else fp32
-    seed: int = 0
-    nesterov: bool = False  # (paper: plain momentum) Nesterov momentum
-    warmup_epochs: float = 0.0  # linear lr warm-up, in epochs; 0 = none
-    # test-time augmentation for the test accuracy: "flip" sums the logits of each image and
-    # its mirror image; "auto" does so when training flips images; "none"
-    tta: str = "none"
-
-    def __post_init__(self) -> None:
-        for flag, value, allowed in (
-            ("--epochs", self.epochs, integers(1, MAX_EPOCHS)),
-            ("--batch-size", self.batch_size, integers(1, 1_048_576)),
-            ("--lr", self.lr, Range(0.0, MAX_LR, open_low=True)),
-            ("--momentum", self.momentum, UNIT_OPEN_HIGH),
-            ("--weight-decay", self.weight_decay, FRACTION),
-            ("--label-smoothing", self.label_smoothing, UNIT_OPEN_HIGH),
-            ("--cutout", self.cutout, integers(0, 8192)),
-            ("--seed", self.seed, SEED),
-        ):
-            check(flag, value, allowed)
-        if self.schedule not in ("multistep", "cosine"):
-            raise BlockQNNError(f"--schedule {self.schedule!r}: choose multistep or cosine")
-        if self.augment not in ("auto", "crop_flip", "none"):
-            raise BlockQNNError(f"--augment {self.augment!r}: choose auto, crop_flip or none")
-        if self.tta not in ("auto", "flip", "none"):
-            raise BlockQNNError(f"--tta {self.tta!r}: choose auto, flip or none")
-        if not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
-            raise BlockQNNError(f"--warmup-epochs {self.warmup_epochs:g}: must be >= 0")
-
-
-# The recipes `blockqnn train --recipe NAME` starts from; flags given beside it override.
-FINAL_RECIPES: dict[str, FinalSettings] = {
-    # (paper) SGD momentum 0.9, lr 0.1 /10 at 50% and 75% of 300 epochs, wd 5e-4, batch 128
-    "paper": FinalSettings(),
-    # (choice) A short schedule for one GPU, a few minutes on CIFAR-10 instead of hours:
-    "fast": FinalSettings(
-        # 40 epochs: one-cycle/cosine CIFAR schedules reach ~94% with ResNet-sized networks
-        # in 30-40 epochs, where a step schedule needs 100+; fewer leave accuracy behind
-        epochs=40,
-        # 512 images per step: 4x fewer steps than the paper's 128, so 4x fewer kernel
-        # launches for the launch-bound small networks, while BatchNorm statistics and the
-        # gradient noise stay in the range large-batch CIFAR training uses without harm
-        batch_size=512,
-        # lr 0.4 = the paper's 0.1 per 128 images scaled linearly with the batch (Goyal et
-        # al., 2017, "Accurate, Large Minibatch SGD"), reached after the warm-up below
-        lr=0.4,
-        momentum=0.9,
-        # Nesterov momentum: the same cost, a little more stable at a large lr
-        nesterov=True,
-        weight_decay=5e-4,  # the paper's L2: short schedules need the regularisation too
-        # cosine to 0 after a 2-epoch linear warm-up: a large lr from a random start would
-        # diverge (the warm-up), and annealing to 0 gets the most out of few epochs
-        schedule="cosine",
-        warmup_epochs=2.0,
-        # label smoothing 0.1: about +0.5 point on CIFAR for short schedules, no cost
-        label_smoothing=0.1,
-        # flip test-time augmentation: the network saw mirrored images in training, so the
-        # mirror's logits are a free second opinion (+0.2-0.5 point on CIFAR)
-        tta="auto",
-        # augment "auto" (crop + flip on images), precision "auto" (bf16 on CUDA), and the
-        # whole step as a CUDA graph (the trainer's default): as fast as the trainer goes
-    ),
-}
 
 # Settings added after the first release, with the values that reproduce it: left out of a
 # training folder's identity while they have these values, so a folder started by an older
@@ -161,31 +76,6 @@ def pick_block(run_dir: str | Path, rank: int) -> tuple[Block, Config]:
     if rank > len(top):
         raise BlockQNNError(f"--rank {rank}: the run has only {len(top)} completed blocks")
     return Block.parse(top[rank - 1].candidate, max_depth=config.agent.max_depth), config
-
-
-def _recipe(settings: FinalSettings, dataset: str, input_shape: tuple[int, int, int]) -> Any:
-    from blockqnn.recipe import Recipe, augmentation
-
-    pad, flip = augmentation(settings.augment, dataset, input_shape)
-    return Recipe(
-        optimizer="sgd",
-        lr=settings.lr,
-        momentum=settings.momentum,
-        nesterov=settings.nesterov,
-        warmup_epochs=settings.warmup_epochs,
-        weight_decay=settings.weight_decay,
-        schedule=settings.schedule,
-        gamma=0.1,
-        milestones=(0.5, 0.75),
-        label_smoothing=settings.label_smoothing,
-        pad=pad,
-        flip=flip,
-        cutout=settings.cutout,
-        batch_size=settings.batch_size,
-        precision=settings.precision,
-        cuda_graphs=True,
-        seed=settings.seed,
-    )
 
 
 def _full_training_set(arrays: Any) -> Any:
@@ -297,7 +187,7 @@ def train_final(
     device_data = arrays.to_device(dev)
     torch.manual_seed(settings.seed)
     model = Network(block, net_cfg)
-    recipe = _recipe(settings, data.dataset, arrays.input_shape)
+    recipe = settings.recipe(data.dataset, arrays.input_shape)
     if resume is not None:
         _check_checkpoint(model, recipe, resume, ckpt_path)
     start = int(resume["epoch"]) if resume else 0
