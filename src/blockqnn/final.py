@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from blockqnn.files import make_dir
 from blockqnn.final_settings import FINAL_RECIPES as FINAL_RECIPES  # re-exported
 from blockqnn.final_settings import FinalSettings as FinalSettings
 from blockqnn.nsc import Block
+
+if TYPE_CHECKING:
+    from blockqnn.data import DataArrays
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -78,7 +81,7 @@ def pick_block(run_dir: str | Path, rank: int) -> tuple[Block, Config]:
     return Block.parse(top[rank - 1].candidate, max_depth=config.agent.max_depth), config
 
 
-def _full_training_set(arrays: Any) -> Any:
+def _full_training_set(arrays: DataArrays) -> DataArrays:
     """Train + validation as the training split (the final network sees every image)."""
     return replace(
         arrays,

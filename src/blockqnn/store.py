@@ -39,7 +39,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from blockqnn.config import Config
 from blockqnn.errors import BlockQNNError, clip
@@ -110,7 +110,7 @@ class Store:
         self.run_dir = path.parent
         self._conn = conn
         self.readonly = readonly
-        self._lock: Any = None
+        self._lock: TextIO | None = None
         self._session: int | None = None
 
     # ----- opening --------------------------------------------------------------------------

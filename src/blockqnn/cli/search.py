@@ -25,7 +25,6 @@ import json
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -281,7 +280,6 @@ class _Display:
     def __init__(self, out: Any, run_dir: str) -> None:
         self.out = out
         self.run_dir = run_dir
-        self.started = time.monotonic()
         self._progress: Any = None
         self._task: Any = None
 
