@@ -377,6 +377,16 @@ def _storable(outcome: EvalResult) -> EvalResult:
 # ----- starting and resuming -------------------------------------------------------------------
 
 
+def check_resume_overrides(overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The `search` section of settings given with a resume, refusing any other section (a
+    resume continues the stored search; `resume_config` checks the `search` keys)."""
+    changed = {k for section, values in overrides.items() for k in values if section != "search"}
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(changed))
+        raise BlockQNNError(f"--resume continues the stored search; {flags} cannot change")
+    return dict(overrides.get("search", {}))
+
+
 def resume_config(store: Store, overrides: dict[str, Any] | None = None) -> Config:
     """The stored config with execution-only `search` overrides (not saved: they describe
     this session's machines, not the search)."""

@@ -128,18 +128,13 @@ def _sigterm_stops() -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     from blockqnn.config import Config, merge
-    from blockqnn.search import SearchStalled, Terminated, run_search
+    from blockqnn.search import SearchStalled, Terminated, check_resume_overrides, run_search
 
     overrides = _overrides(args)
     if args.resume:
         if args.config is not None:
             raise BlockQNNError("--resume uses the run's stored config; drop --config")
-        changed = {
-            k for section, values in overrides.items() for k in values if section != "search"
-        }
-        if changed:
-            flags = ", ".join("--" + k.replace("_", "-") for k in sorted(changed))
-            raise BlockQNNError(f"--resume continues the stored search; {flags} cannot change")
+        overrides = {"search": check_resume_overrides(overrides)}
         run_dir, config = args.resume, None
     else:
         if not args.run_dir:
