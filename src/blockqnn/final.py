@@ -37,6 +37,7 @@ from blockqnn.nsc import Block
 
 if TYPE_CHECKING:
     from blockqnn.data import DataArrays
+    from blockqnn.trainer import EpochInfo
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -121,15 +122,18 @@ def train_final(
     device: str | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> FinalResult:
-    """Train `block` with the final recipe into folder `out` (resuming if it holds a run)."""
+    """Train `block` with the final recipe into folder `out` (resuming if it holds a run).
+
+    Long on purpose: one sequence of steps (identity, resume, build, fit, test, save) sharing
+    a dozen locals; the separable checks are the helpers below."""
     import torch
 
     from blockqnn.builder import Network
     from blockqnn.cost import network_cost
     from blockqnn.data import load_arrays
     from blockqnn.devices import describe_device, resolve_device, too_large
-    from blockqnn.model_io import model_payload, read_payload, save_atomic
-    from blockqnn.trainer import EpochInfo, accuracy, fit
+    from blockqnn.model_io import model_payload, save_atomic
+    from blockqnn.trainer import accuracy, fit
 
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
@@ -146,41 +150,9 @@ def train_final(
 
     finished = out_dir / MODEL
     if finished.is_file():
-        payload = read_payload(finished)
-        metrics = payload.get("metrics")
-        if not isinstance(metrics, dict) or metrics.get("identity") != identity:
-            raise BlockQNNError(f"--out {out_dir}: holds a finished training of other settings")
-        try:
-            return FinalResult(**metrics["result"])
-        except (KeyError, TypeError):
-            raise BlockQNNError(f"{finished}: damaged model file (no training result)") from None
-
-    resume: dict[str, Any] | None = None
+        return _finished_result(finished, identity, out_dir)
     ckpt_path = out_dir / CHECKPOINT
-    if ckpt_path.is_file():
-        payload = read_payload(ckpt_path)
-        state = payload.get("train_state")
-        if not isinstance(state, dict):
-            raise BlockQNNError(f"{ckpt_path}: damaged checkpoint (no training state)")
-        if state.get("identity") != identity:
-            raise BlockQNNError(
-                f"--out {out_dir}: holds a training of another block or other settings "
-                "(choose another --out)"
-            )
-        epoch = state.get("epoch")
-        if not isinstance(epoch, int) or isinstance(epoch, bool):
-            raise BlockQNNError(f"{ckpt_path}: damaged checkpoint (no epoch count)")
-        if not 0 <= epoch <= settings.epochs:
-            raise BlockQNNError(
-                f"{ckpt_path}: damaged checkpoint (epoch {clip(epoch)} of {settings.epochs})"
-            )
-        resume = {
-            "epoch": epoch,
-            "model": payload["state_dict"],
-            "optimizer": state.get("optimizer"),
-        }
-    elif out_dir.is_dir() and any(out_dir.iterdir()):
-        raise BlockQNNError(f"--out {out_dir}: is not empty and holds no blockqnn training")
+    resume = _checkpoint_resume(ckpt_path, identity, settings.epochs, out_dir)
     dev = resolve_device(device)
     reason = too_large(network_cost(block, net_cfg).params, dev)
     if reason:  # refused before it is built: allocating it could take the host down
@@ -201,19 +173,7 @@ def train_final(
         ck = info.checkpoint()
         train_state = {"epoch": ck["epoch"], "optimizer": ck["optimizer"], "identity": identity}
         save_atomic(model_payload(model, mean, std, arrays.classes, {}, train_state), ckpt_path)
-        row = {
-            "epoch": info.epoch,
-            "train_loss": info.train_loss,
-            "lr": info.lr,
-            "train_seconds": round(info.train_seconds, 3),
-            "images_per_second": round(n_train * (info.epoch - start) / info.train_seconds, 1)
-            if info.train_seconds
-            else 0.0,
-        }
-        with (out_dir / HISTORY).open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        if progress is not None:
-            progress({**row, "epochs": info.epochs})
+        _record_epoch(info, n_train, start, out_dir / HISTORY, progress)
 
     t0 = time.perf_counter()
     fitted = fit(
@@ -252,6 +212,72 @@ def train_final(
     metrics = {"test_accuracy": test_acc, "identity": identity, "result": result.to_dict()}
     save_atomic(model_payload(model, mean, std, arrays.classes, metrics), finished)
     return result
+
+
+def _finished_result(finished: Path, identity: dict[str, Any], out_dir: Path) -> FinalResult:
+    """The result stored in a finished training's model file, if it is of these settings."""
+    from blockqnn.model_io import read_payload
+
+    payload = read_payload(finished)
+    metrics = payload.get("metrics")
+    if not isinstance(metrics, dict) or metrics.get("identity") != identity:
+        raise BlockQNNError(f"--out {out_dir}: holds a finished training of other settings")
+    try:
+        return FinalResult(**metrics["result"])
+    except (KeyError, TypeError):
+        raise BlockQNNError(f"{finished}: damaged model file (no training result)") from None
+
+
+def _checkpoint_resume(
+    ckpt_path: Path, identity: dict[str, Any], epochs: int, out_dir: Path
+) -> dict[str, Any] | None:
+    """What `fit(..., resume=...)` needs from the folder's checkpoint (None without one),
+    refusing a checkpoint of other settings or a damaged one, and a folder holding something
+    else."""
+    from blockqnn.model_io import read_payload
+
+    if not ckpt_path.is_file():
+        if out_dir.is_dir() and any(out_dir.iterdir()):
+            raise BlockQNNError(f"--out {out_dir}: is not empty and holds no blockqnn training")
+        return None
+    payload = read_payload(ckpt_path)
+    state = payload.get("train_state")
+    if not isinstance(state, dict):
+        raise BlockQNNError(f"{ckpt_path}: damaged checkpoint (no training state)")
+    if state.get("identity") != identity:
+        raise BlockQNNError(
+            f"--out {out_dir}: holds a training of another block or other settings "
+            "(choose another --out)"
+        )
+    epoch = state.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        raise BlockQNNError(f"{ckpt_path}: damaged checkpoint (no epoch count)")
+    if not 0 <= epoch <= epochs:
+        raise BlockQNNError(f"{ckpt_path}: damaged checkpoint (epoch {clip(epoch)} of {epochs})")
+    return {"epoch": epoch, "model": payload["state_dict"], "optimizer": state.get("optimizer")}
+
+
+def _record_epoch(
+    info: EpochInfo,
+    n_train: int,
+    start: int,
+    history: Path,
+    progress: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Append the epoch's line to the history file and hand it to `progress`."""
+    row = {
+        "epoch": info.epoch,
+        "train_loss": info.train_loss,
+        "lr": info.lr,
+        "train_seconds": round(info.train_seconds, 3),
+        "images_per_second": round(n_train * (info.epoch - start) / info.train_seconds, 1)
+        if info.train_seconds
+        else 0.0,
+    }
+    with history.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    if progress is not None:
+        progress({**row, "epochs": info.epochs})
 
 
 def _check_checkpoint(model: Any, recipe: Any, resume: dict[str, Any], path: Path) -> None:

@@ -36,6 +36,10 @@ Rules, where the paper leaves the choice to us:
   checksum, its JSON, its candidate parsed by the space), the sessions and the agent
   restored from its snapshot and the recorded calls. Only then does it lock the run, migrate
   an older schema and write its session: a refused resume leaves every file unchanged.
+
+Length (about 500 lines, on purpose): the loop, its budget rules and the resume checks are
+one contract (a resumed run must continue exactly as the interrupted one would have); kept
+in one module so that a change to one is read beside the others.
 """
 
 from __future__ import annotations
@@ -418,6 +422,9 @@ def run_search(
     on `device`), `agent_factory(config)` replaces `blockqnn.agent.make_agent`. Bad input (a
     run dir that holds a run, a missing, damaged or unwritable one, an unreachable cluster)
     raises `BlockQNNError` before anything in an existing run dir changes.
+
+    Long on purpose: the order of the steps (check, lock, open, recover, loop, close) is
+    what keeps a refused or interrupted run's files unchanged; it reads best in one place.
     """
     directory = Path(run_dir)
     resume = config is None

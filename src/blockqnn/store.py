@@ -27,6 +27,11 @@ Contract:
 - A run dir that cannot be written is refused before a writable open touches anything.
 
 Trial states: `TrialStatus` (queued, running, complete, failed, reused, interrupted).
+
+Length (over 500 lines, on purpose): `Store` is the one writer, and its transactions share
+`_tx`, `_transition` and `_copy_result` and the contract above; the schema, the checks and
+the read queries already live in their own modules, and splitting the writes would scatter
+the rules of one transaction over several files.
 """
 
 from __future__ import annotations

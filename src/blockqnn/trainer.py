@@ -251,26 +251,14 @@ def fit(
     training goes on after its epoch. Same seed, same device and thread count -> the same
     result on the CPU.
     """
-    if epochs < 1:
-        raise BlockQNNError(f"epochs = {epochs}: must be at least 1")
-    if eval_split is not None and eval_split not in SPLITS:
-        raise BlockQNNError(f"eval_split {eval_split!r}: choose one of {SPLITS} or None")
-    if resume is not None:
-        start_epoch = int(resume["epoch"])
-    if not 0 <= start_epoch <= epochs:
-        raise BlockQNNError(f"start_epoch = {start_epoch}: must be in [0, epochs = {epochs}]")
+    start_epoch = _first_epoch(epochs, eval_split, start_epoch, resume)
     run = _prepare(model, data, recipe, resume, train=start_epoch < epochs)
-    train_seconds = eval_seconds = 0.0
-    images = 0
+    train_seconds, eval_seconds, images, last_loss, error = 0.0, 0.0, 0, math.nan, ""
     acc: float | None = None
-    acc_epoch = -1  # the epoch count `acc` was measured at
-    last_loss = math.nan
-    error = ""
-    done = start_epoch
+    acc_epoch, done = -1, start_epoch  # the epoch count `acc` was measured at; epochs done
     for epoch in range(start_epoch, epochs):
         ep = _train_epoch(run, epoch, epochs)
-        train_seconds += ep.seconds
-        images += ep.images
+        train_seconds, images = train_seconds + ep.seconds, images + ep.images
         last_loss, error = ep.loss, ep.error
         if error:
             break
@@ -278,8 +266,7 @@ def fit(
         epoch_acc = None
         if eval_split and (done == epochs or (eval_every and done % eval_every == 0)):
             epoch_acc, seconds = _evaluate(run, eval_split)
-            acc, acc_epoch = epoch_acc, done
-            eval_seconds += seconds
+            acc, acc_epoch, eval_seconds = epoch_acc, done, eval_seconds + seconds
         if on_epoch is not None:
             info = EpochInfo(
                 done, epochs, last_loss, ep.lr, epoch_acc, train_seconds, model, run.optimizer
@@ -301,6 +288,21 @@ def fit(
         batch_size=run.batch_size,
         error=error,
     )
+
+
+def _first_epoch(
+    epochs: int, eval_split: str | None, start_epoch: int, resume: Mapping[str, Any] | None
+) -> int:
+    """`fit`'s arguments checked; the epoch it starts at (the checkpoint's, when resuming)."""
+    if epochs < 1:
+        raise BlockQNNError(f"epochs = {epochs}: must be at least 1")
+    if eval_split is not None and eval_split not in SPLITS:
+        raise BlockQNNError(f"eval_split {eval_split!r}: choose one of {SPLITS} or None")
+    if resume is not None:
+        start_epoch = int(resume["epoch"])
+    if not 0 <= start_epoch <= epochs:
+        raise BlockQNNError(f"start_epoch = {start_epoch}: must be in [0, epochs = {epochs}]")
+    return start_epoch
 
 
 @dataclass

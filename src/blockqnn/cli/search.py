@@ -127,6 +127,8 @@ def _sigterm_stops() -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Start or resume a search and print its result. Long on purpose: a command's steps
+    (check the flags, run, report each way it can end) in the order the user meets them."""
     from blockqnn.config import Config, merge
     from blockqnn.search import SearchStalled, Terminated, check_resume_overrides, run_search
 

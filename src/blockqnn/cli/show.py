@@ -45,6 +45,8 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Describe one block. Long on purpose: the command's checks and its outputs (text,
+    JSON, SVG) in the order the user meets them."""
     from blockqnn.cost import NetworkConfig, network_cost
     from blockqnn.nsc import Block
 

@@ -76,6 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train a block with a final recipe. Long on purpose: the command's steps (choose the
+    block, apply the flags, train, print) in the order the user meets them."""
     from blockqnn.config import Config, DataConfig
     from blockqnn.final import TrainingFailed, pick_block, train_final
     from blockqnn.final_settings import FINAL_RECIPES, FinalSettings
