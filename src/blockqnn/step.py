@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class _Execution:
+    """How one `fit` runs: the device, the autocast dtype, the memory layout, and whether the
+    step became a CUDA graph or was compiled (with the reason when not)."""
+
     device: torch.device
     amp: torch.dtype | None  # autocast dtype; None = fp32
     channels_last: bool
