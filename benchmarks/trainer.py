@@ -48,16 +48,10 @@ from blockqnn.builder import build_network
 from blockqnn.config import DataConfig, TrainConfig
 from blockqnn.cost import network_cost
 from blockqnn.data import DataArrays, DeviceData, load_arrays
+from blockqnn.devices import describe_device, resolve_device
 from blockqnn.nsc import Block
-from blockqnn.trainer import (
-    Recipe,
-    configure_threads,
-    describe_device,
-    early_stop_recipe,
-    fit,
-    resolve_device,
-    should_compile,
-)
+from blockqnn.recipe import Recipe, early_stop_recipe, should_compile
+from blockqnn.trainer import configure_threads, fit
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"

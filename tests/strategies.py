@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from blockqnn.nsc import KERNELS, Block, LayerType
+from blockqnn.nsc import DEFAULT_MAX_DEPTH, KERNELS, Block, LayerType
 
 
 def random_rows(rng: random.Random, n_layers: int) -> list[tuple[int, int, int, int, int]]:
@@ -31,10 +31,24 @@ def random_rows(rng: random.Random, n_layers: int) -> list[tuple[int, int, int, 
 
 
 @st.composite
-def blocks(draw: st.DrawFn, max_depth: int = 10) -> Block:
+def blocks(draw: st.DrawFn, max_depth: int = DEFAULT_MAX_DEPTH) -> Block:
+    """A valid block (terminal added) drawn layer by layer, so hypothesis shrinks a failing
+    block towards fewer layers, convolutions and earlier predecessors (a drawn seed would
+    shrink to another unrelated block)."""
     n = draw(st.integers(min_value=1, max_value=max_depth - 1))
-    seed = draw(st.integers(min_value=0, max_value=2**32 - 1))
-    return Block.from_tuples(random_rows(random.Random(seed), n), max_depth=max_depth)
+    rows = []
+    for i in range(1, n + 1):
+        # two different earlier layers exist from layer 2 on
+        types = [t for t in LayerType if t is not LayerType.TERMINAL and (t.arity == 1 or i > 1)]
+        t = draw(st.sampled_from(types))
+        k = draw(st.sampled_from(KERNELS[t]))
+        p1 = draw(st.integers(min_value=0, max_value=i - 1))
+        p2 = 0
+        if t.arity == 2:
+            p2 = draw(st.integers(min_value=0, max_value=i - 2))
+            p2 += p2 >= p1  # any earlier layer but p1
+        rows.append((i, int(t), k, p1, p2))
+    return Block.from_tuples(rows, max_depth=max_depth)
 
 
 def relabel(block: Block, rng: random.Random) -> Block:

@@ -28,9 +28,10 @@ from blockqnn.data import DeviceData, load_arrays
 from blockqnn.evaluator import Evaluator
 from blockqnn.final import FINAL_RECIPES, MODEL, train_final
 from blockqnn.nsc import Block
+from blockqnn.recipe import Recipe
 from blockqnn.search import run_search
 from blockqnn.store import Store
-from blockqnn.trainer import EpochInfo, Recipe, fit
+from blockqnn.trainer import EpochInfo, fit
 
 pytestmark = [
     pytest.mark.cuda,

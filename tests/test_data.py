@@ -397,10 +397,12 @@ def test_cifar_unpickler_reads_python2_pickles() -> None:
     assert np.array_equal(batch["data"], np.arange(250, 256, dtype=np.uint8).reshape(2, 3))
 
 
-def test_cifar_unpickler_refuses_code() -> None:
-    evil = pickle.dumps({"data": functools.partial(print, "pwned")})
+def test_cifar_unpickler_refuses_code(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"  # an unrestricted unpickler would create it
+    evil = pickle.dumps({"data": functools.partial(open, str(marker), "w")})
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         cifar._unpickle(evil)
+    assert not marker.exists()
 
 
 # ---------------------------------------------------------------- device data and cache files

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -79,8 +78,14 @@ def test_export_cli_json(
 
 
 class _Evil:
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (print, ("pwned",))
+    """Unpickled by an unrestricted unpickler, creates the file `marker`: a payload whose
+    harm shows (code run while loading), where one that prints would pass unseen."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
 
 
 @pytest.mark.parametrize(
@@ -88,17 +93,19 @@ class _Evil:
 )
 def test_bad_model_files(model_file: Path, tmp_path: Path, kind: str) -> None:
     bad = tmp_path / "bad.pt"
+    marker = tmp_path / "pwned"
     if kind == "truncated":
         data = model_file.read_bytes()
         bad.write_bytes(data[: len(data) // 2])
     elif kind == "garbage":
         bad.write_bytes(b"\x00not a model" * 50)
     elif kind == "foreign_pickle":
-        torch.save({"x": _Evil()}, bad)
+        torch.save({"x": _Evil(marker)}, bad)
     elif kind == "other_dict":
         torch.save({"state_dict": {}}, bad)
     with pytest.raises(BlockQNNError):
         load_model(bad)
+    assert not marker.exists()
     proc = subprocess.run(
         [
             sys.executable,
@@ -115,8 +122,8 @@ def test_bad_model_files(model_file: Path, tmp_path: Path, kind: str) -> None:
         text=True,
     )
     assert proc.returncode == 2, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "pwned" not in proc.stdout
-    assert not (tmp_path / "x.onnx").exists()
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.onnx").exists() and not marker.exists()
 
 
 def test_unsupported_format(model_file: Path, tmp_path: Path) -> None:
@@ -140,15 +147,22 @@ def test_unsupported_format(model_file: Path, tmp_path: Path) -> None:
         export_model(load_model(model_file), "tflite", tmp_path / "x")
 
 
-def test_pickle_module_is_not_used_for_loading(
-    model_file: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_model_file_that_would_run_code_is_refused_without_running_it(
+    model_file: Path, tmp_path: Path
 ) -> None:
-    # weights_only loading never calls the unrestricted unpickler.
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("unrestricted pickle.load used")
-
-    monkeypatch.setattr(pickle, "load", refuse)
-    load_model(model_file)
+    # A real model file with one more entry whose unpickling creates a file. Loading with
+    # weights_only=True refuses it before any code runs; an unrestricted load would create
+    # the marker (checked by hand: with weights_only=False in read_payload this test fails).
+    marker = tmp_path / "pwned"
+    payload = torch.load(model_file, map_location="cpu", weights_only=True)
+    payload["extra"] = _Evil(marker)
+    evil = tmp_path / "evil.pt"
+    torch.save(payload, evil)
+    assert not marker.exists()
+    with pytest.raises(BlockQNNError) as refused:
+        load_model(evil)
+    assert not marker.exists()  # no code ran ...
+    assert "not a readable blockqnn model file" in str(refused.value)  # ... refused at load
 
 
 def test_foreign_torch_file_gives_one_plain_line(tmp_path: Path) -> None:

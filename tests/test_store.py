@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -138,3 +139,14 @@ def test_records_of_deep_blocks_parse_beyond_the_default_depth() -> None:
     fields.update(candidate=nsc, status="complete")
     record = TrialRecord(**fields)  # type: ignore[arg-type]
     assert len(record.block) == 12
+
+
+def test_trial_statuses_are_the_stored_strings() -> None:
+    from blockqnn.store import FAILED, STATUSES, TrialStatus
+
+    stored = ["queued", "running", "complete", "failed", "reused", "interrupted"]
+    assert [s.value for s in TrialStatus] == stored and list(STATUSES) == stored
+    # A str enum: plain strings read back from SQLite look up and compare as the members.
+    assert {"failed": 3}[FAILED] == 3 and {FAILED: 3}["failed"] == 3
+    assert f"{FAILED}" == "failed" and str(FAILED) == "failed"
+    assert json.dumps([FAILED]) == '["failed"]'

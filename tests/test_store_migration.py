@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import blockqnn.executor.base as ex
-import blockqnn.store as store_module
+import blockqnn.store_schema as store_schema
 from blockqnn.agent.qlearning import QLearningAgent
 from blockqnn.cli import main
 from blockqnn.config import AgentConfig, Config
@@ -347,13 +347,13 @@ def test_a_failed_migration_leaves_the_v1_run_as_it_was(
     conn = sqlite3.connect(v1_run / DB_NAME)
     config_before = conn.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
     conn.close()
-    real = store_module._migrate_config_v1
+    real = store_schema._migrate_config_v1
 
     def rewrite_then_fail(c: sqlite3.Connection) -> None:
         real(c)  # the config is rewritten, then the migration fails before its commit
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(store_module, "_migrate_config_v1", rewrite_then_fail)
+    monkeypatch.setattr(store_schema, "_migrate_config_v1", rewrite_then_fail)
     with pytest.raises(sqlite3.OperationalError):
         Store.open(v1_run)
     conn = sqlite3.connect(v1_run / DB_NAME)

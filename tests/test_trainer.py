@@ -12,25 +12,26 @@ from torch import nn
 from blockqnn.builder import build_network
 from blockqnn.config import DataConfig, TrainConfig
 from blockqnn.data import DeviceData, load_arrays
+from blockqnn.data.augment import cutout
+from blockqnn.devices import resolve_device, resolve_precision
 from blockqnn.errors import BlockQNNError
 from blockqnn.optim import GraphableSGD
-from blockqnn.recipe import WARMUP_START
-from blockqnn.trainer import (
+from blockqnn.recipe import (
     EARLY_STOP_BN_IMAGES,
-    EpochInfo,
+    WARMUP_START,
     Recipe,
+    early_stop_recipe,
+    lr_at,
+    should_compile,
+)
+from blockqnn.trainer import (
+    EpochInfo,
     _compile,
-    _cutout,
     _Execution,
     _load_optimizer_state,
     accuracy,
-    early_stop_recipe,
     fit,
-    lr_at,
     make_optimizer,
-    resolve_device,
-    resolve_precision,
-    should_compile,
 )
 
 BLOCK = "1,1,3,0,0; 2,1,3,1,0; 3,5,0,2,0; 4,7,0,0,0"
@@ -302,7 +303,7 @@ def test_bad_arguments(digits: DeviceData) -> None:
 def test_cutout_squares() -> None:
     x = torch.full((64, 1, 8, 8), 200, dtype=torch.uint8)
     fill = torch.full((1, 1, 1, 1), 7, dtype=torch.uint8)
-    out = _cutout(x, 3, fill, torch.Generator().manual_seed(0))
+    out = cutout(x, 3, fill, torch.Generator().manual_seed(0))
     changed = (out == 7).flatten(1).sum(1)
     assert int(changed.min()) >= 4  # a corner centre keeps 2x2 of the 3x3 square
     assert int(changed.max()) == 9

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from blockqnn.bounds import check_settings, check_text
+from blockqnn.choices import AUGMENTS, COMPILE_MODES, PRECISIONS
 from blockqnn.cost import NetworkConfig
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.nsc import DEFAULT_MAX_DEPTH
@@ -68,9 +69,9 @@ class TrainConfig:
         if len(self.betas) != 2:
             raise BlockQNNError(f"train.betas = {clip(self.betas)}: expected two numbers")
         _validate("train", self)
-        _choice(self, "precision", ("auto", "bf16", "fp32"))
-        _choice(self, "augment", ("auto", "crop_flip", "none"))
-        _choice(self, "compile", ("auto", "on", "off"))
+        _choice(self, "precision", PRECISIONS)
+        _choice(self, "augment", AUGMENTS)
+        _choice(self, "compile", COMPILE_MODES)
 
 
 @dataclass(frozen=True)

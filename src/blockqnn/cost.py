@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from blockqnn.bounds import INPUT_CHANNELS, INPUT_SIDE, check, check_settings
+from blockqnn.choices import HEADS
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.nsc import Block, LayerType
 
-HEADS = ("paper", "gap")
 TEMPLATES = ("cifar", "imagenet")
 
 

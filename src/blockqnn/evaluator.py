@@ -31,19 +31,13 @@ import torch
 from blockqnn.builder import Network
 from blockqnn.config import Config
 from blockqnn.cost import network_cost, reference_flops
-from blockqnn.devices import too_large
+from blockqnn.devices import describe_device, resolve_device, too_large
 from blockqnn.errors import BlockQNNError
 from blockqnn.nsc import Block
+from blockqnn.recipe import Recipe, early_stop_recipe, should_compile
 from blockqnn.result import STATUS_OK, EvalResult
 from blockqnn.rewards import make_reward
-from blockqnn.trainer import (
-    Recipe,
-    describe_device,
-    early_stop_recipe,
-    fit,
-    resolve_device,
-    should_compile,
-)
+from blockqnn.trainer import fit
 
 if TYPE_CHECKING:
     from blockqnn.data import DataArrays, DeviceData

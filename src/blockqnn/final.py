@@ -1,9 +1,10 @@
 """Final training of a found block: the paper's CIFAR recipe, checkpoints and resume.
 
-Owns: `FinalSettings` (the final recipe, paper defaults), choosing the block (from a run's
-ranking or given), training on train + validation with `trainer.fit`, evaluating on the
-official test split, and the training folder (checkpoint every epoch, written atomically;
-the finished model file). Must not search or export.
+Owns: choosing the block (from a run's ranking or given), training on train + validation
+with `trainer.fit`, evaluating on the official test split, and the training folder
+(checkpoint every epoch, written atomically; the finished model file). The settings
+(`FinalSettings`, the named recipes) are `blockqnn.final_settings`'. Must not search or
+export.
 
 A training folder OUT holds:
     checkpoint.pt  model file + train_state (optimizer state, epoch, settings); every epoch;
@@ -17,31 +18,26 @@ Running the same command again continues from checkpoint.pt; a finished folder j
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from blockqnn.bounds import (
-    FRACTION,
-    MAX_EPOCHS,
-    MAX_LR,
-    MAX_TOP,
-    SEED,
-    UNIT_OPEN_HIGH,
-    Range,
-    check,
-    integers,
-)
+from blockqnn.bounds import MAX_TOP, check, integers
 from blockqnn.config import Config, DataConfig
 from blockqnn.cost import NetworkConfig
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.files import make_dir
+from blockqnn.final_settings import FINAL_RECIPES as FINAL_RECIPES  # re-exported
+from blockqnn.final_settings import FinalSettings as FinalSettings
 from blockqnn.nsc import Block
+
+if TYPE_CHECKING:
+    from blockqnn.data import DataArrays
+    from blockqnn.trainer import EpochInfo
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -51,83 +47,6 @@ HISTORY = "history.jsonl"
 class TrainingFailed(Exception):
     """The final training diverged (non-finite loss): a failed run, exit code 1."""
 
-
-@dataclass(frozen=True)
-class FinalSettings:
-    """The final recipe. Defaults: the paper's CIFAR training (`FINAL_RECIPES["paper"]`)."""
-
-    epochs: int = 300  # (paper) total epochs
-    batch_size: int = 128  # (paper) images per step
-    lr: float = 0.1  # (paper) SGD learning rate (peak, after any warm-up)
-    momentum: float = 0.9  # (paper) SGD momentum
-    weight_decay: float = 5e-4  # (paper) L2 penalty
-    schedule: str = "multistep"  # (paper) lr /10 at 50% and 75%; or "cosine" (modern)
-    label_smoothing: float = 0.0  # (modern option) e.g. 0.1
-    cutout: int = 0  # (modern option) side in pixels of the erased square, e.g. 16 on CIFAR
-    augment: str = "auto"  # "auto": crop+flip for images, none for digits; "crop_flip"; "none"
-    precision: str = "auto"  # bf16 where it is fast, else fp32
-    seed: int = 0
-    nesterov: bool = False  # (paper: plain momentum) Nesterov momentum
-    warmup_epochs: float = 0.0  # linear lr warm-up, in epochs; 0 = none
-    # test-time augmentation for the test accuracy: "flip" sums the logits of each image and
-    # its mirror image; "auto" does so when training flips images; "none"
-    tta: str = "none"
-
-    def __post_init__(self) -> None:
-        for flag, value, allowed in (
-            ("--epochs", self.epochs, integers(1, MAX_EPOCHS)),
-            ("--batch-size", self.batch_size, integers(1, 1_048_576)),
-            ("--lr", self.lr, Range(0.0, MAX_LR, open_low=True)),
-            ("--momentum", self.momentum, UNIT_OPEN_HIGH),
-            ("--weight-decay", self.weight_decay, FRACTION),
-            ("--label-smoothing", self.label_smoothing, UNIT_OPEN_HIGH),
-            ("--cutout", self.cutout, integers(0, 8192)),
-            ("--seed", self.seed, SEED),
-        ):
-            check(flag, value, allowed)
-        if self.schedule not in ("multistep", "cosine"):
-            raise BlockQNNError(f"--schedule {self.schedule!r}: choose multistep or cosine")
-        if self.augment not in ("auto", "crop_flip", "none"):
-            raise BlockQNNError(f"--augment {self.augment!r}: choose auto, crop_flip or none")
-        if self.tta not in ("auto", "flip", "none"):
-            raise BlockQNNError(f"--tta {self.tta!r}: choose auto, flip or none")
-        if not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
-            raise BlockQNNError(f"--warmup-epochs {self.warmup_epochs:g}: must be >= 0")
-
-
-# The recipes `blockqnn train --recipe NAME` starts from; flags given beside it override.
-FINAL_RECIPES: dict[str, FinalSettings] = {
-    # (paper) SGD momentum 0.9, lr 0.1 /10 at 50% and 75% of 300 epochs, wd 5e-4, batch 128
-    "paper": FinalSettings(),
-    # (choice) A short schedule for one GPU, a few minutes on CIFAR-10 instead of hours:
-    "fast": FinalSettings(
-        # 40 epochs: one-cycle/cosine CIFAR schedules reach ~94% with ResNet-sized networks
-        # in 30-40 epochs, where a step schedule needs 100+; fewer leave accuracy behind
-        epochs=40,
-        # 512 images per step: 4x fewer steps than the paper's 128, so 4x fewer kernel
-        # launches for the launch-bound small networks, while BatchNorm statistics and the
-        # gradient noise stay in the range large-batch CIFAR training uses without harm
-        batch_size=512,
-        # lr 0.4 = the paper's 0.1 per 128 images scaled linearly with the batch (Goyal et
-        # al., 2017, "Accurate, Large Minibatch SGD"), reached after the warm-up below
-        lr=0.4,
-        momentum=0.9,
-        # Nesterov momentum: the same cost, a little more stable at a large lr
-        nesterov=True,
-        weight_decay=5e-4,  # the paper's L2: short schedules need the regularisation too
-        # cosine to 0 after a 2-epoch linear warm-up: a large lr from a random start would
-        # diverge (the warm-up), and annealing to 0 gets the most out of few epochs
-        schedule="cosine",
-        warmup_epochs=2.0,
-        # label smoothing 0.1: about +0.5 point on CIFAR for short schedules, no cost
-        label_smoothing=0.1,
-        # flip test-time augmentation: the network saw mirrored images in training, so the
-        # mirror's logits are a free second opinion (+0.2-0.5 point on CIFAR)
-        tta="auto",
-        # augment "auto" (crop + flip on images), precision "auto" (bf16 on CUDA), and the
-        # whole step as a CUDA graph (the trainer's default): as fast as the trainer goes
-    ),
-}
 
 # Settings added after the first release, with the values that reproduce it: left out of a
 # training folder's identity while they have these values, so a folder started by an older
@@ -163,32 +82,7 @@ def pick_block(run_dir: str | Path, rank: int) -> tuple[Block, Config]:
     return Block.parse(top[rank - 1].candidate, max_depth=config.agent.max_depth), config
 
 
-def _recipe(settings: FinalSettings, dataset: str, input_shape: tuple[int, int, int]) -> Any:
-    from blockqnn.trainer import Recipe, augmentation
-
-    pad, flip = augmentation(settings.augment, dataset, input_shape)
-    return Recipe(
-        optimizer="sgd",
-        lr=settings.lr,
-        momentum=settings.momentum,
-        nesterov=settings.nesterov,
-        warmup_epochs=settings.warmup_epochs,
-        weight_decay=settings.weight_decay,
-        schedule=settings.schedule,
-        gamma=0.1,
-        milestones=(0.5, 0.75),
-        label_smoothing=settings.label_smoothing,
-        pad=pad,
-        flip=flip,
-        cutout=settings.cutout,
-        batch_size=settings.batch_size,
-        precision=settings.precision,
-        cuda_graphs=True,
-        seed=settings.seed,
-    )
-
-
-def _full_training_set(arrays: Any) -> Any:
+def _full_training_set(arrays: DataArrays) -> DataArrays:
     """Train + validation as the training split (the final network sees every image)."""
     return replace(
         arrays,
@@ -228,15 +122,18 @@ def train_final(
     device: str | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> FinalResult:
-    """Train `block` with the final recipe into folder `out` (resuming if it holds a run)."""
+    """Train `block` with the final recipe into folder `out` (resuming if it holds a run).
+
+    Long on purpose: one sequence of steps (identity, resume, build, fit, test, save) sharing
+    a dozen locals; the separable checks are the helpers below."""
     import torch
 
     from blockqnn.builder import Network
     from blockqnn.cost import network_cost
     from blockqnn.data import load_arrays
-    from blockqnn.devices import too_large
-    from blockqnn.model_io import model_payload, read_payload, save_atomic
-    from blockqnn.trainer import EpochInfo, accuracy, describe_device, fit, resolve_device
+    from blockqnn.devices import describe_device, resolve_device, too_large
+    from blockqnn.model_io import model_payload, save_atomic
+    from blockqnn.trainer import accuracy, fit
 
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
@@ -253,41 +150,9 @@ def train_final(
 
     finished = out_dir / MODEL
     if finished.is_file():
-        payload = read_payload(finished)
-        metrics = payload.get("metrics")
-        if not isinstance(metrics, dict) or metrics.get("identity") != identity:
-            raise BlockQNNError(f"--out {out_dir}: holds a finished training of other settings")
-        try:
-            return FinalResult(**metrics["result"])
-        except (KeyError, TypeError):
-            raise BlockQNNError(f"{finished}: damaged model file (no training result)") from None
-
-    resume: dict[str, Any] | None = None
+        return _finished_result(finished, identity, out_dir)
     ckpt_path = out_dir / CHECKPOINT
-    if ckpt_path.is_file():
-        payload = read_payload(ckpt_path)
-        state = payload.get("train_state")
-        if not isinstance(state, dict):
-            raise BlockQNNError(f"{ckpt_path}: damaged checkpoint (no training state)")
-        if state.get("identity") != identity:
-            raise BlockQNNError(
-                f"--out {out_dir}: holds a training of another block or other settings "
-                "(choose another --out)"
-            )
-        epoch = state.get("epoch")
-        if not isinstance(epoch, int) or isinstance(epoch, bool):
-            raise BlockQNNError(f"{ckpt_path}: damaged checkpoint (no epoch count)")
-        if not 0 <= epoch <= settings.epochs:
-            raise BlockQNNError(
-                f"{ckpt_path}: damaged checkpoint (epoch {clip(epoch)} of {settings.epochs})"
-            )
-        resume = {
-            "epoch": epoch,
-            "model": payload["state_dict"],
-            "optimizer": state.get("optimizer"),
-        }
-    elif out_dir.is_dir() and any(out_dir.iterdir()):
-        raise BlockQNNError(f"--out {out_dir}: is not empty and holds no blockqnn training")
+    resume = _checkpoint_resume(ckpt_path, identity, settings.epochs, out_dir)
     dev = resolve_device(device)
     reason = too_large(network_cost(block, net_cfg).params, dev)
     if reason:  # refused before it is built: allocating it could take the host down
@@ -297,7 +162,7 @@ def train_final(
     device_data = arrays.to_device(dev)
     torch.manual_seed(settings.seed)
     model = Network(block, net_cfg)
-    recipe = _recipe(settings, data.dataset, arrays.input_shape)
+    recipe = settings.recipe(data.dataset, arrays.input_shape)
     if resume is not None:
         _check_checkpoint(model, recipe, resume, ckpt_path)
     start = int(resume["epoch"]) if resume else 0
@@ -308,19 +173,7 @@ def train_final(
         ck = info.checkpoint()
         train_state = {"epoch": ck["epoch"], "optimizer": ck["optimizer"], "identity": identity}
         save_atomic(model_payload(model, mean, std, arrays.classes, {}, train_state), ckpt_path)
-        row = {
-            "epoch": info.epoch,
-            "train_loss": info.train_loss,
-            "lr": info.lr,
-            "train_seconds": round(info.train_seconds, 3),
-            "images_per_second": round(n_train * (info.epoch - start) / info.train_seconds, 1)
-            if info.train_seconds
-            else 0.0,
-        }
-        with (out_dir / HISTORY).open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        if progress is not None:
-            progress({**row, "epochs": info.epochs})
+        _record_epoch(info, n_train, start, out_dir / HISTORY, progress)
 
     t0 = time.perf_counter()
     fitted = fit(
@@ -361,6 +214,72 @@ def train_final(
     return result
 
 
+def _finished_result(finished: Path, identity: dict[str, Any], out_dir: Path) -> FinalResult:
+    """The result stored in a finished training's model file, if it is of these settings."""
+    from blockqnn.model_io import read_payload
+
+    payload = read_payload(finished)
+    metrics = payload.get("metrics")
+    if not isinstance(metrics, dict) or metrics.get("identity") != identity:
+        raise BlockQNNError(f"--out {out_dir}: holds a finished training of other settings")
+    try:
+        return FinalResult(**metrics["result"])
+    except (KeyError, TypeError):
+        raise BlockQNNError(f"{finished}: damaged model file (no training result)") from None
+
+
+def _checkpoint_resume(
+    ckpt_path: Path, identity: dict[str, Any], epochs: int, out_dir: Path
+) -> dict[str, Any] | None:
+    """What `fit(..., resume=...)` needs from the folder's checkpoint (None without one),
+    refusing a checkpoint of other settings or a damaged one, and a folder holding something
+    else."""
+    from blockqnn.model_io import read_payload
+
+    if not ckpt_path.is_file():
+        if out_dir.is_dir() and any(out_dir.iterdir()):
+            raise BlockQNNError(f"--out {out_dir}: is not empty and holds no blockqnn training")
+        return None
+    payload = read_payload(ckpt_path)
+    state = payload.get("train_state")
+    if not isinstance(state, dict):
+        raise BlockQNNError(f"{ckpt_path}: damaged checkpoint (no training state)")
+    if state.get("identity") != identity:
+        raise BlockQNNError(
+            f"--out {out_dir}: holds a training of another block or other settings "
+            "(choose another --out)"
+        )
+    epoch = state.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        raise BlockQNNError(f"{ckpt_path}: damaged checkpoint (no epoch count)")
+    if not 0 <= epoch <= epochs:
+        raise BlockQNNError(f"{ckpt_path}: damaged checkpoint (epoch {clip(epoch)} of {epochs})")
+    return {"epoch": epoch, "model": payload["state_dict"], "optimizer": state.get("optimizer")}
+
+
+def _record_epoch(
+    info: EpochInfo,
+    n_train: int,
+    start: int,
+    history: Path,
+    progress: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Append the epoch's line to the history file and hand it to `progress`."""
+    row = {
+        "epoch": info.epoch,
+        "train_loss": info.train_loss,
+        "lr": info.lr,
+        "train_seconds": round(info.train_seconds, 3),
+        "images_per_second": round(n_train * (info.epoch - start) / info.train_seconds, 1)
+        if info.train_seconds
+        else 0.0,
+    }
+    with history.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    if progress is not None:
+        progress({**row, "epochs": info.epochs})
+
+
 def _check_checkpoint(model: Any, recipe: Any, resume: dict[str, Any], path: Path) -> None:
     """Load the checkpoint's weights into `model` and its optimiser state into a fresh
     optimiser, refusing (one line, "damaged checkpoint") whatever does not fit the block and
@@ -369,7 +288,7 @@ def _check_checkpoint(model: Any, recipe: Any, resume: dict[str, Any], path: Pat
     import torch
 
     from blockqnn.model_io import load_weights
-    from blockqnn.trainer import make_optimizer
+    from blockqnn.step import make_optimizer
 
     try:
         load_weights(model, resume["model"])

@@ -48,7 +48,7 @@ class GraphableSGD(torch.optim.Optimizer):
         }
         super().__init__(params, defaults)
 
-    @torch.no_grad()  # type: ignore[untyped-decorator]
+    @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from blockqnn.choices import PRECISIONS
 from blockqnn.config import TrainConfig
 from blockqnn.errors import BlockQNNError
 
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("step", "multistep", "cosine", "constant")
-PRECISIONS = ("auto", "bf16", "fp32")
 # (choice) Images whose batch statistics replace BatchNorm's running averages before the
 # early-stop evaluation. The running averages (momentum 0.1) forget their initial values
 # only after ~50 steps: the paper's CIFAR early stop takes 2,100 steps, but a digits proxy
@@ -104,6 +104,35 @@ class Recipe:
                 "pad, cutout, weight_decay, max_seconds and bn_recalibrate must be >= 0"
             )
 
+    @classmethod
+    def from_config(
+        cls, train: TrainConfig, dataset: str, input_shape: tuple[int, int, int] | None = None
+    ) -> Recipe:
+        """The paper's early-stop recipe (Adam, lr x gamma every k epochs) from a `TrainConfig`.
+
+        `augment = "auto"` takes the dataset's default (none for digits, crop + flip otherwise);
+        "crop_flip" shifts by 1/8 of the side (4 px at 32x32) and flips."""
+        pad, flip = augmentation(train.augment, dataset, input_shape)
+        return cls(
+            optimizer="adam",
+            lr=train.lr,
+            betas=train.betas,
+            eps=train.eps,
+            weight_decay=train.weight_decay,
+            schedule="step",
+            step_epochs=train.lr_step_epochs,
+            gamma=train.lr_gamma,
+            pad=pad,
+            flip=flip,
+            batch_size=train.batch_size,
+            precision=train.precision,
+            channels_last=train.channels_last,
+            cuda_graphs=train.cuda_graphs,
+            max_seconds=train.max_seconds,
+            seed=train.seed,
+            bn_recalibrate=EARLY_STOP_BN_IMAGES,
+        )
+
 
 def augmentation(
     mode: str, dataset: str, input_shape: tuple[int, int, int] | None = None
@@ -122,30 +151,8 @@ def augmentation(
 def early_stop_recipe(
     train: TrainConfig, dataset: str, input_shape: tuple[int, int, int] | None = None
 ) -> Recipe:
-    """The paper's early-stop recipe (Adam, lr x gamma every k epochs) from a `TrainConfig`.
-
-    `augment = "auto"` takes the dataset's default (none for digits, crop + flip otherwise);
-    "crop_flip" shifts by 1/8 of the side (4 px at 32x32) and flips."""
-    pad, flip = augmentation(train.augment, dataset, input_shape)
-    return Recipe(
-        optimizer="adam",
-        lr=train.lr,
-        betas=train.betas,
-        eps=train.eps,
-        weight_decay=train.weight_decay,
-        schedule="step",
-        step_epochs=train.lr_step_epochs,
-        gamma=train.lr_gamma,
-        pad=pad,
-        flip=flip,
-        batch_size=train.batch_size,
-        precision=train.precision,
-        channels_last=train.channels_last,
-        cuda_graphs=train.cuda_graphs,
-        max_seconds=train.max_seconds,
-        seed=train.seed,
-        bn_recalibrate=EARLY_STOP_BN_IMAGES,
-    )
+    """The paper's early-stop recipe from a `TrainConfig` (`Recipe.from_config`)."""
+    return Recipe.from_config(train, dataset, input_shape)
 
 
 def should_compile(

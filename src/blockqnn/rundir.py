@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TextIO
 
 from blockqnn.errors import BlockQNNError, clip
 
@@ -37,7 +37,7 @@ def check_writable(run_dir: str | Path) -> None:
             raise BlockQNNError(f"run dir {clip(str(directory))} is not writable{where}")
 
 
-def take_lock(run_dir: Path) -> Any:
+def take_lock(run_dir: Path) -> TextIO:
     """Take the run's writer lock (`DIR/lock`); the open handle holds it until closed."""
     try:
         import fcntl

@@ -36,6 +36,10 @@ Rules, where the paper leaves the choice to us:
   checksum, its JSON, its candidate parsed by the space), the sessions and the agent
   restored from its snapshot and the recorded calls. Only then does it lock the run, migrate
   an older schema and write its session: a refused resume leaves every file unchanged.
+
+Length (about 500 lines, on purpose): the loop, its budget rules and the resume checks are
+one contract (a resumed run must continue exactly as the interrupted one would have); kept
+in one module so that a change to one is read beside the others.
 """
 
 from __future__ import annotations
@@ -377,6 +381,16 @@ def _storable(outcome: EvalResult) -> EvalResult:
 # ----- starting and resuming -------------------------------------------------------------------
 
 
+def check_resume_overrides(overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The `search` section of settings given with a resume, refusing any other section (a
+    resume continues the stored search; `resume_config` checks the `search` keys)."""
+    changed = {k for section, values in overrides.items() for k in values if section != "search"}
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(changed))
+        raise BlockQNNError(f"--resume continues the stored search; {flags} cannot change")
+    return dict(overrides.get("search", {}))
+
+
 def resume_config(store: Store, overrides: dict[str, Any] | None = None) -> Config:
     """The stored config with execution-only `search` overrides (not saved: they describe
     this session's machines, not the search)."""
@@ -408,6 +422,9 @@ def run_search(
     on `device`), `agent_factory(config)` replaces `blockqnn.agent.make_agent`. Bad input (a
     run dir that holds a run, a missing, damaged or unwritable one, an unreachable cluster)
     raises `BlockQNNError` before anything in an existing run dir changes.
+
+    Long on purpose: the order of the steps (check, lock, open, recover, loop, close) is
+    what keeps a refused or interrupted run's files unchanged; it reads best in one place.
     """
     directory = Path(run_dir)
     resume = config is None

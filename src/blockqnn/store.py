@@ -1,11 +1,13 @@
 """The run's single source of truth: one SQLite database per run directory.
 
-Owns: the schema (versioned), the resolved config, every trial and its state, the agent's
-latest snapshot and the sessions that worked on the run, the checksums that guard them, and
-the migration of older schemas. Everything else (the agent, the progress display, `status`,
-the report) is rebuilt from it. The files of the run dir (reading without changing them, the
-lock, whether they can be written) are `blockqnn.rundir`'s. Must not hold global state,
-decide what to evaluate or import torch.
+Owns: `Store`: creating and opening a run's database, the resolved config, every trial and
+its state changes, the agent's latest snapshot and the sessions that worked on the run.
+Everything else (the agent, the progress display, `status`, the report) is rebuilt from it.
+The schema, the statuses, the checksums and the migration of older schemas are
+`blockqnn.store_schema`'s; the read queries and the records they return
+`blockqnn.store_queries`'; the files of the run dir (reading without changing them, the lock,
+whether they can be written) `blockqnn.rundir`'s. This module re-exports the names others
+import from it. Must not hold global state, decide what to evaluate or import torch.
 
 Contract:
 - One writer: the search process (the master). Workers never touch the database; they return
@@ -24,186 +26,85 @@ Contract:
   page is a `BlockQNNError` naming what is damaged.
 - A run dir that cannot be written is refused before a writable open touches anything.
 
-Trial states: `queued` (waiting for a slot, or a duplicate waiting for its original's
-result), `running` (handed to the executor), `complete`, `failed` (the evaluator's failure or
-too many lost workers), `reused` (the hash was evaluated before: its reward was reused, no
-training), `interrupted` (in flight when the search was stopped; resumed as queued).
+Trial states: `TrialStatus` (queued, running, complete, failed, reused, interrupted).
+
+Length (over 500 lines, on purpose): `Store` is the one writer, and its transactions share
+`_tx`, `_transition` and `_copy_result` and the contract above; the schema, the checks and
+the read queries already live in their own modules, and splitting the writes would scatter
+the rules of one transaction over several files.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from blockqnn.config import AGENT_PRESETS, Config
+from blockqnn.config import Config
 from blockqnn.errors import BlockQNNError, clip
-from blockqnn.nsc import DEFAULT_MAX_DEPTH, Block
 from blockqnn.result import EvalResult
 from blockqnn.rundir import DB_NAME as DB_NAME  # the run's file names: re-exported
 from blockqnn.rundir import LOCK_NAME as LOCK_NAME
 from blockqnn.rundir import check_writable, held, reader, take_lock, write_failure
 from blockqnn.spaces.base import Candidate
+from blockqnn.store_queries import (
+    AgentState,
+    TrialRecord,
+    count_statuses,
+    latest_snapshot,
+    read_config,
+    read_meta,
+    select_sessions,
+    select_top,
+    select_trial,
+    select_trials,
+)
+from blockqnn.store_schema import (
+    _SCHEMA,
+    APPLICATION_ID,
+    COMPLETE,
+    FAILED,
+    INTERRUPTED,
+    QUEUED,
+    REUSED,
+    RUNNING,
+    SCHEMA_VERSION,
+    STATUSES,
+    TRAINED,
+    TrialStatus,
+    _check,
+    _migrate,
+    _seal,
+    _seal_meta,
+    damaged,
+)
 
-# 1: NSC only, with an epsilon column; 2: any space, strategy info as JSON; 3: checksums
-SCHEMA_VERSION = 3
-APPLICATION_ID = 0x42514E4E  # "BQNN": marks the SQLite file as a blockqnn run
-
-QUEUED = "queued"
-RUNNING = "running"
-COMPLETE = "complete"
-FAILED = "failed"
-REUSED = "reused"
-INTERRUPTED = "interrupted"
-STATUSES = (QUEUED, RUNNING, COMPLETE, FAILED, REUSED, INTERRUPTED)
-FINISHED = (COMPLETE, FAILED, REUSED)
-TRAINED = (COMPLETE, FAILED)  # what the budget counts
-
-_SCHEMA = f"""
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE trials (
-    id INTEGER PRIMARY KEY,          -- ask order: trial n is the agent's n-th ask
-    hash TEXT NOT NULL,
-    candidate TEXT NOT NULL,         -- the candidate's canonical text (NSC, a cell, ...)
-    status TEXT NOT NULL CHECK (status IN ({", ".join(repr(s) for s in STATUSES)})),
-    reward REAL, accuracy REAL, flops INTEGER, params INTEGER, density REAL,
-    result TEXT,                     -- the EvalResult as JSON (of the original, if reused)
-    worker TEXT NOT NULL DEFAULT '',
-    attempts INTEGER NOT NULL DEFAULT 0,  -- times handed to a worker
-    lost INTEGER NOT NULL DEFAULT 0,      -- times its worker died mid-evaluation
-    error TEXT NOT NULL DEFAULT '',
-    reuse_of INTEGER REFERENCES trials(id),
-    info TEXT NOT NULL DEFAULT '{{}}', -- the strategy's info() when it proposed the candidate
-    ask_seq INTEGER NOT NULL,        -- the agent's calls, asks and tells, numbered in order
-    tell_seq INTEGER,                -- when its reward was told; NULL until then
-    created REAL NOT NULL, started REAL, finished REAL,
-    checksum TEXT NOT NULL DEFAULT ''     -- SHA-256 of the columns above (see _digest)
-);
-CREATE INDEX trials_hash ON trials(hash);
-CREATE INDEX trials_status ON trials(status);
-CREATE TABLE agent_snapshots (
-    id INTEGER PRIMARY KEY,
-    seq INTEGER NOT NULL,            -- agent calls reflected: ask_seq / tell_seq <= this
-    trial_count INTEGER NOT NULL,
-    created REAL NOT NULL,
-    state TEXT NOT NULL,
-    checksum TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE sessions (
-    id INTEGER PRIMARY KEY, pid INTEGER NOT NULL, host TEXT NOT NULL,
-    started REAL NOT NULL, updated REAL NOT NULL, ended REAL, outcome TEXT NOT NULL DEFAULT '',
-    checksum TEXT NOT NULL DEFAULT ''
-);
-"""
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One row of `trials`, as readers see it."""
-
-    id: int
-    hash: str
-    candidate: str  # the candidate's text, as its space writes it
-    status: str
-    reward: float | None
-    accuracy: float | None
-    flops: int | None
-    params: int | None
-    density: float | None
-    result: dict[str, Any] | None  # EvalResult.to_dict(); None until finished
-    worker: str
-    attempts: int
-    lost: int
-    error: str
-    reuse_of: int | None
-    info: dict[str, Any]  # the strategy's `info()` at ask time, e.g. {"epsilon": 0.9}
-    ask_seq: int  # position of the ask among the agent's calls (asks and tells)
-    tell_seq: int | None  # position of the tell; None until told
-    created: float  # Unix seconds
-    started: float | None
-    finished: float | None
-
-    @property
-    def block(self) -> Block:
-        """The candidate as an NSC block (runs of the `nsc` space only)."""
-        # The stored text was validated at the run's max_depth when recorded; its own layer
-        # count (terminal included) is a depth it always fits.
-        text = self.candidate
-        return Block.parse(text, max_depth=max(DEFAULT_MAX_DEPTH, text.count(";") + 1))
-
-    @property
-    def trained(self) -> bool:
-        return self.status in TRAINED
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
-
-_COLUMNS = tuple(TrialRecord.__dataclass_fields__)
-# The columns each table's checksum covers, in order (the row id included: a flipped id is a
-# different row). `meta`'s checksum row covers every other row of meta.
-_CONTENT = {
-    "trials": _COLUMNS,
-    "agent_snapshots": ("id", "seq", "trial_count", "created", "state"),
-    "sessions": ("id", "pid", "host", "started", "updated", "ended", "outcome"),
-}
-META_CHECKSUM = "checksum"
-
-
-def _digest(table: str, values: Sequence[Any]) -> str:
-    """SHA-256 of a row's values as SQLite returns them. `repr` is exact and tells the types
-    apart (1 from 1.0 from '1'), so any change of a stored value changes the digest."""
-    text = repr((table, *values))
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def damaged(what: str) -> BlockQNNError:
-    """The error for a store whose content cannot be trusted (exit 2 at the CLI)."""
-    return BlockQNNError(f"the run's store is damaged: {what}")
-
-
-def _verified(table: str, row: Sequence[Any], what: str) -> tuple[Any, ...]:
-    """The row's content (the checksum column, last, removed) if its checksum matches."""
-    *content, checksum = row
-    if _digest(table, content) != checksum:
-        raise damaged(f"{what} does not match its checksum")
-    return tuple(content)
-
-
-def _decode(text: Any, what: str) -> Any:
-    """A stored JSON value; anything undecodable means the store is damaged."""
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError, RecursionError):  # not text, not JSON, too long or deep
-        raise damaged(f"{what} is not readable JSON") from None
-
-
-def _row_to_record(row: Sequence[Any]) -> TrialRecord:
-    """A trial from its row (content columns then checksum): verified and decoded."""
-    trial = f"trial {clip(row[0])}"
-    values = dict(zip(_COLUMNS, _verified("trials", row, trial), strict=True))
-    if values["result"] is not None:
-        values["result"] = _decode(values["result"], f"{trial}'s result")
-        if not isinstance(values["result"], dict):
-            raise damaged(f"{trial}'s result is not a JSON object")
-    info = _decode(values["info"], f"{trial}'s info") if values["info"] else {}
-    if not isinstance(info, dict):
-        raise damaged(f"{trial}'s info is not a JSON object")
-    values["info"] = info
-    if values["status"] not in STATUSES:
-        raise damaged(f"{trial} has an unknown status")
-    return TrialRecord(**values)
-
-
-_SELECT_TRIALS = f"SELECT {', '.join(_COLUMNS)}, checksum FROM trials"
+# The names other modules import from here (the store was one module before the split).
+__all__ = [
+    "APPLICATION_ID",
+    "COMPLETE",
+    "DB_NAME",
+    "FAILED",
+    "INTERRUPTED",
+    "LOCK_NAME",
+    "QUEUED",
+    "REUSED",
+    "RUNNING",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "TRAINED",
+    "AgentState",
+    "Store",
+    "TrialRecord",
+    "TrialStatus",
+    "damaged",
+]
 
 
 class Store:
@@ -214,7 +115,7 @@ class Store:
         self.run_dir = path.parent
         self._conn = conn
         self.readonly = readonly
-        self._lock: Any = None
+        self._lock: TextIO | None = None
         self._session: int | None = None
 
     # ----- opening --------------------------------------------------------------------------
@@ -341,83 +242,40 @@ class Store:
 
     def meta(self) -> dict[str, str]:
         """The run's meta rows (schema version, creation time, config JSON), verified."""
-        rows = self._conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
-        stored = dict(rows)
-        content = [r for r in rows if r[0] != META_CHECKSUM]
-        if stored.get(META_CHECKSUM) != _digest("meta", content):
-            raise damaged("its settings (the meta table) do not match their checksum")
-        del stored[META_CHECKSUM]
-        return stored
+        return read_meta(self._conn)
 
     def config(self) -> Config:
         """The resolved config the run was started with."""
-        data = _decode(self.meta().get("config"), "the stored config")
-        if not isinstance(data, dict):
-            raise damaged("the stored config is not a JSON object")
-        return Config.from_dict(data)
+        return read_config(self._conn)
 
     def trials(self, status: str | None = None) -> list[TrialRecord]:
         """Every trial in ask order, or those with one status."""
-        query = _SELECT_TRIALS
-        args: tuple[Any, ...] = ()
-        if status is not None:
-            query += " WHERE status = ?"
-            args = (status,)
-        rows = self._conn.execute(query + " ORDER BY id", args).fetchall()
-        return [_row_to_record(r) for r in rows]
+        return select_trials(self._conn, status)
 
     def trial(self, trial_id: int) -> TrialRecord:
-        row = self._conn.execute(_SELECT_TRIALS + " WHERE id = ?", (trial_id,)).fetchone()
-        if row is None:
+        record = select_trial(self._conn, trial_id)
+        if record is None:
             raise KeyError(trial_id)
-        return _row_to_record(row)
+        return record
 
     def top(self, k: int = 10) -> list[TrialRecord]:
         """The `k` best trained blocks by reward, best first (reused duplicates excluded)."""
-        rows = self._conn.execute(
-            _SELECT_TRIALS + " WHERE status = ? ORDER BY reward DESC, id LIMIT ?",
-            (COMPLETE, min(k, 2**62)),
-        ).fetchall()
-        return [_row_to_record(r) for r in rows]
+        return select_top(self._conn, k)
 
     def counts(self) -> dict[str, int]:
         """Trials per status (every status present, zeros included) and `trained`."""
-        out = dict.fromkeys(STATUSES, 0)
-        for status, n in self._conn.execute("SELECT status, COUNT(*) FROM trials GROUP BY 1"):
-            if status not in out:
-                raise damaged(f"a trial has an unknown status {clip(status)}")
-            out[status] = n
-        out["trained"] = out[COMPLETE] + out[FAILED]
-        return out
+        return count_statuses(self._conn)
 
     def latest_snapshot(self) -> AgentState | None:
         """The newest agent snapshot, or None."""
-        cols = ", ".join(_CONTENT["agent_snapshots"])
-        row = self._conn.execute(
-            f"SELECT {cols}, checksum FROM agent_snapshots ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        if row is None:
-            return None
-        _, seq, _, _, state = _verified("agent_snapshots", row, "the agent's snapshot")
-        data = _decode(state, "the agent's snapshot")
-        if not isinstance(data, dict) or not isinstance(seq, int):
-            raise damaged("the agent's snapshot is not a JSON object")
-        return AgentState(data, seq)
+        return latest_snapshot(self._conn)
 
     def elapsed(self) -> float:
         """Seconds the run's sessions have been working, summed over sessions."""
         return float(sum(s["updated"] - s["started"] for s in self.sessions()))
 
     def sessions(self) -> list[dict[str, Any]]:
-        names = _CONTENT["sessions"]
-        rows = self._conn.execute(
-            f"SELECT {', '.join(names)}, checksum FROM sessions ORDER BY id"
-        ).fetchall()
-        out = []
-        for row in rows:
-            values = _verified("sessions", row, f"session {clip(row[0])}")
-            out.append(dict(zip(names, values, strict=True)))
-        return out
+        return select_sessions(self._conn)
 
     def active(self) -> bool:
         """Whether a search process holds this run now (its lock is taken)."""
@@ -563,9 +421,8 @@ class Store:
                 ),
             )
             _seal(c, "trials", trial_id)
-            source = _row_to_record(
-                c.execute(_SELECT_TRIALS + " WHERE id = ?", (trial_id,)).fetchone()
-            )
+            source = select_trial(c, trial_id)
+            assert source is not None  # just updated in this transaction
             for dup, dup_seq in duplicates:
                 self._transition(c, dup, (QUEUED,))
                 self._copy_result(c, dup, source, now, dup_seq)
@@ -634,7 +491,8 @@ class Store:
         row = c.execute("SELECT status FROM trials WHERE id = ?", (trial_id,)).fetchone()
         if row is None or row[0] not in allowed:
             found = "missing" if row is None else row[0]
-            raise RuntimeError(f"trial {trial_id} is {found}, expected one of {allowed}")
+            expected = tuple(str(a) for a in allowed)  # the stored strings, not enum reprs
+            raise RuntimeError(f"trial {trial_id} is {found}, expected one of {expected}")
 
     @staticmethod
     def _copy_result(
@@ -672,117 +530,3 @@ class Store:
         _seal(c, "agent_snapshots", cur.lastrowid)
         # Only the newest snapshot is needed to resume; the trials hold the history.
         c.execute("DELETE FROM agent_snapshots WHERE id < ?", (cur.lastrowid,))
-
-
-def _seal(c: sqlite3.Connection, table: str, row_id: int) -> None:
-    """Write the checksum of a row as it now reads back (after SQLite's type affinity: a
-    Python int stored in a REAL column reads back as a float)."""
-    cols = ", ".join(_CONTENT[table])
-    row = c.execute(f"SELECT {cols} FROM {table} WHERE id = ?", (row_id,)).fetchone()
-    c.execute(f"UPDATE {table} SET checksum = ? WHERE id = ?", (_digest(table, row), row_id))
-
-
-def _seal_meta(c: sqlite3.Connection) -> None:
-    rows = c.execute(
-        "SELECT key, value FROM meta WHERE key != ? ORDER BY key", (META_CHECKSUM,)
-    ).fetchall()
-    c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (META_CHECKSUM, _digest("meta", rows)))
-
-
-@dataclass(frozen=True)
-class AgentState:
-    """An agent's `state_dict()` after its first `seq` calls (asks and tells)."""
-
-    state: dict[str, Any]
-    seq: int
-
-
-# What every version-1 run was, in the config keys that version 2 added: an NSC search with
-# the paper's reward and its Q-learning constants (presets and modes did not exist yet).
-_V1_IMPLIED: dict[str, dict[str, Any]] = {
-    "search": {"space": "nsc"},
-    "reward": {"name": "paper"},
-    "agent": {"preset": "paper", **AGENT_PRESETS["paper"]},
-}
-
-
-def _migrate(conn: sqlite3.Connection, version: int) -> None:
-    """Bring a store of an older schema to `SCHEMA_VERSION`, in one transaction."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if version < 2:  # candidates of any space; Q-learning's epsilon becomes its info
-            conn.execute("ALTER TABLE trials RENAME COLUMN nsc TO candidate")
-            conn.execute("ALTER TABLE trials ADD COLUMN info TEXT NOT NULL DEFAULT '{}'")
-            conn.execute("UPDATE trials SET info = json_object('epsilon', epsilon)")
-            conn.execute("ALTER TABLE trials DROP COLUMN epsilon")
-            _migrate_config_v1(conn)
-        if version < 3:  # checksums: those of the rows as they are now (nothing to compare)
-            for table in _CONTENT:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN checksum TEXT NOT NULL DEFAULT ''")
-                for (row_id,) in conn.execute(f"SELECT id FROM {table}").fetchall():
-                    _seal(conn, table, row_id)
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        _seal_meta(conn)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def _migrate_config_v1(conn: sqlite3.Connection) -> None:
-    """Write the keys a version-1 config lacks with the values that run used. Read with
-    today's defaults instead, `--resume` would silently continue with another agent (the
-    `blockqnn` preset's modes). Stored values are kept, whatever they are."""
-    row = conn.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
-    data = json.loads(row[0])
-    if not isinstance(data, dict):  # left for Config.from_dict to refuse with its message
-        return
-    for section, implied in _V1_IMPLIED.items():
-        values = data.setdefault(section, {})
-        if isinstance(values, dict):
-            for key, value in implied.items():
-                values.setdefault(key, value)
-    conn.execute(
-        "UPDATE meta SET value = ? WHERE key = 'config'", (json.dumps(data, sort_keys=True),)
-    )
-
-
-def _check(path: Path) -> int:
-    """Refuse, without writing to it, a file that is not a blockqnn run of a known schema.
-    Returns its schema version."""
-    try:
-        conn, _ = reader(path)
-    except sqlite3.DatabaseError as exc:
-        raise BlockQNNError(f"{path}: corrupt or not a database ({clip(str(exc))})") from None
-    except (sqlite3.Error, OSError) as exc:
-        raise BlockQNNError(f"{path}: cannot open: {clip(str(exc))}") from None
-    try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if app_id != APPLICATION_ID:
-            raise BlockQNNError(f"{path} is not a blockqnn run (foreign SQLite database)")
-        if version > SCHEMA_VERSION:
-            raise BlockQNNError(
-                f"{path} has store schema {version}, newer than this blockqnn's "
-                f"{SCHEMA_VERSION}: upgrade blockqnn"
-            )
-        if version < 1:
-            raise BlockQNNError(f"{path}: corrupt run (unknown store schema {version})")
-        row = conn.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
-        if row is None:
-            raise BlockQNNError(f"{path}: corrupt run (no config)")
-        json.loads(row[0])
-        # Every page and every index, not only meta's: a damaged trials table, or an index
-        # that no longer matches its table (a query through it would silently miss rows),
-        # must be refused here, before anything is written. Milliseconds for a run.
-        problems = [r[0] for r in conn.execute("PRAGMA integrity_check(1)").fetchall()]
-        if problems != ["ok"]:
-            raise BlockQNNError(f"{path}: corrupt run ({clip(problems[0])})")
-        return int(version)
-    except sqlite3.DatabaseError as exc:
-        raise BlockQNNError(f"{path}: corrupt or not a database ({clip(str(exc))})") from None
-    except (TypeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError
-        raise BlockQNNError(f"{path}: corrupt run (unreadable config)") from None
-    finally:
-        conn.close()

@@ -36,6 +36,11 @@ from blockqnn.spaces.base import Space
 if TYPE_CHECKING:
     from blockqnn.config import AgentConfig
 
+# (choice) Defaults: candidates alive at once, and the tournament size (`AgentConfig` has
+# the same values: the config must not import the strategies).
+POPULATION_SIZE = 20
+SAMPLE_SIZE = 5
+
 
 class RegularizedEvolution(BaseAgent):
     """Aging evolution with tournament selection (Real et al. 2019).
@@ -54,8 +59,8 @@ class RegularizedEvolution(BaseAgent):
         self,
         space: Space | None = None,
         budget: int = PAPER_BUDGET,
-        population_size: int = 20,
-        sample_size: int = 5,
+        population_size: int = POPULATION_SIZE,
+        sample_size: int = SAMPLE_SIZE,
         seed: int = 0,
     ) -> None:
         if space is None:
@@ -112,6 +117,20 @@ class RegularizedEvolution(BaseAgent):
             "sample_size": self.sample_size,
         }
 
+    @classmethod
+    def from_config(
+        cls, space: Space, budget: int, seed: int, config: AgentConfig
+    ) -> RegularizedEvolution:
+        """Evolution with the `[agent]` section's population and tournament sizes (a config
+        object without them, e.g. a plug-in's, gets the defaults)."""
+        return cls(
+            space,
+            budget=budget,
+            population_size=getattr(config, "population_size", POPULATION_SIZE),
+            sample_size=getattr(config, "sample_size", SAMPLE_SIZE),
+            seed=seed,
+        )
+
     def state_dict(self) -> dict[str, Any]:
         out = self._base_state()
         out["population"] = [[str(c), reward] for c, reward in self._population]
@@ -159,10 +178,4 @@ def make_strategy(
     space: Space, budget: int, seed: int, config: AgentConfig
 ) -> RegularizedEvolution:
     """The registry's factory for `evolution`, with the `[agent]` section's settings."""
-    return RegularizedEvolution(
-        space,
-        budget=budget,
-        population_size=getattr(config, "population_size", 20),
-        sample_size=getattr(config, "sample_size", 5),
-        seed=seed,
-    )
+    return RegularizedEvolution.from_config(space, budget, seed, config)

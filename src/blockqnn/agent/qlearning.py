@@ -5,7 +5,7 @@ memory and their snapshot. Must not import torch, know about the store or decide
 block gets trained: the search loop reuses stored rewards for blocks already seen and simply
 tells them again.
 
-Choices, where the paper is silent (DESIGN.md, "Q-learning"):
+Choices, where the paper is silent:
 
 - The schedule's clock is the number of *distinct* blocks (by isomorphism-invariant hash)
   told so far: MetaQNN's schedule counts models trained at each epsilon, and the search's
@@ -305,6 +305,26 @@ class QLearningAgent(BaseAgent):
             "on_repeat": self.on_repeat,
         }
 
+    @classmethod
+    def from_config(
+        cls, space: Space, budget: int, seed: int, config: AgentConfig
+    ) -> QLearningAgent:
+        """An agent with the `[agent]` section's settings (the paper's schedule)."""
+        return cls(
+            space,
+            budget=budget,
+            alpha=config.alpha,
+            gamma=config.gamma,
+            q_init=config.q_init,
+            replay_size=config.replay_size,
+            iteration_size=config.iteration_size,
+            reward_shaping=config.reward_shaping,
+            seed=seed,
+            q_init_mode=config.q_init_mode,
+            alpha_mode=config.alpha_mode,
+            on_repeat=config.on_repeat,
+        )
+
     def state_dict(self) -> dict[str, Any]:
         out = self._base_state()
         counts = self._n
@@ -399,17 +419,4 @@ def _check_mode(name: str, value: Any, options: tuple[str, ...]) -> str:
 
 def make_strategy(space: Space, budget: int, seed: int, config: AgentConfig) -> QLearningAgent:
     """The registry's factory for `qlearning`, with the `[agent]` section's settings."""
-    return QLearningAgent(
-        space,
-        budget=budget,
-        alpha=config.alpha,
-        gamma=config.gamma,
-        q_init=config.q_init,
-        replay_size=config.replay_size,
-        iteration_size=config.iteration_size,
-        reward_shaping=config.reward_shaping,
-        seed=seed,
-        q_init_mode=config.q_init_mode,
-        alpha_mode=config.alpha_mode,
-        on_repeat=config.on_repeat,
-    )
+    return QLearningAgent.from_config(space, budget, seed, config)

@@ -25,7 +25,6 @@ import json
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -128,19 +127,16 @@ def _sigterm_stops() -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Start or resume a search and print its result. Long on purpose: a command's steps
+    (check the flags, run, report each way it can end) in the order the user meets them."""
     from blockqnn.config import Config, merge
-    from blockqnn.search import SearchStalled, Terminated, run_search
+    from blockqnn.search import SearchStalled, Terminated, check_resume_overrides, run_search
 
     overrides = _overrides(args)
     if args.resume:
         if args.config is not None:
             raise BlockQNNError("--resume uses the run's stored config; drop --config")
-        changed = {
-            k for section, values in overrides.items() for k in values if section != "search"
-        }
-        if changed:
-            flags = ", ".join("--" + k.replace("_", "-") for k in sorted(changed))
-            raise BlockQNNError(f"--resume continues the stored search; {flags} cannot change")
+        overrides = {"search": check_resume_overrides(overrides)}
         run_dir, config = args.resume, None
     else:
         if not args.run_dir:
@@ -281,7 +277,6 @@ class _Display:
     def __init__(self, out: Any, run_dir: str) -> None:
         self.out = out
         self.run_dir = run_dir
-        self.started = time.monotonic()
         self._progress: Any = None
         self._task: Any = None
 

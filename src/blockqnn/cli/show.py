@@ -14,10 +14,15 @@ from blockqnn.errors import BlockQNNError, clip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from blockqnn.choices import HEADS
+    from blockqnn.nsc import DEFAULT_MAX_DEPTH
+
     parser.add_argument("block", metavar="BLOCK", help="NSC text or a JSON list of 5-lists")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--svg", metavar="FILE", help="also draw the block graph to FILE")
-    parser.add_argument("--max-depth", type=int, default=10, help="search-space depth limit")
+    parser.add_argument(
+        "--max-depth", type=int, default=DEFAULT_MAX_DEPTH, help="search-space depth limit"
+    )
     parser.add_argument("--filters", type=int, default=32, help="first-stage width F")
     parser.add_argument("--blocks-per-stage", type=int, default=2, help="blocks per stage N")
     parser.add_argument(
@@ -26,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="C,H,W of the input images (default 3,32,32)",
     )
     parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument("--head", choices=("paper", "gap"), default="paper")
+    parser.add_argument("--head", choices=HEADS, default="paper")
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -40,6 +45,8 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Describe one block. Long on purpose: the command's checks and its outputs (text,
+    JSON, SVG) in the order the user meets them."""
     from blockqnn.cost import NetworkConfig, network_cost
     from blockqnn.nsc import Block
 

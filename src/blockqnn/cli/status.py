@@ -22,19 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def status(run_dir: str, top: int = 5) -> dict[str, Any]:
-    """The run's state as a JSON-safe dict (the `--json` output)."""
-    from blockqnn.store import Store
+    """The run's state as a JSON-safe dict (the `--json` output), from the report's summary."""
+    from blockqnn.report.data import read_run
+    from blockqnn.store import FAILED
 
-    with Store.open(run_dir, readonly=True) as store:
-        config = store.config()
-        counts = store.counts()
-        trials = store.trials()
-        elapsed = store.elapsed()
-        best = store.top(top)
-        active = store.active()
+    run = read_run(run_dir, top)
+    config, counts = run.config, run.counts
     return {
         "run_dir": run_dir,
-        "active": active,
+        "active": run.active,
         "dataset": config.data.dataset,
         "space": config.search.space,
         "agent": config.search.agent,
@@ -46,16 +42,14 @@ def status(run_dir: str, top: int = 5) -> dict[str, Any]:
         "running": counts["running"],
         "queued": counts["queued"],
         "interrupted": counts["interrupted"],
-        "info": dict(trials[-1].info) if trials else {},
-        "elapsed_seconds": round(elapsed, 3),
-        "evaluations_per_hour": (
-            round(counts["trained"] * 3600 / elapsed, 2) if elapsed > 0 else 0.0
-        ),
-        "top": [trial_json(t, config.search.space) for t in best],
+        "info": run.info,
+        "elapsed_seconds": round(run.elapsed, 3),
+        "evaluations_per_hour": round(run.evaluations_per_hour or 0.0, 2),
+        "top": [trial_json(t, run.space) for t in run.top],
         # the latest failed evaluations with their errors, newest last
         "recent_failures": [
             {"id": t.id, "candidate": t.candidate, "error": t.error}
-            for t in [t for t in trials if t.status == "failed"][-5:]
+            for t in [t for t in run.trials if t.status == FAILED][-5:]
         ],
     }
 

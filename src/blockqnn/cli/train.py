@@ -25,48 +25,62 @@ from blockqnn.errors import BlockQNNError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from blockqnn.choices import AUGMENTS, FINAL_SCHEDULES, HEADS, PRECISIONS, TTA_MODES
+    from blockqnn.final_settings import FINAL_RECIPES
+    from blockqnn.nsc import DEFAULT_MAX_DEPTH
+
+    paper, fast = FINAL_RECIPES["paper"], FINAL_RECIPES["fast"]
     parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a search run to take from")
     parser.add_argument("--rank", type=int, default=1, help="K-th best block of the run")
     parser.add_argument("--block", metavar="BLOCK", help="train this block instead of a run's")
-    parser.add_argument("--max-depth", type=int, default=10, help="depth limit of --block")
+    parser.add_argument(
+        "--max-depth", type=int, default=DEFAULT_MAX_DEPTH, help="depth limit of --block"
+    )
     parser.add_argument("--dataset", help="dataset (default: the run's)")
     parser.add_argument("--data-dir", help="where cifar archives are")
     parser.add_argument("--train-samples", type=int, help="class-balanced subset (quick runs)")
     parser.add_argument("--out", required=True, metavar="DIR", help="training folder")
     parser.add_argument(
-        "--recipe", choices=("paper", "fast"), default="paper", help="the starting settings"
+        "--recipe", choices=tuple(FINAL_RECIPES), default="paper", help="the starting settings"
     )
     # Unset flags (None) keep the recipe's value.
-    parser.add_argument("--epochs", type=int, help="paper 300, fast 40")
-    parser.add_argument("--batch-size", type=int, help="paper 128, fast 512")
-    parser.add_argument("--lr", type=float, help="peak SGD lr: paper 0.1, fast 0.4")
-    parser.add_argument("--weight-decay", type=float, help="L2 penalty (5e-4)")
-    parser.add_argument("--schedule", choices=("multistep", "cosine"))
-    parser.add_argument("--warmup-epochs", type=float, help="linear lr warm-up (fast: 2)")
-    parser.add_argument("--label-smoothing", type=float, help="paper 0, fast 0.1")
-    parser.add_argument("--cutout", type=int, help="cutout square side in pixels (0)")
-    parser.add_argument("--augment", choices=("auto", "crop_flip", "none"))
+    parser.add_argument("--epochs", type=int, help=f"paper {paper.epochs}, fast {fast.epochs}")
     parser.add_argument(
-        "--tta", choices=("auto", "flip", "none"), help="test-time flips: paper none, fast auto"
+        "--batch-size", type=int, help=f"paper {paper.batch_size}, fast {fast.batch_size}"
+    )
+    parser.add_argument(
+        "--lr", type=float, help=f"peak SGD lr: paper {paper.lr:g}, fast {fast.lr:g}"
+    )
+    parser.add_argument("--weight-decay", type=float, help=f"L2 penalty ({paper.weight_decay:g})")
+    parser.add_argument("--schedule", choices=FINAL_SCHEDULES)
+    parser.add_argument(
+        "--warmup-epochs", type=float, help=f"linear lr warm-up (fast: {fast.warmup_epochs:g})"
+    )
+    parser.add_argument(
+        "--label-smoothing",
+        type=float,
+        help=f"paper {paper.label_smoothing:g}, fast {fast.label_smoothing:g}",
+    )
+    parser.add_argument("--cutout", type=int, help=f"cutout square side in pixels ({paper.cutout})")
+    parser.add_argument("--augment", choices=AUGMENTS)
+    parser.add_argument(
+        "--tta", choices=TTA_MODES, help=f"test-time flips: paper {paper.tta}, fast {fast.tta}"
     )
     parser.add_argument("--filters", type=int, help="first-stage width F (default: the run's)")
     parser.add_argument("--blocks-per-stage", type=int, help="blocks per stage N")
-    parser.add_argument("--head", choices=("paper", "gap"))
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--head", choices=HEADS)
+    parser.add_argument("--precision", choices=PRECISIONS)
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train a block with a final recipe. Long on purpose: the command's steps (choose the
+    block, apply the flags, train, print) in the order the user meets them."""
     from blockqnn.config import Config, DataConfig
-    from blockqnn.final import (
-        FINAL_RECIPES,
-        FinalSettings,
-        TrainingFailed,
-        pick_block,
-        train_final,
-    )
+    from blockqnn.final import TrainingFailed, pick_block, train_final
+    from blockqnn.final_settings import FINAL_RECIPES, FinalSettings
     from blockqnn.nsc import Block
 
     if (args.run_dir is None) == (args.block is None):

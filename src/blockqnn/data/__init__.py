@@ -22,7 +22,7 @@ import numpy as np
 
 from blockqnn.config import DataConfig
 from blockqnn.data.arrays import DataArrays, DeviceData
-from blockqnn.data.augment import augment, default_augmentation
+from blockqnn.data.augment import augment, cutout, default_augmentation
 from blockqnn.data.cache import cache_root
 from blockqnn.data.cifar import load_cifar
 from blockqnn.data.local import Raw, load_folder, load_npz_dataset
@@ -34,6 +34,7 @@ __all__ = [
     "DataArrays",
     "DeviceData",
     "augment",
+    "cutout",
     "default_augmentation",
     "load_arrays",
 ]

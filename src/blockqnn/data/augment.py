@@ -1,8 +1,8 @@
-"""Per-batch data augmentation on the training device: random crop and horizontal flip.
+"""Per-batch data augmentation on the training device: random crop, horizontal flip, cutout.
 
-Owns: `augment` and the default settings per dataset. Must not loop over images in Python or
-synchronise with the host: one gather kernel crops and flips the whole batch, so on a GPU it
-costs microseconds per batch and needs no DataLoader workers (airbench's approach).
+Owns: `augment`, `cutout` and the default settings per dataset. Must not loop over images in
+Python or synchronise with the host: one gather kernel crops and flips the whole batch, so on a
+GPU it costs microseconds per batch and needs no DataLoader workers (airbench's approach).
 """
 
 from __future__ import annotations
@@ -84,3 +84,18 @@ def augment(
     ):
         out = out.contiguous(memory_format=torch.channels_last)
     return out
+
+
+def cutout(x: torch.Tensor, size: int, fill: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Set a random size x size square of each image to `fill`; the square's centre is
+    uniform over the image, so squares are clipped at the border (DeVries & Taylor, 2017)."""
+    import torch
+
+    b, _, h, w = x.shape
+    y0 = torch.randint(0, h, (b, 1, 1), generator=gen, device=gen.device).to(x.device)
+    x0 = torch.randint(0, w, (b, 1, 1), generator=gen, device=gen.device).to(x.device)
+    y0, x0 = y0 - size // 2, x0 - size // 2  # top-left corner
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    inside = (ys >= y0) & (ys < y0 + size) & (xs >= x0) & (xs < x0 + size)  # (B, H, W)
+    return torch.where(inside.unsqueeze(1), fill, x)

@@ -166,6 +166,19 @@ class RunSummary:
 def load_run(run_dir: str | Path, top_k: int = 10) -> RunSummary:
     """Read a run's store (read-only). Raises `BlockQNNError` for a directory that is not a
     run or a run without a single completed trial."""
+    summary = read_run(run_dir, top_k)
+    if not summary.complete:
+        state = ", ".join(f"{n} {s}" for s, n in summary.counts.items() if n and s != "trained")
+        raise BlockQNNError(
+            f"run dir {summary.run_dir} has no completed trials yet ({state or 'no trials'}): "
+            "nothing to report"
+        )
+    return summary
+
+
+def read_run(run_dir: str | Path, top_k: int = 10) -> RunSummary:
+    """Read a run's store (read-only), whatever it holds so far (`status` shows a run
+    without trials too). Raises `BlockQNNError` for a directory that is not a run."""
     directory = Path(run_dir)
     with Store.open(directory, readonly=True) as store:
         config = store.config()
@@ -180,12 +193,6 @@ def load_run(run_dir: str | Path, top_k: int = 10) -> RunSummary:
             sessions=tuple(store.sessions()),
             active=store.active(),
             read_at=time.time(),
-        )
-    if not summary.complete:
-        state = ", ".join(f"{n} {s}" for s, n in summary.counts.items() if n and s != "trained")
-        raise BlockQNNError(
-            f"run dir {directory} has no completed trials yet ({state or 'no trials'}): "
-            "nothing to report"
         )
     return summary
 

@@ -295,7 +295,9 @@ def render(
     baseline: RunSummary | None = None,
 ) -> str:
     """The whole page. `plots` holds data URIs under 'curve', 'flops' (runs with FLOPs) or
-    'accuracy' (without) and, with a baseline, 'comparison'."""
+    'accuracy' (without) and, with a baseline, 'comparison'.
+
+    Long on purpose: the page's HTML template, read top to bottom as the page reads."""
     title = f"blockqnn report: {run.run_dir.resolve().name}"
     noun = run.noun
     stages = stage_means(run.scored)

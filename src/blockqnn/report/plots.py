@@ -64,7 +64,8 @@ def stage_text(stage: Stage) -> str:
 
 def learning_curve_figure(run: RunSummary) -> Any:
     """Reward of every scored trial in ask order, the mean per epsilon stage (if the strategy
-    reports an epsilon) and a rolling mean over the trained trials; failed trials marked."""
+    reports an epsilon) and a rolling mean over the trained trials; failed trials marked.
+    Long on purpose: one figure's matplotlib calls, layer by layer."""
     fig, ax = _figure()
     scored = run.scored
     complete = [t for t in scored if t.status == COMPLETE]
@@ -200,7 +201,8 @@ def comparison_figure(run: RunSummary, baseline: RunSummary) -> Any:
     """Both runs' rewards against the number of candidates trained (the budget spent): the
     mean per iteration of `iteration_size` trained candidates, a rolling mean, and, when
     `run`'s strategy reports an epsilon, the mean per stage of `run` with the baseline
-    averaged over the same positions. Either run may lack an epsilon."""
+    averaged over the same positions. Either run may lack an epsilon. Long on purpose: one
+    figure's matplotlib calls, layer by layer."""
     fig, ax = _figure()
     size = run.iteration_size
     mine, theirs = run.scored, baseline.scored

@@ -127,7 +127,7 @@ class NSCSpace:
 
     def intern(self, values: Sequence[int]) -> Action | None:
         """The space's shared tuple equal to `values`, or None if it is no state or action."""
-        return self._intern.get(tuple(values))  # type: ignore[arg-type]
+        return self._intern.get(tuple(values))
 
     def is_state(self, values: Sequence[int]) -> bool:
         """Whether `values` is a non-terminal state: START or a non-terminal layer."""
@@ -204,7 +204,7 @@ class NSCSpace:
         state = START
         for position, row in enumerate(rows, start=1):
             values = list(row)
-            if len(values) == 5 and values[1] in (5, 6) and values[3] > values[4]:
+            if len(values) == 5 and values[1] in _BINARY and values[3] > values[4]:
                 values[3], values[4] = values[4], values[3]
             action = self.intern(values)
             if action is None or action[0] != position or state[1] == TERMINAL:
