@@ -282,3 +282,33 @@ def test_the_fingerprint_covers_evaluation_settings_only() -> None:
         {"search": {"space": "nb201"}},
     ):
         assert fingerprint(merge(base, change)) != fingerprint(base), change
+
+
+# ----- end to end on digits ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_digits_cache_extend_and_warm_start_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Real training: a second identical search trains nothing, an extension trains only
+    the extra block, a warm start tells the first run's results before its first ask."""
+    digits = ["--dataset", "digits", "--epochs", "1", "--filters", "4", "--train-samples", "150"]
+    cache = ["--cache", str(tmp_path / "cache")]
+    one, two, warm = tmp_path / "one", tmp_path / "two", tmp_path / "warm"
+    assert main(["search", *digits, *cache, "--budget", "2", "--run-dir", str(one)]) == 0
+    capsys.readouterr()
+    assert main(["search", *digits, *cache, "--budget", "2", "--run-dir", str(two)]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation cache: 2 of 2 trained results came from the cache" in out
+    assert _trace(two) == _trace(one)
+    assert main(["search", "--resume", str(two), "--budget", "3", "--json"]) == 0
+    with Store.open(two, readonly=True) as s:
+        assert s.counts()["trained"] == 3 and s.schedule_budget() == 2
+    args = ["--budget", "1", "--no-cache", "--run-dir", str(warm), "--warm-start", str(one)]
+    assert main(["search", *digits, "--seed", "5", *args]) == 0
+    assert "warm start: 2 trials of earlier runs" in capsys.readouterr().out
+    with Store.open(warm, readonly=True) as s:
+        assert s.counts()["trained"] == 1
+        assert sum(is_warm(t) for t in s.trials()) == 2
