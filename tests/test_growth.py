@@ -312,3 +312,15 @@ def test_digits_cache_extend_and_warm_start_end_to_end(
     with Store.open(warm, readonly=True) as s:
         assert s.counts()["trained"] == 1
         assert sum(is_warm(t) for t in s.trials()) == 2
+
+
+def test_a_cache_that_fails_while_in_use_is_disabled_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = EvalCache.open(tmp_path)
+    cache.put("h", "f", EvalResult("ok", accuracy=0.5), "run", 1)
+    assert cache._conn is not None
+    cache._conn.close()  # as a file gone bad under a running search: every call now fails
+    assert cache.get("h", "f") is None
+    assert not cache.enabled and "disabled for this search" in caplog.text
+    cache.put("h2", "f", EvalResult("ok"), "run", 2)  # a no-op now, no error

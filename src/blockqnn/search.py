@@ -258,7 +258,8 @@ class Search:
     def _load(self) -> None:
         self.store.recover()  # running / interrupted (a stop or a crash) -> queued
         for t in self.store.trials():
-            self._info = t.info
+            if t.ask_seq > 0:  # warm-start trials were never asked: no strategy info
+                self._info = t.info
             if t.status in TRAINED:
                 self._known[t.hash] = t
                 self._trained += 1
