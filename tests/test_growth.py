@@ -184,6 +184,18 @@ def test_warm_start_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
         assert main(["search", *args, "--run-dir", str(run), "--warm-start", str(source)]) == 2
         assert message in capsys.readouterr().err
         assert not run.exists()
+    before = _files(tmp_path / "nb")
+    itself = [
+        "search",
+        *nb,
+        "--run-dir",
+        str(tmp_path / "nb"),
+        "--warm-start",
+        str(tmp_path / "nb"),
+    ]
+    assert main(itself) == 2
+    assert "is this run itself" in capsys.readouterr().err
+    assert _files(tmp_path / "nb") == before
     resumed = ["search", "--resume", str(tmp_path / "nb"), "--warm-start", str(tmp_path / "nb")]
     assert main(resumed) == 2
     assert "applies to a new run" in capsys.readouterr().err
@@ -250,6 +262,10 @@ def test_a_cache_path_that_is_a_file_exits_2_before_training(
     run = tmp_path / "run"
     assert main(["search", *nb, "--run-dir", str(run), "--cache", str(tmp_path / "afile")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+    assert not run.exists()
+    unwritable = "/proc/blockqnn-cache"  # cannot be created, whoever runs the test
+    assert main(["search", *nb, "--run-dir", str(run), "--cache", unwritable]) == 2
+    assert "cannot create the folder" in capsys.readouterr().err
     assert not run.exists()
 
 

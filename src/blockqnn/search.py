@@ -488,7 +488,7 @@ def load_warm_start(
     out: list[WarmTrial] = []
     for source in sources:
         path = Path(source)
-        if path.resolve() == here:  # a resume's own run (a new run's dir holds none)
+        if path.resolve() == here:
             raise BlockQNNError(f"--warm-start {clip(str(source))} is this run itself")
         with Store.open(path, readonly=True) as other:
             theirs = other.config()
@@ -563,6 +563,9 @@ def run_search(
         checked = _check_resumable(directory, resume_overrides, make_agent)
         config = checked.config
     else:
+        for source in warm_start:  # named before "holds a run", the message it would get
+            if Path(source).resolve() == directory.resolve():
+                raise BlockQNNError(f"--warm-start {clip(str(source))} is this run itself")
         if (directory / DB_NAME).exists():
             Store.create(directory, config)  # raises: the dir holds a run; nothing changed
         warm = load_warm_start(warm_start, config, directory, warm_start_any)
