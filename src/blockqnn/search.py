@@ -36,6 +36,15 @@ Rules, where the paper leaves the choice to us:
   checksum, its JSON, its candidate parsed by the space), the sessions and the agent
   restored from its snapshot and the recorded calls. Only then does it lock the run, migrate
   an older schema and write its session: a refused resume leaves every file unchanged.
+- Extending (a resume with a larger budget): the run's budget grows, the strategy keeps the
+  schedule of its first budget (`Store.schedule_budget`), so its history replays exactly;
+  Q-learning's extra blocks continue at the final epsilon (measured: benchmarks/growth.py).
+- Warm start (new runs): the completed trials of earlier runs are told before the first ask,
+  recorded as `reused` trials without an ask (ask_seq 0), outside the budget, in one
+  transaction with a snapshot. With the same evaluation settings (`blockqnn.cache.fingerprint`)
+  their blocks count as known: a proposal of one is reused, not trained.
+- The evaluation cache (`blockqnn.cache`): a new block is looked up before it is trained; a
+  hit is a trained trial (in the budget) whose result is copied, its source in `worker`.
 """
 
 from __future__ import annotations
