@@ -340,3 +340,13 @@ def test_a_cache_that_fails_while_in_use_is_disabled_not_fatal(
     assert cache.get("h", "f") is None
     assert not cache.enabled and "disabled for this search" in caplog.text
     cache.put("h2", "f", EvalResult("ok"), "run", 2)  # a no-op now, no error
+
+
+def test_another_evaluator_never_shares_cached_results(tmp_path: Path) -> None:
+    config = _config(6, cache=str(tmp_path / "cache"))
+    run_search(tmp_path / "one", config, spec=_spec)
+    failing = run_search(
+        tmp_path / "two", config, spec=lambda c: synthetic_spec(c, fail_digits="0")
+    )
+    assert failing.cached == 0
+    assert fingerprint(config) != fingerprint(config, "tests.synthetic")

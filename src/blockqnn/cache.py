@@ -22,6 +22,7 @@ Contract:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -70,10 +71,28 @@ def evaluation_settings(config: Config) -> dict[str, Any]:
     return out
 
 
-def fingerprint(config: Config) -> str:
-    """SHA-256 of `evaluation_settings`: equal fingerprints, interchangeable results."""
-    text = json.dumps(evaluation_settings(config), sort_keys=True)
+def fingerprint(config: Config, evaluator: str = "") -> str:
+    """SHA-256 of `evaluation_settings` (and of `evaluator`, the name of an evaluator other
+    than the space's own): equal fingerprints, interchangeable results."""
+    settings = evaluation_settings(config)
+    if evaluator:  # a replaced evaluator (a test's, a benchmark's) never shares real results
+        settings["evaluator"] = evaluator
+    text = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def callable_name(f: Any) -> str:
+    """A name for an evaluator factory or data loader that is stable across processes:
+    module and qualified name, with a partial's arguments (a repr would hold an address)."""
+    if f is None:
+        return ""
+    if isinstance(f, functools.partial):
+        args = ", ".join(
+            [*map(repr, f.args), *(f"{k}={v!r}" for k, v in sorted(f.keywords.items()))]
+        )
+        return f"{callable_name(f.func)}({args})"
+    name = getattr(f, "__qualname__", None) or type(f).__qualname__
+    return f"{getattr(f, '__module__', '')}.{name}"
 
 
 def setting_differences(mine: Config, theirs: Config) -> list[str]:

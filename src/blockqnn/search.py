@@ -58,7 +58,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from blockqnn.cache import EvalCache, cache_dir_for, fingerprint, setting_differences
+from blockqnn.cache import (
+    EvalCache,
+    cache_dir_for,
+    callable_name,
+    fingerprint,
+    setting_differences,
+)
 from blockqnn.config import Config, merge
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.executor import EvaluatorSpec, Executor, WorkerLost, make_executor, make_space
@@ -195,6 +201,7 @@ class Search:
         reward: Reward | None = None,
         cache: EvalCache | None = None,
         warm: Sequence[WarmTrial] = (),
+        evaluator: str = "",
     ) -> None:
         self.store = store
         self.agent = agent
@@ -217,7 +224,7 @@ class Search:
         self._info: dict[str, Any] = {}
         self._streak = 0
         self.cache = cache if cache is not None and cache.enabled else None
-        self._fingerprint = fingerprint(config)
+        self._fingerprint = fingerprint(config, evaluator)
         self._cached: set[int] = set()  # trials of this session whose result is the cache's
         self._warm_trials = list(warm)
         self._warm = 0
@@ -622,6 +629,7 @@ def run_search(
             reward,
             cache=cache,
             warm=warm,
+            evaluator=_evaluator_name(evaluator_spec),
         )
         summary = search.run()
         outcome = "complete"
@@ -689,6 +697,13 @@ def _check_resumable(
         seq = restore_agent(existing, agent, space)  # an incompatible snapshot: refused
         stored = existing.config().search.budget
         return _Resumable(config, agent, seq, _progress(existing), stored)
+
+
+def _evaluator_name(spec: EvaluatorSpec) -> str:
+    """What the cache's fingerprint adds for an evaluator or data loader other than the
+    default ones ("" for those)."""
+    names = [callable_name(spec.factory), callable_name(spec.loader)]
+    return " | ".join(names) if any(names) else ""
 
 
 def _make_agent(config: Config) -> Any:
