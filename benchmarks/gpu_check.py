@@ -321,7 +321,7 @@ def steps(check: Check, python: str) -> list[tuple[str, list[str]]]:
     out.append((
         "search",
         [*blockqnn, "search", "--config", str(config), "--run-dir", str(run_dir),
-         "--device", dev, "--json"],
+         "--device", dev, "--no-cache", "--json"],
     ))  # fmt: skip
     return out
 

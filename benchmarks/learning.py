@@ -45,7 +45,9 @@ def run_one(task: tuple[str, int, int, str, str]) -> dict[str, Any]:
     torch.set_num_threads(1)
     agent, budget, seed, preset, where = task
     base = Config.from_toml(ROOT / "examples" / "digits.toml")
-    overrides: dict[str, Any] = {"search": {"agent": agent, "budget": budget, "seed": seed}}
+    # no evaluation cache: every search trains its own blocks (and the user's cache is untouched)
+    search = {"agent": agent, "budget": budget, "seed": seed, "cache": "off"}
+    overrides: dict[str, Any] = {"search": search}
     if preset:
         overrides["agent"] = {"preset": preset}
     config = merge(base, overrides)

@@ -54,7 +54,8 @@ def _timed_search(config: Config, seconds: float, skip: int = 1) -> tuple[float,
 def _config(budget: int, executor: str, workers: int) -> Config:
     return merge(
         Config(),
-        {"search": {"budget": budget, "executor": executor, "workers": workers}},
+        # no evaluation cache: every repeat must run its evaluations
+        {"search": {"budget": budget, "executor": executor, "workers": workers, "cache": "off"}},
     )
 
 

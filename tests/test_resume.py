@@ -28,7 +28,8 @@ from blockqnn.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 BUDGET = 10
-NEW = ["search", "--budget", str(BUDGET), "--dataset", "digits", "--seed", "3"]
+# No evaluation cache: the killed runs must train what the straight one trained.
+NEW = ["search", "--budget", str(BUDGET), "--dataset", "digits", "--seed", "3", "--no-cache"]
 
 
 def _start(args: list[str], seconds: float = 0.05) -> subprocess.Popen[str]:

@@ -200,8 +200,8 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
     tmp_path: Path, agent_kind: str, snapshot_every: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("blockqnn.search.SNAPSHOT_EVERY", snapshot_every)
-    config = merge(
-        _config(budget=10, agent=agent_kind),
+    config = merge(  # no evaluation cache: the stopped run must train what the straight did
+        _config(budget=10, agent=agent_kind, cache="off"),
         {"agent": {"iteration_size": 4, "replay_size": 8}},
     )
     spec = lambda c: synthetic_spec(c)  # noqa: E731

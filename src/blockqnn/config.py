@@ -207,6 +207,9 @@ class SearchSettings:
     cpus_per_trial: float = 1.0  # Ray: CPUs reserved per evaluation ("local" divides them)
     address: str = ""  # Ray: address of an existing cluster; "" starts a local one
     max_attempts: int = 3  # tries per trial when a worker dies mid-evaluation
+    # the evaluation cache shared by runs (blockqnn.cache): a folder, "" = the user cache
+    # folder ($XDG_CACHE_HOME/blockqnn, else ~/.cache/blockqnn), "off" = no cache
+    cache: str = ""
 
     def __post_init__(self) -> None:
         _validate("search", self)

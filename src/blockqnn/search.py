@@ -36,6 +36,15 @@ Rules, where the paper leaves the choice to us:
   checksum, its JSON, its candidate parsed by the space), the sessions and the agent
   restored from its snapshot and the recorded calls. Only then does it lock the run, migrate
   an older schema and write its session: a refused resume leaves every file unchanged.
+- Extending (a resume with a larger budget): the run's budget grows, the strategy keeps the
+  schedule of its first budget (`Store.schedule_budget`), so its history replays exactly;
+  Q-learning's extra blocks continue at the final epsilon (measured: benchmarks/growth.py).
+- Warm start (new runs): the completed trials of earlier runs are told before the first ask,
+  recorded as `reused` trials without an ask (ask_seq 0), outside the budget, in one
+  transaction with a snapshot. With the same evaluation settings (`blockqnn.cache.fingerprint`)
+  their blocks count as known: a proposal of one is reused, not trained.
+- The evaluation cache (`blockqnn.cache`): a new block is looked up before it is trained; a
+  hit is a trained trial (in the budget) whose result is copied, its source in `worker`.
 
 Length (about 500 lines, on purpose): the loop, its budget rules and the resume checks are
 one contract (a resumed run must continue exactly as the interrupted one would have); kept
@@ -48,11 +57,18 @@ import json
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from blockqnn.cache import (
+    EvalCache,
+    cache_dir_for,
+    callable_name,
+    fingerprint,
+    setting_differences,
+)
 from blockqnn.config import Config, merge
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.executor import EvaluatorSpec, Executor, WorkerLost, make_executor, make_space
@@ -70,6 +86,7 @@ from blockqnn.store import (
     Store,
     TrialRecord,
     damaged,
+    is_warm,
 )
 
 log = logging.getLogger("blockqnn.search")
@@ -79,7 +96,7 @@ MAX_REUSE_STREAK = 10_000  # asks in a row that all hit known blocks: the agent 
 SNAPSHOT_EVERY = 20  # tells between agent snapshots; resume replays at most this many
 POLL_SECONDS = 1.0  # how long one executor wait lasts before the loop looks again
 # Settings a resumed run may change: where it runs, not what it searches.
-EXECUTION_KEYS = ("executor", "workers", "gpus_per_trial", "cpus_per_trial", "address")
+EXECUTION_KEYS = ("executor", "workers", "gpus_per_trial", "cpus_per_trial", "address", "cache")
 
 
 class SearchStalled(RuntimeError):
@@ -121,6 +138,20 @@ class SearchSummary:
     failed: int
     best: TrialRecord | None
     top: list[TrialRecord]
+    cached: int = 0  # trained trials whose result came from the evaluation cache (this session)
+    saved_seconds: float = 0.0  # the training time those results took when first trained
+    warm: int = 0  # warm-start trials told before the first ask
+
+
+@dataclass(frozen=True)
+class WarmTrial:
+    """A completed trial of an earlier run, to be told before the first ask. `exact`: its
+    run's evaluation settings are this run's, so its result stands for this run's too."""
+
+    candidate: Any
+    record: TrialRecord
+    run: str
+    exact: bool
 
 
 EventHandler = Callable[[SearchEvent], None]
@@ -172,6 +203,9 @@ class Search:
         snapshot_every: int = SNAPSHOT_EVERY,
         space: Space | None = None,
         reward: Reward | None = None,
+        cache: EvalCache | None = None,
+        warm: Sequence[WarmTrial] = (),
+        evaluator: str = "",
     ) -> None:
         self.store = store
         self.agent = agent
@@ -193,10 +227,17 @@ class Search:
         self._best: TrialRecord | None = None
         self._info: dict[str, Any] = {}
         self._streak = 0
+        self.cache = cache if cache is not None and cache.enabled else None
+        self._fingerprint = fingerprint(config, evaluator)
+        self._cached: set[int] = set()  # trials of this session whose result is the cache's
+        self._warm_trials = list(warm)
+        self._warm = 0
 
     # ----- the loop -------------------------------------------------------------------------
 
     def run(self) -> SearchSummary:
+        if self._warm_trials:
+            self._warm_start()
         self._load()
         self._emit("start", None)
         try:
@@ -209,14 +250,36 @@ class Search:
         except KeyboardInterrupt:
             self.store.interrupt([t.id for t in self.store.trials(RUNNING)])
             raise
+        cache = self.cache
         return SearchSummary(
-            self._trained, self._reused, self._failed, self._best, self.store.top(10)
+            self._trained,
+            self._reused,
+            self._failed,
+            self._best,
+            self.store.top(10),
+            cached=len(self._cached),
+            saved_seconds=cache.saved_seconds if cache is not None else 0.0,
+            warm=self._warm,
         )
+
+    def _warm_start(self) -> None:
+        """Tell every warm-start trial, rescored with this run's reward, and record them
+        (status reused, no ask, outside the budget) with the snapshot: one transaction."""
+        rows = []
+        for w in self._warm_trials:
+            assert w.record.result is not None
+            result = self._score(EvalResult.from_dict(w.record.result))
+            reward = result.reward if result.ok else FAILED_REWARD
+            info = {"warm_start": w.run, "source_trial": w.record.id, "exact": w.exact}
+            rows.append((w.candidate, result, reward, info, self._tell(w.candidate, reward)))
+        self._unsaved = self._snapshot_every  # a snapshot with them: resume replays none
+        self.store.add_warm(rows, self._state())
 
     def _load(self) -> None:
         self.store.recover()  # running / interrupted (a stop or a crash) -> queued
         for t in self.store.trials():
-            self._info = t.info
+            if t.ask_seq > 0:  # warm-start trials were never asked: no strategy info
+                self._info = t.info
             if t.status in TRAINED:
                 self._known[t.hash] = t
                 self._trained += 1
@@ -228,6 +291,10 @@ class Search:
             elif t.status == QUEUED:
                 candidate = self.space.parse(t.candidate)
                 self._waiting.setdefault(t.hash, []).append((t.id, candidate))
+            elif is_warm(t):
+                self._warm += 1
+                if t.info.get("exact") is True:  # its result is this run's: not trained again
+                    self._known.setdefault(t.hash, t)
             else:
                 self._reused += 1
 
@@ -266,9 +333,17 @@ class Search:
             self._stalled()
         else:
             self._streak = 0
-            trial_id = self.store.add_trial(block, info, RUNNING, ask_seq=ask_seq)
+            hit = self.cache.get(h, self._fingerprint) if self.cache is not None else None
+            worker = hit.source if hit is not None else ""
+            trial_id = self.store.add_trial(block, info, RUNNING, ask_seq=ask_seq, worker=worker)
             self._inflight[h] = trial_id
-            self._submit(trial_id, block)
+            if hit is None:
+                self._submit(trial_id, block)
+                return
+            # trained before with these settings, by some run: its result, no training
+            self._cached.add(trial_id)
+            self._pending[trial_id] = block
+            self._finish(trial_id, hit.result, hit.source)
 
     def _submit(self, trial_id: int, block: Any) -> None:
         self._pending[trial_id] = block
@@ -293,6 +368,9 @@ class Search:
         del self._inflight[block.hash]
         record = self.store.trial(trial_id)
         self._known[block.hash] = record
+        if self.cache is not None and trial_id not in self._cached:
+            run = str(self.store.run_dir.resolve())
+            self.cache.put(block.hash, self._fingerprint, outcome, run, trial_id)
         self._trained += 1
         self._failed += not outcome.ok
         self._note_best(record)
@@ -393,16 +471,91 @@ def check_resume_overrides(overrides: dict[str, dict[str, Any]]) -> dict[str, An
 
 def resume_config(store: Store, overrides: dict[str, Any] | None = None) -> Config:
     """The stored config with execution-only `search` overrides (not saved: they describe
-    this session's machines, not the search)."""
+    this session's machines, not the search), and a larger `budget` to extend the run by
+    (saved by `Store.extend` once the run is locked). A smaller budget is refused."""
     config = store.config()
-    overrides = overrides or {}
+    overrides = dict(overrides or {})
+    budget = overrides.pop("budget", None)
     bad = sorted(set(overrides) - set(EXECUTION_KEYS))
     if bad:
         raise BlockQNNError(
             f"--resume continues the stored search; {', '.join(bad)} cannot change "
-            f"(only {', '.join(EXECUTION_KEYS)} can)"
+            f"(only {', '.join(EXECUTION_KEYS)} and a larger budget can)"
         )
-    return merge(config, {"search": overrides}) if overrides else config
+    config = merge(config, {"search": overrides}) if overrides else config
+    if budget is not None and budget != config.search.budget:
+        if budget < config.search.budget:
+            raise BlockQNNError(
+                f"--budget {budget} is below the run's budget of {config.search.budget}: "
+                "a search can be extended, not shortened"
+            )
+        config = merge(config, {"search": {"budget": budget}})
+    return config
+
+
+def _scheduled(config: Config, budget: int) -> Config:
+    """`config` with the budget the strategy is built with: an extended run's agent keeps
+    the schedule of its first budget (Q-learning: the extra blocks continue at the final
+    epsilon, the choice measured in benchmarks/growth.py), so its history replays exactly."""
+    if budget == config.search.budget:
+        return config
+    return merge(config, {"search": {"budget": budget}})
+
+
+def load_warm_start(
+    sources: Sequence[str | Path],
+    config: Config,
+    run_dir: str | Path,
+    accept_any: bool = False,
+) -> list[WarmTrial]:
+    """The completed trials of the runs `sources`, parsed in this run's space, first of each
+    hash only. Refuses (BlockQNNError, nothing read is changed) a source that is not a run,
+    is this run, searched another space, or (unless `accept_any`) evaluated with other
+    settings than `config`'s, naming the settings that differ."""
+    space = make_space(config)
+    here = Path(run_dir).resolve()
+    seen: set[str] = set()
+    out: list[WarmTrial] = []
+    for source in sources:
+        path = Path(source)
+        if path.resolve() == here:
+            raise BlockQNNError(f"--warm-start {clip(str(source))} is this run itself")
+        with Store.open(path, readonly=True) as other:
+            theirs = other.config()
+            trials = other.trials(COMPLETE)
+        if theirs.search.space != config.search.space:
+            raise BlockQNNError(
+                f"--warm-start {clip(str(source))} searched the {theirs.search.space!r} space, "
+                f"this search {config.search.space!r}: its candidates cannot be told"
+            )
+        differ = setting_differences(config, theirs)
+        if differ and not accept_any:
+            raise BlockQNNError(
+                f"--warm-start {clip(str(source))} was evaluated with other settings: "
+                f"{'; '.join(differ)} (--warm-start-any tells its results anyway)"
+            )
+        name = str(path.resolve())
+        for t in trials:
+            if t.hash in seen or t.result is None:
+                continue
+            try:
+                candidate = space.parse(t.candidate)
+            except BlockQNNError as exc:
+                raise BlockQNNError(
+                    f"--warm-start {clip(str(source))}: trial {t.id} does not fit this "
+                    f"search's space ({exc})"
+                ) from None
+            seen.add(t.hash)
+            out.append(WarmTrial(candidate, t, name, exact=not differ))
+    return out
+
+
+def open_cache(config: Config) -> EvalCache | None:
+    """The evaluation cache `[search] cache` names, opened (None when "off"). A folder that
+    is a file or cannot be written is refused (BlockQNNError); a damaged cache file is set
+    aside with a warning."""
+    directory = cache_dir_for(config)
+    return EvalCache.open(directory) if directory is not None else None
 
 
 def run_search(
@@ -415,6 +568,8 @@ def run_search(
     agent_factory: Callable[[Config], Any] | None = None,
     executor_factory: Callable[[EvaluatorSpec], Executor] = make_executor,
     on_event: EventHandler | None = None,
+    warm_start: Sequence[str | Path] = (),
+    warm_start_any: bool = False,
 ) -> SearchSummary:
     """Start a new search in `run_dir` with `config`, or resume the run there (config None).
 
@@ -423,6 +578,10 @@ def run_search(
     run dir that holds a run, a missing, damaged or unwritable one, an unreachable cluster)
     raises `BlockQNNError` before anything in an existing run dir changes.
 
+    `warm_start` (new runs only): runs whose completed trials are told to the strategy
+    before its first ask (`load_warm_start`). A resume with a larger `budget` in
+    `resume_overrides` extends the run.
+
     Long on purpose: the order of the steps (check, lock, open, recover, loop, close) is
     what keeps a refused or interrupted run's files unchanged; it reads best in one place.
     """
@@ -430,14 +589,22 @@ def run_search(
     resume = config is None
     make_agent = agent_factory or _make_agent
     checked: _Resumable | None = None
+    warm: list[WarmTrial] = []
     if config is None:  # validate read-only: bad input must leave the run untouched
+        if warm_start:
+            raise BlockQNNError("--warm-start applies to a new run; --resume continues one")
         checked = _check_resumable(directory, resume_overrides, make_agent)
         config = checked.config
     else:
+        for source in warm_start:  # named before "holds a run", the message it would get
+            if Path(source).resolve() == directory.resolve():
+                raise BlockQNNError(f"--warm-start {clip(str(source))} is this run itself")
         if (directory / DB_NAME).exists():
             Store.create(directory, config)  # raises: the dir holds a run; nothing changed
+        warm = load_warm_start(warm_start, config, directory, warm_start_any)
     space = make_space(config)
-    if not resume:
+    extended = checked is not None and config.search.budget > checked.stored_budget
+    if not resume or extended:
         size = space.count()
         if config.search.budget > size:
             raise BlockQNNError(
@@ -447,10 +614,12 @@ def run_search(
     evaluator_spec = spec(config) if spec is not None else EvaluatorSpec.for_config(config, device)
     agent = checked.agent if checked is not None else make_agent(config)
     reward = make_reward(config)
-    executor = executor_factory(evaluator_spec)  # may raise BlockQNNError: nothing written yet
+    cache = open_cache(config)  # a bad cache folder is refused here: nothing written yet
+    executor: Executor | None = None
     store: Store | None = None
     outcome = "error"
     try:
+        executor = executor_factory(evaluator_spec)  # may raise BlockQNNError: nothing written
         if resume:  # the lock first: nothing is written (not even a migration) without it
             store = Store.open(directory, acquire=True)
         else:
@@ -461,10 +630,23 @@ def run_search(
             seq = checked.seq  # the agent restored while checking is this store's agent
         else:
             if checked is not None:  # another search worked on the run meanwhile
-                agent = make_agent(config)
+                agent = make_agent(_scheduled(config, store.schedule_budget()))
             seq = restore_agent(store, agent, space)
+        if config.search.budget > store.config().search.budget:
+            store.extend(config.search.budget)
         search = Search(
-            store, agent, executor, config, on_event, seq, SNAPSHOT_EVERY, space, reward
+            store,
+            agent,
+            executor,
+            config,
+            on_event,
+            seq,
+            SNAPSHOT_EVERY,
+            space,
+            reward,
+            cache=cache,
+            warm=warm,
+            evaluator=_evaluator_name(evaluator_spec),
         )
         summary = search.run()
         outcome = "complete"
@@ -473,7 +655,10 @@ def run_search(
         outcome = "terminated" if isinstance(exc, Terminated) else "interrupted"
         raise
     finally:
-        executor.shutdown()
+        if executor is not None:
+            executor.shutdown()
+        if cache is not None:
+            cache.close()
         if store is not None:
             if store.in_session:
                 store.end_session(outcome)
@@ -489,6 +674,7 @@ class _Resumable:
     agent: Any
     seq: int
     progress: tuple[Any, ...]
+    stored_budget: int  # the run's budget before this resume (a larger one extends it)
 
 
 def _progress(store: Store) -> tuple[Any, ...]:
@@ -524,9 +710,17 @@ def _check_resumable(
                 space.parse(t.candidate)
             except BlockQNNError as exc:
                 raise damaged(f"trial {t.id}'s candidate does not parse ({exc})") from None
-        agent = agent_factory(config)
+        agent = agent_factory(_scheduled(config, existing.schedule_budget()))
         seq = restore_agent(existing, agent, space)  # an incompatible snapshot: refused
-        return _Resumable(config, agent, seq, _progress(existing))
+        stored = existing.config().search.budget
+        return _Resumable(config, agent, seq, _progress(existing), stored)
+
+
+def _evaluator_name(spec: EvaluatorSpec) -> str:
+    """What the cache's fingerprint adds for an evaluator or data loader other than the
+    default ones ("" for those)."""
+    names = [callable_name(spec.factory), callable_name(spec.loader)]
+    return " | ".join(names) if any(names) else ""
 
 
 def _make_agent(config: Config) -> Any:

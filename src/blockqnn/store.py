@@ -105,6 +105,7 @@ __all__ = [
     "TrialStatus",
     "damaged",
 ]
+SCHEDULE_BUDGET = "schedule_budget"  # meta key: the first budget of an extended run
 
 
 class Store:
@@ -530,3 +531,72 @@ class Store:
         _seal(c, "agent_snapshots", cur.lastrowid)
         # Only the newest snapshot is needed to resume; the trials hold the history.
         c.execute("DELETE FROM agent_snapshots WHERE id < ?", (cur.lastrowid,))
+
+    # ----- growing a run (extend, warm start; blockqnn.search) --------------------------------
+
+    def add_warm(
+        self,
+        rows: Sequence[tuple[Candidate, EvalResult, float, dict[str, Any], int]],
+        agent_state: AgentState | None = None,
+    ) -> None:
+        """Record warm-start trials (candidate, result, reward told, info naming the source,
+        tell_seq): told without an ask (ask_seq 0, so resume replays only their tells),
+        status reused (outside the budget), all in one transaction with the snapshot."""
+        now = time.time()
+        with self._tx() as c:
+            for block, result, reward, info, tell_seq in rows:
+                source = f"warm start: {info.get('warm_start')} trial {info.get('source_trial')}"
+                cur = c.execute(
+                    "INSERT INTO trials (hash, candidate, status, reward, accuracy, flops, "
+                    "params, density, result, worker, error, info, ask_seq, tell_seq, created, "
+                    "finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                    (
+                        block.hash,
+                        str(block),
+                        REUSED,
+                        reward,
+                        result.accuracy,
+                        result.flops,
+                        result.params,
+                        result.density,
+                        json.dumps(result.to_dict()),
+                        source,
+                        result.error,
+                        json.dumps(info),
+                        tell_seq,
+                        now,
+                        now,
+                    ),
+                )
+                assert cur.lastrowid is not None
+                _seal(c, "trials", cur.lastrowid)
+            if agent_state is not None:
+                self._snapshot(c, agent_state)
+
+    def schedule_budget(self) -> int:
+        """The budget the strategy's schedule was scaled to: the run's first budget, kept
+        when `extend` raised the run's budget."""
+        stored = self.meta().get(SCHEDULE_BUDGET)
+        return int(stored) if stored is not None else self.config().search.budget
+
+    def extend(self, budget: int) -> None:
+        """Raise the run's budget (the stored config's `search.budget`); the schedule keeps
+        its first budget (`schedule_budget`). One transaction; the meta checksum resealed."""
+        config = self.config()
+        if budget <= config.search.budget:
+            raise ValueError(f"budget {budget} does not extend {config.search.budget}")
+        first = self.schedule_budget()
+        data = config.to_dict()
+        data["search"]["budget"] = budget
+        with self._tx() as c:
+            c.execute(
+                "UPDATE meta SET value = ? WHERE key = 'config'",
+                (json.dumps(data, sort_keys=True),),
+            )
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (SCHEDULE_BUDGET, str(first)))
+            _seal_meta(c)
+
+
+def is_warm(t: TrialRecord) -> bool:
+    """A warm-start trial: told from an earlier run's result before the first ask."""
+    return t.status == REUSED and t.reuse_of is None and "warm_start" in t.info

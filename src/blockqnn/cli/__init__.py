@@ -24,7 +24,17 @@ from blockqnn.errors import ECHO_LIMIT, BlockQNNError, clip, one_line
 
 # name -> module under blockqnn.cli; each module defines `add_arguments(parser)` and
 # `run(args) -> int`, and a module docstring whose first line is the command's help.
-COMMANDS = ("show", "evaluate", "search", "status", "trials", "train", "export", "report")
+COMMANDS = (
+    "show",
+    "evaluate",
+    "search",
+    "status",
+    "trials",
+    "train",
+    "export",
+    "report",
+    "dashboard",
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -50,6 +50,7 @@ _OVERRIDES = {
     "address": ("search", "address"),
     "epochs": ("train", "epochs"),
     "filters": ("network", "filters"),
+    "cache": ("search", "cache"),
 }
 
 
@@ -91,6 +92,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="early-stop epochs per candidate")
     parser.add_argument("--train-samples", type=int, help="training images used; 0 = all")
     parser.add_argument("--filters", type=int, help="first-stage width F while searching")
+    parser.add_argument(
+        "--warm-start",
+        nargs="+",
+        metavar="RUN",
+        default=[],
+        help="tell the completed trials of earlier runs (same evaluation settings) first",
+    )
+    parser.add_argument(
+        "--warm-start-any",
+        action="store_true",
+        help="warm-start from runs evaluated with other settings too",
+    )
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="folder of the evaluation cache shared by runs (default: ~/.cache/blockqnn)",
+    )
+    cache.add_argument(
+        "--no-cache", action="store_true", help="train every candidate; no cache read or written"
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: the best available)")
     parser.add_argument("--top", type=int, default=5, help="blocks in the final table")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -98,6 +120,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
+    if args.no_cache:
+        out["search"] = {"cache": "off"}
     for flag, (section, key) in _OVERRIDES.items():
         value = getattr(args, flag)
         if value is not None:
@@ -153,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
                 resume_overrides=overrides.get("search") if args.resume else None,
                 device=args.device,
                 on_event=display.event,
+                warm_start=args.warm_start,
+                warm_start_any=args.warm_start_any,
             )
     except Terminated:
         display.close()
@@ -178,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(_summary_json(summary, run_dir), indent=2))
     elif summary.top:
         _print_top(summary.top[: args.top], summary, out)
+        for line in growth_lines(summary):
+            print(line, file=out)
         for line in learning_summary(run_dir):
             print(line, file=out)
         print(
@@ -195,6 +223,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def growth_lines(summary: Any) -> list[str]:
+    """What the evaluation cache and the warm start contributed, if anything."""
+    lines = []
+    if summary.warm:
+        lines.append(f"warm start: {summary.warm} trials of earlier runs told before the first ask")
+    if summary.cached:
+        lines.append(
+            f"evaluation cache: {summary.cached} of {summary.trained} trained results came "
+            f"from the cache, {summary.saved_seconds:.1f} s of training saved"
+        )
+    return lines
+
+
 def _summary_json(summary: Any, run_dir: str) -> dict[str, Any]:
     from blockqnn.store import Store
 
@@ -205,6 +246,9 @@ def _summary_json(summary: Any, run_dir: str) -> dict[str, Any]:
         "trained": summary.trained,
         "reused": summary.reused,
         "failed": summary.failed,
+        "cached": summary.cached,
+        "saved_seconds": summary.saved_seconds,
+        "warm": summary.warm,
         "top": [trial_json(t, space) for t in summary.top],
     }
 

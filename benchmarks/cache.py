@@ -1,0 +1,79 @@
+"""Benchmark: the evaluation cache on a second, identical search.
+
+Runs the same `blockqnn search` twice (a digits search by default) in fresh run dirs, with
+a fresh cache folder of its own, and reports for the second run: the share of its trained
+trials whose result came from the cache (the hit rate), the training time those results
+took when they were trained (saved), and both runs' wall times (process start to exit).
+
+    python benchmarks/cache.py --budget 64 --epochs 3 --filters 8          # minutes
+    python benchmarks/cache.py --budget 2 --epochs 1 --filters 4 --train-samples 200  # check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from blockqnn.store import Store  # noqa: E402  (this checkout's, without installing)
+
+
+def _search(run: Path, cache: Path, args: argparse.Namespace) -> float:
+    command = [
+        sys.executable, "-m", "blockqnn", "search", "--dataset", args.dataset,
+        "--budget", str(args.budget), "--epochs", str(args.epochs),
+        "--filters", str(args.filters), "--seed", str(args.seed),
+        "--run-dir", str(run), "--cache", str(cache), "--json",
+    ]  # fmt: skip
+    if args.train_samples:
+        command += ["--train-samples", str(args.train_samples)]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        first = _search(folder / "first", folder / "cache", args)
+        second = _search(folder / "second", folder / "cache", args)
+        with Store.open(folder / "second", readonly=True) as store:
+            trained = [t for t in store.trials() if t.trained]
+        hits = [t for t in trained if t.worker.startswith("cache: ")]
+        seconds = ("build_seconds", "train_seconds", "eval_seconds")
+        saved = sum(float((t.result or {}).get(k, 0.0)) for t in hits for k in seconds)
+    return {
+        "dataset": args.dataset,
+        "budget": args.budget,
+        "trained": len(trained),
+        "cache_hits": len(hits),
+        "hit_rate": len(hits) / len(trained) if trained else 0.0,
+        "saved_training_seconds": saved,
+        "first_wall_seconds": first,
+        "second_wall_seconds": second,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--budget", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--filters", type=int, default=8)
+    parser.add_argument("--train-samples", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
