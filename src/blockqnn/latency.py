@@ -526,11 +526,12 @@ def pick_front(trials: Any, member: int | None, max_latency_ms: float | None) ->
     if not front:
         raise BlockQNNError("the run has no trial with a measured latency (search with "
                             "--latency-device or a latency reward)")  # fmt: skip
-    fits = [t for t in front if max_latency_ms is None or trial_latency(t) <= max_latency_ms]
+    limit = math.inf if max_latency_ms is None else max_latency_ms
+    fits = [t for t in front if (trial_latency(t) or 0.0) <= limit]  # front members have one
     if not fits:
         raise BlockQNNError(
-            f"--max-latency-ms {max_latency_ms:g}: no block of the front is that fast "
-            f"(the fastest takes {trial_latency(front[0]):.3f} ms)"
+            f"--max-latency-ms {limit:g}: no block of the front is that fast "
+            f"(the fastest takes {trial_latency(front[0]) or 0.0:.3f} ms)"
         )
     if member is None:
         return fits[-1]  # the front's accuracy rises with its latency
