@@ -380,3 +380,16 @@ def test_report_front_in_headless_chromium(tmp_path: Path) -> None:
     assert state["errors"] == ["canary-console"]  # no script or resource errors
     assert state["images"] and all(ok for _, ok in state["images"])  # every plot decodes
     assert parse(dom).tags["img"] == 3  # the learning curve, accuracy-FLOPs, accuracy-latency
+
+
+@pytest.mark.cuda
+def test_cuda_measures(tmp_path: Path) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    settings = LatencySettings("cuda", batch=4, warmup=2, repeats=5)
+    network = latency.deployment_network(_config(tmp_path), (3, 32, 32), 10)
+    result = latency.measure(BLOCK, network, settings)
+    assert result.median_ms > 0 and result.batch_median_ms > 0 and result.device.startswith("cuda")
+    assert latency.settings_of(_config(tmp_path, latency_device="cuda")) is not None

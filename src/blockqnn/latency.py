@@ -289,7 +289,7 @@ def measure(block: Block, network: NetworkConfig, settings: LatencySettings) -> 
                 medians[batch] = spread(
                     _timings(run_at(batch), settings.warmup, settings.repeats, sync)
                 )
-    except (RuntimeError, MemoryError, ValueError, OSError, ImportError) as exc:
+    except Exception as exc:  # any cause (OOM, an exporter or runtime error): a failed metric
         lines = str(exc).strip().splitlines()
         first = lines[0] if lines else ""
         raise LatencyError(f"{type(exc).__name__}: {first}"[:300]) from None
