@@ -132,6 +132,16 @@ SETTINGS: dict[str, Range] = {
     "train.seed": SEED,
     "reward.mu": Range(0.0, 1000.0),
     "reward.rho": Range(0.0, 1000.0),
+    "reward.latency_target_ms": Range(0.0, 1e7),  # 0 = unset; the latency rewards need > 0
+    "reward.latency_alpha": Range(-100.0, 100.0),
+    "reward.latency_beta": Range(-100.0, 100.0),
+    "reward.latency_lambda": Range(0.0, 1000.0),
+    "reward.latency_batch": integers(1, 65_536),
+    "reward.latency_threads": integers(1, 4096),
+    "reward.latency_warmup": integers(0, 100_000),
+    "reward.latency_repeats": integers(1, 100_000),
+    "reward.latency_filters": integers(0, MAX_FILTERS),
+    "reward.latency_blocks_per_stage": integers(0, MAX_BLOCKS_PER_STAGE),
 }
 INPUT_CHANNELS = integers(1, 64)  # network.input_shape C (set from the data)
 INPUT_SIDE = integers(1, 8192)  # network.input_shape H and W (the template sets the minimum)

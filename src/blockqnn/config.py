@@ -84,15 +84,43 @@ class RewardConfig:
     mu = 0.01 a block ten times costlier than that reference must earn 2.3 points of
     accuracy more to be worth it; with rho = 0.01 the densest blocks (density ~1.5) pay 0.4
     points. mu = rho = 0 gives plain accuracy. `accuracy`: the accuracy alone.
+
+    Latency (`blockqnn.latency`): `mnasnet` is MnasNet's soft constraint, accuracy x
+    (latency / target) ^ w with w = latency_alpha at or under the target and latency_beta
+    over it (MnasNet: -0.07 for both); `additive` is accuracy - latency_lambda x
+    log(latency / target). Both use the measured batch-1 latency of the deployment-size
+    network and need latency_target_ms > 0. `latency_device` set with another reward records
+    the latency without rewarding it.
     """
 
     name: str = "paper"  # (paper) a name registered in blockqnn.registry.REWARDS
     mu: float = 0.01  # (choice) reward per unit of log FLOPs ratio
     rho: float = 0.01  # (choice) reward per unit of log density
+    # "cpu" | "cuda" | "onnxruntime" (ONNX Runtime on the CPU); "" = measure no latency
+    # (the latency rewards then measure on "cpu")
+    latency_device: str = ""
+    # "worker": each evaluating worker measures after training; "master": the search's own
+    # machine measures (the search runs on GPUs, the model ships to a CPU)
+    latency_on: str = "worker"
+    latency_target_ms: float = 0.0  # mnasnet: the target; additive: the reference (> 0)
+    latency_alpha: float = -0.07  # (MnasNet) exponent at or under the target
+    latency_beta: float = -0.07  # (MnasNet) exponent over the target (-1: a hard constraint)
+    # (choice) additive: 0.07 x log 2 = 0.05 accuracy for twice the latency, about
+    # what MnasNet's -0.07 costs a 0.7-accurate network
+    latency_lambda: float = 0.07
+    latency_batch: int = 1  # > 1: also time this batch (metric latency_batch_ms)
+    latency_threads: int = 1  # (choice) CPU threads of the timed runtime: one core
+    latency_warmup: int = 5  # (choice) untimed passes first
+    latency_repeats: int = 20  # (choice) timed passes: median, IQR, CV
+    latency_filters: int = 0  # deployment network's F; 0 = network.filters (as `train`)
+    latency_blocks_per_stage: int = 0  # deployment network's N; 0 = network.blocks_per_stage
 
     def __post_init__(self) -> None:
         _validate("reward", self)
         _registered(self, "name", REWARDS)
+        if self.latency_device:
+            _choice(self, "latency_device", ("cpu", "cuda", "onnxruntime"))
+        _choice(self, "latency_on", ("worker", "master"))
 
 
 @dataclass(frozen=True)

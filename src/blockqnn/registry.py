@@ -151,7 +151,12 @@ STRATEGIES: Registry[Callable[..., Any]] = Registry(
 REWARDS: Registry[Callable[..., Any]] = Registry(
     "reward",
     "blockqnn.rewards",
-    {"paper": "blockqnn.rewards:PaperReward", "accuracy": "blockqnn.rewards:AccuracyReward"},
+    {
+        "paper": "blockqnn.rewards:PaperReward",
+        "accuracy": "blockqnn.rewards:AccuracyReward",
+        "mnasnet": "blockqnn.rewards:MnasNetReward",
+        "additive": "blockqnn.rewards:AdditiveLatencyReward",
+    },
 )
 # factory(spec: EvaluatorSpec) -> Executor
 EXECUTORS: Registry[Callable[..., Any]] = Registry(

@@ -206,12 +206,15 @@ class Search:
         cache: EvalCache | None = None,
         warm: Sequence[WarmTrial] = (),
         evaluator: str = "",
+        latency: Any = None,
     ) -> None:
         self.store = store
         self.agent = agent
         self.executor = executor
         self.space = space if space is not None else make_space(config)
         self.reward = reward if reward is not None else make_reward(config)
+        # a `blockqnn.latency.LatencyMeter` with `latency_on = "master"`: measured here
+        self.latency = latency
         self.budget = config.search.budget
         self.max_attempts = config.search.max_attempts
         self.on_event = on_event
@@ -359,6 +362,9 @@ class Search:
                 self._emit("requeued", self.store.trial(trial_id))
                 return
             outcome = EvalResult.failed(f"worker lost {lost} times; last: {outcome.reason}")
+        if self.latency is not None:
+            outcome = self.latency.apply(block, outcome)
+        assert isinstance(outcome, EvalResult)
         outcome = _storable(self._score(outcome))
         reward = outcome.reward if outcome.ok else FAILED_REWARD
         tell_seq = self._tell(block, reward)
@@ -612,6 +618,7 @@ def run_search(
                 f"the search space {space!r}"
             )
     evaluator_spec = spec(config) if spec is not None else EvaluatorSpec.for_config(config, device)
+    evaluator_spec, latency = _with_latency(config, evaluator_spec)
     agent = checked.agent if checked is not None else make_agent(config)
     reward = make_reward(config)
     cache = open_cache(config)  # a bad cache folder is refused here: nothing written yet
@@ -647,6 +654,7 @@ def run_search(
             cache=cache,
             warm=warm,
             evaluator=_evaluator_name(evaluator_spec),
+            latency=latency,
         )
         summary = search.run()
         outcome = "complete"
@@ -663,6 +671,21 @@ def run_search(
             if store.in_session:
                 store.end_session(outcome)
             store.close()
+
+
+def _with_latency(config: Config, spec: EvaluatorSpec) -> tuple[EvaluatorSpec, Any]:
+    """Where the latency is measured: each worker's evaluator wrapped (`latency_on =
+    "worker"`), or a meter for the master; refuses settings that cannot work."""
+    from blockqnn import latency
+
+    latency.check_config(config)
+    if latency.settings_of(config) is None:
+        return spec, None
+    if config.reward.latency_on == "worker":
+        return replace(spec, factory=latency.LatencyFactory(spec.factory)), None
+    data = spec.load_data()  # the input shape and classes of the deployment network
+    shape, classes = latency.data_shape(config, data)
+    return spec, latency.LatencyMeter.for_config(config, shape, classes)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ _OVERRIDES = {
     "space": ("search", "space"),
     "agent": ("search", "agent"),
     "reward": ("reward", "name"),
+    "latency_device": ("reward", "latency_device"),
+    "latency_target_ms": ("reward", "latency_target_ms"),
+    "latency_on": ("reward", "latency_on"),
     "preset": ("agent", "preset"),
     "seed": ("search", "seed"),
     "executor": ("search", "executor"),
@@ -72,6 +75,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", metavar="FILE", help="nb201: the accuracy table (CSV[.gz])")
     parser.add_argument("--agent", help=f"search strategy: {', '.join(STRATEGIES.names())}")
     parser.add_argument("--reward", help=f"reward: {', '.join(REWARDS.names())}")
+    parser.add_argument(
+        "--latency-device",
+        metavar="RUNTIME",
+        help="measure each block's inference latency: cpu, cuda or onnxruntime",
+    )
+    parser.add_argument(
+        "--latency-target-ms",
+        type=float,
+        metavar="MS",
+        help="target (mnasnet) or reference (additive) latency, ms",
+    )
+    parser.add_argument(
+        "--latency-on", choices=("worker", "master"), help="where latency is measured"
+    )
     parser.add_argument(
         "--preset", help="agent constants: blockqnn (ours, measured) or paper (the paper's)"
     )

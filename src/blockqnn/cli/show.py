@@ -1,6 +1,7 @@
 """Show one block: its layers, hash, and the cost of its search-time network.
 
 Example: blockqnn show "1,1,3,0,0; 2,1,5,0,0; 3,5,0,1,2; 4,7,0,0,0" --svg block.svg
+With --latency cpu|cuda|onnxruntime, also the measured inference latency of that network.
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from blockqnn.errors import BlockQNNError, clip
 
@@ -32,6 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--head", choices=HEADS, default="paper")
+    parser.add_argument(
+        "--latency",
+        metavar="RUNTIME",
+        help="measure the network's inference latency: cpu, cuda or onnxruntime",
+    )
+    parser.add_argument(
+        "--latency-batch", type=int, default=1, help="also time this batch size (default 1)"
+    )
+    parser.add_argument("--latency-threads", type=int, default=1, help="CPU threads (default 1)")
+    parser.add_argument("--latency-repeats", type=int, default=20, help="timed passes (20)")
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -59,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         head=args.head,
     )
     cost = network_cost(block, config)
+    latency = _latency(args, block, config) if args.latency is not None else None
     if args.svg:
         from blockqnn.files import write_atomic
         from blockqnn.viz import block_svg
@@ -78,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         }
         if args.svg:
             payload["svg"] = str(args.svg)
+        if latency is not None:
+            payload["latency"] = {"runtime": args.latency, **asdict(latency)}
         json.dump(payload, sys.stdout)
         sys.stdout.write("\n")
         return 0
@@ -112,6 +128,37 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"params    {cost.params:,}")
     console.print(f"FLOPs     {cost.flops:,} per image (forward, multiply-add = 2)")
     console.print(f"density   {cost.density:.3f} (edges / nodes)")
+    if latency is not None:
+        console.print(f"latency   {_describe(latency, args.latency)}")
     if args.svg:
         console.print(f"diagram   {args.svg}")
     return 0
+
+
+def _latency(args: argparse.Namespace, block: Any, network: Any) -> Any:
+    """Measured now (not cached: `show` is for looking, and the figure is fresh)."""
+    from blockqnn.bounds import check, integers
+    from blockqnn.latency import LatencyError, LatencySettings, check_runtime, measure
+
+    check_runtime(args.latency)
+    check("--latency-batch", args.latency_batch, integers(1, 65_536))
+    check("--latency-threads", args.latency_threads, integers(1, 4096))
+    check("--latency-repeats", args.latency_repeats, integers(1, 100_000))
+    settings = LatencySettings(
+        args.latency, args.latency_batch, args.latency_threads, repeats=args.latency_repeats
+    )
+    try:
+        return measure(block, network, settings)
+    except LatencyError as exc:
+        raise BlockQNNError(f"--latency {args.latency}: not measured: {exc}") from None
+
+
+def _describe(latency: Any, runtime: str) -> str:
+    """`1.234 ms median at batch 1 (IQR 0.010 ms, CV 1.2%), cpu, ...`."""
+    text = (
+        f"{latency.median_ms:.3f} ms median at batch 1 (IQR {latency.iqr_ms:.3f} ms, "
+        f"CV {100 * latency.cv:.1f}%)"
+    )
+    if latency.batch > 1:
+        text += f", {latency.batch_median_ms:.3f} ms at batch {latency.batch}"
+    return f"{text}; {runtime} on {latency.device}"

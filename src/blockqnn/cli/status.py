@@ -83,14 +83,22 @@ def run(args: argparse.Namespace) -> int:
     if info["top"]:
         nsc = info["space"] == "nsc"
         cost = any(t["flops"] for t in info["top"])  # table-scored spaces measure no FLOPs
+        timed = any("latency_ms" in t for t in info["top"])  # runs with a latency measured
         what = "block (NSC)" if nsc else "candidate"
         table = Table(title="best blocks" if nsc else "best candidates")
-        for name in ("trial", "reward", "accuracy", *(["MFLOPs"] if cost else []), what):
+        extra = [*(["MFLOPs"] if cost else []), *(["latency ms"] if timed else [])]
+        for name in ("trial", "reward", "accuracy", *extra, what):
             table.add_column(name, justify="left" if name == what else "right")
         for t in info["top"]:
             flops = [f"{(t['flops'] or 0) / 1e6:.2f}"] if cost else []
+            latency = [_ms(t.get("latency_ms"))] if timed else []
             table.add_row(
-                str(t["id"]), f"{t['reward']:.4f}", f"{t['accuracy']:.4f}", *flops, t["candidate"]
+                str(t["id"]),
+                f"{t['reward']:.4f}",
+                f"{t['accuracy']:.4f}",
+                *flops,
+                *latency,
+                t["candidate"],
             )
         console.print(table)
     for failure in info["recent_failures"]:
@@ -101,10 +109,12 @@ def run(args: argparse.Namespace) -> int:
 def trial_json(t: Any, space: str = "nsc") -> dict[str, Any]:
     """One trial of a top list, as `status --json` and `search --json` print it. `nsc`
     repeats `candidate` in runs of the nsc space, for scripts written before other spaces."""
+    from blockqnn.latency import trial_latency
+
     out = {"id": t.id, "candidate": t.candidate}
     if space == "nsc":
         out["nsc"] = t.candidate
-    return {
+    out = {
         **out,
         "hash": t.hash,
         "reward": t.reward,
@@ -112,6 +122,14 @@ def trial_json(t: Any, space: str = "nsc") -> dict[str, Any]:
         "flops": t.flops,
         "params": t.params,
     }
+    latency = trial_latency(t)
+    if latency is not None:  # only runs that measure it (`[reward] latency_device`)
+        out["latency_ms"] = latency
+    return out
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _info_items(info: dict[str, Any]) -> list[str]:

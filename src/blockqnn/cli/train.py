@@ -34,6 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", type=int, default=1, help="K-th best block of the run")
     parser.add_argument("--block", metavar="BLOCK", help="train this block instead of a run's")
     parser.add_argument(
+        "--pick", metavar="pareto:K", help="the K-th block of the run's accuracy-latency front"
+    )
+    parser.add_argument(
+        "--max-latency-ms",
+        type=float,
+        metavar="MS",
+        help="the most accurate front block at most this slow",
+    )
+    parser.add_argument(
         "--max-depth", type=int, default=DEFAULT_MAX_DEPTH, help="depth limit of --block"
     )
     parser.add_argument("--dataset", help="dataset (default: the run's)")
@@ -85,11 +94,18 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.run_dir is None) == (args.block is None):
         raise BlockQNNError("give either RUN_DIR or --block BLOCK")
+    if args.block is not None and (args.pick is not None or args.max_latency_ms is not None):
+        raise BlockQNNError("--pick and --max-latency-ms choose from a RUN_DIR, not --block")
     if args.block is not None:
         block = Block.parse(args.block, max_depth=args.max_depth)
         config = Config()
         if not args.dataset:
             raise BlockQNNError("--dataset is required with --block")
+    elif args.pick is not None or args.max_latency_ms is not None:
+        from blockqnn.latency import parse_pick, pick_from_run
+
+        member = parse_pick(args.pick) if args.pick is not None else None
+        block, config = pick_from_run(args.run_dir, member, args.max_latency_ms)
     else:
         block, config = pick_block(args.run_dir, args.rank)
     data: DataConfig = config.data

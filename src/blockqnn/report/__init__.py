@@ -4,6 +4,7 @@ Owns: `render_report` (the page as text) and `write_report` (written atomically)
 holds the run's progress, the learning curve (a rolling mean, and the mean per epsilon stage
 for strategies that report an epsilon), a comparison with a random-search baseline run,
 accuracy against FLOPs (or an accuracy histogram for spaces without FLOPs, such as nb201),
+accuracy against measured latency with the non-dominated front (runs that measured one),
 the top candidates with diagrams (NSC blocks or NAS-Bench-201 cells), the config and the
 environment. The raw data behind it, one row per trial, is `trials_table` (`report.trials`).
 Everything is read from the store read-only, so the page can be regenerated at any time, also
@@ -82,7 +83,20 @@ def render_report(run_dir: str | Path, baseline: str | Path | None = None, top_k
         figures["accuracy"] = plots.accuracy_histogram(run)
     if base is not None:
         figures["comparison"] = plots.comparison(run, base)
-    return page.render(run, figures, page.environment(), base)
+    text = page.render(run, figures, page.environment(), base)
+    return _with_latency(run, text)
+
+
+def _with_latency(run: RunSummary, text: str) -> str:
+    """The accuracy-latency section (runs that measured a latency), before the top blocks;
+    inserted here so that the page's layout stays page.py's."""
+    from blockqnn.report import latency
+
+    if not latency.has_latency(run):
+        return text
+    section = latency.latency_section(run, latency.latency_plot(run))
+    anchor = '<section id="top-blocks">'
+    return text.replace(anchor, section + anchor, 1)
 
 
 def write_report(
