@@ -133,6 +133,9 @@ SETTINGS: dict[str, Range] = {
     "reward.mu": Range(0.0, 1000.0),
     "reward.rho": Range(0.0, 1000.0),
 }
+# `[train] threads` / `--threads` when a number (a text setting, so not in SETTINGS; checked by
+# `blockqnn.threads.parse`): more than 4096 threads is a typo on any machine
+THREADS = integers(1, 4096)
 INPUT_CHANNELS = integers(1, 64)  # network.input_shape C (set from the data)
 INPUT_SIDE = integers(1, 8192)  # network.input_shape H and W (the template sets the minimum)
 

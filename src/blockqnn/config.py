@@ -33,6 +33,7 @@ from blockqnn.cost import NetworkConfig
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.nsc import DEFAULT_MAX_DEPTH
 from blockqnn.registry import EXECUTORS, REWARDS, SPACES, STRATEGIES, Registry
+from blockqnn.threads import parse as parse_threads
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,6 +63,9 @@ class TrainConfig:
     augment: str = "auto"  # "auto" (crop+flip for images, none for digits), "crop_flip", "none"
     max_seconds: float = 0.0  # wall-clock limit per evaluation in seconds; 0 = none
     seed: int = 0  # base seed of weight init and batch order
+    # CPU threads: "auto" (load-aware), "all", "physical", "minus-one" or a number; local
+    # workers divide them (blockqnn.threads; a TOML integer is accepted)
+    threads: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -71,6 +75,7 @@ class TrainConfig:
         _choice(self, "precision", ("auto", "bf16", "fp32"))
         _choice(self, "augment", ("auto", "crop_flip", "none"))
         _choice(self, "compile", ("auto", "on", "off"))
+        object.__setattr__(self, "threads", parse_threads(self.threads, "train.threads"))
 
 
 @dataclass(frozen=True)
@@ -363,6 +368,8 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             return float(value)
         except OverflowError:  # an integer beyond any float
             raise BlockQNNError(f"{where} = {clip(value)}: must be a finite number") from None
+    if where == "train.threads" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # `threads = 2`: a number of threads
     if isinstance(default, str):
         if not isinstance(value, str):
             raise BlockQNNError(f"{where} = {clip(value)}: expected a string")

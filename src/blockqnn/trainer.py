@@ -30,7 +30,6 @@ smaller batch); anything else is a bug and raises.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext, suppress
@@ -52,6 +51,7 @@ from blockqnn.recipe import (
     lr_at,
     should_compile,
 )
+from blockqnn.threads import configure_threads
 
 if TYPE_CHECKING:
     from blockqnn.data import DeviceData
@@ -162,19 +162,6 @@ class _Execution:
     @property
     def try_graph(self) -> bool:
         return self.device.type == "cuda" and not self.graph_reason
-
-
-def configure_threads() -> int:
-    """Use every core this process may run on, unless OMP_NUM_THREADS says otherwise (an
-    executor running several evaluations on one machine sets it to share the cores)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cores = os.cpu_count() or 1
-        if torch.get_num_threads() != cores:
-            torch.set_num_threads(cores)
-    return torch.get_num_threads()
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

@@ -50,8 +50,13 @@ _OVERRIDES = {
     "cpus_per_trial": ("search", "cpus_per_trial"),
     "address": ("search", "address"),
     "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "threads": ("train", "threads"),
     "filters": ("network", "filters"),
+    "blocks_per_stage": ("network", "blocks_per_stage"),
 }
+# where the search runs, not what it searches: a resume may change them too
+_RESUME_FREE = {"threads"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
     parser.add_argument("--config", metavar="FILE", help="TOML file with the settings")
     from blockqnn.registry import EXECUTORS, REWARDS, SPACES, STRATEGIES
+    from blockqnn.threads import HELP as THREADS_HELP
 
     parser.add_argument(
         "--dataset",
@@ -91,7 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="join the Ray cluster at HOST:PORT (ray start)")
     parser.add_argument("--epochs", type=int, help="early-stop epochs per candidate")
     parser.add_argument("--train-samples", type=int, help="training images used; 0 = all")
+    parser.add_argument("--batch-size", type=int, help="images per step (paper: 256)")
     parser.add_argument("--filters", type=int, help="first-stage width F while searching")
+    parser.add_argument(
+        "--blocks-per-stage", type=int, help="blocks per stage N while searching (paper: 2)"
+    )
+    parser.add_argument("--threads", help=THREADS_HELP)
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: the best available)")
     parser.add_argument("--top", type=int, default=5, help="blocks in the final table")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -128,15 +139,21 @@ def _sigterm_stops() -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from blockqnn import threads
     from blockqnn.config import Config, merge
     from blockqnn.search import SearchStalled, Terminated, run_search
 
     overrides = _overrides(args)
+    if args.threads is not None:  # this session's threads, also on a resume
+        threads.choose(args.threads, override=True)
     if args.resume:
         if args.config is not None:
             raise BlockQNNError("--resume uses the run's stored config; drop --config")
         changed = {
-            k for section, values in overrides.items() for k in values if section != "search"
+            k
+            for section, values in overrides.items()
+            for k in values
+            if section != "search" and k not in _RESUME_FREE
         }
         if changed:
             flags = ", ".join("--" + k.replace("_", "-") for k in sorted(changed))

@@ -25,6 +25,8 @@ from blockqnn.errors import BlockQNNError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from blockqnn.threads import HELP as THREADS_HELP
+
     parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a search run to take from")
     parser.add_argument("--rank", type=int, default=1, help="K-th best block of the run")
     parser.add_argument("--block", metavar="BLOCK", help="train this block instead of a run's")
@@ -55,10 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"))
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--threads", help=THREADS_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
+    from blockqnn import threads
     from blockqnn.config import Config, DataConfig
     from blockqnn.final import (
         FINAL_RECIPES,
@@ -78,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
             raise BlockQNNError("--dataset is required with --block")
     else:
         block, config = pick_block(args.run_dir, args.rank)
+    # --threads, else the run's (or the default) setting
+    threads.choose(args.threads if args.threads is not None else config.train.threads)
     data: DataConfig = config.data
     overrides: dict[str, Any] = {}
     if args.dataset:

@@ -27,6 +27,9 @@ class LocalExecutor:
     slots = 1
 
     def __init__(self, spec: EvaluatorSpec) -> None:
+        from blockqnn import threads
+
+        threads.choose(spec.config.train.threads)  # the trainer applies it (a --threads wins)
         self._evaluator = spec.build(spec.load_data())
         self._queue: deque[tuple[int, Any]] = deque()
 
