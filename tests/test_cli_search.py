@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import blockqnn.executor.base as ex
+from blockqnn import threads
 from blockqnn.cli import main
 from blockqnn.executor.synthetic import SyntheticEvaluator
 from blockqnn.store import DB_NAME, Store
@@ -210,3 +211,28 @@ def test_a_budget_beyond_the_search_space_is_refused(
     assert main(argv) == 2
     assert "exceeds the 8 candidates" in capsys.readouterr().err
     assert not run.exists()
+
+
+def test_a_search_ends_with_the_next_commands_of_its_run(
+    tmp_path: Path, synthetic: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "my run"  # a space: the printed commands must quote it
+    argv = ["search", "--run-dir", str(run), "--budget", "2", "--dataset", "digits"]
+    argv += ["--filters", "8", "--blocks-per-stage", "1", "--batch-size", "32"]
+    assert main([*argv, "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    quoted = f"'{run}'"
+    for command in ("status", "report", "trials"):
+        assert f" {command} {quoted}" in out
+    final = f"'{run}-final'"
+    assert f" train {quoted} --out {final} --filters 32 --blocks-per-stage 2" in out
+    with Store.open(run, readonly=True) as store:
+        config = store.config()
+    assert (config.network.blocks_per_stage, config.train.batch_size) == (1, 32)
+    assert config.train.threads == "1"
+    # threads describe this session's machine: a resume may change them
+    try:
+        assert main(["search", "--resume", str(run), "--threads", "all"]) == 0
+        assert main(["search", "--resume", str(run), "--batch-size", "8"]) == 2
+    finally:
+        threads.reset()  # the command line's choice is process-wide

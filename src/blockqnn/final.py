@@ -227,8 +227,10 @@ def train_final(
     out: str | Path,
     device: str | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    on_network: Callable[[NetworkConfig, int, int], None] | None = None,
 ) -> FinalResult:
-    """Train `block` with the final recipe into folder `out` (resuming if it holds a run)."""
+    """Train `block` with the final recipe into folder `out` (resuming if it holds a run).
+    `on_network(network, params, flops)` is told the network before it is trained."""
     import torch
 
     from blockqnn.builder import Network
@@ -289,10 +291,13 @@ def train_final(
     elif out_dir.is_dir() and any(out_dir.iterdir()):
         raise BlockQNNError(f"--out {out_dir}: is not empty and holds no blockqnn training")
     dev = resolve_device(device)
-    reason = too_large(network_cost(block, net_cfg).params, dev)
+    planned = network_cost(block, net_cfg)
+    reason = too_large(planned.params, dev)
     if reason:  # refused before it is built: allocating it could take the host down
         raise BlockQNNError(f"the network is too large for this device: {reason}")
     make_dir(out_dir, "--out")
+    if on_network is not None:
+        on_network(net_cfg, planned.params, planned.flops)
 
     device_data = arrays.to_device(dev)
     torch.manual_seed(settings.seed)
@@ -303,6 +308,7 @@ def train_final(
     start = int(resume["epoch"]) if resume else 0
     mean, std = tuple(arrays.mean), tuple(arrays.std)
     n_train = len(arrays.x_train)
+    seconds_before = [0.0]  # fit's training seconds at the previous epoch's end
 
     def on_epoch(info: EpochInfo) -> None:
         ck = info.checkpoint()
@@ -313,10 +319,12 @@ def train_final(
             "train_loss": info.train_loss,
             "lr": info.lr,
             "train_seconds": round(info.train_seconds, 3),
-            "images_per_second": round(n_train * (info.epoch - start) / info.train_seconds, 1)
-            if info.train_seconds
+            # this epoch's speed, not the mean since the start
+            "images_per_second": round(n_train / (info.train_seconds - seconds_before[0]), 1)
+            if info.train_seconds > seconds_before[0]
             else 0.0,
         }
+        seconds_before[0] = info.train_seconds
         with (out_dir / HISTORY).open("a") as f:
             f.write(json.dumps(row) + "\n")
         if progress is not None:

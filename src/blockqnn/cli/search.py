@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -201,11 +202,8 @@ def run(args: argparse.Namespace) -> int:
         _print_top(summary.top[: args.top], summary, out)
         for line in learning_summary(run_dir):
             print(line, file=out)
-        print(
-            f"next: blockqnn status {run_dir} | blockqnn report {run_dir} | "
-            f"blockqnn trials {run_dir} --csv",
-            file=out,
-        )
+        for line in next_commands(run_dir):
+            print(line, file=out)
     if not summary.top:  # every evaluation failed: a failed run, though a recorded one
         print(
             f"blockqnn search: every one of the {summary.failed} evaluations failed; "
@@ -251,6 +249,46 @@ def _print_top(top: list[Any], summary: Any, out: Any) -> None:
             t.candidate,
         )
     console.print(table)
+
+
+def _program() -> str:
+    """How to call blockqnn from this shell: `blockqnn` when it is on the PATH, else the path
+    this process was started with (`.venv/bin/blockqnn` before the venv is activated)."""
+    import os
+    import shutil
+
+    if shutil.which("blockqnn"):
+        return "blockqnn"
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == "blockqnn":
+        return shlex.quote(os.path.relpath(argv0) if os.path.isabs(argv0) else argv0)
+    return f"{shlex.quote(sys.executable)} -m blockqnn"
+
+
+def next_commands(run_dir: str) -> list[str]:
+    """What to run next, with this run's directory filled in (quoted for the shell)."""
+    from blockqnn.store import Store
+
+    with Store.open(run_dir, readonly=True) as store:
+        config = store.config()
+    prog, run = _program(), shlex.quote(run_dir)
+    lines = [
+        "next:",
+        f"  {prog} status {run}            # trials, best blocks, sessions",
+        f"  {prog} report {run}            # an HTML page: {run_dir}/report.html",
+        f"  {prog} trials {run} --csv      # every trial, for pandas or a spreadsheet",
+    ]
+    if config.search.space == "nsc":  # train builds networks of NSC blocks only
+        net = config.network
+        final = shlex.quote(run_dir.rstrip("/") + "-final")
+        lines.append(
+            f"  {prog} train {run} --out {final} --filters {max(32, net.filters)} "
+            f"--blocks-per-stage {max(2, net.blocks_per_stage)}   # the best block, final size"
+        )
+    if prog.endswith("bin/blockqnn"):  # a virtual environment not activated in this shell
+        activate = shlex.quote(prog[: -len("blockqnn")] + "activate")
+        lines.append(f"  (`. {activate}` puts blockqnn on this shell's PATH)")
+    return lines
 
 
 MIN_STAGE_TRAINED = 8  # fewer trained blocks in a stage say little about its mean

@@ -108,8 +108,12 @@ def run(args: argparse.Namespace) -> int:
     given = {f: getattr(args, f) for f in flags if getattr(args, f) is not None}
     settings: FinalSettings = replace(FINAL_RECIPES[args.recipe], **given)
     progress, close = _progress(args.json)
+    sized = args.filters is not None or args.blocks_per_stage is not None
+    announce = None if args.json else _announce(args.run_dir is not None and not sized)
     try:
-        result = train_final(block, data, network, settings, args.out, args.device, progress)
+        result = train_final(
+            block, data, network, settings, args.out, args.device, progress, announce
+        )
     except TrainingFailed as exc:
         print(f"blockqnn train: {exc}", file=sys.stderr)
         return 1
@@ -129,9 +133,34 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"test accuracy  {result.test_accuracy:.4f} after {result.epochs} epochs{resumed}{tta}"
         )
+        print(f"network        {result.params:,} parameters, {result.flops / 1e6:,.1f} MFLOPs")
         print(f"speed          {result.images_per_second:,.0f} images/s on {result.device}")
         print(f"model          {result.out}/model.pt")
     return 0
+
+
+def _announce(search_size: bool) -> Any:
+    """Prints the network before training: its size, and when it is the run's search-time
+    size (small on purpose), how to ask for a final one."""
+
+    def show(network: Any, params: int, flops: int) -> None:
+        shape = "x".join(str(v) for v in network.input_shape)
+        print(
+            f"network  F={network.filters} filters, N={network.blocks_per_stage} blocks per "
+            f"stage, {network.head} head, {params:,} parameters, {flops / 1e6:,.1f} MFLOPs "
+            f"per {shape} image",
+            file=sys.stderr,
+            flush=True,
+        )
+        if search_size:
+            print(
+                "         the run's search-time size; --filters and --blocks-per-stage set "
+                "the final size (e.g. --filters 32 --blocks-per-stage 2 or more)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return show
 
 
 def _progress(quiet: bool) -> tuple[Any, Any]:
