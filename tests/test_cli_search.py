@@ -236,3 +236,16 @@ def test_a_search_ends_with_the_next_commands_of_its_run(
         assert main(["search", "--resume", str(run), "--batch-size", "8"]) == 2
     finally:
         threads.reset()  # the command line's choice is process-wide
+
+
+def test_the_stored_config_records_the_shape_of_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the real digits data, the instant evaluator
+    monkeypatch.setattr(ex, "default_evaluator", lambda c, d, dev: SyntheticEvaluator(c))
+    run = tmp_path / "run"
+    argv = ["search", "--run-dir", str(run), "--budget", "2", "--dataset", "digits"]
+    assert main([*argv, "--train-samples", "200"]) == 0
+    with Store.open(run, readonly=True) as store:
+        network = store.config().network
+    assert (network.input_shape, network.num_classes) == ((1, 8, 8), 10)  # not (3, 32, 32)

@@ -428,6 +428,8 @@ def run_search(
                 f"the search space {space!r}"
             )
     evaluator_spec = spec(config) if spec is not None else EvaluatorSpec.for_config(config, device)
+    if not resume:
+        config = _with_data_shape(config, evaluator_spec)
     agent = checked.agent if checked is not None else make_agent(config)
     reward = make_reward(config)
     executor = executor_factory(evaluator_spec)  # may raise BlockQNNError: nothing written yet
@@ -461,6 +463,18 @@ def run_search(
             if store.in_session:
                 store.end_session(outcome)
             store.close()
+
+
+def _with_data_shape(config: Config, spec: EvaluatorSpec) -> Config:
+    """The config as the run will store it: with the classes and image shape of its data,
+    which the evaluator takes from the data (a digits run records [1, 8, 8], not the
+    default [3, 32, 32]). Unchanged for evaluators without data (tables, synthetic)."""
+    data = spec.load_data()
+    shape, classes = getattr(data, "input_shape", None), getattr(data, "num_classes", None)
+    if shape is None or classes is None:
+        return config
+    network = replace(config.network, num_classes=int(classes), input_shape=tuple(shape))
+    return replace(config, network=network)
 
 
 @dataclass(frozen=True)
