@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     threads.choose(config.train.threads)
+    threads.configure_threads()  # now: the device line reports the threads used
     block = Block.parse(args.block, max_depth=config.agent.max_depth)
     result = Evaluator(config, device=args.device).evaluate(block)
     if args.json:

@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         block, config = pick_block(args.run_dir, args.rank)
     # --threads, else the run's (or the default) setting
     threads.choose(args.threads if args.threads is not None else config.train.threads)
+    threads.configure_threads()
     data: DataConfig = config.data
     overrides: dict[str, Any] = {}
     if args.dataset:
