@@ -249,3 +249,34 @@ def test_the_stored_config_records_the_shape_of_the_data(
     with Store.open(run, readonly=True) as store:
         network = store.config().network
     assert (network.input_shape, network.num_classes) == ((1, 8, 8), 10)  # not (3, 32, 32)
+
+
+def test_status_after_kill_9_says_the_trial_was_interrupted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from blockqnn.config import Config
+    from blockqnn.nsc import Block
+
+    run = tmp_path / "run"
+    store = Store.create(run, Config())
+    store.acquire()
+    store.begin_session()
+    store.add_trial(Block.parse("1,1,3,0,0"), info={})  # in flight when the search was killed
+    store.close()  # no end_session: as after kill -9
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "stopped" in out and "1 interrupted by a killed search" in out
+    assert "1 running" not in out and f"blockqnn search --resume {run}" in out
+
+
+def test_a_config_type_error_quotes_toml_not_python(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[train]\nepochs = true\n[network]\nfilters = "8"\n')
+    assert main(["search", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "epochs = true: expected an integer" in err and "True" not in err
+    config.write_text('[network]\nfilters = "8"\n')
+    assert main(["search", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 2
+    assert 'filters = "8": expected an integer' in capsys.readouterr().err

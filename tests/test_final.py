@@ -82,10 +82,13 @@ def replace_epochs(n: int) -> FinalSettings:
 def test_other_settings_in_the_same_folder_are_refused(tmp_path: Path) -> None:
     out = tmp_path / "final"
     train_final(BLOCK, DATA, NET, FAST, out, device="cpu")
-    with pytest.raises(BlockQNNError, match="other settings"):
+    with pytest.raises(BlockQNNError, match=r"other settings \(settings.epochs is 2 there, 5 here"):
         train_final(BLOCK, DATA, NET, replace_epochs(5), out, device="cpu")
+    wider = replace(NET, filters=6)
+    with pytest.raises(BlockQNNError, match=r"network.filters is 4 there, 6 here"):
+        train_final(BLOCK, DATA, wider, FAST, out, device="cpu")
     (out / MODEL).unlink()
-    with pytest.raises(BlockQNNError, match="another block"):
+    with pytest.raises(BlockQNNError, match=r"another block\b.*\(another block; choose"):
         train_final(Block.parse("1,1,1,0,0"), DATA, NET, FAST, out, device="cpu")
 
 

@@ -182,3 +182,13 @@ def test_written_files_honour_the_umask(model_file: Path, tmp_path: Path, umask:
         os.umask(previous)
     for path in files:  # not mkstemp's 0600: readable by the group (and others at 022)
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_a_file_that_is_not_a_model_is_named_in_whole_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tmp_path / "README.md"
+    text.write_text("# not a model\n" * 50)
+    assert main(["export", str(text), "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("not a blockqnn model file (not a PyTorch zip archive)")

@@ -258,7 +258,11 @@ def train_final(
         payload = read_payload(finished)
         metrics = payload.get("metrics")
         if not isinstance(metrics, dict) or metrics.get("identity") != identity:
-            raise BlockQNNError(f"--out {out_dir}: holds a finished training of other settings")
+            stored = metrics.get("identity") if isinstance(metrics, dict) else None
+            raise BlockQNNError(
+                f"--out {out_dir}: holds a finished training of other settings "
+                f"({_difference(stored, identity)}; choose another --out)"
+            )
         try:
             return FinalResult(**metrics["result"])
         except (KeyError, TypeError):
@@ -274,7 +278,7 @@ def train_final(
         if state.get("identity") != identity:
             raise BlockQNNError(
                 f"--out {out_dir}: holds a training of another block or other settings "
-                "(choose another --out)"
+                f"({_difference(state.get('identity'), identity)}; choose another --out)"
             )
         epoch = state.get("epoch")
         if not isinstance(epoch, int) or isinstance(epoch, bool):
@@ -367,6 +371,27 @@ def train_final(
     metrics = {"test_accuracy": test_acc, "identity": identity, "result": result.to_dict()}
     save_atomic(model_payload(model, mean, std, arrays.classes, metrics), finished)
     return result
+
+
+def _difference(stored: Any, wanted: dict[str, Any], where: str = "") -> str:
+    """The first setting in which a folder's training differs from this command's, as
+    `network.filters is 8 there, 16 here`."""
+    if not isinstance(stored, dict):
+        return "its settings are not recorded"
+    for key, value in wanted.items():
+        name = f"{where}.{key}" if where else key
+        if key not in stored:
+            return f"{name} is not recorded there"
+        other = stored[key]
+        if isinstance(value, dict) and isinstance(other, dict):
+            if other != value:
+                return _difference(other, value, name)
+        elif other != value and not (isinstance(value, tuple) and list(value) == other):
+            if name == "block":
+                return "another block"
+            return f"{name} is {clip(other)} there, {clip(value)} here"
+    extra = sorted(set(stored) - set(wanted))
+    return f"{where or 'it'} records {extra[0]}, not set here" if extra else "the settings differ"
 
 
 def _check_checkpoint(model: Any, recipe: Any, resume: dict[str, Any], path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import Any
 
@@ -74,11 +75,25 @@ def run(args: argparse.Namespace) -> int:
     console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
     state = "running" if info["active"] else "stopped"
     done = "finished" if info["trained"] >= info["budget"] and not info["running"] else state
+    # With no search active, a "running" trial is one a killed search (kill -9) left
+    # behind: it was interrupted, and a resume runs it again.
+    running = (
+        f"{info['running']} running"
+        if info["active"] or not info["running"]
+        else f"{info['running']} interrupted by a killed search"
+    )
     console.print(
         f"{info['run_dir']}: {done}, {info['trained']}/{info['budget']} trained "
-        f"({info['failed']} failed), {info['reused']} reused, {info['running']} running, "
-        f"{info['queued'] + info['interrupted']} waiting"
+        f"({info['failed']} failed), {info['reused']} reused, {running}, "
+        f"{info['queued'] + info['interrupted']} waiting",
+        markup=False,
     )
+    if not info["active"] and info["running"] + info["queued"] + info["interrupted"]:
+        console.print(
+            f"blockqnn search --resume {shlex.quote(info['run_dir'])} runs the interrupted and "
+            "waiting trials again",
+            markup=False,
+        )
     strategy = ", ".join([f"agent {info['agent']}", *_info_items(info["info"])])
     console.print(
         f"dataset {info['dataset']}, space {info['space']}, {strategy}, "
