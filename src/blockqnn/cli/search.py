@@ -272,19 +272,20 @@ def next_commands(run_dir: str) -> list[str]:
     with Store.open(run_dir, readonly=True) as store:
         config = store.config()
     prog, run = _program(), shlex.quote(run_dir)
-    lines = [
-        "next:",
-        f"  {prog} status {run}            # trials, best blocks, sessions",
-        f"  {prog} report {run}            # an HTML page: {run_dir}/report.html",
-        f"  {prog} trials {run} --csv      # every trial, for pandas or a spreadsheet",
+    commands = [
+        (f"{prog} status {run}", "trials, best blocks, sessions"),
+        (f"{prog} report {run}", f"an HTML page: {run_dir}/report.html"),
+        (f"{prog} trials {run} --csv", "every trial, for pandas or a spreadsheet"),
     ]
     if config.search.space == "nsc":  # train builds networks of NSC blocks only
         net = config.network
         final = shlex.quote(run_dir.rstrip("/") + "-final")
-        lines.append(
-            f"  {prog} train {run} --out {final} --filters {max(32, net.filters)} "
-            f"--blocks-per-stage {max(2, net.blocks_per_stage)}   # the best block, final size"
+        size = f"--filters {max(32, net.filters)} --blocks-per-stage {max(2, net.blocks_per_stage)}"
+        commands.append(
+            (f"{prog} train {run} --out {final} {size}", "the best block at a final size")
         )
+    width = max(len(c) for c, _ in commands)
+    lines = ["next:", *(f"  {c.ljust(width)}  # {why}" for c, why in commands)]
     if prog.endswith("bin/blockqnn"):  # a virtual environment not activated in this shell
         activate = shlex.quote(prog[: -len("blockqnn")] + "activate")
         lines.append(f"  (`. {activate}` puts blockqnn on this shell's PATH)")
