@@ -45,7 +45,8 @@ import numpy as np
 
 from blockqnn.config import Config, merge
 from blockqnn.cost import REFERENCE_BLOCK, NetworkConfig, network_cost
-from blockqnn.latency import LatencySettings, measure, spread, trial_latency
+from blockqnn.front import trial_latency
+from blockqnn.latency import LatencySettings, measure, spread
 from blockqnn.nsc import Block
 from blockqnn.spaces.nsc import NSCSpace
 from blockqnn.store import Store

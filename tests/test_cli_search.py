@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import blockqnn.executor.base as ex
+from blockqnn import threads
 from blockqnn.cli import main
 from blockqnn.executor.synthetic import SyntheticEvaluator
 from blockqnn.store import DB_NAME, Store
@@ -210,3 +211,72 @@ def test_a_budget_beyond_the_search_space_is_refused(
     assert main(argv) == 2
     assert "exceeds the 8 candidates" in capsys.readouterr().err
     assert not run.exists()
+
+
+def test_a_search_ends_with_the_next_commands_of_its_run(
+    tmp_path: Path, synthetic: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "my run"  # a space: the printed commands must quote it
+    argv = ["search", "--run-dir", str(run), "--budget", "2", "--dataset", "digits"]
+    argv += ["--filters", "8", "--blocks-per-stage", "1", "--batch-size", "32"]
+    assert main([*argv, "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    quoted = f"'{run}'"
+    for command in ("status", "report", "trials"):
+        assert f" {command} {quoted}" in out
+    final = f"'{run}-final'"
+    assert f" train {quoted} --out {final} --filters 32 --blocks-per-stage 2" in out
+    with Store.open(run, readonly=True) as store:
+        config = store.config()
+    assert (config.network.blocks_per_stage, config.train.batch_size) == (1, 32)
+    assert config.train.threads == "1"
+    # threads describe this session's machine: a resume may change them
+    try:
+        assert main(["search", "--resume", str(run), "--threads", "all"]) == 0
+        assert main(["search", "--resume", str(run), "--batch-size", "8"]) == 2
+    finally:
+        threads.reset()  # the command line's choice is process-wide
+
+
+def test_the_stored_config_records_the_shape_of_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the real digits data, the instant evaluator
+    monkeypatch.setattr(ex, "default_evaluator", lambda c, d, dev: SyntheticEvaluator(c))
+    run = tmp_path / "run"
+    argv = ["search", "--run-dir", str(run), "--budget", "2", "--dataset", "digits"]
+    assert main([*argv, "--train-samples", "200"]) == 0
+    with Store.open(run, readonly=True) as store:
+        network = store.config().network
+    assert (network.input_shape, network.num_classes) == ((1, 8, 8), 10)  # not (3, 32, 32)
+
+
+def test_status_after_kill_9_says_the_trial_was_interrupted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from blockqnn.config import Config
+    from blockqnn.nsc import Block
+
+    run = tmp_path / "run"
+    store = Store.create(run, Config())
+    store.acquire()
+    store.begin_session()
+    store.add_trial(Block.parse("1,1,3,0,0"), info={})  # in flight when the search was killed
+    store.close()  # no end_session: as after kill -9
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "stopped" in out and "1 interrupted by a killed search" in out
+    assert "1 running" not in out and f"blockqnn search --resume {run}" in out
+
+
+def test_a_config_type_error_quotes_toml_not_python(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[train]\nepochs = true\n[network]\nfilters = "8"\n')
+    assert main(["search", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "epochs = true: expected an integer" in err and "True" not in err
+    config.write_text('[network]\nfilters = "8"\n')
+    assert main(["search", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 2
+    assert 'filters = "8": expected an integer' in capsys.readouterr().err

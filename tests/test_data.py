@@ -179,11 +179,26 @@ def test_folder_colour_modes(tmp_path: Path) -> None:
     assert len(gray.x_train) + len(gray.x_val) == 6
     write_image(tmp_path / "gray" / "test" / "b" / "rgb.png", "RGB", value=50)
     write_image(tmp_path / "gray" / "test" / "b" / "pal.gif", "P", value=9)
+    with pytest.warns(UserWarning, match=r"2 of 10 images .* converted to grayscale"):
+        few = load_arrays(DataConfig(dataset=str(tmp_path / "gray"), cache_dir=str(tmp_path / "c")))
+    assert few.input_shape == (1, 4, 6)  # two colour files do not make the set RGB
+    # Pillow's luma of (50, 205, 7): (50 * 299 + 205 * 587 + 7 * 114) / 1000 = 136
+    assert 136 in {int(img[0, 0, 0]) for img in few.x_test}
+    for i in range(7):  # now most images have colour: the set is RGB
+        write_image(tmp_path / "gray" / "train" / "a" / f"c{i}.png", "RGB", value=50)
     mixed = load_arrays(DataConfig(dataset=str(tmp_path / "gray"), cache_dir=str(tmp_path / "c")))
-    assert mixed.input_shape == (3, 4, 6)  # any colour image makes the set RGB
+    assert mixed.input_shape == (3, 4, 6)
     gray_img = mixed.x_test[mixed.y_test == 0][0]
     assert np.array_equal(gray_img[0], gray_img[1]) and np.array_equal(gray_img[1], gray_img[2])
     assert {tuple(img[:, 0, 0]) for img in mixed.x_test} >= {(50, 205, 7)}
+
+
+def test_an_rgb_file_of_gray_pixels_is_grayscale(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        write_image(tmp_path / split / "a" / "0.png", "L", value=10)
+        Image.new("RGB", (6, 4), (77, 77, 77)).save(tmp_path / split / "a" / "1.png")
+    data = load_arrays(DataConfig(dataset=str(tmp_path), cache_dir=str(tmp_path / "c")))
+    assert data.input_shape == (1, 4, 6)
 
 
 @pytest.mark.parametrize(
@@ -196,6 +211,16 @@ def test_folder_colour_modes(tmp_path: Path) -> None:
         (lambda r: write_image(r / "train" / "a" / "big.png", "L", size=(9, 9)), "big.png is 9x9"),
         (lambda r: write_image(r / "test" / "zebra" / "0.png", "L"), "zebra: class not in"),
         (lambda r: (r / "train" / "empty").mkdir(), "empty has no images"),
+        # the test split is checked as fully as train, before anything trains
+        (
+            lambda r: [write_image(r / "train" / "b" / "0.png", "L"), (r / "test" / "b").mkdir()],
+            r"test/b has no images",
+        ),
+        (
+            lambda r: [(r / "test" / "a" / f).unlink() for f in ("0.png", "1.png")],
+            r"test/a has no images",
+        ),
+        (lambda r: write_image(r / "train" / "b" / "0.png", "L"), "has no class b .train/ has"),
     ],
 )
 def test_folder_bad_input(tmp_path: Path, make: object, message: str) -> None:
@@ -250,6 +275,7 @@ def test_npz_bad_input(tmp_path: Path) -> None:
         "y_train has label -1": dict(x_train=x, y_train=y - 1, x_test=x, y_test=y),
         "must be uint8": dict(x_train=x / 255, y_train=y, x_test=x, y_test=y),
         "x_test images are": dict(x_train=x, y_train=y, x_test=x[:, :, :2], y_test=y),
+        "x_test is empty": dict(x_train=x, y_train=y, x_test=x[:0], y_test=y[:0]),
     }
     for i, (message, arrays) in enumerate(cases.items()):
         with pytest.raises(BlockQNNError, match=message):

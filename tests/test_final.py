@@ -82,10 +82,13 @@ def replace_epochs(n: int) -> FinalSettings:
 def test_other_settings_in_the_same_folder_are_refused(tmp_path: Path) -> None:
     out = tmp_path / "final"
     train_final(BLOCK, DATA, NET, FAST, out, device="cpu")
-    with pytest.raises(BlockQNNError, match="other settings"):
+    with pytest.raises(BlockQNNError, match=r"other settings \(settings.epochs is 2 there, 5 here"):
         train_final(BLOCK, DATA, NET, replace_epochs(5), out, device="cpu")
+    wider = replace(NET, filters=6)
+    with pytest.raises(BlockQNNError, match=r"network.filters is 4 there, 6 here"):
+        train_final(BLOCK, DATA, wider, FAST, out, device="cpu")
     (out / MODEL).unlink()
-    with pytest.raises(BlockQNNError, match="another block"):
+    with pytest.raises(BlockQNNError, match=r"another block\b.*\(another block; choose"):
         train_final(Block.parse("1,1,1,0,0"), DATA, NET, FAST, out, device="cpu")
 
 
@@ -216,3 +219,44 @@ def test_cli_recipe_flags(tmp_path: Path) -> None:
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_history_speed_is_per_epoch_and_the_network_is_announced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import blockqnn.trainer as trainer
+
+    real = trainer.fit
+    clock = iter([1.0, 3.0])  # cumulative training seconds after epochs 1 and 2
+
+    def scripted(*args: Any, on_epoch: Any = None, **kwargs: Any) -> Any:
+        def tick(info: Any) -> Any:
+            return on_epoch(replace(info, train_seconds=next(clock)))
+
+        return real(*args, on_epoch=tick, **kwargs)
+
+    monkeypatch.setattr(trainer, "fit", scripted)
+    told: list[tuple[Any, int, int]] = []
+    train_final(
+        BLOCK, DATA, NET, FAST, tmp_path / "f", device="cpu",
+        on_network=lambda net, params, flops: told.append((net, params, flops)),
+    )  # fmt: skip
+    rows = [json.loads(x) for x in (tmp_path / "f" / "history.jsonl").read_text().splitlines()]
+    first, second = (r["images_per_second"] for r in rows)
+    assert second == pytest.approx(first / 2, rel=1e-3)  # a running mean would be 2/3
+    ((net, params, _flops),) = told
+    assert (net.filters, net.blocks_per_stage, net.input_shape) == (4, 1, (1, 8, 8))
+    built = load_model(tmp_path / "f" / MODEL).network
+    assert params == sum(p.numel() for p in built.parameters())
+
+
+def test_cli_train_prints_the_network(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "blockqnn", "train", "--block", "1,1,3,0,0", "--dataset",
+         "digits", "--train-samples", "200", "--filters", "4", "--epochs", "1",
+         "--batch-size", "64", "--threads", "1", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "network  F=4 filters, N=2 blocks per stage, paper head," in proc.stderr
+    assert "parameters" in proc.stdout and "search-time size" not in proc.stderr

@@ -16,15 +16,13 @@ from blockqnn import latency
 from blockqnn.config import Config, merge
 from blockqnn.errors import BlockQNNError
 from blockqnn.executor.synthetic import synthetic_spec
+from blockqnn.front import pareto_front, parse_pick, pick_front
 from blockqnn.latency import (
     Latency,
     LatencyCache,
     LatencyError,
     LatencyMeter,
     LatencySettings,
-    pareto_front,
-    parse_pick,
-    pick_front,
 )
 from blockqnn.nsc import Block
 from blockqnn.result import EvalResult

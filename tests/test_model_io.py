@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +176,33 @@ def test_foreign_torch_file_gives_one_plain_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "\x1b[" not in proc.stderr
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_honour_the_umask(model_file: Path, tmp_path: Path, umask: int) -> None:
+    previous = os.umask(umask)
+    try:
+        payload = read_payload(model_file)
+        saved = tmp_path / f"saved-{umask:o}.pt"
+        save_atomic({k: v for k, v in payload.items() if k != "checksum"}, saved)
+        files = [saved]
+        for fmt, suffix in (("torchscript", "pt"), ("onnx", "onnx")):
+            if fmt == "onnx":
+                pytest.importorskip("onnx")
+            out = tmp_path / f"export-{umask:o}.{suffix}"
+            export_model(load_model(model_file), fmt, out)
+            files.append(out)
+    finally:
+        os.umask(previous)
+    for path in files:  # not mkstemp's 0600: readable by the group (and others at 022)
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_a_file_that_is_not_a_model_is_named_in_whole_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tmp_path / "README.md"
+    text.write_text("# not a model\n" * 50)
+    assert main(["export", str(text), "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("not a blockqnn model file (not a PyTorch zip archive)")

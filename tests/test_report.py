@@ -349,6 +349,12 @@ window.addEventListener("load", function () {
     svgs: svgs.map(function (s) {
       var r = s.getBoundingClientRect();
       return r.width > 0 && r.height > 0;
+    }),
+    labels: svgs.map(function (s) {  // the smallest label of each diagram, in pixels
+      var texts = Array.prototype.slice.call(s.querySelectorAll("text"));
+      return Math.min.apply(null, texts.map(function (t) {
+        return t.getBoundingClientRect().height;
+      }));
     })
   });
   document.body.appendChild(probe);
@@ -405,6 +411,8 @@ def test_report_renders_in_headless_chromium(runs: tuple[Path, Path], tmp_path: 
     assert state["images"][:3] == [["", True]] * 3  # the report's own plots all decode
     assert state["images"][3] == ["canary-img", False]  # and a broken one would be seen
     assert len(state["svgs"]) == (10 if HAS_DOT else 0) and all(state["svgs"])
+    # Readable diagrams: labels of 11 px, not shrunk with a wide block (they were ~6 px).
+    assert all(10 <= h <= 16 for h in state["labels"]), state["labels"]
     # Chromium's own log of console messages: the canary only (no "Uncaught ..." errors).
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     assert len(console) == 1 and "canary-console" in console[0], console
@@ -627,3 +635,39 @@ def test_cli_json_output(runs: tuple[Path, Path], tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"report": str(out), "bytes": out.stat().st_size}
+
+
+def test_stage_labels_keep_apart_on_the_final_axis() -> None:
+    from matplotlib.figure import Figure
+
+    from blockqnn.report.plots import LABEL_GAP, _label_stages
+
+    ax = Figure().add_subplot()
+    ax.plot([0, 1000], [0, 1])  # a baseline's longer axis
+    stages = [(f"ε={i}", 10.0 + i, 11.0 + i) for i in range(40)]  # forty one-trial stages
+    _label_stages(ax, stages)
+    xs = [t.get_position()[0] for t in ax.texts]
+    low, high = ax.get_xlim()
+    assert xs[0] == 10.5 and 1 < len(xs) < 40
+    assert all(b - a >= LABEL_GAP * (high - low) for a, b in itertools.pairwise(xs))
+    wide = Figure().add_subplot()
+    wide.plot([0, 40], [0, 1])
+    _label_stages(wide, stages[:10])  # stages 2.5% of the axis wide: every one labelled
+    assert len(wide.texts) == 10
+
+
+def test_rank_numbers_do_not_overlap() -> None:
+    from matplotlib.figure import Figure
+
+    from blockqnn.report.plots import _rank_labels
+
+    fig = Figure(figsize=(9.0, 4.2), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    points = [(1e6 * (1 + i / 1000), 0.85) for i in range(10)]  # ten near-identical points
+    ax.scatter([x for x, _ in points], [y for _, y in points])
+    ax.set_xscale("log")
+    _rank_labels(fig, ax, points)
+    fig.draw_without_rendering()
+    boxes = [t.get_window_extent() for t in ax.texts]
+    assert [t.get_text() for t in ax.texts] == [str(i) for i in range(1, 11)]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])

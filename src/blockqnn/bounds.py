@@ -143,6 +143,9 @@ SETTINGS: dict[str, Range] = {
     "reward.latency_filters": integers(0, MAX_FILTERS),
     "reward.latency_blocks_per_stage": integers(0, MAX_BLOCKS_PER_STAGE),
 }
+# `[train] threads` / `--threads` when a number (a text setting, so not in SETTINGS; checked by
+# `blockqnn.threads.parse`): more than 4096 threads is a typo on any machine
+THREADS = integers(1, 4096)
 INPUT_CHANNELS = integers(1, 64)  # network.input_shape C (set from the data)
 INPUT_SIDE = integers(1, 8192)  # network.input_shape H and W (the template sets the minimum)
 

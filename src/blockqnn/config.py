@@ -21,6 +21,7 @@ Names of spaces, strategies, rewards and executors are checked against
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -31,9 +32,10 @@ from typing import Any, TypeVar
 from blockqnn.bounds import check_settings, check_text
 from blockqnn.choices import AUGMENTS, COMPILE_MODES, PRECISIONS
 from blockqnn.cost import NetworkConfig
-from blockqnn.errors import BlockQNNError, clip
+from blockqnn.errors import ECHO_LIMIT, BlockQNNError, clip
 from blockqnn.nsc import DEFAULT_MAX_DEPTH
 from blockqnn.registry import EXECUTORS, REWARDS, SPACES, STRATEGIES, Registry
+from blockqnn.threads import parse as parse_threads
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,6 +65,9 @@ class TrainConfig:
     augment: str = "auto"  # "auto" (crop+flip for images, none for digits), "crop_flip", "none"
     max_seconds: float = 0.0  # wall-clock limit per evaluation in seconds; 0 = none
     seed: int = 0  # base seed of weight init and batch order
+    # CPU threads: "auto" (load-aware), "all", "physical", "minus-one" or a number; local
+    # workers divide them (blockqnn.threads; a TOML integer is accepted)
+    threads: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -72,6 +77,7 @@ class TrainConfig:
         _choice(self, "precision", PRECISIONS)
         _choice(self, "augment", AUGMENTS)
         _choice(self, "compile", COMPILE_MODES)
+        object.__setattr__(self, "threads", parse_threads(self.threads, "train.threads"))
 
 
 @dataclass(frozen=True)
@@ -378,31 +384,54 @@ def _update(section: T, values: dict[str, Any], name: str) -> T:
         raise BlockQNNError(f"config section [{name}]: {exc}") from None
 
 
+def _toml(value: Any) -> str:
+    """A config value as it is written in TOML (`true`, `"text"`, `[1, 2]`), cut like `clip`:
+    the user wrote TOML, not Python (`True`, `'text'`)."""
+
+    def text(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v, ensure_ascii=False)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(text(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {text(x)}" for k, x in v.items()) + "}"
+        return clip(v, limit=10 * ECHO_LIMIT)
+
+    try:
+        return clip(text(value))
+    except RecursionError:  # arrays nested thousands deep
+        return f"<a {type(value).__name__}>"
+
+
 def _coerce(value: Any, default: Any, where: str) -> Any:
     """Check a TOML value against the default's type; ints are accepted for floats."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise BlockQNNError(f"{where} = {clip(value)}: expected true or false")
+            raise BlockQNNError(f"{where} = {_toml(value)}: expected true or false")
         return value
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise BlockQNNError(f"{where} = {clip(value)}: expected an integer")
+            raise BlockQNNError(f"{where} = {_toml(value)}: expected an integer")
         return value
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BlockQNNError(f"{where} = {clip(value)}: expected a number")
+            raise BlockQNNError(f"{where} = {_toml(value)}: expected a number")
         try:
             return float(value)
         except OverflowError:  # an integer beyond any float
-            raise BlockQNNError(f"{where} = {clip(value)}: must be a finite number") from None
+            raise BlockQNNError(f"{where} = {_toml(value)}: must be a finite number") from None
+    if where == "train.threads" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # `threads = 2`: a number of threads
     if isinstance(default, str):
         if not isinstance(value, str):
-            raise BlockQNNError(f"{where} = {clip(value)}: expected a string")
+            raise BlockQNNError(f"{where} = {_toml(value)}: expected a string")
         return value
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)) or len(value) != len(default):
             raise BlockQNNError(
-                f"{where} = {clip(value)}: expected a list of {len(default)} values"
+                f"{where} = {_toml(value)}: expected a list of {len(default)} values"
             )
         return tuple(_coerce(v, d, where) for v, d in zip(value, default, strict=True))
     return value

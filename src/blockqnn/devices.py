@@ -47,7 +47,8 @@ def describe_device(device: torch.device) -> str:
     """E.g. "cpu (2 threads)" or "cuda:0 (NVIDIA H100 80GB HBM3)"."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'' if n == 1 else 's'})"
 
 
 @cache

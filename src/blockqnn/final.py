@@ -121,8 +121,10 @@ def train_final(
     out: str | Path,
     device: str | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    on_network: Callable[[NetworkConfig, int, int], None] | None = None,
 ) -> FinalResult:
     """Train `block` with the final recipe into folder `out` (resuming if it holds a run).
+    `on_network(network, params, flops)` is told the network before it is trained.
 
     Long on purpose: one sequence of steps (identity, resume, build, fit, test, save) sharing
     a dozen locals; the separable checks are the helpers below."""
@@ -154,10 +156,13 @@ def train_final(
     ckpt_path = out_dir / CHECKPOINT
     resume = _checkpoint_resume(ckpt_path, identity, settings.epochs, out_dir)
     dev = resolve_device(device)
-    reason = too_large(network_cost(block, net_cfg).params, dev)
+    planned = network_cost(block, net_cfg)
+    reason = too_large(planned.params, dev)
     if reason:  # refused before it is built: allocating it could take the host down
         raise BlockQNNError(f"the network is too large for this device: {reason}")
     make_dir(out_dir, "--out")
+    if on_network is not None:
+        on_network(net_cfg, planned.params, planned.flops)
 
     device_data = arrays.to_device(dev)
     torch.manual_seed(settings.seed)
@@ -168,12 +173,13 @@ def train_final(
     start = int(resume["epoch"]) if resume else 0
     mean, std = tuple(arrays.mean), tuple(arrays.std)
     n_train = len(arrays.x_train)
+    seconds_before = [0.0]  # fit's training seconds at the previous epoch's end
 
     def on_epoch(info: EpochInfo) -> None:
         ck = info.checkpoint()
         train_state = {"epoch": ck["epoch"], "optimizer": ck["optimizer"], "identity": identity}
         save_atomic(model_payload(model, mean, std, arrays.classes, {}, train_state), ckpt_path)
-        _record_epoch(info, n_train, start, out_dir / HISTORY, progress)
+        _record_epoch(info, n_train, seconds_before, out_dir / HISTORY, progress)
 
     t0 = time.perf_counter()
     fitted = fit(
@@ -221,7 +227,11 @@ def _finished_result(finished: Path, identity: dict[str, Any], out_dir: Path) ->
     payload = read_payload(finished)
     metrics = payload.get("metrics")
     if not isinstance(metrics, dict) or metrics.get("identity") != identity:
-        raise BlockQNNError(f"--out {out_dir}: holds a finished training of other settings")
+        stored = metrics.get("identity") if isinstance(metrics, dict) else None
+        raise BlockQNNError(
+            f"--out {out_dir}: holds a finished training of other settings "
+            f"({_difference(stored, identity)}; choose another --out)"
+        )
     try:
         return FinalResult(**metrics["result"])
     except (KeyError, TypeError):
@@ -247,7 +257,7 @@ def _checkpoint_resume(
     if state.get("identity") != identity:
         raise BlockQNNError(
             f"--out {out_dir}: holds a training of another block or other settings "
-            "(choose another --out)"
+            f"({_difference(state.get('identity'), identity)}; choose another --out)"
         )
     epoch = state.get("epoch")
     if not isinstance(epoch, int) or isinstance(epoch, bool):
@@ -260,24 +270,48 @@ def _checkpoint_resume(
 def _record_epoch(
     info: EpochInfo,
     n_train: int,
-    start: int,
+    seconds_before: list[float],
     history: Path,
     progress: Callable[[dict[str, Any]], None] | None,
 ) -> None:
-    """Append the epoch's line to the history file and hand it to `progress`."""
+    """Append the epoch's line to the history file and hand it to `progress`;
+    `seconds_before` holds fit's training seconds at the previous epoch's end."""
     row = {
         "epoch": info.epoch,
         "train_loss": info.train_loss,
         "lr": info.lr,
         "train_seconds": round(info.train_seconds, 3),
-        "images_per_second": round(n_train * (info.epoch - start) / info.train_seconds, 1)
-        if info.train_seconds
+        # this epoch's speed, not the mean since the start
+        "images_per_second": round(n_train / (info.train_seconds - seconds_before[0]), 1)
+        if info.train_seconds > seconds_before[0]
         else 0.0,
     }
+    seconds_before[0] = info.train_seconds
     with history.open("a") as f:
         f.write(json.dumps(row) + "\n")
     if progress is not None:
         progress({**row, "epochs": info.epochs})
+
+
+def _difference(stored: Any, wanted: dict[str, Any], where: str = "") -> str:
+    """The first setting in which a folder's training differs from this command's, as
+    `network.filters is 8 there, 16 here`."""
+    if not isinstance(stored, dict):
+        return "its settings are not recorded"
+    for key, value in wanted.items():
+        name = f"{where}.{key}" if where else key
+        if key not in stored:
+            return f"{name} is not recorded there"
+        other = stored[key]
+        if isinstance(value, dict) and isinstance(other, dict):
+            if other != value:
+                return _difference(other, value, name)
+        elif other != value and not (isinstance(value, tuple) and list(value) == other):
+            if name == "block":
+                return "another block"
+            return f"{name} is {clip(other)} there, {clip(value)} here"
+    extra = sorted(set(stored) - set(wanted))
+    return f"{where or 'it'} records {extra[0]}, not set here" if extra else "the settings differ"
 
 
 def _check_checkpoint(model: Any, recipe: Any, resume: dict[str, Any], path: Path) -> None:

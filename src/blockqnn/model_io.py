@@ -25,6 +25,7 @@ import os
 import re
 import struct
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -174,14 +175,16 @@ def read_payload(path: str | Path) -> dict[str, Any]:
         raise BlockQNNError(f"{p}: no such model file")
     if not p.is_file():  # a FIFO would block the reader, a device would never end
         raise BlockQNNError(f"{p}: not a regular file")
+    if not zipfile.is_zipfile(p):  # every file torch.save writes (and so ours) is a zip
+        raise BlockQNNError(f"{p}: not a blockqnn model file (not a PyTorch zip archive)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's multi-line hints about weights_only
             payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, random bytes
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch colours its message
-        reason = text.splitlines()[0] if text else type(exc).__name__
-        raise BlockQNNError(f"{p}: not a readable blockqnn model file ({reason[:120]})") from None
+        reason = _sentence(text.splitlines()[0]) if text else type(exc).__name__
+        raise BlockQNNError(f"{p}: not a readable blockqnn model file ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise BlockQNNError(f"{p}: not a blockqnn model file")
     version = payload.get("version")
@@ -245,6 +248,15 @@ def load_weights(module: nn.Module, state_dict: Any) -> None:
         module.load_state_dict(state_dict)
     except (RuntimeError, TypeError, ValueError, KeyError) as exc:
         raise BlockQNNError(f"weights do not fit the network ({_first_line(exc)})") from None
+
+
+def _sentence(text: str, limit: int = 120) -> str:
+    """The first sentence of `text`, cut at a word (never mid-word) to `limit` characters."""
+    first = re.split(r"(?<=\.)\s", text, maxsplit=1)[0]
+    if len(first) <= limit:
+        return first
+    cut = first[:limit].rsplit(" ", 1)[0]
+    return cut.rstrip(",;:") + " ..."
 
 
 def _first_line(exc: BaseException) -> str:

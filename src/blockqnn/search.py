@@ -57,7 +57,7 @@ import json
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -465,10 +465,18 @@ def _storable(outcome: EvalResult) -> EvalResult:
 # ----- starting and resuming -------------------------------------------------------------------
 
 
-def check_resume_overrides(overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def check_resume_overrides(
+    overrides: dict[str, dict[str, Any]], free: Collection[str] = ()
+) -> dict[str, Any]:
     """The `search` section of settings given with a resume, refusing any other section (a
-    resume continues the stored search; `resume_config` checks the `search` keys)."""
-    changed = {k for section, values in overrides.items() for k in values if section != "search"}
+    resume continues the stored search; `resume_config` checks the `search` keys) except the
+    `free` keys, which describe this session's machine (the caller applies them)."""
+    changed = {
+        k
+        for section, values in overrides.items()
+        for k in values
+        if section != "search" and k not in free
+    }
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in sorted(changed))
         raise BlockQNNError(f"--resume continues the stored search; {flags} cannot change")
@@ -618,6 +626,8 @@ def run_search(
                 f"the search space {space!r}"
             )
     evaluator_spec = spec(config) if spec is not None else EvaluatorSpec.for_config(config, device)
+    if not resume:
+        config = _with_data_shape(config, evaluator_spec)
     evaluator_spec, latency = _with_latency(config, evaluator_spec)
     agent = checked.agent if checked is not None else make_agent(config)
     reward = make_reward(config)
@@ -686,6 +696,18 @@ def _with_latency(config: Config, spec: EvaluatorSpec) -> tuple[EvaluatorSpec, A
     data = spec.load_data()  # the input shape and classes of the deployment network
     shape, classes = latency.data_shape(config, data)
     return spec, latency.LatencyMeter.for_config(config, shape, classes)
+
+
+def _with_data_shape(config: Config, spec: EvaluatorSpec) -> Config:
+    """The config as the run will store it: with the classes and image shape of its data,
+    which the evaluator takes from the data (a digits run records [1, 8, 8], not the
+    default [3, 32, 32]). Unchanged for evaluators without data (tables, synthetic)."""
+    data = spec.load_data()
+    shape, classes = getattr(data, "input_shape", None), getattr(data, "num_classes", None)
+    if shape is None or classes is None:
+        return config
+    network = replace(config.network, num_classes=int(classes), input_shape=tuple(shape))
+    return replace(config, network=network)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ smaller batch); anything else is a bug and raises.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from blockqnn.step import (
     _set_lr,
     make_optimizer,
 )
+from blockqnn.threads import configure_threads
 
 if TYPE_CHECKING:
     from blockqnn.data import DeviceData
@@ -120,19 +120,6 @@ class FitResult:
     @property
     def images_per_second(self) -> float:
         return self.images / self.train_seconds if self.train_seconds > 0 else 0.0
-
-
-def configure_threads() -> int:
-    """Use every core this process may run on, unless OMP_NUM_THREADS says otherwise (an
-    executor running several evaluations on one machine sets it to share the cores)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cores = os.cpu_count() or 1
-        if torch.get_num_threads() != cores:
-            torch.set_num_threads(cores)
-    return torch.get_num_threads()
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

@@ -16,9 +16,10 @@ import os
 import re
 import sqlite3
 import sys
+import warnings
 from collections.abc import Sequence
 from types import ModuleType
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from blockqnn.errors import ECHO_LIMIT, BlockQNNError, clip, one_line
 
@@ -82,12 +83,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Our own warnings (text starting "blockqnn: ") as one plain line, not Python's
+    file:line form with a source line; other libraries' as Python prints them."""
+    text = str(message)
+    if text.startswith("blockqnn: "):
+        print(f"blockqnn: warning: {one_line(text[10:])}", file=file or sys.stderr)
+    else:
+        _default_show_warning(message, category, filename, lineno, file, line)
+
+
+_default_show_warning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:  # a usage error: the help goes where errors go
         parser.print_help(sys.stderr)
         return 2
+    warnings.showwarning = _show_warning
     try:
         code: int = args._run(args)
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit

@@ -26,10 +26,13 @@ _OVERRIDES = {
     "seed": ("train", "seed"),
     "filters": ("network", "filters"),
     "blocks_per_stage": ("network", "blocks_per_stage"),
+    "threads": ("train", "threads"),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from blockqnn.threads import HELP as THREADS_HELP
+
     parser.add_argument("block", metavar="BLOCK", help="NSC text or a JSON list of 5-lists")
     parser.add_argument(
         "--dataset", help="digits, cifar10, cifar100, a folder or a .npz (default: digits)"
@@ -44,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda:1")
     parser.add_argument("--config", metavar="FILE", help="a TOML config file")
     parser.add_argument("--seed", type=int, help="seed of weight init, batch order, augmentation")
+    parser.add_argument("--threads", help=THREADS_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -60,10 +64,13 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from blockqnn import threads
     from blockqnn.evaluator import Evaluator
     from blockqnn.nsc import Block
 
     config = _config(args)
+    threads.choose(config.train.threads)
+    threads.configure_threads()  # now: the device line reports the threads used
     block = Block.parse(args.block, max_depth=config.agent.max_depth)
     result = Evaluator(config, device=args.device).evaluate(block)
     if args.json:

@@ -14,15 +14,21 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from blockqnn.threads import HELP as THREADS_HELP
+
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="model file from blockqnn train")
     parser.add_argument("--format", choices=("torchscript", "onnx"), required=True)
     parser.add_argument("--out", required=True, metavar="FILE", help="where to write the export")
+    parser.add_argument("--threads", help=THREADS_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
+    from blockqnn import threads
     from blockqnn.model_io import export_model, load_model
 
+    threads.choose(args.threads)
+    threads.configure_threads()  # tracing and the check against PyTorch run the network
     model = load_model(args.checkpoint)
     info = export_model(model, args.format, args.out)
     info["block"] = str(model.block)

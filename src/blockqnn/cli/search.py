@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -52,9 +53,14 @@ _OVERRIDES = {
     "cpus_per_trial": ("search", "cpus_per_trial"),
     "address": ("search", "address"),
     "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "threads": ("train", "threads"),
     "filters": ("network", "filters"),
     "cache": ("search", "cache"),
+    "blocks_per_stage": ("network", "blocks_per_stage"),
 }
+# where the search runs, not what it searches: a resume may change them too
+_RESUME_FREE = {"threads"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
     parser.add_argument("--config", metavar="FILE", help="TOML file with the settings")
     from blockqnn.registry import EXECUTORS, REWARDS, SPACES, STRATEGIES
+    from blockqnn.threads import HELP as THREADS_HELP
 
     parser.add_argument(
         "--dataset",
@@ -75,20 +82,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", metavar="FILE", help="nb201: the accuracy table (CSV[.gz])")
     parser.add_argument("--agent", help=f"search strategy: {', '.join(STRATEGIES.names())}")
     parser.add_argument("--reward", help=f"reward: {', '.join(REWARDS.names())}")
-    parser.add_argument(
-        "--latency-device",
-        metavar="RUNTIME",
-        help="measure each block's inference latency: cpu, cuda or onnxruntime",
-    )
-    parser.add_argument(
-        "--latency-target-ms",
-        type=float,
-        metavar="MS",
-        help="target (mnasnet) or reference (additive) latency, ms",
-    )
-    parser.add_argument(
-        "--latency-on", choices=("worker", "master"), help="where latency is measured"
-    )
     parser.add_argument(
         "--preset", help="agent constants: blockqnn (ours, measured) or paper (the paper's)"
     )
@@ -108,7 +101,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="join the Ray cluster at HOST:PORT (ray start)")
     parser.add_argument("--epochs", type=int, help="early-stop epochs per candidate")
     parser.add_argument("--train-samples", type=int, help="training images used; 0 = all")
+    parser.add_argument("--batch-size", type=int, help="images per step (paper: 256)")
     parser.add_argument("--filters", type=int, help="first-stage width F while searching")
+    parser.add_argument(
+        "--blocks-per-stage", type=int, help="blocks per stage N while searching (paper: 2)"
+    )
+    parser.add_argument("--threads", help=THREADS_HELP)
+    parser.add_argument("--device", help="cpu, cuda, cuda:N (default: the best available)")
+    parser.add_argument("--top", type=int, default=5, help="blocks in the final table")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_latency_arguments(parser)
+    _add_growth_arguments(parser)
+
+
+def _add_latency_arguments(parser: argparse.ArgumentParser) -> None:
+    """Measured latency, recorded or rewarded (see `blockqnn.latency`)."""
+    parser.add_argument(
+        "--latency-device",
+        metavar="RUNTIME",
+        help="measure each block's inference latency: cpu, cuda or onnxruntime",
+    )
+    parser.add_argument(
+        "--latency-target-ms",
+        type=float,
+        metavar="MS",
+        help="target (mnasnet) or reference (additive) latency, ms",
+    )
+    parser.add_argument(
+        "--latency-on", choices=("worker", "master"), help="where latency is measured"
+    )
+
+
+def _add_growth_arguments(parser: argparse.ArgumentParser) -> None:
+    """Warm start and the evaluation cache: what earlier runs give this one."""
     parser.add_argument(
         "--warm-start",
         nargs="+",
@@ -130,9 +155,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cache.add_argument(
         "--no-cache", action="store_true", help="train every candidate; no cache read or written"
     )
-    parser.add_argument("--device", help="cpu, cuda, cuda:N (default: the best available)")
-    parser.add_argument("--top", type=int, default=5, help="blocks in the final table")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -170,14 +192,17 @@ def _sigterm_stops() -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     """Start or resume a search and print its result. Long on purpose: a command's steps
     (check the flags, run, report each way it can end) in the order the user meets them."""
+    from blockqnn import threads
     from blockqnn.config import Config, merge
     from blockqnn.search import SearchStalled, Terminated, check_resume_overrides, run_search
 
     overrides = _overrides(args)
+    if args.threads is not None:  # this session's threads, also on a resume
+        threads.choose(args.threads, override=True)
     if args.resume:
         if args.config is not None:
             raise BlockQNNError("--resume uses the run's stored config; drop --config")
-        overrides = {"search": check_resume_overrides(overrides)}
+        overrides = {"search": check_resume_overrides(overrides, free=_RESUME_FREE)}
         run_dir, config = args.resume, None
     else:
         if not args.run_dir:
@@ -225,11 +250,8 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=out)
         for line in learning_summary(run_dir):
             print(line, file=out)
-        print(
-            f"next: blockqnn status {run_dir} | blockqnn report {run_dir} | "
-            f"blockqnn trials {run_dir} --csv",
-            file=out,
-        )
+        for line in next_commands(run_dir):
+            print(line, file=out)
     if not summary.top:  # every evaluation failed: a failed run, though a recorded one
         print(
             f"blockqnn search: every one of the {summary.failed} evaluations failed; "
@@ -291,6 +313,47 @@ def _print_top(top: list[Any], summary: Any, out: Any) -> None:
             t.candidate,
         )
     console.print(table)
+
+
+def _program() -> str:
+    """How to call blockqnn from this shell: `blockqnn` when it is on the PATH, else the path
+    this process was started with (`.venv/bin/blockqnn` before the venv is activated)."""
+    import os
+    import shutil
+
+    if shutil.which("blockqnn"):
+        return "blockqnn"
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == "blockqnn":
+        return shlex.quote(os.path.relpath(argv0) if os.path.isabs(argv0) else argv0)
+    return f"{shlex.quote(sys.executable)} -m blockqnn"
+
+
+def next_commands(run_dir: str) -> list[str]:
+    """What to run next, with this run's directory filled in (quoted for the shell)."""
+    from blockqnn.store import Store
+
+    with Store.open(run_dir, readonly=True) as store:
+        config = store.config()
+    prog, run = _program(), shlex.quote(run_dir)
+    commands = [
+        (f"{prog} status {run}", "trials, best blocks, sessions"),
+        (f"{prog} report {run}", f"an HTML page: {run_dir}/report.html"),
+        (f"{prog} trials {run} --csv", "every trial, for pandas or a spreadsheet"),
+    ]
+    if config.search.space == "nsc":  # train builds networks of NSC blocks only
+        net = config.network
+        final = shlex.quote(run_dir.rstrip("/") + "-final")
+        size = f"--filters {max(32, net.filters)} --blocks-per-stage {max(2, net.blocks_per_stage)}"
+        commands.append(
+            (f"{prog} train {run} --out {final} {size}", "the best block at a final size")
+        )
+    width = max(len(c) for c, _ in commands)
+    lines = ["next:", *(f"  {c.ljust(width)}  # {why}" for c, why in commands)]
+    if prog.endswith("bin/blockqnn"):  # a virtual environment not activated in this shell
+        activate = shlex.quote(prog[: -len("blockqnn")] + "activate")
+        lines.append(f"  (`. {activate}` puts blockqnn on this shell's PATH)")
+    return lines
 
 
 MIN_STAGE_TRAINED = 8  # fewer trained blocks in a stage say little about its mean

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import Any
 
@@ -63,16 +64,29 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     from rich.console import Console
-    from rich.table import Table
 
     console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
     state = "running" if info["active"] else "stopped"
     done = "finished" if info["trained"] >= info["budget"] and not info["running"] else state
+    # With no search active, a "running" trial is one a killed search (kill -9) left
+    # behind: it was interrupted, and a resume runs it again.
+    running = (
+        f"{info['running']} running"
+        if info["active"] or not info["running"]
+        else f"{info['running']} interrupted by a killed search"
+    )
     console.print(
         f"{info['run_dir']}: {done}, {info['trained']}/{info['budget']} trained "
-        f"({info['failed']} failed), {info['reused']} reused, {info['running']} running, "
-        f"{info['queued'] + info['interrupted']} waiting"
+        f"({info['failed']} failed), {info['reused']} reused, {running}, "
+        f"{info['queued'] + info['interrupted']} waiting",
+        markup=False,
     )
+    if not info["active"] and info["running"] + info["queued"] + info["interrupted"]:
+        console.print(
+            f"blockqnn search --resume {shlex.quote(info['run_dir'])} runs the interrupted and "
+            "waiting trials again",
+            markup=False,
+        )
     strategy = ", ".join([f"agent {info['agent']}", *_info_items(info["info"])])
     console.print(
         f"dataset {info['dataset']}, space {info['space']}, {strategy}, "
@@ -81,35 +95,42 @@ def run(args: argparse.Namespace) -> int:
         markup=False,
     )
     if info["top"]:
-        nsc = info["space"] == "nsc"
-        cost = any(t["flops"] for t in info["top"])  # table-scored spaces measure no FLOPs
-        timed = any("latency_ms" in t for t in info["top"])  # runs with a latency measured
-        what = "block (NSC)" if nsc else "candidate"
-        table = Table(title="best blocks" if nsc else "best candidates")
-        extra = [*(["MFLOPs"] if cost else []), *(["latency ms"] if timed else [])]
-        for name in ("trial", "reward", "accuracy", *extra, what):
-            table.add_column(name, justify="left" if name == what else "right")
-        for t in info["top"]:
-            flops = [f"{(t['flops'] or 0) / 1e6:.2f}"] if cost else []
-            latency = [_ms(t.get("latency_ms"))] if timed else []
-            table.add_row(
-                str(t["id"]),
-                f"{t['reward']:.4f}",
-                f"{t['accuracy']:.4f}",
-                *flops,
-                *latency,
-                t["candidate"],
-            )
-        console.print(table)
+        console.print(_top_table(info))
     for failure in info["recent_failures"]:
         console.print(f"failed trial {failure['id']}: {failure['error']}", markup=False)
     return 0
 
 
+def _top_table(info: dict[str, Any]) -> Any:
+    """The best trials as a rich table, with FLOPs and latency columns where measured."""
+    from rich.table import Table
+
+    nsc = info["space"] == "nsc"
+    cost = any(t["flops"] for t in info["top"])  # table-scored spaces measure no FLOPs
+    timed = any("latency_ms" in t for t in info["top"])  # runs with a latency measured
+    what = "block (NSC)" if nsc else "candidate"
+    table = Table(title="best blocks" if nsc else "best candidates")
+    extra = [*(["MFLOPs"] if cost else []), *(["latency ms"] if timed else [])]
+    for name in ("trial", "reward", "accuracy", *extra, what):
+        table.add_column(name, justify="left" if name == what else "right")
+    for t in info["top"]:
+        flops = [f"{(t['flops'] or 0) / 1e6:.2f}"] if cost else []
+        latency = [_ms(t.get("latency_ms"))] if timed else []
+        table.add_row(
+            str(t["id"]),
+            f"{t['reward']:.4f}",
+            f"{t['accuracy']:.4f}",
+            *flops,
+            *latency,
+            t["candidate"],
+        )
+    return table
+
+
 def trial_json(t: Any, space: str = "nsc") -> dict[str, Any]:
     """One trial of a top list, as `status --json` and `search --json` print it. `nsc`
     repeats `candidate` in runs of the nsc space, for scripts written before other spaces."""
-    from blockqnn.latency import trial_latency
+    from blockqnn.front import trial_latency
 
     out = {"id": t.id, "candidate": t.candidate}
     if space == "nsc":

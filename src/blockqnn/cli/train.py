@@ -28,20 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from blockqnn.choices import AUGMENTS, FINAL_SCHEDULES, HEADS, PRECISIONS, TTA_MODES
     from blockqnn.final_settings import FINAL_RECIPES
     from blockqnn.nsc import DEFAULT_MAX_DEPTH
+    from blockqnn.threads import HELP as THREADS_HELP
 
     paper, fast = FINAL_RECIPES["paper"], FINAL_RECIPES["fast"]
+
     parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a search run to take from")
     parser.add_argument("--rank", type=int, default=1, help="K-th best block of the run")
     parser.add_argument("--block", metavar="BLOCK", help="train this block instead of a run's")
-    parser.add_argument(
-        "--pick", metavar="pareto:K", help="the K-th block of the run's accuracy-latency front"
-    )
-    parser.add_argument(
-        "--max-latency-ms",
-        type=float,
-        metavar="MS",
-        help="the most accurate front block at most this slow",
-    )
+    _add_pick_arguments(parser)
     parser.add_argument(
         "--max-depth", type=int, default=DEFAULT_MAX_DEPTH, help="depth limit of --block"
     )
@@ -81,12 +75,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS)
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--threads", help=THREADS_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_pick_arguments(parser: argparse.ArgumentParser) -> None:
+    """Choosing from the run's accuracy-latency front (`blockqnn.front`) instead of by rank."""
+    parser.add_argument(
+        "--pick", metavar="pareto:K", help="the K-th block of the run's accuracy-latency front"
+    )
+    parser.add_argument(
+        "--max-latency-ms",
+        type=float,
+        metavar="MS",
+        help="the most accurate front block at most this slow",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Train a block with a final recipe. Long on purpose: the command's steps (choose the
     block, apply the flags, train, print) in the order the user meets them."""
+    from blockqnn import threads
     from blockqnn.config import Config, DataConfig
     from blockqnn.final import TrainingFailed, pick_block, train_final
     from blockqnn.final_settings import FINAL_RECIPES, FinalSettings
@@ -102,12 +111,15 @@ def run(args: argparse.Namespace) -> int:
         if not args.dataset:
             raise BlockQNNError("--dataset is required with --block")
     elif args.pick is not None or args.max_latency_ms is not None:
-        from blockqnn.latency import parse_pick, pick_from_run
+        from blockqnn.front import parse_pick, pick_from_run
 
         member = parse_pick(args.pick) if args.pick is not None else None
         block, config = pick_from_run(args.run_dir, member, args.max_latency_ms)
     else:
         block, config = pick_block(args.run_dir, args.rank)
+    # --threads, else the run's (or the default) setting
+    threads.choose(args.threads if args.threads is not None else config.train.threads)
+    threads.configure_threads()
     data: DataConfig = config.data
     overrides: dict[str, Any] = {}
     if args.dataset:
@@ -132,8 +144,12 @@ def run(args: argparse.Namespace) -> int:
     given = {f: getattr(args, f) for f in flags if getattr(args, f) is not None}
     settings: FinalSettings = replace(FINAL_RECIPES[args.recipe], **given)
     progress, close = _progress(args.json)
+    sized = args.filters is not None or args.blocks_per_stage is not None
+    announce = None if args.json else _announce(args.run_dir is not None and not sized)
     try:
-        result = train_final(block, data, network, settings, args.out, args.device, progress)
+        result = train_final(
+            block, data, network, settings, args.out, args.device, progress, announce
+        )
     except TrainingFailed as exc:
         print(f"blockqnn train: {exc}", file=sys.stderr)
         return 1
@@ -153,9 +169,34 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"test accuracy  {result.test_accuracy:.4f} after {result.epochs} epochs{resumed}{tta}"
         )
+        print(f"network        {result.params:,} parameters, {result.flops / 1e6:,.1f} MFLOPs")
         print(f"speed          {result.images_per_second:,.0f} images/s on {result.device}")
         print(f"model          {result.out}/model.pt")
     return 0
+
+
+def _announce(search_size: bool) -> Any:
+    """Prints the network before training: its size, and when it is the run's search-time
+    size (small on purpose), how to ask for a final one."""
+
+    def show(network: Any, params: int, flops: int) -> None:
+        shape = "x".join(str(v) for v in network.input_shape)
+        print(
+            f"network  F={network.filters} filters, N={network.blocks_per_stage} blocks per "
+            f"stage, {network.head} head, {params:,} parameters, {flops / 1e6:,.1f} MFLOPs "
+            f"per {shape} image",
+            file=sys.stderr,
+            flush=True,
+        )
+        if search_size:
+            print(
+                "         the run's search-time size; --filters and --blocks-per-stage set "
+                "the final size (e.g. --filters 32 --blocks-per-stage 2 or more)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return show
 
 
 def _progress(quiet: bool) -> tuple[Any, Any]:

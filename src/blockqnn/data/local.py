@@ -3,13 +3,18 @@
 Owns: reading and validating both into uint8 (N, C, H, W) arrays and int64 labels.
 
 Folder: `PATH/train/<class>/*` and `PATH/test/<class>/*`. Classes are the train subfolders in
-sorted order (test subfolders must be among them). Hidden files and files whose extension
-Pillow does not know are skipped; every other file must decode. All images must have one size.
-Colour: a folder is RGB if any image has colour, else single-channel; a grayscale image in a
-colour folder is replicated to 3 channels (what Pillow's convert("RGB") does), so no image
-loses information. Alpha is dropped. Decoding (~7 s for 60k 32x32 JPEGs on one core) happens
-once: the arrays are cached under the cache dir, keyed by the folder's absolute path, with a
-fingerprint of every file's name, size and mtime, so a changed folder is decoded again.
+sorted order; test/ must hold the same classes, and no class folder of either split may be
+empty (checked before anything trains: an empty test split found after 300 epochs costs the
+run). Hidden files and files whose extension Pillow does not know are skipped; every other
+file must decode. All images must have one size. Colour: an RGB file whose three channels
+are equal is grayscale. The folder takes the majority's colour: 3 channels if most images
+have colour (a grayscale one is replicated, what Pillow's convert("RGB") does, losing
+nothing), else 1 channel, and the few colour images are converted to grayscale with
+Pillow's luma weights and a warning naming one of them (a stray RGB file should not turn a
+grayscale set into 3 channels; the warning comes with the decoding, not from the cache).
+Alpha is dropped. Decoding (~7 s for 60k 32x32 JPEGs on one core) happens once: the arrays
+are cached under the cache dir, keyed by the folder's absolute path, with a fingerprint of
+every file's name, size and mtime, so a changed folder is decoded again.
 
 .npz: arrays `x_train, y_train, x_test, y_test`, optionally `classes` (names). Images uint8,
 NCHW or NHWC (NHWC when the last axis is 1 or 3 and the second is not) or (N, H, W) gray.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -30,7 +36,7 @@ from blockqnn.data.cache import load_npz, save_npz
 from blockqnn.errors import BlockQNNError
 
 _GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"})
-CACHE_FORMAT = 1  # bump when the decoded layout changes; old cache files are then rebuilt
+CACHE_FORMAT = 2  # bump when the decoded layout changes; old cache files are then rebuilt
 
 
 class Raw(NamedTuple):
@@ -83,6 +89,13 @@ def _list_folder(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[str,
             raise BlockQNNError(
                 f"folder {root / split} has no class subfolders (expected {split}/<class>/<images>)"
             )
+        missing = [c for c in classes if c not in names]
+        if missing:
+            raise BlockQNNError(
+                f"folder {root / split} has no class {missing[0]} (train/ has it): every class "
+                f"needs {split} images"
+                + (f"; {len(missing) - 1} more missing" if len(missing) > 1 else "")
+            )
         files[split] = []
         for name in names:
             entries = sorted(
@@ -94,7 +107,7 @@ def _list_folder(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[str,
                 key=lambda e: e.name,
             )
             images = [e for e in entries if os.path.splitext(e.name)[1].lower() in extensions]
-            if not images and split == "train":
+            if not images:  # in test/ too: its accuracy is what a final training reports
                 raise BlockQNNError(f"folder {root / split / name} has no images")
             for e in images:
                 st = e.stat()
@@ -111,7 +124,37 @@ def _decode_image(path: str) -> np.ndarray:
         img.load()
         if img.mode in _GRAY_MODES:
             return np.asarray(img if img.mode == "L" else img.convert("L"))
-        return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+        rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        return np.ascontiguousarray(rgb[..., 0])  # a gray image saved as RGB
+    return rgb
+
+
+def _to_gray(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) -> (H, W) with the ITU-R 601-2 weights Pillow's convert("L") uses."""
+    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
+    return ((r * 299 + g * 587 + b * 114 + 500) // 1000).astype(np.uint8)
+
+
+def _majority_colour(
+    root: Path, images: list[np.ndarray], paths: list[str]
+) -> tuple[int, list[np.ndarray]]:
+    """(channels, images): 3 if most images have colour; else 1, converting the colour ones
+    to grayscale with a warning."""
+    colour = [i for i, img in enumerate(images) if img.ndim == 3]
+    if not colour:
+        return 1, images
+    if 2 * len(colour) > len(images):
+        return 3, images
+    warnings.warn(
+        f"blockqnn: {len(colour)} of {len(images)} images in {root} have colour (e.g. "
+        f"{paths[colour[0]]}); converted to grayscale, as most images are",
+        stacklevel=4,
+    )
+    out = list(images)
+    for i in colour:
+        out[i] = _to_gray(images[i])
+    return 1, out
 
 
 def _decode_all(
@@ -169,7 +212,9 @@ def load_folder(root: Path, cache: Path) -> Raw:
     train, size = _decode_all(root, files["train"], None)
     test, size = _decode_all(root, files["test"], size)
     assert size is not None  # train has at least one image per class
-    channels = 3 if any(img.ndim == 3 for img in (*train, *test)) else 1
+    paths = [path for path, _ in (*files["train"], *files["test"])]
+    channels, images = _majority_colour(root, [*train, *test], paths)
+    train, test = images[: len(train)], images[len(train) :]
     raw = Raw(
         _stack(train, channels, size),
         np.array([lab for _, lab in files["train"]], np.int64),
@@ -243,6 +288,8 @@ def load_npz_dataset(path: Path) -> Raw:
         labels[split] = y.astype(np.int64)
     if len(labels["train"]) == 0:
         raise BlockQNNError(f"{path}: x_train is empty")
+    if len(labels["test"]) == 0:  # refused now, not when a final training is tested
+        raise BlockQNNError(f"{path}: x_test is empty")
     if names is not None:
         classes = tuple(str(n) for n in names.ravel())
     else:

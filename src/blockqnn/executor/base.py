@@ -82,11 +82,22 @@ def make_space(config: Config) -> Space:
     return space
 
 
+_last_loaded: tuple[Any, Any] | None = None  # (DataConfig, arrays) of the latest load_data
+
+
 def load_data(config: Config) -> Any:
-    """The dataset as host arrays: loaded once by the master, shipped to every worker."""
+    """The dataset as host arrays: loaded once by the master, shipped to every worker. The
+    latest load is kept, so that the search recording the data's shape and the executor
+    loading it for the workers read the files once."""
+    global _last_loaded
     from blockqnn.data import load_arrays
 
-    return load_arrays(config.data)
+    if _last_loaded is not None and _last_loaded[0] == config.data:
+        return _last_loaded[1]
+    _last_loaded = None  # the previous dataset's memory goes before the next is read
+    arrays = load_arrays(config.data)
+    _last_loaded = (config.data, arrays)
+    return arrays
 
 
 def default_evaluator(config: Config, data: Any, device: str | None) -> Evaluating:

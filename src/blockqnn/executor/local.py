@@ -27,6 +27,11 @@ class LocalExecutor:
     slots = 1
 
     def __init__(self, spec: EvaluatorSpec) -> None:
+        from blockqnn import threads
+
+        threads.choose(spec.config.train.threads)  # a --threads given wins
+        if spec.needs_data:  # a table look-up trains nothing: torch need not be imported
+            threads.configure_threads()
         self._evaluator = spec.build(spec.load_data())
         self._queue: deque[tuple[int, Any]] = deque()
 

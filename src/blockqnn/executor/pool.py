@@ -50,6 +50,7 @@ from multiprocessing.connection import wait as wait_for
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from blockqnn import threads as threads_module
 from blockqnn.errors import BlockQNNError
 from blockqnn.executor.base import EvaluatorSpec, Finished, WorkerLost
 from blockqnn.result import EvalResult
@@ -67,14 +68,6 @@ class Placement:
     threads: int  # torch intra-op threads
 
 
-def visible_cores() -> int:
-    """CPU cores this process may run on (respects taskset and cgroup cpusets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def place_workers(
     workers: int, device: str | None, gpus_per_trial: float, visible_gpus: int, cores: int
 ) -> list[Placement]:
@@ -85,11 +78,12 @@ def place_workers(
     one, else the CPU; "cuda" every visible GPU; "cuda:N" that one; "cpu" the CPU. Workers
     go round-robin over the GPUs, so K workers on G GPUs differ by at most one per GPU.
     `gpus_per_trial` > 0 asks for GPUs and caps the workers per GPU at 1 / gpus_per_trial
-    (0.5: two per GPU); 0 leaves the packing to `workers`. CPU threads are divided evenly
-    (at least one each), so K workers do not fight over the cores.
+    (0.5: two per GPU); 0 leaves the packing to `workers`. The `cores` threads (the
+    `--threads` setting's count) are divided evenly (at least one each), so K workers do
+    not fight over the cores.
     """
     name = device or "auto"
-    threads = max(1, cores // workers)
+    threads = threads_module.share(cores, workers)
     wants_gpu = gpus_per_trial > 0
     if name == "auto":
         name = "cuda" if visible_gpus > 0 or wants_gpu else "cpu"
@@ -144,6 +138,7 @@ def _worker_main(conn: Connection, parent_pid: int, device: str, threads: int) -
     result dict), ("failed", bad_input, message), ("crashed", trial, traceback)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited too; see the module docstring
     os.environ["OMP_NUM_THREADS"] = str(threads)  # before torch is imported: read at import
+    threads_module.choose(str(threads), override=True)  # the trainer's count: this share
     _watch_parent(parent_pid)
     try:
         blob = conn.recv_bytes()
@@ -418,8 +413,13 @@ def make_pool(spec: EvaluatorSpec) -> PoolExecutor:
         import torch
 
         visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    placements = place_workers(s.workers, spec.device, s.gpus_per_trial, visible, visible_cores())
+    # the setting's threads (--threads, else [train] threads), divided between the workers
+    threads_module.choose(spec.config.train.threads)
+    total = threads_module.count()
+    placements = place_workers(s.workers, spec.device, s.gpus_per_trial, visible, total)
     return PoolExecutor(spec, placements)
 
+
+visible_cores = threads_module.visible_cores  # where it was before blockqnn.threads
 
 __all__ = ["PoolExecutor", "make_pool", "place_workers", "visible_cores"]

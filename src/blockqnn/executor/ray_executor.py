@@ -37,9 +37,10 @@ class _EvalActor:
         # CPU-only training: use exactly the cores Ray reserved for this actor (evaluators
         # that need no data, e.g. table look-ups, do not train: torch is not imported).
         if spec.needs_data and search.gpus_per_trial == 0 and search.cpus_per_trial >= 1:
-            import torch
+            from blockqnn import threads
 
-            torch.set_num_threads(int(search.cpus_per_trial))
+            # the trainer applies it; a search's --threads does not reach the cluster
+            threads.choose(str(int(search.cpus_per_trial)), override=True)
         self._evaluator = spec.build(data)
         self._space = spec.space()
         self._name = f"{socket.gethostname()}:{os.getpid()}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from blockqnn.latency import pareto_front, trial_latency
+from blockqnn.front import pareto_front, trial_latency
 from blockqnn.report.data import RunSummary
 
 FRONT_LABEL = "non-dominated front (faster or more accurate than every other)"

@@ -28,12 +28,20 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: 
 h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 18px; margin-top: 32px;
      border-bottom: 1px solid #ddd; padding-bottom: 4px; }
 table { border-collapse: collapse; margin: 8px 0; }
+/* a table wider than the screen (a phone) scrolls instead of widening the page */
+.wide { overflow-x: auto; max-width: 100%; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #f5f5f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 code, pre { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 pre { background: #f7f7f7; border: 1px solid #e3e3e3; padding: 8px; overflow-x: auto; }
-img.plot { max-width: 100%; height: auto; display: block; margin: 8px 0; }
-.diagram svg { max-width: 240px; max-height: 420px; width: auto; height: auto; }
+/* on a phone a plot keeps 640 px, two thirds of its size, and scrolls: shrunk to the
+   screen its labels would be 4 px */
+img.plot { width: 100%; min-width: 640px; max-width: 990px; height: auto; display: block;
+           margin: 8px 0; }
+/* Diagrams at Graphviz's own size (11-pt labels): a wide or tall block scrolls inside its
+   box instead of being shrunk until its labels cannot be read. */
+.diagram { max-width: min(360px, 80vw); max-height: 520px; overflow: auto; }
+.diagram svg { display: block; }
 .note { color: #777; font-style: italic; } .muted { color: #777; }
 """
 
@@ -60,6 +68,18 @@ def inline_svg(svg: str, prefix: str) -> str:
     return _SVG_ID.sub(lambda m: f'id="{prefix}{m.group(1)}"', body)
 
 
+_SVG_SIZE = re.compile(r'(<svg\b[^>]*?\b(?:width|height)=")([0-9.]+)pt"')
+
+
+def _points_as_pixels(svg: str) -> str:
+    """Graphviz sizes its SVG in points (11-pt labels are 15 px): drawn 1 pt = 1 px, labels
+    are 11 px, as readable as the table's text, and a block takes three quarters of the
+    room. The viewBox keeps the drawing whole at the new size."""
+    for _ in range(2):  # width and height
+        svg = _SVG_SIZE.sub(lambda m: f'{m.group(1)}{m.group(2)}px"', svg, count=1)
+    return svg
+
+
 def candidate_diagram(trial: TrialRecord, space: str, prefix: str) -> str:
     """The candidate's Graphviz diagram as inline SVG (an NSC block or a NAS-Bench-201
     cell), or a note when Graphviz is missing or the space has no drawing."""
@@ -76,7 +96,7 @@ def candidate_diagram(trial: TrialRecord, space: str, prefix: str) -> str:
             return f'<span class="note">no diagram for the {_e(space)} space</span>'
     except BlockQNNError as exc:  # Graphviz's `dot` is not installed: say so, do not fail
         return f'<span class="note">no diagram: {_e(exc)}</span>'
-    return f'<div class="diagram">{inline_svg(svg, prefix)}</div>'
+    return f'<div class="diagram">{inline_svg(_points_as_pixels(svg), prefix)}</div>'
 
 
 def _toml_value(value: Any) -> str:
@@ -181,7 +201,7 @@ def header(run: RunSummary) -> str:
         ("started", "-" if created is None else _e(_local_time(float(created)))),
         ("report written", _e(_local_time(run.read_at))),
     ]
-    return f'<table class="summary">\n{_rows(pairs)}\n</table>'
+    return f'<div class="wide"><table class="summary">\n{_rows(pairs)}\n</table></div>'
 
 
 def info_text(info: dict[str, Any]) -> str:
@@ -219,7 +239,7 @@ def top_table(run: RunSummary) -> str:
             f'<span class="muted">hash <code>{_e(t.hash)}</code>, trial {t.id}</span></td>'
             f"<td>{candidate_diagram(t, run.space, f'b{rank}-')}</td></tr>"
         )
-    return f'<table class="top">\n{head}\n' + "\n".join(rows) + "\n</table>"
+    return f'<div class="wide"><table class="top">\n{head}\n' + "\n".join(rows) + "\n</table></div>"
 
 
 def failed_table(run: RunSummary, limit: int = 10) -> str:
@@ -278,14 +298,16 @@ def curve_caption(run: RunSummary, stages: Sequence[Stage]) -> str:
         )
     if run.counts["failed"] or any(t.error for t in run.scored):
         parts.append(
-            "Failed trials are red crosses on the bottom edge and count in the means at the "
-            "reward they were told (reused failures: grey crosses, in no mean)."
+            "Only failures sit on the bottom edge, below the range of the rewards: red "
+            "crosses are failed trials, which count in the means at the reward they were "
+            f"told; grey crosses are reused trials that proposed a failed {run.noun} again "
+            "(in no mean)."
         )
     return "<p>" + " ".join(parts) + "</p>"
 
 
 def _plot(uri: str, alt: str) -> str:
-    return f'<img class="plot" src="{uri}" alt="{_e(alt)}">'
+    return f'<div class="wide"><img class="plot" src="{uri}" alt="{_e(alt)}"></div>'
 
 
 def render(

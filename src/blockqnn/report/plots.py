@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,7 +74,6 @@ def learning_curve_figure(run: RunSummary) -> Any:
     reused = [t for t in scored if t.status == REUSED and not _reused_failure(t)]
     reused_failed = [t for t in scored if t.status == REUSED and _reused_failure(t)]
     stages = stage_means(scored)
-    last_id = run.trials[-1].id
     for i, stage in enumerate(stages):
         if i % 2:  # shade every other stage so the boundaries read at a glance
             ax.axvspan(stage.first - 0.5, stage.last + 0.5, color="#f2f2f2", zorder=0)
@@ -111,8 +111,7 @@ def learning_curve_figure(run: RunSummary) -> Any:
             zorder=4,
         )
         shown = True
-    for stage in stages:
-        _label_stage(ax, stage_text(stage), stage.first, stage.last + 1, last_id)
+    labels = [(stage_text(stage), stage.first, stage.last + 1) for stage in stages]
     size = rolling_size(len(run.trained))
     trend = rolling_means(scored, size)
     if trend:
@@ -125,7 +124,14 @@ def learning_curve_figure(run: RunSummary) -> Any:
             zorder=5,
         )
     _bottom_edge(ax, failed, "x", _RED, f"failed (reward {_reward(failed)}, drawn at the bottom)")
-    _bottom_edge(ax, reused_failed, "x", _GREY, f"reused failure (reward {_reward(reused_failed)})")
+    _bottom_edge(
+        ax,
+        reused_failed,
+        "x",
+        _GREY,
+        f"reused copy of a failure (reward {_reward(reused_failed)}, at the bottom, in no mean)",
+    )
+    _label_stages(ax, labels)  # last: the x range is final once every point is drawn
     ax.set_xlabel("trial (ask order)")
     ax.set_ylabel("reward")
     ax.set_title(f"reward of every trial ({run.agent}, {run.space} space)")
@@ -168,23 +174,34 @@ def _legend(ax: Any) -> None:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
 
 
-def _label_stage(ax: Any, text: str, start: float, end: float, total: float) -> None:
-    """Write a stage's label at the top of its span, vertically, if the span is wide enough
-    for the text not to run into its neighbours (the paper's shortest stages are 4% of the
-    budget)."""
-    if end - start < 0.015 * total:
-        return
-    ax.text(
-        (start + end) / 2,
-        0.98,
-        text,
-        transform=ax.get_xaxis_transform(),
-        rotation=90,
-        ha="center",
-        va="top",
-        fontsize=7,
-        color="#a04000",
-    )
+LABEL_GAP = 0.015  # of the x range, ~13 px of a 9-inch plot: a 7-pt label turned upright
+
+
+def _label_stages(ax: Any, labels: Sequence[tuple[str, float, float]]) -> None:
+    """Write each stage's label (text, start, end) at the top of its span, upright, left to
+    right, leaving out a label whose centre is closer than `LABEL_GAP` of the axis to the
+    last one written: narrow neighbouring stages would print on top of each other (the
+    paper's shortest stages are 4% of the budget; small runs have stages of one trial). The
+    gap is measured on the axis's final range, which a baseline run may make longer."""
+    low, high = ax.get_xlim()
+    gap = LABEL_GAP * (high - low)
+    last = -math.inf
+    for text, start, end in labels:
+        centre = (start + end) / 2
+        if centre - last < gap:
+            continue
+        last = centre
+        ax.text(
+            centre,
+            0.98,
+            text,
+            transform=ax.get_xaxis_transform(),
+            rotation=90,
+            ha="center",
+            va="top",
+            fontsize=7,
+            color="#a04000",
+        )
 
 
 def _stage_bounds(trials: Sequence[TrialRecord]) -> list[tuple[Stage, int, int]]:
@@ -238,6 +255,7 @@ def comparison_figure(run: RunSummary, baseline: RunSummary) -> Any:
         (trained_rewards(theirs), "#555555", f"{baseline.agent} (baseline)"),
     )
     bounds = _stage_bounds(mine)
+    labels = []
     for i, (stage, start, end) in enumerate(bounds):
         for rewards, color, name in series:
             values = rewards[start:end]
@@ -253,7 +271,8 @@ def comparison_figure(run: RunSummary, baseline: RunSummary) -> Any:
             )
         if i % 2:
             ax.axvspan(start + 0.5, end + 0.5, color="#f2f2f2", zorder=0)
-        _label_stage(ax, stage_text(stage), start + 0.5, end + 0.5, len(series[0][0]))
+        labels.append((stage_text(stage), start + 0.5, end + 0.5))
+    _label_stages(ax, labels)
     ax.set_xlabel("candidates trained (reused duplicates not counted)")
     ax.set_ylabel("mean reward")
     ax.set_title(f"{run.agent} vs {baseline.agent} ({baseline.run_dir.name})")
@@ -280,21 +299,64 @@ def accuracy_vs_flops(run: RunSummary) -> str:
         edgecolors="none",
     )
     fig.colorbar(points, ax=ax, label="reward")
-    for rank, t in enumerate(run.top, start=1):
-        if t.flops:
-            ax.annotate(
-                str(rank),
-                (t.flops, t.accuracy or 0.0),
-                textcoords="offset points",
-                xytext=(4, 3),
-                fontsize=8,
-            )
     ax.set_xscale("log")
+    ax.margins(y=0.1)  # room above the best points for their numbers
+    _rank_labels(fig, ax, [(t.flops, t.accuracy or 0.0) for t in run.top if t.flops])
     ax.set_xlabel("FLOPs per image (forward, search-time network)")
     ax.set_ylabel("validation accuracy")
     ax.set_title("accuracy against cost (numbers: rank by reward)")
     ax.grid(alpha=0.3, which="both")
     return _png(fig)
+
+
+# Where a rank's number may go around its point, in points (x right, y up), nearest first.
+_OFFSETS = [(4, 3), (4, -11), (-11, 3), (-11, -11), (4, 12), (-11, 12), (10, -4), (-17, -4)]
+_OFFSETS += [(4, 21), (4, -20), (-11, 21), (-11, -20), (16, 8), (-23, 8), (16, -14), (-23, -14)]
+
+
+def _rank_labels(fig: Any, ax: Any, points: Sequence[tuple[float, float]]) -> None:
+    """Number the points 1, 2, ... where no two numbers overlap: each takes the first place
+    around its point (`_OFFSETS`) whose box is clear of the numbers placed so far, in
+    display pixels; a number with no clear place goes to the least crowded one, joined to
+    its point by a thin line. A greedy placement written here (matplotlib has none; the
+    adjustText package would be a dependency for ten labels)."""
+    fig.draw_without_rendering()  # lays the figure out: data -> pixel transforms are final
+    scale = fig.dpi / 72  # pixels per point
+    placed: list[tuple[float, float, float, float]] = []
+
+    def overlap(box: tuple[float, float, float, float]) -> float:
+        x0, y0, x1, y1 = box
+        return sum(
+            max(0.0, min(x1, b[2]) - max(x0, b[0])) * max(0.0, min(y1, b[3]) - max(y0, b[1]))
+            for b in placed
+        )
+
+    for rank, (x, y) in enumerate(points, start=1):
+        px, py = ax.transData.transform((x, y))
+        width, height = (5.0 * len(str(rank)) + 1) * scale, 8.0 * scale  # 8-pt digits
+        best: tuple[float, tuple[int, int], tuple[float, float, float, float]] | None = None
+        for dx, dy in _OFFSETS:
+            x0, y0 = px + dx * scale, py + dy * scale
+            box = (x0, y0, x0 + width, y0 + height)
+            crowd = overlap(box)
+            if best is None or crowd < best[0]:
+                best = (crowd, (dx, dy), box)
+            if crowd == 0:
+                break
+        assert best is not None
+        crowd, offset, box = best
+        placed.append(box)
+        far = abs(offset[0]) > 11 or abs(offset[1]) > 12
+        ax.annotate(
+            str(rank),
+            (x, y),
+            textcoords="offset points",
+            xytext=offset,
+            fontsize=8,
+            va="bottom",
+            ha="left",
+            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "#555555"} if far else None,
+        )
 
 
 def accuracy_histogram(run: RunSummary) -> str:
