@@ -78,3 +78,33 @@ def test_bad_input_exits_2(
 def test_cuda_without_cuda_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", BLOCK, *QUICK, "--device", "cuda"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_latency_reward_is_measured_and_scored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With a latency reward the evaluation measures the latency and scores with it (no NaN
+    reward from an evaluator that had no latency to use)."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[reward]\nname = "mnasnet"\nlatency_target_ms = 1.0\nlatency_warmup = 1\n'
+        "latency_repeats = 3\n"
+    )
+    code = main(["evaluate", BLOCK, *QUICK, "--config", str(config), "--device", "cpu", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    latency = out["metrics"]["latency_ms"]
+    assert latency > 0
+    assert out["reward"] == pytest.approx(out["accuracy"] * latency**-0.07)
+    code = main(["evaluate", BLOCK, *QUICK, "--config", str(config), "--device", "cpu"])
+    text = capsys.readouterr().out
+    assert code == 0 and "latency " in text and "(mnasnet)" in text
+
+
+def test_latency_reward_without_target_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[reward]\nname = "mnasnet"\n')
+    assert main(["evaluate", BLOCK, *QUICK, "--config", str(config)]) == 2
+    assert "latency_target_ms" in capsys.readouterr().err

@@ -290,6 +290,10 @@ def test_the_fingerprint_covers_evaluation_settings_only() -> None:
     base = Config()
     assert fingerprint(merge(base, {"search": {"seed": 5, "workers": 2}})) == fingerprint(base)
     assert fingerprint(merge(base, {"data": {"cache_dir": "/x"}})) == fingerprint(base)
+    assert fingerprint(merge(base, {"train": {"threads": "1"}})) == fingerprint(base)
+    # read from the data (which the data keys decide); older runs stored the default there
+    shape = {"network": {"input_shape": [1, 8, 8], "num_classes": 3}}
+    assert fingerprint(merge(base, shape)) == fingerprint(base)
     for change in (
         {"train": {"epochs": 3}},
         {"network": {"filters": 8}},

@@ -43,8 +43,10 @@ CACHE_FILE = "evaluations.sqlite"
 CACHE_SCHEMA = 1
 CACHE_APPLICATION_ID = 0x4251434E  # "BQCN": marks the SQLite file as a blockqnn cache
 OFF = "off"
-# [data] keys that say where files live, not what is learned from them.
-_LOCATION_KEYS = ("cache_dir",)
+# Keys that do not decide a result: where files live, how many CPU threads train, and what
+# is read from the data itself (the data keys decide it; runs before blockqnn recorded
+# their data's shape stored the default there).
+_IGNORED = ("data.cache_dir", "train.threads", "network.input_shape", "network.num_classes")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -65,9 +67,8 @@ def evaluation_settings(config: Config) -> dict[str, Any]:
     out: dict[str, Any] = {"search.space": config.search.space}
     for section in ("data", "network", "train", "reward"):
         for key, value in sorted(data[section].items()):
-            if section == "data" and key in _LOCATION_KEYS:
-                continue
-            out[f"{section}.{key}"] = value
+            if f"{section}.{key}" not in _IGNORED:
+                out[f"{section}.{key}"] = value
     return out
 
 

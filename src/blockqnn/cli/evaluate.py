@@ -64,15 +64,27 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockqnn import threads
+    from dataclasses import replace
+
+    from blockqnn import latency, threads
     from blockqnn.evaluator import Evaluator
     from blockqnn.nsc import Block
+    from blockqnn.rewards import make_reward
 
     config = _config(args)
     threads.choose(config.train.threads)
     threads.configure_threads()  # now: the device line reports the threads used
     block = Block.parse(args.block, max_depth=config.agent.max_depth)
-    result = Evaluator(config, device=args.device).evaluate(block)
+    latency.check_config(config)  # a bad runtime or target is refused before training
+    evaluator = Evaluator(config, device=args.device)
+    result = evaluator.evaluate(block)
+    if latency.settings_of(config) is not None:  # [reward] latency_device or a latency reward
+        shape, classes = latency.data_shape(config, None, evaluator)
+        meter = latency.LatencyMeter.for_config(config, shape, classes)
+        if meter is not None:
+            result = meter.apply(block, result)
+            if result.ok:  # the evaluator's reward had no latency to use
+                result = replace(result, reward=make_reward(config)(result.metric_values()))
     if args.json:
         json.dump({"nsc": str(block), "hash": block.hash, **result.to_dict()}, sys.stdout)
         sys.stdout.write("\n")
@@ -91,8 +103,11 @@ def run(args: argparse.Namespace) -> int:
     out.print(f"device    {result.device}, {result.mode}")
     if result.ok:
         out.print(f"accuracy  [bold]{result.accuracy:.2%}[/bold] (validation split)")
+        out.print(f"reward    {result.reward:.4f} ({_reward_text(config)})")
+    if latency.LATENCY_METRIC in result.metrics:
         out.print(
-            f"reward    {result.reward:.4f} (mu {config.reward.mu:g}, rho {config.reward.rho:g})"
+            f"latency   {result.metrics[latency.LATENCY_METRIC]:.3f} ms "
+            f"({config.reward.latency_device or 'cpu'}, batch 1, deployment size)"
         )
     out.print(f"cost      {result.flops:,} FLOPs, {result.params:,} params, "
               f"density {result.density:.3f}")  # fmt: skip
@@ -105,3 +120,10 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"[red]failed[/red]    {result.error}", highlight=False)
         return 1
     return 0
+
+
+def _reward_text(config: Any) -> str:
+    reward = config.reward
+    if reward.name == "paper":
+        return f"mu {reward.mu:g}, rho {reward.rho:g}"
+    return reward.name
