@@ -16,6 +16,7 @@ are not idle:
 
     python benchmarks/threads.py                              # digits, 3 epochs x 3 repeats
     python benchmarks/threads.py --busy 2 --repeats 5 --json
+    python benchmarks/threads.py --busy-kind torch    # beside another PyTorch job
     python benchmarks/threads.py --epochs 1 --train-samples 128 --repeats 1   # a smoke run
 """
 
@@ -53,6 +54,13 @@ def _burn() -> None:  # pragma: no cover - runs in the competing process until k
         x = (x * 1103515245 + 12345) & 0xFFFFFFFF
 
 
+def _burn_torch(threads: int = 0) -> None:  # pragma: no cover - another PyTorch job
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    a = torch.randn(384, 384)
+    while True:
+        a = torch.tanh(a @ a)
+
+
 def _rate(data: Any, recipe: Any, config: Config, epochs: int) -> float:
     torch.manual_seed(0)
     net = config.network
@@ -71,7 +79,12 @@ def _rate(data: Any, recipe: Any, config: Config, epochs: int) -> float:
 def measure(args: argparse.Namespace, busy: int) -> list[dict[str, Any]]:
     """Every setting's rate with `busy` competing processes running."""
     ctx = multiprocessing.get_context("spawn")
-    burners = [ctx.Process(target=_burn, daemon=True) for _ in range(busy)]
+    target, targs = {
+        "python": (_burn, ()),
+        "torch": (_burn_torch, ()),
+        "torch1": (_burn_torch, (1,)),
+    }[args.busy_kind]
+    burners = [ctx.Process(target=target, args=targs, daemon=True) for _ in range(busy)]
     for p in burners:
         p.start()
     try:
@@ -108,7 +121,7 @@ def measure(args: argparse.Namespace, busy: int) -> list[dict[str, Any]]:
         median = statistics.median(rates[s])
         rows.append(
             {
-                "condition": f"{busy} busy" if busy else "idle",
+                "condition": f"{busy} busy ({args.busy_kind})" if busy else "idle",
                 "setting": s,
                 "threads": counts[s],
                 "images_per_s": median,
@@ -128,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
     parser.add_argument("--busy", type=int, default=1, help="competing CPU-burning processes")
+    parser.add_argument(
+        "--busy-kind",
+        choices=("python", "torch", "torch1"),
+        default="python",
+        help="what competes: a Python loop, a PyTorch job on every core, or on one thread",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     rows = measure(args, 0) + measure(args, args.busy)
@@ -154,11 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['cores']} cores ({report['physical_cores']} physical); "
         f"default {threads.DEFAULT!r}"
     )
-    print(f"{'condition':<10} {'setting':<10} {'threads':>7} {'images/s':>9} {'min':>8} "
+    print(f"{'condition':<16} {'setting':<10} {'threads':>7} {'images/s':>9} {'min':>8} "
           f"{'max':>8} {'vs default':>10}")  # fmt: skip
     for r in rows:
         print(
-            f"{r['condition']:<10} {r['setting']:<10} {r['threads']:>7} "
+            f"{r['condition']:<16} {r['setting']:<10} {r['threads']:>7} "
             f"{r['images_per_s']:>9.0f} {r['min']:>8.0f} {r['max']:>8.0f} "
             f"{r['vs_default']:>10.2f}"
         )

@@ -14,7 +14,7 @@ at 25 images/s and 1 thread at 277 images/s (issue 12). The policies:
 - `all`: every core this process may run on (affinity / cpuset), the old behaviour.
 - `physical`: one thread per physical core of those (hyper-threads rarely help convolutions).
 - `minus-one`: every core but one, left to the rest of the machine.
-- `auto` (the default, provisional until measured with benchmarks/threads.py): the cores not
+- `auto` (the default, measured with benchmarks/threads.py; README "Threads"): the cores not
   busy right now, sampled over `SAMPLE_S` from /proc/stat (the 1-minute load average where
   there is none), at most the physical cores, at least 1; an `OMP_NUM_THREADS` in the
   environment is taken as the answer instead.
@@ -34,7 +34,7 @@ from blockqnn.bounds import THREADS, check
 from blockqnn.errors import BlockQNNError, clip
 
 POLICIES = ("auto", "all", "physical", "minus-one")
-DEFAULT = "auto"  # (choice, provisional) see the module docstring; README "Threads"
+DEFAULT = "auto"  # measured: README, Benchmarks, "Threads"
 HELP = (
     "CPU threads: auto (the idle cores; default), all, physical, minus-one, or a number; "
     "local workers divide them"
