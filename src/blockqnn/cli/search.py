@@ -329,6 +329,9 @@ def _program() -> str:
     return f"{shlex.quote(sys.executable)} -m blockqnn"
 
 
+NEXT_ALIGN = 72  # the widest command the next-step comments are aligned after
+
+
 def next_commands(run_dir: str) -> list[str]:
     """What to run next, with this run's directory filled in (quoted for the shell)."""
     from blockqnn.store import Store
@@ -348,7 +351,8 @@ def next_commands(run_dir: str) -> list[str]:
         commands.append(
             (f"{prog} train {run} --out {final} {size}", "the best block at a final size")
         )
-    width = max(len(c) for c, _ in commands)
+    # comments aligned after the short commands; a long one (a deep run dir) is not padded to
+    width = max([len(c) for c, _ in commands if len(c) <= NEXT_ALIGN] or [0])
     lines = ["next:", *(f"  {c.ljust(width)}  # {why}" for c, why in commands)]
     if prog.endswith("bin/blockqnn"):  # a virtual environment not activated in this shell
         activate = shlex.quote(prog[: -len("blockqnn")] + "activate")
