@@ -35,13 +35,13 @@ import statistics
 import time
 from contextlib import closing
 from dataclasses import asdict, dataclass, replace
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from blockqnn.cost import NetworkConfig
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.result import STATUS_FAILED, EvalResult
+from blockqnn.threads import cpu_name
 
 if TYPE_CHECKING:
     from blockqnn.config import Config
@@ -148,27 +148,13 @@ def settings_of(config: Config) -> LatencySettings | None:
                            r.latency_repeats)  # fmt: skip
 
 
-@cache
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def device_key(settings: LatencySettings) -> str:
     """What the figure depends on besides the network: the hardware, threads, versions."""
     import torch
 
     if settings.runtime == "cuda":
         return f"cuda {torch.cuda.get_device_name()} torch {torch.__version__}"
-    where = f"cpu {_cpu_name()} x{settings.threads} torch {torch.__version__}"
+    where = f"cpu {cpu_name()} x{settings.threads} torch {torch.__version__}"
     if settings.runtime == "onnxruntime":
         import onnxruntime
 

@@ -21,6 +21,7 @@ from typing import Any
 from blockqnn.errors import BlockQNNError
 from blockqnn.report.data import RunSummary, Stage, duration, rolling_size, stage_means
 from blockqnn.store import FAILED, TrialRecord
+from blockqnn.threads import cpu_name
 
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222;
@@ -127,17 +128,6 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment() -> list[tuple[str, str]]:
     """Versions and hardware of the machine writing the report."""
     import torch
@@ -151,7 +141,7 @@ def environment() -> list[tuple[str, str]]:
         ("blockqnn", __version__),
         ("matplotlib", _version("matplotlib")),
         ("platform", platform.platform()),
-        ("CPU", f"{_cpu_name()} ({os.cpu_count()} logical cores)"),
+        ("CPU", f"{cpu_name()} ({os.cpu_count()} logical cores)"),
         ("GPU", ", ".join(gpus) if gpus else "none"),
     ]
 
