@@ -460,7 +460,7 @@ class LatencyFactory:
     inner: Any = None  # the factory it wraps; None = the space's default evaluator
 
     def __call__(self, config: Config, data: Any, device: str | None) -> Any:
-        from blockqnn.executor.base import default_evaluator
+        from blockqnn.executor.base import data_shape, default_evaluator
 
         evaluator = (self.inner or default_evaluator)(config, data, device)
         shape, classes = data_shape(config, data, evaluator)
@@ -468,21 +468,6 @@ class LatencyFactory:
         if meter is None:
             return evaluator
         return LatencyEvaluator(evaluator, meter)
-
-
-def data_shape(
-    config: Config, data: Any, evaluator: Any = None
-) -> tuple[tuple[int, int, int], int]:
-    """The images' (C, H, W) and the classes: the evaluator's fitted network, else the data's,
-    else the config's."""
-    fitted = getattr(evaluator, "network_config", None)
-    if isinstance(fitted, NetworkConfig):
-        return fitted.input_shape, fitted.num_classes
-    shape = getattr(data, "input_shape", None)
-    classes = getattr(data, "num_classes", None)
-    if shape is not None and classes is not None:
-        return tuple(shape), int(classes)
-    return config.network.input_shape, config.network.num_classes
 
 
 def check_config(config: Config) -> None:

@@ -72,6 +72,7 @@ from blockqnn.cache import (
 from blockqnn.config import Config, merge
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.executor import EvaluatorSpec, Executor, WorkerLost, make_executor, make_space
+from blockqnn.executor.base import data_shape
 from blockqnn.result import STATUS_FAILED, EvalResult
 from blockqnn.rewards import Reward, make_reward
 from blockqnn.rundir import DB_NAME, check_writable
@@ -693,8 +694,9 @@ def _with_latency(config: Config, spec: EvaluatorSpec) -> tuple[EvaluatorSpec, A
         return spec, None
     if config.reward.latency_on == "worker":
         return replace(spec, factory=latency.LatencyFactory(spec.factory)), None
-    data = spec.load_data()  # the input shape and classes of the deployment network
-    shape, classes = latency.data_shape(config, data)
+    # the input shape and classes of the deployment network (an older run's config may hold
+    # the defaults there)
+    shape, classes = data_shape(config, spec.load_data())
     return spec, latency.LatencyMeter.for_config(config, shape, classes)
 
 
@@ -702,11 +704,8 @@ def _with_data_shape(config: Config, spec: EvaluatorSpec) -> Config:
     """The config as the run will store it: with the classes and image shape of its data,
     which the evaluator takes from the data (a digits run records [1, 8, 8], not the
     default [3, 32, 32]). Unchanged for evaluators without data (tables, synthetic)."""
-    data = spec.load_data()
-    shape, classes = getattr(data, "input_shape", None), getattr(data, "num_classes", None)
-    if shape is None or classes is None:
-        return config
-    network = replace(config.network, num_classes=int(classes), input_shape=tuple(shape))
+    shape, classes = data_shape(config, spec.load_data())
+    network = replace(config.network, num_classes=classes, input_shape=shape)
     return replace(config, network=network)
 
 

@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     from blockqnn import latency, threads
     from blockqnn.evaluator import Evaluator
+    from blockqnn.executor.base import data_shape
     from blockqnn.nsc import Block
     from blockqnn.rewards import make_reward
 
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     evaluator = Evaluator(config, device=args.device)
     result = evaluator.evaluate(block)
     if latency.settings_of(config) is not None:  # [reward] latency_device or a latency reward
-        shape, classes = latency.data_shape(config, None, evaluator)
+        shape, classes = data_shape(config, None, evaluator)
         meter = latency.LatencyMeter.for_config(config, shape, classes)
         if meter is not None:
             result = meter.apply(block, result)

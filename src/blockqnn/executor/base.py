@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from blockqnn.config import Config
+from blockqnn.cost import NetworkConfig
 from blockqnn.registry import SPACES, resolve
 from blockqnn.result import EvalResult
 from blockqnn.spaces.base import Space
@@ -98,6 +99,21 @@ def load_data(config: Config) -> Any:
     arrays = load_arrays(config.data)
     _last_loaded = (config.data, arrays)
     return arrays
+
+
+def data_shape(
+    config: Config, data: Any, evaluator: Any = None
+) -> tuple[tuple[int, int, int], int]:
+    """The images' (C, H, W) and the classes: the evaluator's fitted network, else the data's,
+    else the config's (evaluators without data: tables, synthetic)."""
+    fitted = getattr(evaluator, "network_config", None)
+    if isinstance(fitted, NetworkConfig):
+        return fitted.input_shape, fitted.num_classes
+    shape = getattr(data, "input_shape", None)
+    classes = getattr(data, "num_classes", None)
+    if shape is not None and classes is not None:
+        return tuple(shape), int(classes)
+    return config.network.input_shape, config.network.num_classes
 
 
 def default_evaluator(config: Config, data: Any, device: str | None) -> Evaluating:
