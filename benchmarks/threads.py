@@ -40,7 +40,7 @@ from blockqnn.builder import build_network
 from blockqnn.config import Config, merge
 from blockqnn.data import load_arrays
 from blockqnn.devices import resolve_device
-from blockqnn.recipe import early_stop_recipe
+from blockqnn.recipe import Recipe
 from blockqnn.trainer import fit
 
 SETTINGS = ("auto", "all", "physical", "minus-one", "1")
@@ -102,7 +102,7 @@ def measure(args: argparse.Namespace, busy: int) -> list[dict[str, Any]]:
         arrays = load_arrays(config.data)
         data = arrays.to_device(resolve_device("cpu"))
         recipe = replace(
-            early_stop_recipe(config.train, arrays.name, arrays.input_shape), compile=False
+            Recipe.from_config(config.train, arrays.name, arrays.input_shape), compile=False
         )
         rates: dict[str, list[float]] = {s: [] for s in SETTINGS}
         for _ in range(args.repeats):

@@ -50,7 +50,7 @@ from blockqnn.cost import network_cost
 from blockqnn.data import DataArrays, DeviceData, load_arrays
 from blockqnn.devices import describe_device, resolve_device
 from blockqnn.nsc import Block
-from blockqnn.recipe import Recipe, early_stop_recipe, should_compile
+from blockqnn.recipe import Recipe, should_compile
 from blockqnn.trainer import configure_threads, fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     arrays, source = load_data(args.archive, args.cache)
     data = arrays.to_device(device)
     recipe = replace(
-        early_stop_recipe(TrainConfig(), "cifar10", (3, 32, 32)),
+        Recipe.from_config(TrainConfig(), "cifar10", (3, 32, 32)),
         batch_size=args.batch_size,
         compile=should_compile(
             args.compile,

@@ -20,7 +20,6 @@ from blockqnn.recipe import (
     EARLY_STOP_BN_IMAGES,
     WARMUP_START,
     Recipe,
-    early_stop_recipe,
     lr_at,
     should_compile,
 )
@@ -206,16 +205,16 @@ def test_recipe_validation() -> None:
 
 
 def test_early_stop_recipe_is_the_paper_s() -> None:
-    r = early_stop_recipe(TrainConfig(), "cifar10", (3, 32, 32))
+    r = Recipe.from_config(TrainConfig(), "cifar10", (3, 32, 32))
     assert (r.optimizer, r.lr, r.betas, r.eps) == ("adam", 1e-3, (0.9, 0.999), 1e-8)
     assert (r.schedule, r.step_epochs, r.gamma, r.batch_size) == ("step", 5, 0.2, 256)
     assert (r.pad, r.flip) == (4, True)
     assert r.bn_recalibrate == EARLY_STOP_BN_IMAGES
-    digits = early_stop_recipe(TrainConfig(), "digits", (1, 8, 8))
+    digits = Recipe.from_config(TrainConfig(), "digits", (1, 8, 8))
     assert (digits.pad, digits.flip) == (0, False)
-    crop = early_stop_recipe(TrainConfig(augment="crop_flip"), "digits", (1, 8, 8))
+    crop = Recipe.from_config(TrainConfig(augment="crop_flip"), "digits", (1, 8, 8))
     assert (crop.pad, crop.flip) == (1, True)
-    none = early_stop_recipe(TrainConfig(augment="none"), "cifar10", (3, 32, 32))
+    none = Recipe.from_config(TrainConfig(augment="none"), "cifar10", (3, 32, 32))
     assert (none.pad, none.flip) == (0, False)
 
 

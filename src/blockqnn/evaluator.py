@@ -34,7 +34,7 @@ from blockqnn.cost import network_cost, reference_flops
 from blockqnn.devices import describe_device, resolve_device, too_large
 from blockqnn.errors import BlockQNNError
 from blockqnn.nsc import Block
-from blockqnn.recipe import Recipe, early_stop_recipe, should_compile
+from blockqnn.recipe import Recipe, should_compile
 from blockqnn.result import STATUS_OK, EvalResult
 from blockqnn.rewards import make_reward
 from blockqnn.trainer import fit
@@ -74,7 +74,7 @@ class Evaluator:
         self.network_config = replace(
             config.network, num_classes=data.num_classes, input_shape=data.input_shape
         )
-        self.recipe = early_stop_recipe(config.train, data.name, data.input_shape)
+        self.recipe = Recipe.from_config(config.train, data.name, data.input_shape)
         self.flops_ref = reference_flops(self.network_config)
         self.reward = make_reward(config)
         self.device_name = describe_device(self.device)

@@ -43,7 +43,7 @@ CPU_EAGER_FLOPS_PER_SECOND = 8.8e10
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to train. Defaults are the paper's early-stop recipe; see `early_stop_recipe`."""
+    """How to train. Defaults are the paper's early-stop recipe; see `Recipe.from_config`."""
 
     optimizer: str = "adam"  # "adam" or "sgd"
     lr: float = 1e-3  # peak learning rate per step (not scaled with the batch size)
@@ -146,13 +146,6 @@ def augmentation(
     if mode == "crop_flip":
         return max(1, (input_shape[1] if input_shape else 32) // 8), True
     return default_augmentation(dataset, input_shape)
-
-
-def early_stop_recipe(
-    train: TrainConfig, dataset: str, input_shape: tuple[int, int, int] | None = None
-) -> Recipe:
-    """The paper's early-stop recipe from a `TrainConfig` (`Recipe.from_config`)."""
-    return Recipe.from_config(train, dataset, input_shape)
 
 
 def should_compile(
