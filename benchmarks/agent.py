@@ -31,6 +31,7 @@ from blockqnn.agent import PAPER_BUDGET, QLearningAgent, RandomAgent, make_strat
 from blockqnn.config import Config, merge
 from blockqnn.nsc import Block
 from blockqnn.spaces.nsc import NSCSpace
+from blockqnn.threads import cpu_name
 
 BUDGETS = (1000, PAPER_BUDGET)
 
@@ -136,16 +137,7 @@ def run_one(kind: str, budget: int, seed: int) -> dict[str, Any]:
 
 
 def _hardware() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    return f"{cpu_name()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def _print_table(runs: list[dict[str, Any]], hardware: str) -> None:

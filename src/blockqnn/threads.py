@@ -64,19 +64,18 @@ def parse(setting: str | int, where: str = "--threads") -> str:
     return str(number)
 
 
-def visible_cores() -> int:
-    """CPU cores this process may run on (respects taskset and cgroup cpusets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _visible_cpu_ids() -> list[int] | None:
+    """The ids of the CPUs this process may run on (taskset, cgroup cpusets); None off Linux."""
     try:
         return sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return None
+
+
+def visible_cores() -> int:
+    """CPU cores this process may run on (respects taskset and cgroup cpusets)."""
+    ids = _visible_cpu_ids()
+    return len(ids) if ids is not None else os.cpu_count() or 1
 
 
 def physical_cores(sysfs: Path = Path("/sys/devices/system/cpu")) -> int:
