@@ -104,7 +104,6 @@ class Evaluator:
                     raise  # a bug in our code, not a property of the candidate
                 where = "host"
             self._free()  # out of the except block: the traceback no longer pins the model
-        cost = network_cost(block, self.network_config)
         return EvalResult.failed(
             f"{where} out of memory at batch {recipe.batch_size} and again at {half}",
             flops=cost.flops,
