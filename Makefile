@@ -32,6 +32,7 @@ lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: install-dev system-deps lint
 	$(BIN)/python -m pytest -q --timeout=600

@@ -27,11 +27,11 @@ import sys
 import time
 from typing import Any
 
-from blockqnn.agent import PAPER_BUDGET, QLearningAgent, RandomAgent, make_strategy
-from blockqnn.config import Config, merge
-from blockqnn.nsc import Block
-from blockqnn.spaces.nsc import NSCSpace
-from blockqnn.threads import cpu_name
+from blockqnn.settings.config import Config, merge
+from blockqnn.space.nsc.block import Block
+from blockqnn.space.nsc.space import NSCSpace
+from blockqnn.strategy import PAPER_BUDGET, QLearningAgent, RandomAgent, make_strategy
+from blockqnn.train.threads import cpu_name
 
 BUDGETS = (1000, PAPER_BUDGET)
 

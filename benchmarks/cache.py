@@ -23,7 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from blockqnn.store import Store  # noqa: E402  (this checkout's, without installing)
+from blockqnn.store.db import Store  # noqa: E402  (this checkout's, without installing)
 
 
 def _search(run: Path, cache: Path, args: argparse.Namespace) -> float:

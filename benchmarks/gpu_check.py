@@ -236,8 +236,8 @@ def environment(check: Check) -> dict[str, Any]:
 
 def prepare_data(check: Check, archive: Path | None) -> dict[str, Any]:
     """Extract the archive into the work folder and decode it once into the cache."""
-    from blockqnn.config import DataConfig
     from blockqnn.data import load_arrays
+    from blockqnn.settings.config import DataConfig
 
     if archive is None:
         return {"dataset": "digits", "note": "no --cifar: digits stands in for CIFAR-10"}

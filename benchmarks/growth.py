@@ -34,8 +34,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.strategies import DEFAULT_TABLE, _Problem, ci95
-from blockqnn.agent import make_strategy
-from blockqnn.agent.qlearning import QLearningAgent
+from blockqnn.strategy import make_strategy
+from blockqnn.strategy.qlearning import QLearningAgent
 
 REEXPLORE = (0.5, 0.4, 0.3, 0.2, 0.1)
 MAX_REUSE_STREAK = 10_000

@@ -43,13 +43,13 @@ from typing import Any
 
 import numpy as np
 
-from blockqnn.config import Config, merge
-from blockqnn.cost import REFERENCE_BLOCK, NetworkConfig, network_cost
-from blockqnn.front import trial_latency
-from blockqnn.latency import LatencySettings, measure, spread
-from blockqnn.nsc import Block
-from blockqnn.spaces.nsc import NSCSpace
-from blockqnn.store import Store
+from blockqnn.evaluate.latency import LatencySettings, measure, spread
+from blockqnn.final.pick import trial_latency
+from blockqnn.settings.config import Config, NetworkConfig, merge
+from blockqnn.space.nsc.block import Block
+from blockqnn.space.nsc.cost import REFERENCE_BLOCK, network_cost
+from blockqnn.space.nsc.space import NSCSpace
+from blockqnn.store.db import Store
 
 BLOCK_A = "1,1,3,0,0; 2,1,5,0,0; 3,5,0,1,2; 4,2,3,0,0; 5,6,0,3,4"  # multi-branch, 5 layers
 
@@ -120,7 +120,7 @@ def part_b(
 
 
 def _search(run: Path, config: Config) -> dict[str, Any]:
-    from blockqnn.search import run_search
+    from blockqnn.search.loop import run_search
 
     t0 = time.perf_counter()
     run_search(run, config)

@@ -38,9 +38,9 @@ def run_one(task: tuple[str, int, int, str, str]) -> dict[str, Any]:
     """One real search; the trained trials' rewards in order and their epsilons."""
     import torch
 
-    from blockqnn.config import Config, merge
-    from blockqnn.search import run_search
-    from blockqnn.store import TRAINED, Store
+    from blockqnn.search.loop import run_search
+    from blockqnn.settings.config import Config, merge
+    from blockqnn.store.db import TRAINED, Store
 
     torch.set_num_threads(1)
     agent, budget, seed, preset, where = task

@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from blockqnn.config import Config, merge
-from blockqnn.search import SearchEvent, run_search
+from blockqnn.search.loop import SearchEvent, run_search
+from blockqnn.settings.config import Config, merge
 
 
 def _config(args: argparse.Namespace, workers: int) -> Config:

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from blockqnn.config import Config, merge
-from blockqnn.executor.synthetic import synthetic_spec
-from blockqnn.search import SearchEvent, run_search
+from blockqnn.evaluate.synthetic import synthetic_spec
+from blockqnn.search.loop import SearchEvent, run_search
+from blockqnn.settings.config import Config, merge
 
 
 def _timed_search(config: Config, seconds: float, skip: int = 1) -> tuple[float, float, int]:

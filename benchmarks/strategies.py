@@ -38,11 +38,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from blockqnn.agent import make_strategy
-from blockqnn.config import Config, merge
 from blockqnn.errors import BlockQNNError
-from blockqnn.nsc import Block, LayerType
-from blockqnn.registry import STRATEGIES
+from blockqnn.settings.config import Config, merge
+from blockqnn.settings.registry import STRATEGIES
+from blockqnn.space.nsc.block import Block, LayerType
+from blockqnn.strategy import make_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TABLE = ROOT.parent / "shared" / "data" / "nats-tss-200epoch-accuracy.csv.gz"
@@ -120,14 +120,14 @@ class _Problem:
         )
         self.optimum: float | None = None
         if space_name == "nb201":
-            from blockqnn.spaces.nb201 import NB201Space, load_table
+            from blockqnn.space.nb201 import NB201Space, load_table
 
             self.space: Any = NB201Space()
             self._table = load_table(table)
             self._dataset = dataset
             self.optimum = self._table.optimum(dataset) / 100
         else:
-            from blockqnn.spaces.nsc import NSCSpace
+            from blockqnn.space.nsc.space import NSCSpace
 
             self.space = NSCSpace(max_depth)
 

@@ -3,11 +3,11 @@
 What it answers (issue 12): which default keeps a search fast when another job holds a core.
 For each setting (`auto`, `all`, `physical`, `minus-one` and 1 thread) it trains the
 search-time network of the digits demo (`examples/digits.toml`: F = 8, N = 1, batch 64) with
-`blockqnn.trainer.fit` and reports training images/s, twice: on the machine as it is
+`blockqnn.train.loop.fit` and reports training images/s, twice: on the machine as it is
 ("idle"), and with `--busy` CPU-burning processes that this script starts itself ("busy").
-Each setting is resolved to a thread count (`blockqnn.threads.resolve`) while the condition
+Each setting is resolved to a thread count (`blockqnn.train.threads.resolve`) while the condition
 holds, so `auto` sees the competing process. The last column is the rate over the default
-setting's (`blockqnn.threads.DEFAULT`) in the same condition: above 1 means that setting
+setting's (`blockqnn.train.DEFAULT_THREADS`) in the same condition: above 1 means that setting
 would have been the faster default there.
 
 Settings are interleaved within each repeat; the figure is the median over `--repeats`, with
@@ -35,13 +35,14 @@ from typing import Any
 
 import torch
 
-from blockqnn import threads
-from blockqnn.builder import build_network
-from blockqnn.config import Config, merge
 from blockqnn.data import load_arrays
-from blockqnn.devices import resolve_device
-from blockqnn.recipe import Recipe
-from blockqnn.trainer import fit
+from blockqnn.settings.config import Config, merge
+from blockqnn.settings.threads import DEFAULT as DEFAULT_THREADS
+from blockqnn.space.nsc.builder import build_network
+from blockqnn.train import threads
+from blockqnn.train.devices import resolve_device
+from blockqnn.train.loop import fit
+from blockqnn.train.recipe import Recipe
 
 SETTINGS = ("auto", "all", "physical", "minus-one", "1")
 BLOCK = "1,1,3,0,0; 2,1,3,1,0; 3,5,0,2,0; 4,7,0,0,0"  # a small multi-branch block
@@ -115,7 +116,7 @@ def measure(args: argparse.Namespace, busy: int) -> list[dict[str, Any]]:
         for p in burners:
             p.kill()
             p.join()
-    default = statistics.median(rates[threads.DEFAULT])
+    default = statistics.median(rates[DEFAULT_THREADS])
     rows = []
     for s in SETTINGS:
         median = statistics.median(rates[s])
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(args, 0) + measure(args, args.busy)
     report = {
         "rows": rows,
-        "default": threads.DEFAULT,
+        "default": DEFAULT_THREADS,
         "cores": threads.visible_cores(),
         "physical_cores": threads.physical_cores(),
         "cpu": platform.processor() or platform.machine(),
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         f"threads benchmark: {args.dataset}, F=8 N=1, batch {args.batch_size}, "
         f"{args.epochs} epochs x {args.repeats} repeats (median [min, max]); "
         f"{report['cores']} cores ({report['physical_cores']} physical); "
-        f"default {threads.DEFAULT!r}"
+        f"default {DEFAULT_THREADS!r}"
     )
     print(f"{'condition':<16} {'setting':<10} {'threads':>7} {'images/s':>9} {'min':>8} "
           f"{'max':>8} {'vs default':>10}")  # fmt: skip

@@ -1,4 +1,4 @@
-"""Benchmark: training throughput of `blockqnn.trainer.fit` against a typical PyTorch loop.
+"""Benchmark: training throughput of `blockqnn.train.loop.fit` against a typical PyTorch loop.
 
 Both train the same search-time network (a 6-layer multi-branch block, F = 32, N = 2) on the
 same CIFAR-10 images with Adam, crop + flip augmentation, in one process, interleaved:
@@ -44,14 +44,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from blockqnn.builder import build_network
-from blockqnn.config import DataConfig, TrainConfig
-from blockqnn.cost import network_cost
 from blockqnn.data import DataArrays, DeviceData, load_arrays
-from blockqnn.devices import describe_device, resolve_device
-from blockqnn.nsc import Block
-from blockqnn.recipe import Recipe, should_compile
-from blockqnn.trainer import configure_threads, fit
+from blockqnn.settings.config import DataConfig, TrainConfig
+from blockqnn.space.nsc.block import Block
+from blockqnn.space.nsc.builder import build_network
+from blockqnn.space.nsc.cost import network_cost
+from blockqnn.train.devices import describe_device, resolve_device
+from blockqnn.train.loop import configure_threads, fit
+from blockqnn.train.recipe import Recipe, should_compile
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"

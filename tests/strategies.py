@@ -13,7 +13,8 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from blockqnn.nsc import DEFAULT_MAX_DEPTH, KERNELS, Block, LayerType
+from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH
+from blockqnn.space.nsc.block import KERNELS, Block, LayerType
 
 
 def random_rows(rng: random.Random, n_layers: int) -> list[tuple[int, int, int, int, int]]:
@@ -78,7 +79,7 @@ def write_nb201_table(path: Path) -> Path:
     """A made-up table of every NAS-Bench-201 cell: 40% plus 8 points per live 3x3 conv and
     3 per live 1x1 conv (read from the cell's identity, so cells computing the same function
     agree), plus up to 2 points of hash noise. Gzip-compressed CSV, the real table's layout."""
-    from blockqnn.spaces.nb201 import DATASETS, OPS, Cell
+    from blockqnn.space.nb201 import DATASETS, OPS, Cell
 
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from blockqnn.errors import BlockQNNError
-from blockqnn.nsc import Block, Layer, LayerType
+from blockqnn.space.nsc.block import Block, Layer, LayerType
 
 __version__ = "0.1.0"
 
@@ -28,13 +28,13 @@ __all__ = [
 ]
 
 _LAZY = {
-    "build_network": "blockqnn.builder",
-    "NetworkConfig": "blockqnn.cost",
-    "network_cost": "blockqnn.cost",
-    "QLearningAgent": "blockqnn.agent",
-    "RandomAgent": "blockqnn.agent",
-    "make_agent": "blockqnn.agent",
-    "load_model": "blockqnn.model_io",
+    "build_network": "blockqnn.space.nsc.builder",
+    "NetworkConfig": "blockqnn.space.nsc.cost",
+    "network_cost": "blockqnn.space.nsc.cost",
+    "QLearningAgent": "blockqnn.strategy",
+    "RandomAgent": "blockqnn.strategy",
+    "make_agent": "blockqnn.strategy",
+    "load_model": "blockqnn.final.model_io",
     "load_arrays": "blockqnn.data",
 }
 

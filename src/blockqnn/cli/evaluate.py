@@ -31,7 +31,7 @@ _OVERRIDES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from blockqnn.threads import HELP as THREADS_HELP
+    from blockqnn.settings.threads import HELP as THREADS_HELP
 
     parser.add_argument("block", metavar="BLOCK", help="NSC text or a JSON list of 5-lists")
     parser.add_argument(
@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from blockqnn.config import Config, merge
+    from blockqnn.settings.config import Config, merge
 
     config = Config.from_toml(args.config) if args.config is not None else Config()
     overrides: dict[str, dict[str, Any]] = {}
@@ -66,11 +66,12 @@ def _config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from blockqnn import latency, threads
-    from blockqnn.evaluator import Evaluator
-    from blockqnn.executor.base import data_shape
-    from blockqnn.nsc import Block
-    from blockqnn.rewards import make_reward
+    from blockqnn.evaluate import latency
+    from blockqnn.evaluate.early_stop import Evaluator
+    from blockqnn.execute.base import data_shape
+    from blockqnn.reward import make_reward
+    from blockqnn.space.nsc.block import Block
+    from blockqnn.train import threads
 
     config = _config(args)
     threads.choose(config.train.threads)

@@ -14,7 +14,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from blockqnn.threads import HELP as THREADS_HELP
+    from blockqnn.settings.threads import HELP as THREADS_HELP
 
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="model file from blockqnn train")
     parser.add_argument("--format", choices=("torchscript", "onnx"), required=True)
@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockqnn import threads
-    from blockqnn.model_io import export_model, load_model
+    from blockqnn.final.model_io import export_model, load_model
+    from blockqnn.train import threads
 
     threads.choose(args.threads)
     threads.configure_threads()  # tracing and the check against PyTorch run the network

@@ -69,8 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--run-dir", metavar="DIR", help="directory of a new run")
     where.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
     parser.add_argument("--config", metavar="FILE", help="TOML file with the settings")
-    from blockqnn.registry import EXECUTORS, REWARDS, SPACES, STRATEGIES
-    from blockqnn.threads import HELP as THREADS_HELP
+    from blockqnn.settings.registry import EXECUTORS, REWARDS, SPACES, STRATEGIES
+    from blockqnn.settings.threads import HELP as THREADS_HELP
 
     parser.add_argument(
         "--dataset",
@@ -115,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_latency_arguments(parser: argparse.ArgumentParser) -> None:
-    """Measured latency, recorded or rewarded (see `blockqnn.latency`)."""
+    """Measured latency, recorded or rewarded (see `blockqnn.evaluate.latency`)."""
     parser.add_argument(
         "--latency-device",
         metavar="RUNTIME",
@@ -172,7 +172,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def _sigterm_stops() -> Iterator[None]:
     """While the search runs, SIGTERM raises `Terminated` (Ctrl-C's path: a clean stop). A
     second SIGTERM during that stop ends the process at once, as SIGTERM normally does."""
-    from blockqnn.search import Terminated
+    from blockqnn.search.loop import Terminated
 
     if threading.current_thread() is not threading.main_thread():  # signals: main only
         yield
@@ -192,9 +192,9 @@ def _sigterm_stops() -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     """Start or resume a search and print its result. Long on purpose: a command's steps
     (check the flags, run, report each way it can end) in the order the user meets them."""
-    from blockqnn import threads
-    from blockqnn.config import Config, merge
-    from blockqnn.search import SearchStalled, Terminated, check_resume_overrides, run_search
+    from blockqnn.search.loop import SearchStalled, Terminated, check_resume_overrides, run_search
+    from blockqnn.settings.config import Config, merge
+    from blockqnn.train import threads
 
     overrides = _overrides(args)
     if args.threads is not None:  # this session's threads, also on a resume
@@ -276,7 +276,7 @@ def growth_lines(summary: Any) -> list[str]:
 
 
 def _summary_json(summary: Any, run_dir: str) -> dict[str, Any]:
-    from blockqnn.store import Store
+    from blockqnn.store.db import Store
 
     with Store.open(run_dir, readonly=True) as store:
         space = store.config().search.space
@@ -334,7 +334,7 @@ NEXT_ALIGN = 72  # the widest command the next-step comments are aligned after
 
 def next_commands(run_dir: str) -> list[str]:
     """What to run next, with this run's directory filled in (quoted for the shell)."""
-    from blockqnn.store import Store
+    from blockqnn.store.db import Store
 
     with Store.open(run_dir, readonly=True) as store:
         config = store.config()
@@ -368,7 +368,7 @@ def learning_summary(run_dir: str) -> list[str]:
     proposals) against its last, over trained trials; nothing for strategies without an
     epsilon. Says so when the last stage is too small to tell."""
     from blockqnn.report.data import stage_means
-    from blockqnn.store import Store
+    from blockqnn.store.db import Store
 
     with Store.open(run_dir, readonly=True) as store:
         stages = [s for s in stage_means(store.trials()) if s.mean is not None]

@@ -17,8 +17,8 @@ from blockqnn.errors import BlockQNNError, clip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from blockqnn.choices import HEADS
-    from blockqnn.nsc import DEFAULT_MAX_DEPTH
+    from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH
+    from blockqnn.settings.choices import HEADS
 
     parser.add_argument("block", metavar="BLOCK", help="NSC text or a JSON list of 5-lists")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -60,8 +60,9 @@ def _shape(text: str) -> tuple[int, int, int]:
 def run(args: argparse.Namespace) -> int:
     """Describe one block. Long on purpose: the command's checks and its outputs (text,
     JSON, SVG) in the order the user meets them."""
-    from blockqnn.cost import NetworkConfig, network_cost
-    from blockqnn.nsc import Block
+    from blockqnn.settings.config import NetworkConfig
+    from blockqnn.space.nsc.block import Block
+    from blockqnn.space.nsc.cost import network_cost
 
     block = Block.parse(args.block, max_depth=args.max_depth)
     config = NetworkConfig(
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     latency = _latency(args, block, config) if args.latency is not None else None
     if args.svg:
         from blockqnn.files import write_atomic
-        from blockqnn.viz import block_svg
+        from blockqnn.space.draw import block_svg
 
         write_atomic(Path(args.svg), block_svg(block, title=block.hash[:12]), "--svg")
     if args.json:
@@ -137,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _latency(args: argparse.Namespace, block: Any, network: Any) -> Any:
     """Measured now (not cached: `show` is for looking, and the figure is fresh)."""
-    from blockqnn.bounds import check, integers
-    from blockqnn.latency import LatencyError, LatencySettings, check_runtime, measure
+    from blockqnn.evaluate.latency import LatencyError, LatencySettings, check_runtime, measure
+    from blockqnn.settings.bounds import check, integers
 
     check_runtime(args.latency)
     check("--latency-batch", args.latency_batch, integers(1, 65_536))

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def status(run_dir: str, top: int = 5) -> dict[str, Any]:
     """The run's state as a JSON-safe dict (the `--json` output), from the report's summary."""
     from blockqnn.report.data import read_run
-    from blockqnn.store import FAILED
+    from blockqnn.store.db import FAILED
 
     run = read_run(run_dir, top)
     config, counts = run.config, run.counts
@@ -56,7 +56,7 @@ def status(run_dir: str, top: int = 5) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockqnn.bounds import MAX_TOP, check, integers
+    from blockqnn.settings.bounds import MAX_TOP, check, integers
 
     check("--top", args.top, integers(0, MAX_TOP))
     info = status(args.run_dir, args.top)
@@ -130,7 +130,7 @@ def _top_table(info: dict[str, Any]) -> Any:
 def trial_json(t: Any, space: str = "nsc") -> dict[str, Any]:
     """One trial of a top list, as `status --json` and `search --json` print it. `nsc`
     repeats `candidate` in runs of the nsc space, for scripts written before other spaces."""
-    from blockqnn.front import trial_latency
+    from blockqnn.final.pick import trial_latency
 
     out = {"id": t.id, "candidate": t.candidate}
     if space == "nsc":

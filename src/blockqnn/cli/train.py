@@ -25,10 +25,10 @@ from blockqnn.errors import BlockQNNError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from blockqnn.choices import AUGMENTS, FINAL_SCHEDULES, HEADS, PRECISIONS, TTA_MODES
-    from blockqnn.final_settings import FINAL_RECIPES
-    from blockqnn.nsc import DEFAULT_MAX_DEPTH
-    from blockqnn.threads import HELP as THREADS_HELP
+    from blockqnn.final.settings import FINAL_RECIPES
+    from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH
+    from blockqnn.settings.choices import AUGMENTS, FINAL_SCHEDULES, HEADS, PRECISIONS, TTA_MODES
+    from blockqnn.settings.threads import HELP as THREADS_HELP
 
     paper, fast = FINAL_RECIPES["paper"], FINAL_RECIPES["fast"]
 
@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_pick_arguments(parser: argparse.ArgumentParser) -> None:
-    """Choosing from the run's accuracy-latency front (`blockqnn.front`) instead of by rank."""
+    """Choosing from the run's accuracy-latency front (`blockqnn.final.pick`) instead of by rank."""
     parser.add_argument(
         "--pick", metavar="pareto:K", help="the K-th block of the run's accuracy-latency front"
     )
@@ -95,11 +95,11 @@ def _add_pick_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train a block with a final recipe. Long on purpose: the command's steps (choose the
     block, apply the flags, train, print) in the order the user meets them."""
-    from blockqnn import threads
-    from blockqnn.config import Config, DataConfig
-    from blockqnn.final import TrainingFailed, pick_block, train_final
-    from blockqnn.final_settings import FINAL_RECIPES, FinalSettings
-    from blockqnn.nsc import Block
+    from blockqnn.final.settings import FINAL_RECIPES, FinalSettings
+    from blockqnn.final.train import TrainingFailed, pick_block, train_final
+    from blockqnn.settings.config import Config, DataConfig
+    from blockqnn.space.nsc.block import Block
+    from blockqnn.train import threads
 
     if (args.run_dir is None) == (args.block is None):
         raise BlockQNNError("give either RUN_DIR or --block BLOCK")
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.dataset:
             raise BlockQNNError("--dataset is required with --block")
     elif args.pick is not None or args.max_latency_ms is not None:
-        from blockqnn.front import parse_pick, pick_from_run
+        from blockqnn.final.pick import parse_pick, pick_from_run
 
         member = parse_pick(args.pick) if args.pick is not None else None
         block, config = pick_from_run(args.run_dir, member, args.max_latency_ms)

@@ -5,7 +5,7 @@ Owns: turning `DataConfig` into a `DataArrays` (name resolution, the class-balan
 sources live in submodules (`cifar`, `local`), the containers in `arrays`, augmentation in
 `augment`. Must not train or know about networks.
 
-    >>> from blockqnn.config import DataConfig
+    >>> from blockqnn.settings.config import DataConfig
     >>> data = load_arrays(DataConfig(dataset="digits"))
     >>> data.input_shape, data.num_classes, len(data.x_train), len(data.x_val), len(data.x_test)
     ((1, 8, 8), 10, 1150, 288, 359)
@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from blockqnn.config import DataConfig
 from blockqnn.data.arrays import DataArrays, DeviceData
 from blockqnn.data.augment import augment, cutout, default_augmentation
 from blockqnn.data.cache import cache_root
@@ -28,6 +27,7 @@ from blockqnn.data.cifar import load_cifar
 from blockqnn.data.local import Raw, load_folder, load_npz_dataset
 from blockqnn.data.splits import balanced_subset, channel_stats, stratified_split, val_count
 from blockqnn.errors import BlockQNNError, clip
+from blockqnn.settings.config import DataConfig
 
 __all__ = [
     "BUILTIN",

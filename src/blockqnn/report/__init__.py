@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blockqnn.bounds import MAX_TOP, check, integers
 from blockqnn.errors import BlockQNNError
 from blockqnn.files import write_atomic
 from blockqnn.report.data import (
@@ -34,6 +33,7 @@ from blockqnn.report.data import (
     window_means,
 )
 from blockqnn.report.trials import trial_rows, trials_table
+from blockqnn.settings.bounds import MAX_TOP, check, integers
 
 __all__ = [
     "REPORT_NAME",

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blockqnn.config import Config
 from blockqnn.errors import BlockQNNError
-from blockqnn.store import COMPLETE, FAILED, REUSED, TRAINED, Store, TrialRecord
+from blockqnn.settings.config import Config
+from blockqnn.store.db import COMPLETE, FAILED, REUSED, TRAINED, Store, TrialRecord
 
 # Trials that carry a reward the agent was told: the points of the learning curve.
 SCORED = (COMPLETE, FAILED, REUSED)
@@ -124,7 +124,7 @@ class RunSummary:
     @property
     def iteration_size(self) -> int:
         """Trained candidates per iteration (the paper's 64, or scaled to the budget)."""
-        from blockqnn.agent.base import replay_iteration
+        from blockqnn.strategy.base import replay_iteration
 
         return replay_iteration(self.config.agent.iteration_size, self.config.search.budget)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from blockqnn.front import pareto_front, trial_latency
+from blockqnn.final.pick import pareto_front, trial_latency
 from blockqnn.report.data import RunSummary
 
 FRONT_LABEL = "non-dominated front (faster or more accurate than every other)"
@@ -68,7 +68,7 @@ def latency_plot(run: RunSummary) -> str:
 
 
 def _runtime(run: RunSummary) -> str:
-    from blockqnn.latency import settings_of
+    from blockqnn.evaluate.latency import settings_of
 
     settings = settings_of(run.config)
     return settings.runtime if settings is not None else "?"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from blockqnn.errors import BlockQNNError, clip
-from blockqnn.store import TRAINED, Store, TrialRecord
+from blockqnn.store.db import TRAINED, Store, TrialRecord
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
 TOP = 5  # best candidates listed per run

@@ -20,8 +20,8 @@ from typing import Any
 
 from blockqnn.errors import BlockQNNError
 from blockqnn.report.data import RunSummary, Stage, duration, rolling_size, stage_means
-from blockqnn.store import FAILED, TrialRecord
-from blockqnn.threads import cpu_name
+from blockqnn.store.db import FAILED, TrialRecord
+from blockqnn.train.threads import cpu_name
 
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222;
@@ -84,13 +84,13 @@ def _points_as_pixels(svg: str) -> str:
 def candidate_diagram(trial: TrialRecord, space: str, prefix: str) -> str:
     """The candidate's Graphviz diagram as inline SVG (an NSC block or a NAS-Bench-201
     cell), or a note when Graphviz is missing or the space has no drawing."""
-    from blockqnn.viz import block_svg, cell_svg
+    from blockqnn.space.draw import block_svg, cell_svg
 
     try:
         if space == "nsc":
             svg = block_svg(trial.block)
         elif space == "nb201":
-            from blockqnn.spaces.nb201 import Cell
+            from blockqnn.space.nb201 import Cell
 
             svg = cell_svg(Cell.parse(trial.candidate))
         else:

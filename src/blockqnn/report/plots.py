@@ -30,7 +30,7 @@ from blockqnn.report.data import (
     trained_rewards,
     window_means,
 )
-from blockqnn.store import COMPLETE, FAILED, REUSED, TrialRecord
+from blockqnn.store.db import COMPLETE, FAILED, REUSED, TrialRecord
 
 DPI = 110  # pixels per inch of the PNGs: sharp on ordinary screens, ~50-100 kB per plot
 SIZE = (9.0, 4.2)  # inches: fills a 1000 px column

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from blockqnn.store import REUSED, Store, TrialRecord
+from blockqnn.store.db import REUSED, Store, TrialRecord
 
 HEAD = ("id", "status", "candidate", "hash", "reward", "accuracy", "flops", "params", "density")
 TAIL = (

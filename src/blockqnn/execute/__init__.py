@@ -1,0 +1,36 @@
+"""Where evaluations run: in the search process (`local`) or on Ray actors (`ray`).
+
+The contract is in `executor.base`; implementations in `executor.local` and
+`executor.ray_executor` (imported only when chosen, so Ray stays optional); plug-ins register
+in `blockqnn.settings.registry.EXECUTORS`.
+"""
+
+from __future__ import annotations
+
+from blockqnn.execute.base import (
+    Evaluating,
+    EvaluatorSpec,
+    Executor,
+    Finished,
+    WorkerLost,
+    make_space,
+)
+from blockqnn.settings.registry import EXECUTORS
+
+
+def make_executor(spec: EvaluatorSpec) -> Executor:
+    """The executor the config's `[search]` section names. Bad settings (an unreachable
+    Ray address, GPUs that are not there) raise `BlockQNNError` before any work starts."""
+    executor: Executor = EXECUTORS.get(spec.config.search.executor)(spec)
+    return executor
+
+
+__all__ = [
+    "Evaluating",
+    "EvaluatorSpec",
+    "Executor",
+    "Finished",
+    "WorkerLost",
+    "make_executor",
+    "make_space",
+]

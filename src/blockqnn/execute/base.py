@@ -1,0 +1,158 @@
+"""The executor contract: what the search loop hands to executors and gets back.
+
+Owns: the `Executor` protocol (`submit` / `wait` / `shutdown`, `slots`), `Finished` and
+`WorkerLost`, the `Evaluating` protocol every evaluator follows, and the picklable
+`EvaluatorSpec` that tells each worker how to build its evaluator. Must not import an
+executor's implementation (they import this module), torch or Ray.
+
+Interface: `submit(trial_id, candidate)` hands over one evaluation; `wait(timeout)` returns
+the evaluations that finished, each a `Finished(trial_id, outcome, worker)` whose outcome is
+the evaluator's `EvalResult` or a `WorkerLost` (the worker process or its node died; the
+search loop decides whether to run the trial again); `shutdown()` releases the workers.
+`slots` is how many evaluations the executor runs at once: the loop keeps that many in
+flight. Executors are found by name in `blockqnn.settings.registry.EXECUTORS`; a factory takes the
+`EvaluatorSpec` and reads its settings from `spec.config.search`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from blockqnn.evaluate.result import EvalResult
+from blockqnn.settings.config import Config, NetworkConfig
+from blockqnn.settings.registry import SPACES, resolve
+from blockqnn.space.base import Space
+
+log = logging.getLogger("blockqnn.execute")
+
+
+class Evaluating(Protocol):
+    """An evaluator: built once per worker, then `evaluate` for each candidate. It returns
+    an `EvalResult` with the metrics it measured and never raises for a bad candidate."""
+
+    def evaluate(self, candidate: Any) -> EvalResult: ...
+
+
+@dataclass(frozen=True)
+class WorkerLost:
+    """The worker running a trial died (process killed, node lost) before it answered."""
+
+    reason: str
+
+
+class Finished(NamedTuple):
+    trial_id: int
+    outcome: EvalResult | WorkerLost
+    worker: str  # who ran it, e.g. "local", "host:pid cuda:0"
+
+
+class Executor(Protocol):
+    slots: int
+
+    def submit(self, trial_id: int, candidate: Any) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> list[Finished]: ...
+
+    def shutdown(self) -> None: ...
+
+
+def evaluate_safely(evaluator: Evaluating, candidate: Any) -> EvalResult:
+    """`evaluator.evaluate(candidate)`, with an exception turned into a failed result.
+
+    Evaluators return failures as results; one that raises has a bug or met a candidate it
+    cannot handle. Inside a search that must not crash the master: the trial would stay
+    `running` and every resume would run it into the same exception. It is recorded failed
+    with the exception as its error (and logged), so the search goes on and says so. Ctrl-C
+    and SIGTERM (not `Exception`s) still stop the search."""
+    try:
+        return evaluator.evaluate(candidate)
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:300]
+        log.warning("the evaluation of %s raised %s", str(candidate)[:200], reason)
+        return EvalResult.failed(f"the evaluator raised {reason}")
+
+
+def make_space(config: Config) -> Space:
+    """The run's search space, built by its registry factory."""
+    space: Space = SPACES.get(config.search.space)(config)
+    return space
+
+
+_last_loaded: tuple[Any, Any] | None = None  # (DataConfig, arrays) of the latest load_data
+
+
+def load_data(config: Config) -> Any:
+    """The dataset as host arrays: loaded once by the master, shipped to every worker. The
+    latest load is kept, so that the search recording the data's shape and the executor
+    loading it for the workers read the files once."""
+    global _last_loaded
+    from blockqnn.data import load_arrays
+
+    if _last_loaded is not None and _last_loaded[0] == config.data:
+        return _last_loaded[1]
+    _last_loaded = None  # the previous dataset's memory goes before the next is read
+    arrays = load_arrays(config.data)
+    _last_loaded = (config.data, arrays)
+    return arrays
+
+
+def data_shape(
+    config: Config, data: Any, evaluator: Any = None
+) -> tuple[tuple[int, int, int], int]:
+    """The images' (C, H, W) and the classes: the evaluator's fitted network, else the data's,
+    else the config's (evaluators without data: tables, synthetic)."""
+    fitted = getattr(evaluator, "network_config", None)
+    if isinstance(fitted, NetworkConfig):
+        return fitted.input_shape, fitted.num_classes
+    shape = getattr(data, "input_shape", None)
+    classes = getattr(data, "num_classes", None)
+    if shape is not None and classes is not None:
+        return tuple(shape), int(classes)
+    return config.network.input_shape, config.network.num_classes
+
+
+def default_evaluator(config: Config, data: Any, device: str | None) -> Evaluating:
+    """The space's own evaluator (`Space.evaluator`, a `module:attr` factory taking
+    (config, data, device)): early-stop training for NSC blocks, a table look-up for nb201."""
+    space = make_space(config)
+    target = getattr(space, "evaluator", "blockqnn.evaluate.early_stop:Evaluator")
+    evaluator: Evaluating = resolve(target)(config, data, device)
+    return evaluator
+
+
+@dataclass(frozen=True)
+class EvaluatorSpec:
+    """How a worker builds its evaluator; picklable, so Ray can send it to every actor.
+
+    `factory(config, data, device)` builds it once per worker (None: the space's evaluator,
+    `default_evaluator`). The data is loaded once, in the master, by `loader(config)` (None:
+    `load_data`) and reaches the workers through Ray's object store, so remote nodes need no
+    shared file system; `needs_data=False` skips loading (a tabular or synthetic evaluator).
+    """
+
+    config: Config
+    device: str | None = None
+    factory: Callable[[Config, Any, str | None], Evaluating] | None = None
+    loader: Callable[[Config], Any] | None = None
+    needs_data: bool = True
+
+    @classmethod
+    def for_config(cls, config: Config, device: str | None = None) -> EvaluatorSpec:
+        """The space's default evaluator, loading data only where the space needs it."""
+        needs = bool(getattr(make_space(config), "needs_data", True))
+        return cls(config, device, needs_data=needs)
+
+    def space(self) -> Space:
+        return make_space(self.config)
+
+    def load_data(self) -> Any:
+        if not self.needs_data:
+            return None
+        return (self.loader or load_data)(self.config)
+
+    def build(self, data: Any) -> Evaluating:
+        return (self.factory or default_evaluator)(self.config, data, self.device)

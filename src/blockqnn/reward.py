@@ -1,0 +1,128 @@
+"""Rewards: the scalar a strategy is told, computed from an evaluation's metrics.
+
+Owns: the `Reward` protocol and the built-in rewards (`paper`, `accuracy`, and the latency
+rewards `mnasnet` and `additive`), found by name in
+`blockqnn.settings.registry.REWARDS`. Must not import torch or train anything: a reward is a pure
+function of the metrics an evaluator reported (`EvalResult.metric_values()`), so the master
+computes it, and a stored trial's metrics can be re-scored later.
+
+Metric names: `accuracy` (validation accuracy in [0, 1]), `flops` (forward FLOPs per image),
+`flops_ref` (the reference network's, for normalising), `params`, `density`; evaluators may
+add others (e.g. a measured latency), and a plug-in reward may use them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from blockqnn.settings.registry import REWARDS
+
+if TYPE_CHECKING:
+    from blockqnn.settings.config import Config
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """Built once per search by its registry factory `factory(config)`; then called with the
+    metrics of every successful evaluation (failed ones are told 0.0 without a call)."""
+
+    def __call__(self, metrics: Mapping[str, float]) -> float: ...
+
+
+def compute_reward(
+    accuracy: float, flops: float, flops_ref: float, density: float, mu: float, rho: float
+) -> float:
+    """accuracy - mu log(flops / flops_ref) - rho log(density); a term whose metric is not
+    reported (0, e.g. a tabular benchmark gives accuracy only) is left out."""
+    penalty = 0.0
+    if mu and flops > 0 and flops_ref > 0:
+        penalty += mu * math.log(flops / flops_ref)
+    if rho and density > 0:
+        penalty += rho * math.log(density)
+    return accuracy - penalty
+
+
+class PaperReward:
+    """BlockQNN's reward with FLOPs normalised by a reference network (see `RewardConfig`)."""
+
+    def __init__(self, config: Config) -> None:
+        self.mu = config.reward.mu
+        self.rho = config.reward.rho
+
+    def __call__(self, metrics: Mapping[str, float]) -> float:
+        return compute_reward(
+            metrics["accuracy"],
+            metrics.get("flops", 0.0),
+            metrics.get("flops_ref", 0.0),
+            metrics.get("density", 0.0),
+            self.mu,
+            self.rho,
+        )
+
+
+class AccuracyReward:
+    """The accuracy alone (NAS-Bench comparisons, or when cost should not matter)."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        pass
+
+    def __call__(self, metrics: Mapping[str, float]) -> float:
+        return float(metrics["accuracy"])
+
+
+def mnasnet_reward(
+    accuracy: float, latency_ms: float, target_ms: float, alpha: float, beta: float
+) -> float:
+    """MnasNet (Tan et al. 2019): accuracy x (latency / target) ^ w, w = alpha at or under
+    the target, beta over it."""
+    w = alpha if latency_ms <= target_ms else beta
+    return accuracy * (latency_ms / target_ms) ** w
+
+
+def additive_latency_reward(
+    accuracy: float, latency_ms: float, reference_ms: float, lam: float
+) -> float:
+    """accuracy - lambda x log(latency / reference), the paper's FLOPs term with latency."""
+    return accuracy - lam * math.log(latency_ms / reference_ms)
+
+
+def _latency(metrics: Mapping[str, float]) -> float:
+    """The measured batch-1 latency; NaN when not measured (the search then records the
+    trial failed, "reward nan": a latency reward without a latency means nothing)."""
+    value = metrics.get("latency_ms")
+    return float(value) if value is not None and value > 0 else math.nan
+
+
+class MnasNetReward:
+    """`[reward] latency_target_ms`, `latency_alpha`, `latency_beta` (see `RewardConfig`)."""
+
+    def __init__(self, config: Config) -> None:
+        r = config.reward
+        self.target, self.alpha, self.beta = r.latency_target_ms, r.latency_alpha, r.latency_beta
+
+    def __call__(self, metrics: Mapping[str, float]) -> float:
+        latency = _latency(metrics)
+        if math.isnan(latency) or self.target <= 0:
+            return math.nan
+        return mnasnet_reward(metrics["accuracy"], latency, self.target, self.alpha, self.beta)
+
+
+class AdditiveLatencyReward:
+    """`[reward] latency_target_ms` (the reference) and `latency_lambda`."""
+
+    def __init__(self, config: Config) -> None:
+        self.reference, self.lam = config.reward.latency_target_ms, config.reward.latency_lambda
+
+    def __call__(self, metrics: Mapping[str, float]) -> float:
+        latency = _latency(metrics)
+        if math.isnan(latency) or self.reference <= 0:
+            return math.nan
+        return additive_latency_reward(metrics["accuracy"], latency, self.reference, self.lam)
+
+
+def make_reward(config: Config) -> Reward:
+    """The reward named by `[reward] name`, built with the config."""
+    reward: Reward = REWARDS.get(config.reward.name)(config)
+    return reward

@@ -1,0 +1,565 @@
+"""Run configuration: frozen dataclasses with unit-carrying defaults, loaded from TOML.
+
+Owns: every setting of a search or an evaluation, its default with the reason, validation
+(once, at load: every numeric setting against its documented range in `blockqnn.settings.bounds`,
+every string's length), reading a TOML file safely, and the round trip to a plain dict (saved
+with every run). Must not import torch. Values marked (paper) come from BlockQNN; (choice)
+are ours where the paper is silent.
+
+A TOML file has one table per section, each optional:
+
+    [search]   budget = 100, space = "nsc", agent = "qlearning", executor = "local", ...
+    [agent]    alpha = 0.01, gamma = 1.0, ...
+    [data]     dataset = "digits", train_samples = 500, table = "", ...
+    [network]  filters = 32, blocks_per_stage = 2, head = "paper", ...
+    [train]    epochs = 12, batch_size = 256, lr = 0.001, ...
+    [reward]   name = "paper", mu = 0.01, rho = 0.01
+
+Names of spaces, strategies, rewards and executors are checked against
+`blockqnn.settings.registry`, so plug-ins are accepted wherever built-ins are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from blockqnn.errors import ECHO_LIMIT, BlockQNNError, clip
+from blockqnn.settings.bounds import (
+    DEFAULT_MAX_DEPTH,
+    INPUT_CHANNELS,
+    INPUT_SIDE,
+    check,
+    check_settings,
+    check_text,
+)
+from blockqnn.settings.choices import AUGMENTS, COMPILE_MODES, HEADS, PRECISIONS, TEMPLATES
+from blockqnn.settings.registry import EXECUTORS, REWARDS, SPACES, STRATEGIES, Registry
+from blockqnn.settings.threads import parse as parse_threads
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """How a block is stacked into a whole network.
+
+    CIFAR template (paper): 3x3 conv stem; `blocks_per_stage` blocks at `filters` channels,
+    2x2 max-pool stride 2 and width x2, the same at 2F, again at 4F; head.
+    ImageNet template (choice; the paper does not give it exactly): two stride-2 3x3 convs
+    bring 224x224 to 56x56, then four stages at F, 2F, 4F, 8F with 2x2 max-pools between.
+    """
+
+    num_classes: int = 10
+    input_shape: tuple[int, int, int] = (3, 32, 32)  # (channels, height, width)
+    filters: int = 32  # F: channels of the first stage; BlockQNN-S search-time value
+    blocks_per_stage: int = 2  # N: the search-time value; final networks use more (e.g. 4)
+    head: str = "paper"  # "paper": FC(1024)-ReLU-dropout-FC; "gap": global pool + FC
+    template: str = "cifar"
+    hidden: int = 1024  # width of the paper head's hidden FC layer
+    dropout: float = 0.4  # dropout of the paper head
+
+    def __post_init__(self) -> None:
+        shape = self.input_shape
+        if not isinstance(shape, (tuple, list)) or len(shape) != 3:
+            raise BlockQNNError(f"network.input_shape = {clip(shape)}: expected (C, H, W)")
+        check("network.input_shape channels", shape[0], INPUT_CHANNELS)
+        check("network.input_shape height", shape[1], INPUT_SIDE)
+        check("network.input_shape width", shape[2], INPUT_SIDE)
+        object.__setattr__(self, "input_shape", tuple(int(v) for v in shape))
+        _, h, w = self.input_shape
+        if self.template not in TEMPLATES:
+            raise BlockQNNError(
+                f"network.template = {clip(self.template, quote=True)}: choose one of {TEMPLATES}"
+            )
+        min_side = 8 if self.template == "cifar" else 32
+        if min(h, w) < min_side:
+            raise BlockQNNError(
+                f"input_shape: {h}x{w} images are too small for the {self.template} template "
+                f"(at least {min_side}x{min_side})"
+            )
+        if self.head not in HEADS:
+            raise BlockQNNError(
+                f"network.head = {clip(self.head, quote=True)}: choose one of {HEADS}"
+            )
+        check_settings("network", self)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input_shape"] = list(self.input_shape)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NetworkConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BlockQNNError(
+                f"unknown network setting {clip(unknown[0], quote=True)} "
+                f"(valid: {', '.join(sorted(known))})"
+            )
+        values = dict(data)
+        if "input_shape" in values:
+            shape = values["input_shape"]
+            if not isinstance(shape, (list, tuple)):
+                raise BlockQNNError(f"network.input_shape = {clip(shape)}: expected (C, H, W)")
+            values["input_shape"] = tuple(shape)
+        return cls(**values)
+
+    @property
+    def stem(self) -> list[tuple[int, int, int, int]]:
+        """Stem convolutions as (in_channels, out_channels, kernel, stride)."""
+        c = self.input_shape[0]
+        if self.template == "cifar":
+            return [(c, self.filters, 3, 1)]
+        return [(c, self.filters, 3, 2), (self.filters, self.filters, 3, 2)]
+
+    @property
+    def stage_widths(self) -> list[int]:
+        n_stages = 3 if self.template == "cifar" else 4
+        return [self.filters * 2**i for i in range(n_stages)]
+
+    def stem_size(self) -> tuple[int, int]:
+        _, h, w = self.input_shape
+        for _, _, _, stride in self.stem:
+            if stride == 2:  # 3x3, padding 1, stride 2
+                h, w = (h + 1) // 2, (w + 1) // 2
+        return h, w
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The early-stop training that scores a candidate (paper: Adam, 12 epochs)."""
+
+    epochs: int = 12  # (paper) early-stop epochs per candidate
+    batch_size: int = 256  # (paper) images per step
+    lr: float = 1e-3  # (paper) Adam learning rate
+    betas: tuple[float, float] = (0.9, 0.999)  # (paper) Adam betas
+    eps: float = 1e-8  # (paper) Adam epsilon
+    weight_decay: float = 0.0  # (paper: none stated) Adam L2 penalty
+    lr_step_epochs: int = 5  # (paper) multiply lr by lr_gamma every this many epochs
+    lr_gamma: float = 0.2  # (paper) lr factor at each step
+    precision: str = "auto"  # "auto" (bf16 where fast), "bf16" or "fp32"
+    channels_last: bool = True  # (choice) NHWC memory format: faster convs on GPU and AMX CPUs
+    cuda_graphs: bool = True  # (choice) capture the whole step as a CUDA graph when it works
+    # (choice) torch.compile the network: "auto" compiles on the CPU when the eager training
+    # would take over 20 minutes (compiling costs ~1-2 min and doubles CPU throughput),
+    # never on CUDA (the CUDA graph is faster for 12-epoch runs); "on" / "off" force it
+    compile: str = "auto"
+    augment: str = "auto"  # "auto" (crop+flip for images, none for digits), "crop_flip", "none"
+    max_seconds: float = 0.0  # wall-clock limit per evaluation in seconds; 0 = none
+    seed: int = 0  # base seed of weight init and batch order
+    # CPU threads: "auto" (load-aware), "all", "physical", "minus-one" or a number; local
+    # workers divide them (blockqnn.train.threads; a TOML integer is accepted)
+    threads: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
+        if len(self.betas) != 2:
+            raise BlockQNNError(f"train.betas = {clip(self.betas)}: expected two numbers")
+        _validate("train", self)
+        _choice(self, "precision", PRECISIONS)
+        _choice(self, "augment", AUGMENTS)
+        _choice(self, "compile", COMPILE_MODES)
+        object.__setattr__(self, "threads", parse_threads(self.threads, "train.threads"))
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Which reward turns an evaluation's metrics into the scalar the strategy is told.
+
+    `paper`: accuracy - mu * log(FLOPs / FLOPs_ref) - rho * log(density). The paper's mu and
+    rho are not known reliably, and a raw log(FLOPs) is ~20, so FLOPs are normalised by the
+    network of a single 3x3 conv block (`cost.REFERENCE_BLOCK`, same network settings). With
+    mu = 0.01 a block ten times costlier than that reference must earn 2.3 points of
+    accuracy more to be worth it; with rho = 0.01 the densest blocks (density ~1.5) pay 0.4
+    points. mu = rho = 0 gives plain accuracy. `accuracy`: the accuracy alone.
+
+    Latency (`blockqnn.evaluate.latency`): `mnasnet` is MnasNet's soft constraint, accuracy x
+    (latency / target) ^ w with w = latency_alpha at or under the target and latency_beta
+    over it (MnasNet: -0.07 for both); `additive` is accuracy - latency_lambda x
+    log(latency / target). Both use the measured batch-1 latency of the deployment-size
+    network and need latency_target_ms > 0. `latency_device` set with another reward records
+    the latency without rewarding it.
+    """
+
+    name: str = "paper"  # (paper) a name registered in blockqnn.settings.registry.REWARDS
+    mu: float = 0.01  # (choice) reward per unit of log FLOPs ratio
+    rho: float = 0.01  # (choice) reward per unit of log density
+    # "cpu" | "cuda" | "onnxruntime" (ONNX Runtime on the CPU); "" = measure no latency
+    # (the latency rewards then measure on "cpu")
+    latency_device: str = ""
+    # "worker": each evaluating worker measures after training; "master": the search's own
+    # machine measures (the search runs on GPUs, the model ships to a CPU)
+    latency_on: str = "worker"
+    latency_target_ms: float = 0.0  # mnasnet: the target; additive: the reference (> 0)
+    latency_alpha: float = -0.07  # (MnasNet) exponent at or under the target
+    latency_beta: float = -0.07  # (MnasNet) exponent over the target (-1: a hard constraint)
+    # (choice) additive: 0.07 x log 2 = 0.05 accuracy for twice the latency, about
+    # what MnasNet's -0.07 costs a 0.7-accurate network
+    latency_lambda: float = 0.07
+    latency_batch: int = 1  # > 1: also time this batch (metric latency_batch_ms)
+    latency_threads: int = 1  # (choice) CPU threads of the timed runtime: one core
+    latency_warmup: int = 5  # (choice) untimed passes first
+    latency_repeats: int = 20  # (choice) timed passes: median, IQR, CV
+    latency_filters: int = 0  # deployment network's F; 0 = network.filters (as `train`)
+    latency_blocks_per_stage: int = 0  # deployment network's N; 0 = network.blocks_per_stage
+
+    def __post_init__(self) -> None:
+        _validate("reward", self)
+        _registered(self, "name", REWARDS)
+        if self.latency_device:
+            _choice(self, "latency_device", ("cpu", "cuda", "onnxruntime"))
+        _choice(self, "latency_on", ("worker", "master"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data scores candidates. The reward uses a validation split held out from the
+    training set, never the test set."""
+
+    # digits | cifar10 | cifar100 | a folder | a .npz file; for the nb201 space the table's
+    # column: cifar10 | cifar100 | imagenet16-120
+    dataset: str = "digits"
+    table: str = ""  # nb201 space: the accuracy table (CSV or .csv.gz)
+    data_dir: str = ""  # where cifar archives are, or are downloaded to; "" = the cache
+    cache_dir: str = ""  # decoded-array cache; "" = $BLOCKQNN_CACHE, else ~/.cache/blockqnn
+    train_samples: int = 0  # class-balanced subset of the training split; 0 = all
+    val_size: float = 0.0  # validation images (>= 1) or fraction (< 1); 0 = auto
+    seed: int = 0  # seed of the subset and the split
+
+    def __post_init__(self) -> None:
+        if not self.dataset:
+            raise BlockQNNError("data.dataset: empty; name a dataset")
+        _validate("data", self)
+
+
+# [agent] presets: `paper` keeps every constant of BlockQNN (and MetaQNN where it is silent)
+# exactly; `blockqnn` is ours, chosen by measurement (README, "How the agent's defaults were
+# chosen"). A preset sets every field it lists; keys given beside it override it.
+_PAPER_AGENT: dict[str, Any] = {
+    "alpha": 0.01,
+    "gamma": 1.0,
+    "q_init": 0.5,
+    "replay_size": 128,
+    "iteration_size": 64,
+    "reward_shaping": True,
+    "q_init_mode": "fixed",
+    "alpha_mode": "fixed",
+    "on_repeat": "allow",
+}
+AGENT_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": _PAPER_AGENT,
+    # the paper and two departures, each measured (see the fields' comments)
+    "blockqnn": {**_PAPER_AGENT, "alpha_mode": "visits", "on_repeat": "explore"},
+}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The strategies' settings and the NSC space's size. Defaults are the `blockqnn` preset;
+    `preset = "paper"` restores the paper's constants (see AGENT_PRESETS)."""
+
+    preset: str = "blockqnn"  # "blockqnn" (ours, measured) or "paper"
+    max_depth: int = DEFAULT_MAX_DEPTH  # (choice) layer indices 1..max_depth, last terminal
+    alpha: float = 0.01  # (paper) Q-learning rate; with alpha_mode "visits", its floor
+    gamma: float = 1.0  # (paper) discount
+    q_init: float = 0.5  # (MetaQNN) initial Q value; with q_init_mode "mean", before any reward
+    replay_size: int = 128  # (choice; MetaQNN 100-128) blocks replayed after each iteration
+    # (paper) distinct blocks per replay iteration; 0 = budget / 178 (at least 4, at most 64),
+    # as many iterations as the paper's schedule (measured: no clear gain once alpha_mode is
+    # "visits", so the paper's value stays)
+    iteration_size: int = 64
+    reward_shaping: bool = True  # (paper) every step gets R / T instead of 0 (measured: helps)
+    # (paper) what unvisited pairs read: "fixed" = q_init; "mean" = the mean reward told so
+    # far (measured: no gain, a loss at small budgets with a fixed alpha)
+    q_init_mode: str = "fixed"
+    # (choice; paper "fixed") "visits": each pair learns at max(alpha, 1 / its updates), the
+    # sample mean of its targets until then; with alpha = 0.01 alone a few hundred blocks
+    # leave every Q-value near q_init (measured: the largest gain of all)
+    alpha_mode: str = "visits"
+    # (choice; paper "allow") "explore": a walk that rebuilds a block already told explores
+    # one random step of it instead (up to 20 tries); "allow": propose it again (measured:
+    # 20-60x fewer reused proposals, the same rewards)
+    on_repeat: str = "explore"
+    population_size: int = 20  # (choice) regularized evolution: candidates alive at once
+    sample_size: int = 5  # (choice) regularized evolution: tournament size
+
+    def __post_init__(self) -> None:
+        _validate("agent", self)
+        _choice(self, "preset", tuple(AGENT_PRESETS))
+        _choice(self, "q_init_mode", ("fixed", "mean"))
+        _choice(self, "alpha_mode", ("fixed", "visits"))
+        _choice(self, "on_repeat", ("allow", "explore"))
+        if self.sample_size > self.population_size:
+            raise BlockQNNError(
+                f"agent.sample_size = {self.sample_size}: must not exceed population_size "
+                f"= {self.population_size}"
+            )
+
+
+# (choice) More worker processes than this on one machine is a typo, not a plan: each holds
+# the dataset and, on a GPU, a CUDA context (~0.5 GB), and 256 already means 32 per GPU on
+# an 8-GPU machine. A Ray cluster may hold more slots, but not millions.
+MAX_LOCAL_WORKERS = 256
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The search loop and where it runs."""
+
+    budget: int = 64  # trained (not reused) candidates to evaluate
+    space: str = "nsc"  # (paper) the search space: "nsc" (BlockQNN's blocks), "nb201", plug-ins
+    agent: str = "qlearning"  # (paper) the strategy: "qlearning", "random", "evolution", plug-ins
+    seed: int = 0  # seed of the agent
+    # "local" (this machine: in process for 1 worker, worker processes for more) or "ray"
+    executor: str = "local"
+    # evaluation slots running at once; at most MAX_LOCAL_WORKERS with "local" (bounds.py
+    # caps every executor)
+    workers: int = 1
+    # GPUs per evaluation; fractions pack one GPU (0.5: two per GPU). "local": 0 (the
+    # default) spreads the workers over the visible GPUs without a cap, > 0 requires a GPU
+    # and must be 1/k (an evaluation uses one device, and a share that leaves a remainder
+    # would leave part of every GPU idle)
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0  # Ray: CPUs reserved per evaluation ("local" divides them)
+    address: str = ""  # Ray: address of an existing cluster; "" starts a local one
+    max_attempts: int = 3  # tries per trial when a worker dies mid-evaluation
+    # the evaluation cache shared by runs (blockqnn.store.cache): a folder, "" = the user cache
+    # folder ($XDG_CACHE_HOME/blockqnn, else ~/.cache/blockqnn), "off" = no cache
+    cache: str = ""
+
+    def __post_init__(self) -> None:
+        _validate("search", self)
+        _registered(self, "space", SPACES)
+        _registered(self, "agent", STRATEGIES)
+        _registered(self, "executor", EXECUTORS)
+        # bounds.py has checked the ranges (workers 1..4096, finite non-negative shares)
+        if self.executor == "local" and self.workers > MAX_LOCAL_WORKERS:
+            raise BlockQNNError(
+                f"search.workers = {self.workers}: the local executor runs at most "
+                f"{MAX_LOCAL_WORKERS} at once"
+            )
+        g = self.gpus_per_trial
+        if self.executor == "local" and g > 0:
+            if g > 1:
+                raise BlockQNNError(
+                    f"search.gpus_per_trial = {g:g}: the local executor runs an evaluation "
+                    "on one GPU; use at most 1"
+                )
+            if abs(1 / g - round(1 / g)) > 1e-9:
+                raise BlockQNNError(
+                    f"search.gpus_per_trial = {g:g}: must divide one GPU evenly "
+                    "(1, 0.5, 0.25, ...: 1/k)"
+                )
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a search needs; saved, resolved, in the run's store."""
+
+    search: SearchSettings = field(default_factory=SearchSettings)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["network"] = self.network.to_dict()
+        out["train"]["betas"] = list(self.train.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Build and validate from nested dicts; unknown sections or keys are refused."""
+        return merge(cls(), data)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Config:
+        """Read and validate a TOML file. Anything that is not a readable regular file of at
+        most `MAX_CONFIG_BYTES` is refused without reading it (a FIFO would block forever)."""
+        return cls.from_dict(_read_toml(path))
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file of every section is ~2 KB; refuse what cannot be one
+
+
+def _read_toml(path: str | Path) -> dict[str, Any]:
+    if str(path) == "":
+        raise BlockQNNError("config file: the name is empty; give a TOML file")
+    p = Path(path)
+    name = clip(str(p))
+    try:
+        # O_NONBLOCK: opening a FIFO for reading must not wait for a writer
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise BlockQNNError(f"config file {name} does not exist") from None
+    except OSError as exc:
+        raise BlockQNNError(f"config file {name}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise BlockQNNError(f"config file {name}: {what}")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise BlockQNNError(
+                f"config file {name}: {info.st_size:,} bytes, more than a config can be "
+                f"({MAX_CONFIG_BYTES:,})"
+            )
+        with os.fdopen(fd, "rb") as f:
+            fd = -1  # closed by the file object
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise BlockQNNError(f"config file {name}: {exc.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BlockQNNError(f"config file {name}: not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BlockQNNError(f"config file {name}: invalid TOML: {clip(str(exc))}") from None
+    except ValueError as exc:  # an integer of over 4,300 digits
+        raise BlockQNNError(f"config file {name}: invalid TOML: {clip(str(exc))}") from None
+    except RecursionError:  # arrays or tables nested thousands deep
+        raise BlockQNNError(f"config file {name}: invalid TOML: nested too deeply") from None
+
+
+T = TypeVar("T")
+
+
+def merge(config: Config, overrides: dict[str, Any]) -> Config:
+    """Return `config` with `{section: {key: value}}` overrides applied and validated."""
+    sections = {f.name: f for f in fields(Config)}
+    updated: dict[str, Any] = {}
+    for name, values in overrides.items():
+        if name not in sections:
+            raise BlockQNNError(
+                f"unknown config section [{clip(name)}] (valid: {', '.join(sorted(sections))})"
+            )
+        if not isinstance(values, dict):
+            raise BlockQNNError(f"config section [{name}] must be a table")
+        updated[name] = _update(getattr(config, name), values, name)
+    return replace(config, **updated)
+
+
+def _update(section: T, values: dict[str, Any], name: str) -> T:
+    known = {f.name: f for f in fields(section)}  # type: ignore[arg-type]
+    preset = values.get("preset") if name == "agent" else None
+    if isinstance(preset, str) and preset in AGENT_PRESETS:  # the preset first, then the rest
+        values = {**AGENT_PRESETS[preset], **values}
+    for key in values:
+        if key not in known:
+            raise BlockQNNError(
+                f"unknown config key {name}.{clip(key)} (valid: {', '.join(sorted(known))})"
+            )
+    clean: dict[str, Any] = {}
+    for key, value in values.items():
+        default = getattr(section, key)  # the current value carries the expected type
+        clean[key] = _coerce(value, default, f"{name}.{key}")
+    try:
+        return replace(section, **clean)  # type: ignore[type-var]
+    except TypeError as exc:
+        raise BlockQNNError(f"config section [{name}]: {exc}") from None
+
+
+def _toml(value: Any) -> str:
+    """A config value as it is written in TOML (`true`, `"text"`, `[1, 2]`), cut like `clip`:
+    the user wrote TOML, not Python (`True`, `'text'`)."""
+
+    def text(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v, ensure_ascii=False)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(text(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {text(x)}" for k, x in v.items()) + "}"
+        return clip(v, limit=10 * ECHO_LIMIT)
+
+    try:
+        return clip(text(value))
+    except RecursionError:  # arrays nested thousands deep
+        return f"<a {type(value).__name__}>"
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Check a TOML value against the default's type; ints are accepted for floats."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise BlockQNNError(f"{where} = {_toml(value)}: expected true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BlockQNNError(f"{where} = {_toml(value)}: expected an integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BlockQNNError(f"{where} = {_toml(value)}: expected a number")
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float
+            raise BlockQNNError(f"{where} = {_toml(value)}: must be a finite number") from None
+    if where == "train.threads" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # `threads = 2`: a number of threads
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise BlockQNNError(f"{where} = {_toml(value)}: expected a string")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default):
+            raise BlockQNNError(
+                f"{where} = {_toml(value)}: expected a list of {len(default)} values"
+            )
+        return tuple(_coerce(v, d, where) for v, d in zip(value, default, strict=True))
+    return value
+
+
+def _validate(section: str, obj: Any) -> None:
+    """Every numeric field in its documented range (`blockqnn.settings.bounds.SETTINGS`),
+    every string of a sane length: once, when the section is built."""
+    check_settings(section, obj)
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, str):
+            check_text(f"{section}.{f.name}", value)
+
+
+_SECTIONS = {
+    "TrainConfig": "train",
+    "AgentConfig": "agent",
+    "SearchSettings": "search",
+    "DataConfig": "data",
+    "RewardConfig": "reward",
+}
+
+
+def _registered(obj: Any, name: str, registry: Registry[Any]) -> None:
+    section = _SECTIONS.get(type(obj).__name__, type(obj).__name__)
+    try:
+        registry.check(getattr(obj, name))
+    except BlockQNNError as exc:
+        raise BlockQNNError(f"{section}.{name}: {exc}") from None
+
+
+def _choice(obj: Any, name: str, options: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    if value not in options:
+        section = _SECTIONS.get(type(obj).__name__, type(obj).__name__)
+        raise BlockQNNError(
+            f"{section}.{name} = {clip(value, quote=True)}: choose one of {', '.join(options)}"
+        )

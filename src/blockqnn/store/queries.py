@@ -1,0 +1,186 @@
+"""The read side of the store: a trial as readers see it, the agent's snapshot, and the
+queries behind `Store`'s reading methods.
+
+Owns: `TrialRecord`, `AgentState` and one function per query, each on a connection, each
+verifying the checksums of what it reads. Must not write.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from blockqnn.errors import clip
+from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH
+from blockqnn.settings.config import Config
+from blockqnn.space.nsc.block import Block
+from blockqnn.store.schema import (
+    _CONTENT,
+    COMPLETE,
+    FAILED,
+    META_CHECKSUM,
+    STATUSES,
+    TRAINED,
+    TRIAL_COLUMNS,
+    _decode,
+    _digest,
+    _verified,
+    damaged,
+)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One row of `trials`, as readers see it."""
+
+    id: int
+    hash: str
+    candidate: str  # the candidate's text, as its space writes it
+    status: str  # a `TrialStatus` value
+    reward: float | None
+    accuracy: float | None
+    flops: int | None
+    params: int | None
+    density: float | None
+    result: dict[str, Any] | None  # EvalResult.to_dict(); None until finished
+    worker: str
+    attempts: int
+    lost: int
+    error: str
+    reuse_of: int | None
+    info: dict[str, Any]  # the strategy's `info()` at ask time, e.g. {"epsilon": 0.9}
+    ask_seq: int  # position of the ask among the agent's calls (asks and tells)
+    tell_seq: int | None  # position of the tell; None until told
+    created: float  # Unix seconds
+    started: float | None
+    finished: float | None
+
+    @property
+    def block(self) -> Block:
+        """The candidate as an NSC block (runs of the `nsc` space only)."""
+        # The stored text was validated at the run's max_depth when recorded; its own layer
+        # count (terminal included) is a depth it always fits.
+        text = self.candidate
+        return Block.parse(text, max_depth=max(DEFAULT_MAX_DEPTH, text.count(";") + 1))
+
+    @property
+    def trained(self) -> bool:
+        return self.status in TRAINED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+_COLUMNS = TRIAL_COLUMNS
+if tuple(TrialRecord.__dataclass_fields__) != _COLUMNS:  # pragma: no cover - a coding error
+    raise ImportError("TrialRecord's fields and store_schema.TRIAL_COLUMNS differ")
+
+
+@dataclass(frozen=True)
+class AgentState:
+    """An agent's `state_dict()` after its first `seq` calls (asks and tells)."""
+
+    state: dict[str, Any]
+    seq: int
+
+
+def _row_to_record(row: Sequence[Any]) -> TrialRecord:
+    """A trial from its row (content columns then checksum): verified and decoded."""
+    trial = f"trial {clip(row[0])}"
+    values = dict(zip(_COLUMNS, _verified("trials", row, trial), strict=True))
+    if values["result"] is not None:
+        values["result"] = _decode(values["result"], f"{trial}'s result")
+        if not isinstance(values["result"], dict):
+            raise damaged(f"{trial}'s result is not a JSON object")
+    info = _decode(values["info"], f"{trial}'s info") if values["info"] else {}
+    if not isinstance(info, dict):
+        raise damaged(f"{trial}'s info is not a JSON object")
+    values["info"] = info
+    if values["status"] not in STATUSES:
+        raise damaged(f"{trial} has an unknown status")
+    return TrialRecord(**values)
+
+
+SELECT_TRIALS = f"SELECT {', '.join(_COLUMNS)}, checksum FROM trials"
+
+
+def select_trial(c: sqlite3.Connection, trial_id: int) -> TrialRecord | None:
+    row = c.execute(SELECT_TRIALS + " WHERE id = ?", (trial_id,)).fetchone()
+    return None if row is None else _row_to_record(row)
+
+
+def read_meta(c: sqlite3.Connection) -> dict[str, str]:
+    """The run's meta rows (schema version, creation time, config JSON), verified."""
+    rows = c.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
+    stored = dict(rows)
+    content = [r for r in rows if r[0] != META_CHECKSUM]
+    if stored.get(META_CHECKSUM) != _digest("meta", content):
+        raise damaged("its settings (the meta table) do not match their checksum")
+    del stored[META_CHECKSUM]
+    return stored
+
+
+def read_config(c: sqlite3.Connection) -> Config:
+    """The resolved config the run was started with."""
+    data = _decode(read_meta(c).get("config"), "the stored config")
+    if not isinstance(data, dict):
+        raise damaged("the stored config is not a JSON object")
+    return Config.from_dict(data)
+
+
+def select_trials(c: sqlite3.Connection, status: str | None = None) -> list[TrialRecord]:
+    """Every trial in ask order, or those with one status."""
+    query = SELECT_TRIALS
+    args: tuple[Any, ...] = ()
+    if status is not None:
+        query += " WHERE status = ?"
+        args = (status,)
+    rows = c.execute(query + " ORDER BY id", args).fetchall()
+    return [_row_to_record(r) for r in rows]
+
+
+def select_top(c: sqlite3.Connection, k: int) -> list[TrialRecord]:
+    """The `k` best trained blocks by reward, best first (reused duplicates excluded)."""
+    rows = c.execute(
+        SELECT_TRIALS + " WHERE status = ? ORDER BY reward DESC, id LIMIT ?",
+        (COMPLETE, min(k, 2**62)),
+    ).fetchall()
+    return [_row_to_record(r) for r in rows]
+
+
+def count_statuses(c: sqlite3.Connection) -> dict[str, int]:
+    """Trials per status (every status present, zeros included) and `trained`."""
+    out = {s.value: 0 for s in STATUSES}
+    for status, n in c.execute("SELECT status, COUNT(*) FROM trials GROUP BY 1"):
+        if status not in out:
+            raise damaged(f"a trial has an unknown status {clip(status)}")
+        out[status] = n
+    out["trained"] = out[COMPLETE] + out[FAILED]
+    return out
+
+
+def latest_snapshot(c: sqlite3.Connection) -> AgentState | None:
+    """The newest agent snapshot, or None."""
+    cols = ", ".join(_CONTENT["agent_snapshots"])
+    row = c.execute(
+        f"SELECT {cols}, checksum FROM agent_snapshots ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return None
+    _, seq, _, _, state = _verified("agent_snapshots", row, "the agent's snapshot")
+    data = _decode(state, "the agent's snapshot")
+    if not isinstance(data, dict) or not isinstance(seq, int):
+        raise damaged("the agent's snapshot is not a JSON object")
+    return AgentState(data, seq)
+
+
+def select_sessions(c: sqlite3.Connection) -> list[dict[str, Any]]:
+    names = _CONTENT["sessions"]
+    rows = c.execute(f"SELECT {', '.join(names)}, checksum FROM sessions ORDER BY id").fetchall()
+    out = []
+    for row in rows:
+        values = _verified("sessions", row, f"session {clip(row[0])}")
+        out.append(dict(zip(names, values, strict=True)))
+    return out

@@ -1,0 +1,119 @@
+"""A run directory on disk: reading its store without changing a file, whether it can be
+written, and the writer's lock.
+
+Owns: the file names of a run (`DB_NAME`, `LOCK_NAME`), `reader` (a read-only SQLite
+connection that leaves a stopped or killed run's files exactly as they were), `held` and
+`take_lock` (one writer at a time), `check_writable` and `write_failure` (a place that cannot
+be written is said to be so, not called damaged). Must not know the schema or what a run
+holds: `blockqnn.store.db` does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import TextIO
+
+from blockqnn.errors import BlockQNNError, clip
+
+DB_NAME = "blockqnn.sqlite"
+LOCK_NAME = "lock"
+
+
+def check_writable(run_dir: str | Path) -> None:
+    """Refuse a run dir whose store this process could not write (permissions, a read-only
+    file system), before anything in it is opened for writing. A resume needs the folder
+    (SQLite creates its -wal and -shm files there), the database, and any -wal, -shm and
+    lock file already present."""
+    directory = Path(run_dir)
+    names = ("", DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", LOCK_NAME)
+    for name in names:
+        p = directory / name if name else directory
+        if p.exists() and not os.access(p, os.W_OK):
+            where = f" ({name} cannot be written)" if name else ""
+            raise BlockQNNError(f"run dir {clip(str(directory))} is not writable{where}")
+
+
+def take_lock(run_dir: Path) -> TextIO:
+    """Take the run's writer lock (`DIR/lock`); the open handle holds it until closed."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
+        fcntl = None  # type: ignore[assignment]
+    try:
+        handle = open(run_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held until close()
+    except OSError as exc:
+        raise BlockQNNError(
+            f"run dir {clip(str(run_dir))} is not writable ({LOCK_NAME}: {exc.strerror})"
+        ) from None
+    if fcntl is not None:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise BlockQNNError(f"{run_dir} is in use by another running search") from None
+    return handle
+
+
+def write_failure(exc: BaseException) -> str:
+    """A plain reason for what SQLite or the OS said while writing a store."""
+    text = str(exc)
+    if "disk is full" in text or getattr(exc, "errno", None) == 28:
+        return "no space left on the device"
+    if "readonly" in text or "read-only" in text or getattr(exc, "errno", None) in (13, 30):
+        return "not writable"
+    return clip(getattr(exc, "strerror", None) or text)
+
+
+def held(run_dir: Path) -> bool:
+    """Whether a search process holds the run's writer lock now."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return False
+    lock = run_dir / LOCK_NAME
+    if not lock.exists():
+        return False
+    with open(lock) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def reader(path: Path) -> tuple[sqlite3.Connection, bool]:
+    """A read-only connection to the store at `path`, and whether it is a copy in memory.
+    Reading must leave a stopped run's files exactly as they were:
+
+    - no write-ahead log on disk: no writer is working; the file is opened immutable, and
+      SQLite creates no -wal / -shm files;
+    - a log and a live writer (the lock is held): read beside it (mode=ro), as WAL readers
+      do; the -shm index is the writer's to keep;
+    - a log and no writer (one was killed): SQLite would rebuild the -shm index in the run
+      dir, so a private copy of the database and its log is read into memory instead.
+    """
+    wal = path.with_name(path.name + "-wal")
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    if not wal.exists():
+        return sqlite3.connect(uri + "&immutable=1", uri=True), False
+    if held(path.parent):
+        return sqlite3.connect(uri, uri=True), False
+    with tempfile.TemporaryDirectory(prefix="blockqnn-read-") as tmp:
+        copy = Path(tmp) / path.name
+        shutil.copyfile(path, copy)
+        shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+        disk = sqlite3.connect(copy)
+        memory = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            disk.backup(memory)
+        except BaseException:
+            memory.close()
+            raise
+        finally:
+            disk.close()
+    return memory, True

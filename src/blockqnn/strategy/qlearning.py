@@ -1,0 +1,422 @@
+"""Tabular epsilon-greedy Q-learning over a space's decision process (BlockQNN, after MetaQNN).
+
+Owns: `QLearningAgent`: the Q-table, the update rule, the epsilon schedule's use, the replay
+memory and their snapshot. Must not import torch, know about the store or decide whether a
+block gets trained: the search loop reuses stored rewards for blocks already seen and simply
+tells them again.
+
+Choices, where the paper is silent:
+
+- The schedule's clock is the number of *distinct* blocks (by isomorphism-invariant hash)
+  told so far: MetaQNN's schedule counts models trained at each epsilon, and the search's
+  budget counts trained blocks, while a reused reward (a block seen before) is told again
+  without being trained. So the stages keep their share of the budget however many
+  duplicates the greedy phase proposes. Repeated tells still update the Q-table. Blocks asked
+  ahead of their tells use the epsilon of the moment they are asked. After `budget` distinct
+  blocks the last stage's epsilon stays.
+- Experience replay: after every `iteration_size` distinct blocks, `replay_size` blocks are drawn
+  uniformly *with replacement* (as MetaQNN) from the memory of distinct paths told so far
+  (a repeated path keeps its latest reward) and go through the same update.
+- Reward shaping: the last step of a path (the terminal) gets R, every earlier step R / T,
+  T the number of steps including the terminal (paper); without shaping, earlier steps get 0
+  (MetaQNN).
+- One `random.Random` drives sampling, tie breaking and replay, so a run is a pure function
+  of the seed and the sequence of calls; its state is part of the snapshot.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from blockqnn.errors import BlockQNNError
+from blockqnn.space.base import Action, Path, Space, State, parse_path_rows, path_text
+from blockqnn.strategy.base import (
+    DEFAULT_SCHEDULE,
+    PAPER_BUDGET,
+    BaseAgent,
+    check_int,
+    check_reward,
+    check_schedule,
+    replay_iteration,
+    scale_schedule,
+)
+
+if TYPE_CHECKING:
+    from blockqnn.settings.config import AgentConfig
+
+
+REPEAT_TRIES = 20  # on_repeat "explore": walks tried before a repeated block is proposed
+
+
+class QLearningAgent(BaseAgent):
+    """Tabular epsilon-greedy Q-learning over a space's steps (BlockQNN, MetaQNN).
+
+    Q(s, a) <- (1 - alpha) Q(s, a) + alpha [r + gamma max_a' Q(s', a')], applied to a whole
+    path from its last step back; unvisited pairs read `q_init`, the terminal's successor 0.
+
+    >>> agent = QLearningAgent(budget=128, seed=1)
+    >>> block = agent.ask()
+    >>> agent.tell(block, 0.9)
+    >>> agent.epsilon
+    1.0
+    """
+
+    kind = "qlearning"
+    # Version-1 snapshots have no modes: that release always ran the paper's.
+    SNAPSHOT_DEFAULTS: ClassVar[dict[str, Any]] = {
+        **BaseAgent.SNAPSHOT_DEFAULTS,
+        "q_init_mode": "fixed",
+        "alpha_mode": "fixed",
+        "on_repeat": "allow",
+    }
+
+    def __init__(
+        self,
+        space: Space | None = None,
+        budget: int = PAPER_BUDGET,
+        alpha: float = 0.01,
+        gamma: float = 1.0,
+        q_init: float = 0.5,
+        replay_size: int = 128,
+        iteration_size: int = 64,
+        reward_shaping: bool = True,
+        schedule: Sequence[tuple[float, int]] = DEFAULT_SCHEDULE,
+        seed: int = 0,
+        q_init_mode: str = "fixed",
+        alpha_mode: str = "fixed",
+        on_repeat: str = "allow",
+    ) -> None:
+        if space is None:
+            from blockqnn.space.nsc.space import NSCSpace
+
+            space = NSCSpace()
+        super().__init__(space, budget, seed)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
+            raise BlockQNNError(f"alpha = {alpha!r}: must be in (0, 1]")
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma <= 1:
+            raise BlockQNNError(f"gamma = {gamma!r}: must be in [0, 1]")
+        if (
+            isinstance(q_init, bool)
+            or not isinstance(q_init, (int, float))
+            or not math.isfinite(q_init)
+        ):
+            raise BlockQNNError(f"q_init = {q_init!r}: must be a finite number")
+        self.alpha = float(alpha)
+        self.gamma = float(gamma)
+        self.q_init = float(q_init)
+        self.replay_size = check_int("replay_size", replay_size, 0)
+        self.iteration_size = check_int("iteration_size", iteration_size, 0)
+        self._iteration = replay_iteration(iteration_size, self.budget)
+        self.reward_shaping = bool(reward_shaping)
+        self.q_init_mode = _check_mode("q_init_mode", q_init_mode, ("fixed", "mean"))
+        self.alpha_mode = _check_mode("alpha_mode", alpha_mode, ("fixed", "visits"))
+        self.on_repeat = _check_mode("on_repeat", on_repeat, ("allow", "explore"))
+        self.schedule = check_schedule(schedule)
+        stages = scale_schedule(self.schedule, self.budget)
+        self._epsilons = [eps for eps, _ in stages]
+        self._stage_ends: list[int] = []
+        for _, n in stages:
+            self._stage_ends.append((self._stage_ends[-1] if self._stage_ends else 0) + n)
+        # Q-table: state -> {action -> q}; absent pairs read q_init. Keys are the space's
+        # shared tuples, so an entry costs a dict slot and a float.
+        self._q: dict[State, dict[Action, float]] = {}
+        self._n: dict[State, dict[Action, int]] = {}  # updates per pair (alpha_mode "visits")
+        # Replay memory: distinct paths in the order first told, their latest reward, and
+        # their NSC text (made once here, so that a snapshot after every tell stays cheap).
+        self._paths: list[Path] = []
+        self._rewards: list[float] = []
+        self._texts: list[str] = []
+        self._where: dict[Path, int] = {}
+        self._hashes: set[str] = set()  # the schedule's clock: distinct blocks told
+        self._total = 0.0  # sum of the memory's rewards (q_init_mode "mean")
+
+    # ----- the schedule -------------------------------------------------------------------
+
+    @property
+    def epsilon(self) -> float:
+        stage = bisect.bisect_right(self._stage_ends, len(self._hashes))
+        return self._epsilons[min(stage, len(self._epsilons) - 1)]
+
+    def info(self) -> dict[str, Any]:
+        return {"epsilon": self.epsilon}
+
+    def stages(self) -> list[tuple[float, int]]:
+        """The schedule as (epsilon, blocks) for this budget."""
+        return scale_schedule(self.schedule, self.budget)
+
+    # ----- ask and tell -------------------------------------------------------------------
+
+    def ask(self) -> Any:
+        epsilon = self.epsilon
+        path = self._walk(epsilon, -1)
+        candidate = self.space.to_candidate(path)
+        if self.on_repeat == "explore" and epsilon < 1.0:
+            # A greedy walk that rebuilds a block already told teaches nothing new (its
+            # stored reward is told again); explore one step of it instead, at a random
+            # position, and follow the policy from there.
+            for _ in range(REPEAT_TRIES):
+                if candidate.hash not in self._hashes:
+                    break
+                path = self._walk(epsilon, self._rng.randrange(len(path)))
+                candidate = self.space.to_candidate(path)
+        self._asked += 1
+        return candidate
+
+    def _walk(self, epsilon: float, forced: int) -> Path:
+        """One path, epsilon-greedy at every step and random at step `forced` (0-based)."""
+        rng = self._rng
+        space = self.space
+        path: list[Action] = []
+        state = space.start
+        while True:
+            actions = space.actions(state)
+            explore = len(path) == forced or rng.random() < epsilon
+            state = rng.choice(actions) if explore else self._greedy(state, actions)
+            path.append(state)
+            if space.is_terminal(state):
+                return tuple(path)
+
+    def _default(self) -> float:
+        """What an unvisited pair reads: q_init, or the mean reward told so far."""
+        if self.q_init_mode == "mean" and self._rewards:
+            return self._total / len(self._rewards)
+        return self.q_init
+
+    def _greedy(self, state: State, actions: tuple[Action, ...]) -> Action:
+        """An action of highest Q, ties broken uniformly with the agent's RNG."""
+        row = self._q.get(state)
+        if not row:
+            return self._rng.choice(actions)
+        q_init = self._default()
+        best = max(row.values())
+        if len(row) < len(actions) and q_init > best:
+            best = q_init
+        ties = [a for a in actions if row.get(a, q_init) == best]
+        return ties[0] if len(ties) == 1 else self._rng.choice(ties)
+
+    def tell(self, candidate: Any, reward: float) -> None:
+        value = check_reward(reward)
+        path = self.space.path_of(candidate)
+        self._update(path, value)
+        where = self._where.get(path)
+        if where is None:
+            self._where[path] = len(self._paths)
+            self._paths.append(path)
+            self._rewards.append(value)
+            self._texts.append(path_text(path))
+            self._total += value
+        else:
+            self._total += value - self._rewards[where]
+            self._rewards[where] = value
+        self._told += 1
+        digest = candidate.hash
+        if digest not in self._hashes:
+            self._hashes.add(digest)
+            if len(self._hashes) % self._iteration == 0:
+                self._replay()
+
+    def _max_q(self, state: State, q_init: float) -> float:
+        row = self._q.get(state)
+        if not row:
+            return q_init
+        best = max(row.values())
+        if len(row) < len(self.space.actions(state)) and q_init > best:
+            return q_init
+        return best
+
+    def _update(self, path: Path, reward: float) -> None:
+        """One Q-learning pass over `path`, from the terminal back to the first layer."""
+        alpha, gamma, q_init = self.alpha, self.gamma, self._default()
+        visits = self.alpha_mode == "visits"
+        steps = len(path)
+        shaped = reward / steps if self.reward_shaping else 0.0
+        target_next = 0.0  # after the terminal nothing follows
+        start = self.space.start
+        for t in range(steps - 1, -1, -1):
+            state = path[t - 1] if t > 0 else start
+            action = path[t]
+            r = reward if t == steps - 1 else shaped
+            row = self._q.get(state)
+            if row is None:
+                row = self._q[state] = {}
+            rate = alpha
+            if visits:  # the sample mean of the targets until 1/n falls below alpha
+                counts = self._n.setdefault(state, {})
+                n = counts[action] = counts.get(action, 0) + 1
+                rate = max(alpha, 1.0 / n)
+            row[action] = (1 - rate) * row.get(action, q_init) + rate * (r + gamma * target_next)
+            if t > 0:
+                target_next = self._max_q(state, q_init)
+
+    def _replay(self) -> None:
+        """Replay `replay_size` uniform draws (with replacement) from the memory."""
+        n = len(self._paths)
+        if n == 0:
+            return
+        randrange = self._rng.randrange
+        for _ in range(self.replay_size):
+            i = randrange(n)
+            self._update(self._paths[i], self._rewards[i])
+
+    # ----- inspection ---------------------------------------------------------------------
+
+    def q_value(self, state: State, action: Action) -> float:
+        """Q(state, action); unvisited pairs read `q_init` (or the mean reward, see modes)."""
+        return self._q.get(state, {}).get(action, self._default())
+
+    @property
+    def q_entries(self) -> int:
+        """(state, action) pairs with a learned value."""
+        return sum(len(row) for row in self._q.values())
+
+    @property
+    def memory_size(self) -> int:
+        """Distinct paths in the replay memory."""
+        return len(self._paths)
+
+    def greedy_candidate(self) -> Any:
+        """The candidate the agent would build at epsilon 0 (ties to the first action)."""
+        path: list[Action] = []
+        state = self.space.start
+        while not path or not self.space.is_terminal(state):
+            values = [(self.q_value(state, a), a) for a in self.space.actions(state)]
+            best = max(q for q, _ in values)
+            state = next(a for q, a in values if q == best)
+            path.append(state)
+        return self.space.to_candidate(tuple(path))
+
+    # ----- snapshots ----------------------------------------------------------------------
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            **super()._settings(),
+            "alpha": self.alpha,
+            "gamma": self.gamma,
+            "q_init": self.q_init,
+            "replay_size": self.replay_size,
+            "iteration_size": self.iteration_size,
+            "reward_shaping": self.reward_shaping,
+            "schedule": [[eps, n] for eps, n in self.schedule],
+            "q_init_mode": self.q_init_mode,
+            "alpha_mode": self.alpha_mode,
+            "on_repeat": self.on_repeat,
+        }
+
+    @classmethod
+    def from_config(
+        cls, space: Space, budget: int, seed: int, config: AgentConfig
+    ) -> QLearningAgent:
+        """An agent with the `[agent]` section's settings (the paper's schedule)."""
+        return cls(
+            space,
+            budget=budget,
+            alpha=config.alpha,
+            gamma=config.gamma,
+            q_init=config.q_init,
+            replay_size=config.replay_size,
+            iteration_size=config.iteration_size,
+            reward_shaping=config.reward_shaping,
+            seed=seed,
+            q_init_mode=config.q_init_mode,
+            alpha_mode=config.alpha_mode,
+            on_repeat=config.on_repeat,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        out = self._base_state()
+        counts = self._n
+        out["q"] = [
+            [list(state), list(action), q, counts.get(state, {}).get(action, 0)]
+            for state, row in self._q.items()
+            for action, q in row.items()
+        ]
+        out["memory"] = [
+            [text, reward] for text, reward in zip(self._texts, self._rewards, strict=True)
+        ]
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Everything is read into fresh structures first and swapped in at the end, so a bad
+        # snapshot leaves the agent as it was.
+        try:
+            asked, told, rng = self._read_base(state)
+            q, n = self._read_q(state.get("q"))
+            paths, rewards, texts, where = self._read_memory(state.get("memory"))
+            # The memory holds every block told, so it rebuilds the schedule's clock.
+            hashes = {self.space.to_candidate(p).hash for p in paths}
+        except BlockQNNError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            raise BlockQNNError(f"agent snapshot: corrupted ({exc})") from None
+        self._asked, self._told, self._rng = asked, told, rng
+        self._q, self._n = q, n
+        self._paths, self._rewards, self._texts, self._where = paths, rewards, texts, where
+        self._total = sum(rewards)
+        self._hashes = hashes
+
+    def _read_q(
+        self, rows: Any
+    ) -> tuple[dict[State, dict[Action, float]], dict[State, dict[Action, int]]]:
+        if not isinstance(rows, list):
+            raise BlockQNNError("agent snapshot: q must be a list of [state, action, q, n] rows")
+        q: dict[State, dict[Action, float]] = {}
+        visits: dict[State, dict[Action, int]] = {}
+        space = self.space
+        for n, entry in enumerate(rows):
+            # Version-1 snapshots hold [state, action, q]: no visit counts (alpha was fixed).
+            if not isinstance(entry, list) or len(entry) not in (3, 4):
+                raise BlockQNNError(f"agent snapshot: q row {n} is not [state, action, q, n]")
+            raw_state, raw_action, value = entry[:3]
+            count = entry[3] if len(entry) == 4 else 0
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise BlockQNNError(f"agent snapshot: q row {n} count {count!r} is not a count")
+            state = space.intern(raw_state) if isinstance(raw_state, list) else None
+            action = space.intern(raw_action) if isinstance(raw_action, list) else None
+            if state is None or action is None or not space.is_action(state, action):
+                raise BlockQNNError(
+                    f"agent snapshot: q row {n} ({raw_state}, {raw_action}) is not a valid "
+                    f"state and action of the search space {self.space!r}"
+                )
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise BlockQNNError(f"agent snapshot: q row {n} value {value!r} is not a number")
+            if not math.isfinite(value):
+                raise BlockQNNError(f"agent snapshot: q row {n} value {value} is not finite")
+            q.setdefault(state, {})[action] = float(value)
+            if count:
+                visits.setdefault(state, {})[action] = count
+        return q, visits
+
+    def _read_memory(self, rows: Any) -> tuple[list[Path], list[float], list[str], dict[Path, int]]:
+        if not isinstance(rows, list):
+            raise BlockQNNError("agent snapshot: memory must be a list of [block, reward] rows")
+        paths: list[Path] = []
+        rewards: list[float] = []
+        where: dict[Path, int] = {}
+        for n, entry in enumerate(rows):
+            if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str):
+                raise BlockQNNError(f"agent snapshot: memory row {n} is not [block text, reward]")
+            try:
+                path = self.space.check_path(parse_path_rows(entry[0]))
+                reward = check_reward(entry[1])
+            except BlockQNNError as exc:
+                raise BlockQNNError(f"agent snapshot: memory row {n}: {exc}") from None
+            if path in where:
+                raise BlockQNNError(f"agent snapshot: memory row {n} repeats a block")
+            where[path] = len(paths)
+            paths.append(path)
+            rewards.append(reward)
+        return paths, rewards, [path_text(p) for p in paths], where
+
+
+def _check_mode(name: str, value: Any, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise BlockQNNError(f"{name} = {value!r}: choose one of {', '.join(options)}")
+    return str(value)
+
+
+def make_strategy(space: Space, budget: int, seed: int, config: AgentConfig) -> QLearningAgent:
+    """The registry's factory for `qlearning`, with the `[agent]` section's settings."""
+    return QLearningAgent.from_config(space, budget, seed, config)

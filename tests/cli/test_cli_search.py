@@ -1,0 +1,282 @@
+"""`blockqnn search` and `blockqnn status`: bad input, output, and a real search on digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import blockqnn.execute.base as ex
+from blockqnn.cli import main
+from blockqnn.evaluate.synthetic import SyntheticEvaluator
+from blockqnn.store.db import DB_NAME, Store
+from blockqnn.train import threads
+
+
+@pytest.fixture
+def synthetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replace the early-stop evaluator (and its data) with the instant synthetic one."""
+    monkeypatch.setattr(ex, "default_evaluator", lambda c, d, dev: SyntheticEvaluator(c))
+    monkeypatch.setattr(ex, "load_data", lambda c: None)
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def finished_run(tmp_path: Path, synthetic: None, capsys: pytest.CaptureFixture[str]) -> Path:
+    run = tmp_path / "run"
+    assert main(["search", "--run-dir", str(run), "--budget", "4", "--dataset", "digits"]) == 0
+    out = capsys.readouterr().out
+    assert "[4/4]" in out and "best blocks" in out  # plain lines: stdout is not a terminal
+    return run
+
+
+def test_search_then_status_json(finished_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", str(finished_run), "--json", "--top", "2"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["budget"], info["trained"], info["running"], info["failed"]) == (4, 4, 0, 0)
+    assert {"reused", "info", "evaluations_per_hour", "elapsed_seconds"} <= set(info)
+    assert len(info["top"]) == 2
+    assert info["top"][0]["reward"] >= info["top"][1]["reward"]
+    assert {"nsc", "hash", "reward", "accuracy"} <= set(info["top"][0])
+    assert main(["status", str(finished_run)]) == 0
+    assert "4/4 trained" in capsys.readouterr().out
+
+
+def test_json_summary_and_saved_config(
+    tmp_path: Path, synthetic: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[search]\nbudget = 3\nagent = "random"\n[train]\nepochs = 2\n')
+    run = tmp_path / "run"
+    argv = ["search", "--run-dir", str(run), "--config", str(config), "--epochs", "1"]
+    assert main([*argv, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["trained"] == 3 and len(summary["top"]) == 3
+    with Store.open(run, readonly=True) as store:
+        saved = store.config()
+    assert (saved.search.agent, saved.search.budget, saved.train.epochs) == ("random", 3, 1)
+
+
+def test_a_run_dir_holding_a_run_is_refused_unchanged(
+    finished_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _snapshot(finished_run)
+    assert main(["search", "--run-dir", str(finished_run), "--budget", "9"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and err.count("\n") == 1
+    assert _snapshot(finished_run) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs", "3"], "--epochs cannot change"),
+        (["--budget", "2"], "a search can be extended, not shortened"),
+        (["--address", "127.0.0.1:1", "--executor", "ray"], "cannot reach a Ray cluster"),
+    ],
+)
+def test_resume_refuses_changes_and_bad_clusters_unchanged(
+    finished_run: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    pytest.importorskip("ray")
+    capsys.readouterr()
+    before = _snapshot(finished_run)
+    assert main(["search", "--resume", str(finished_run), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert _snapshot(finished_run) == before
+
+
+def test_resume_of_a_finished_run_is_a_no_op(
+    finished_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["search", "--resume", str(finished_run)]) == 0
+    with Store.open(finished_run, readonly=True) as store:
+        assert store.counts()["trained"] == 4
+
+
+def test_bad_input_exits_2_with_one_line(
+    tmp_path: Path, synthetic: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / DB_NAME).write_bytes(b"garbage" * 1000)
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("[search]\nbugdet = 3\n")
+    cases = [
+        (["search", "--resume", str(tmp_path / "missing")], "does not exist"),
+        (["search", "--resume", str(corrupt)], "corrupt or not a database"),
+        (["search", "--run-dir", str(tmp_path / "r1"), "--config", str(bad_toml)], "bugdet"),
+        (["search", "--run-dir", str(tmp_path / "r2"), "--budget", "0"], "budget"),
+        (["status", str(tmp_path / "missing")], "does not exist"),
+    ]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append(
+            (["search", "--run-dir", str(tmp_path / "r3"), "--gpus-per-trial", "1"], "no GPU")
+        )
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
+    assert "valid: " in _last_error(bad_toml, tmp_path, capsys)
+    assert (corrupt / DB_NAME).read_bytes() == b"garbage" * 1000
+    for name in ("r1", "r2", "r3"):
+        assert not (tmp_path / name / DB_NAME).exists()
+
+
+def _last_error(toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    main(["search", "--run-dir", str(tmp_path / "r4"), "--config", str(toml)])
+    return capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_search_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("blockqnn.evaluate.early_stop")
+    run = tmp_path / "run"
+    argv = ["search", "--run-dir", str(run), "--dataset", "digits", "--budget", "3"]
+    argv += ["--epochs", "1", "--filters", "4", "--train-samples", "200", "--device", "cpu"]
+    assert main(argv) == 0
+    with Store.open(run, readonly=True) as store:
+        trained = [t for t in store.trials() if t.trained]
+        assert len(trained) == 3
+        best = store.top(1)
+        assert best and 0.0 <= (best[0].accuracy or 0) <= 1.0
+        assert best[0].result is not None and best[0].result["epochs"] == 1
+
+
+def test_a_search_whose_every_candidate_fails_is_a_failed_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A huge learning rate makes every real evaluation diverge: each is a recorded failure,
+    # the search finishes its budget, and the command says so with exit code 1.
+    config = tmp_path / "huge.toml"
+    config.write_text("[train]\nlr = 1e6\n")
+    run = tmp_path / "run"
+    argv = ["search", "--run-dir", str(run), "--dataset", "digits", "--budget", "2"]
+    argv += ["--epochs", "1", "--filters", "4", "--device", "cpu"]  # 5 steps: enough to diverge
+    assert main([*argv, "--config", str(config)]) == 1
+    assert "every one of the 2 evaluations failed" in capsys.readouterr().err
+    with Store.open(run, readonly=True) as store:
+        assert [t.status for t in store.trials()] == ["failed", "failed"]
+    assert main(["status", str(run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["failed"] == 2 and info["top"] == []
+    assert all("diverged" in f["error"] for f in info["recent_failures"])
+
+
+def test_a_damaged_trials_table_is_refused_untouched(
+    finished_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    db = finished_run / DB_NAME
+    with sqlite3.connect(db) as conn:
+        (root,) = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'trials'"
+        ).fetchone()
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    conn.close()
+    data = bytearray(db.read_bytes())
+    start = (root - 1) * page_size
+    data[start : start + 12] = b"\xff" * 12  # the b-tree page header of the trials table
+    db.write_bytes(bytes(data))
+    before = _snapshot(finished_run)
+    for argv in (["search", "--resume", str(finished_run)], ["status", str(finished_run)]):
+        assert main(argv) == 2
+        assert "corrupt run" in capsys.readouterr().err
+    assert _snapshot(finished_run) == before
+
+
+def test_config_that_is_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "k.toml"
+    config.write_bytes(b"\xff\xfe[search]\n")
+    assert main(["search", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_budget_beyond_the_search_space_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text("[agent]\nmax_depth = 2\n")  # 8 one-layer blocks in all
+    run = tmp_path / "run"
+    argv = ["search", "--config", str(config), "--budget", "10", "--run-dir", str(run)]
+    assert main(argv) == 2
+    assert "exceeds the 8 candidates" in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_a_search_ends_with_the_next_commands_of_its_run(
+    tmp_path: Path, synthetic: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "my run"  # a space: the printed commands must quote it
+    argv = ["search", "--run-dir", str(run), "--budget", "2", "--dataset", "digits"]
+    argv += ["--filters", "8", "--blocks-per-stage", "1", "--batch-size", "32"]
+    assert main([*argv, "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    quoted = f"'{run}'"
+    for command in ("status", "report", "trials"):
+        assert f" {command} {quoted}" in out
+    final = f"'{run}-final'"
+    assert f" train {quoted} --out {final} --filters 32 --blocks-per-stage 2" in out
+    with Store.open(run, readonly=True) as store:
+        config = store.config()
+    assert (config.network.blocks_per_stage, config.train.batch_size) == (1, 32)
+    assert config.train.threads == "1"
+    # threads describe this session's machine: a resume may change them
+    try:
+        assert main(["search", "--resume", str(run), "--threads", "all"]) == 0
+        assert main(["search", "--resume", str(run), "--batch-size", "8"]) == 2
+    finally:
+        threads.reset()  # the command line's choice is process-wide
+
+
+def test_the_stored_config_records_the_shape_of_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the real digits data, the instant evaluator
+    monkeypatch.setattr(ex, "default_evaluator", lambda c, d, dev: SyntheticEvaluator(c))
+    run = tmp_path / "run"
+    argv = ["search", "--run-dir", str(run), "--budget", "2", "--dataset", "digits"]
+    assert main([*argv, "--train-samples", "200"]) == 0
+    with Store.open(run, readonly=True) as store:
+        network = store.config().network
+    assert (network.input_shape, network.num_classes) == ((1, 8, 8), 10)  # not (3, 32, 32)
+
+
+def test_status_after_kill_9_says_the_trial_was_interrupted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from blockqnn.settings.config import Config
+    from blockqnn.space.nsc.block import Block
+
+    run = tmp_path / "run"
+    store = Store.create(run, Config())
+    store.acquire()
+    store.begin_session()
+    store.add_trial(Block.parse("1,1,3,0,0"), info={})  # in flight when the search was killed
+    store.close()  # no end_session: as after kill -9
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "stopped" in out and "1 interrupted by a killed search" in out
+    assert "1 running" not in out and f"blockqnn search --resume {run}" in out
+
+
+def test_a_config_type_error_quotes_toml_not_python(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[train]\nepochs = true\n[network]\nfilters = "8"\n')
+    assert main(["search", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "epochs = true: expected an integer" in err and "True" not in err
+    config.write_text('[network]\nfilters = "8"\n')
+    assert main(["search", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 2
+    assert 'filters = "8": expected an integer' in capsys.readouterr().err

@@ -1,0 +1,89 @@
+"""The Ray executor with real Ray: a local instance with 2 CPUs, and a two-node cluster on
+this machine where one node is removed mid-search. The evaluator is the synthetic one (a
+sleep), so the tests exercise scheduling and fault tolerance, not training."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blockqnn.errors import BlockQNNError
+from blockqnn.evaluate.synthetic import synthetic_spec
+from blockqnn.search.loop import SearchEvent, run_search
+from blockqnn.settings.config import Config, merge
+from blockqnn.store.db import Store
+
+ray = pytest.importorskip("ray")
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def _config(budget: int, workers: int, address: str = "") -> Config:
+    search = {"budget": budget, "executor": "ray", "workers": workers, "address": address}
+    return merge(Config(), {"search": search, "agent": {"iteration_size": 4}})
+
+
+def _check_every_trial_once(store: Store, budget: int) -> None:
+    trained = [t for t in store.trials() if t.trained]
+    assert len(trained) == budget
+    assert len({t.hash for t in trained}) == budget  # no hash trained twice
+    assert store.counts()["running"] == store.counts()["queued"] == 0
+
+
+def test_local_ray_two_workers(tmp_path: Path) -> None:
+    assert not ray.is_initialized()
+    summary = run_search(
+        tmp_path / "run", _config(budget=6, workers=2), spec=lambda c: synthetic_spec(c, 0.2)
+    )
+    assert summary.trained == 6
+    assert not ray.is_initialized()  # the executor started Ray, and stopped it
+    with Store.open(tmp_path / "run", readonly=True) as store:
+        _check_every_trial_once(store, 6)
+        workers = {t.worker for t in store.trials() if t.trained}
+        assert len(workers) == 2  # both actors evaluated
+        # Asynchronous: some trial started before an earlier-asked one finished.
+        trials = [t for t in store.trials() if t.trained]
+        assert any(b.started < a.finished for a, b in itertools.pairwise(trials))
+
+
+def test_unreachable_address_is_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(BlockQNNError, match=r"cannot reach a Ray cluster at 127\.0\.0\.1:1"):
+        run_search(
+            tmp_path / "run",
+            _config(budget=2, workers=1, address="127.0.0.1:1"),
+            spec=lambda c: synthetic_spec(c),
+        )
+    assert not (tmp_path / "run").exists()
+
+
+def test_node_lost_mid_search_reruns_its_trial(tmp_path: Path) -> None:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    removed: list[Any] = []
+
+    def on_event(e: SearchEvent) -> None:
+        if e.kind == "complete" and e.trained == 2 and not removed:
+            removed.append(nodes[1])
+            cluster.remove_node(nodes[1])  # one node dies with its actor, mid-evaluation
+
+    try:
+        summary = run_search(
+            tmp_path / "run",
+            _config(budget=6, workers=2, address=cluster.address),
+            spec=lambda c: synthetic_spec(c, 0.5),
+            on_event=on_event,
+        )
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+    assert removed and summary.trained == 6
+    with Store.open(tmp_path / "run", readonly=True) as store:
+        _check_every_trial_once(store, 6)
+        lost = [t for t in store.trials() if t.lost]
+        assert len(lost) == 1 and lost[0].status == "complete" and lost[0].attempts == 2

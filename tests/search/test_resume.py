@@ -1,0 +1,135 @@
+"""Kill -9 and Ctrl-C of a real `blockqnn search` process, then `--resume`.
+
+The master runs the local executor with the synthetic evaluator (a short sleep), patched in
+by a tiny driver, so that the process, the store and the signals are real and fast."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from blockqnn.store.db import Store, TrialRecord
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+DRIVER = """
+import sys
+import blockqnn.execute.base as ex
+from blockqnn.evaluate.synthetic import SyntheticEvaluator
+ex.default_evaluator = lambda c, d, dev: SyntheticEvaluator(c, seconds=float(sys.argv[1]))
+ex.load_data = lambda c: None
+from blockqnn.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+BUDGET = 10
+# No evaluation cache: the killed runs must train what the straight one trained.
+NEW = ["search", "--budget", str(BUDGET), "--dataset", "digits", "--seed", "3", "--no-cache"]
+
+
+def _start(args: list[str], seconds: float = 0.05) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(seconds), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _trained(run: Path) -> list[TrialRecord]:
+    try:
+        with Store.open(run, readonly=True) as s:
+            return [t for t in s.trials() if t.trained]
+    except Exception:  # not created yet
+        return []
+
+
+def _wait_for(run: Path, proc: subprocess.Popen[str], n: int) -> list[TrialRecord]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done = _trained(run)
+        if len(done) >= n:
+            return done
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    raise AssertionError(f"{n} trials not reached")
+
+
+def _trace(run: Path) -> list[tuple[str, str, float | None]]:
+    with Store.open(run, readonly=True) as s:
+        return [(t.candidate, t.status, t.reward) for t in s.trials()]
+
+
+def test_kill_9_at_several_points_then_resume(tmp_path: Path) -> None:
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    ref = _start([*NEW, "--run-dir", str(straight)])
+    ref_out = ref.communicate()
+    assert ref.returncode == 0, ref_out
+
+    kept: dict[int, TrialRecord] = {}
+    args = [*NEW, "--run-dir", str(killed)]
+    for point in (1, 4, 7):  # kill after that many trained trials, mid-evaluation
+        proc = _start(args)
+        for t in _wait_for(killed, proc, point):
+            kept[t.id] = t
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        args = ["search", "--resume", str(killed)]
+    proc = _start(args)
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err
+
+    with Store.open(killed, readonly=True) as s:
+        trials = s.trials()
+        trained = [t for t in trials if t.trained]
+        assert len(trained) == BUDGET
+        assert len({t.hash for t in trained}) == BUDGET  # no block trained twice
+        for t in trials:
+            if t.id in kept:
+                assert t == kept[t.id]  # finished trials never change
+        assert any(t.attempts > 1 for t in trials)  # killed mid-evaluation, run again
+        assert len(s.sessions()) == 4
+    # One slot: the resumed run proposed and recorded exactly what an unbroken run did.
+    assert _trace(killed) == _trace(straight)
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = _start([*NEW, "--run-dir", str(run)], seconds=0.2)
+    _wait_for(run, proc, 2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert f"--resume {run}" in err and "Traceback" not in err
+    with Store.open(run, readonly=True) as s:
+        counts = s.counts()
+        assert counts["interrupted"] == 1 and counts["running"] == 0
+    proc = _start(["search", "--resume", str(run)])
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert len(_trained(run)) == BUDGET
+
+
+def test_sigterm_stops_like_ctrl_c_and_resumes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = _start([*NEW, "--run-dir", str(run)], seconds=0.2)
+    _wait_for(run, proc, 2)
+    proc.send_signal(signal.SIGTERM)  # what a cluster scheduler sends before a kill
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and f"--resume {run}" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with Store.open(run, readonly=True) as s:
+        counts = s.counts()
+        assert counts["interrupted"] == 1 and counts["running"] == 0  # recorded, not stuck
+        (session,) = s.sessions()
+        assert session["outcome"] == "terminated" and session["ended"] is not None
+    proc = _start(["search", "--resume", str(run)])
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert len(_trained(run)) == BUDGET
