@@ -163,6 +163,11 @@ def test_a_checkpoint_moves_between_the_two_sgds(digits: DeviceData) -> None:
         model(digits.normalize(digits.x_train[:8])).sum().backward()
         source.step()
         load_optimizer_state(target, source.state_dict(), graphed=is_graphed)
+        # the momentum carries over: every buffer of the target is the source's
+        for param in model.parameters():
+            carried = target.state[param].get("momentum_buffer")
+            assert carried is not None, "no momentum buffer: the state was not loaded"
+            assert torch.equal(carried, source.state[param]["momentum_buffer"])
         target.zero_grad()
         model(digits.normalize(digits.x_train[:8])).sum().backward()
         target.step()  # a missing hyperparameter would raise KeyError here
