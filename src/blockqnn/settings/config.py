@@ -38,7 +38,15 @@ from blockqnn.settings.bounds import (
     check_settings,
     check_text,
 )
-from blockqnn.settings.choices import AUGMENTS, COMPILE_MODES, HEADS, PRECISIONS, TEMPLATES
+from blockqnn.settings.choices import (
+    AUGMENTS,
+    COMPILE_MODES,
+    HEADS,
+    LATENCY_PLACES,
+    LATENCY_RUNTIMES,
+    PRECISIONS,
+    TEMPLATES,
+)
 from blockqnn.settings.registry import EXECUTORS, REWARDS, SPACES, STRATEGIES, Registry
 from blockqnn.settings.threads import parse as parse_threads
 
@@ -217,8 +225,8 @@ class RewardConfig:
         _validate("reward", self)
         _registered(self, "name", REWARDS)
         if self.latency_device:
-            _choice(self, "latency_device", ("cpu", "cuda", "onnxruntime"))
-        _choice(self, "latency_on", ("worker", "master"))
+            _choice(self, "latency_device", LATENCY_RUNTIMES)
+        _choice(self, "latency_on", LATENCY_PLACES)
 
 
 @dataclass(frozen=True)
