@@ -33,7 +33,7 @@ __all__ = [
 
 _LAZY = {
     "build_network": "blockqnn.space.nsc.builder",
-    "NetworkConfig": "blockqnn.settings.config",
+    "NetworkConfig": "blockqnn.settings.network",
     "network_cost": "blockqnn.space.nsc.cost",
     "QLearningAgent": "blockqnn.strategy",
     "RandomAgent": "blockqnn.strategy",
