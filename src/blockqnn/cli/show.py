@@ -19,10 +19,9 @@ from blockqnn.errors import BlockQNNError, clip
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH
     from blockqnn.settings.choices import HEADS, LATENCY_RUNTIMES, either
-    from blockqnn.settings.config import NetworkConfig, RewardConfig
+    from blockqnn.settings.config import RewardConfig
 
-    network, reward = NetworkConfig(), RewardConfig()  # the defaults, as a search has them
-    shape = ",".join(str(v) for v in network.input_shape)
+    reward = RewardConfig()  # the latency defaults, as a search has them
 
     parser.add_argument("block", metavar="BLOCK", help="NSC text or a JSON list of 5-lists")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -30,18 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-depth", type=int, default=DEFAULT_MAX_DEPTH, help="search-space depth limit"
     )
-    parser.add_argument("--filters", type=int, default=network.filters, help="first-stage width F")
+    parser.add_argument("--filters", type=int, default=32, help="first-stage width F")
+    parser.add_argument("--blocks-per-stage", type=int, default=2, help="blocks per stage N")
     parser.add_argument(
-        "--blocks-per-stage",
-        type=int,
-        default=network.blocks_per_stage,
-        help="blocks per stage N",
+        "--input-shape",
+        default="3,32,32",
+        help="C,H,W of the input images (default 3,32,32)",
     )
-    parser.add_argument(
-        "--input-shape", default=shape, help=f"C,H,W of the input images (default {shape})"
-    )
-    parser.add_argument("--num-classes", type=int, default=network.num_classes)
-    parser.add_argument("--head", choices=HEADS, default=network.head)
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--head", choices=HEADS, default="paper")
     parser.add_argument(
         "--latency",
         metavar="RUNTIME",
