@@ -106,7 +106,7 @@ CUTOUT = integers(0, int(INPUT_SIDE.high))  # side in pixels of the erased squar
 
 # Every numeric config setting, `section.key` -> its range (`[train] betas` applies to each of
 # its two values). `tests/test_bounds.py` checks that every numeric field of every section is
-# here and that the README lists them.
+# here and that docs/configuration.md lists them.
 SETTINGS: dict[str, Range] = {
     "search.budget": integers(1, MAX_BUDGET),
     "search.seed": SEED,
