@@ -173,7 +173,7 @@ def accuracy(
     data: DeviceData,
     split: str = "val",
     *,
-    batch_size: int = 1024,
+    batch_size: int = Recipe.eval_batch_size,
     precision: str = "auto",
     channels_last: bool = True,
     tta: bool = False,
