@@ -1,8 +1,9 @@
 """blockqnn: block-wise neural architecture search with Q-learning (BlockQNN, Zhong et al.).
 
-The public API: `Block` (the NSC value), `build_network` (block -> torch module), the agents
-and the cost functions. Torch is imported only when a torch-backed name is first used, so the
-pure parts (NSC, agent, cost) stay light.
+The public API: `Block` (the NSC value), `build_network` (block -> torch module), the
+strategies (`QLearningAgent`, `RandomAgent`, `make_strategy` for any registered one), the
+network settings and their analytic cost, `load_arrays` and `load_model`. Torch is imported
+only when a torch-backed name is first used, so the pure parts (NSC, agent, cost) stay light.
 """
 
 from __future__ import annotations
@@ -19,21 +20,24 @@ __all__ = [
     "BlockQNNError",
     "Layer",
     "LayerType",
+    "NetworkConfig",
     "QLearningAgent",
     "RandomAgent",
     "__version__",
     "build_network",
+    "load_arrays",
     "load_model",
-    "make_agent",
+    "make_strategy",
+    "network_cost",
 ]
 
 _LAZY = {
     "build_network": "blockqnn.space.nsc.builder",
-    "NetworkConfig": "blockqnn.space.nsc.cost",
+    "NetworkConfig": "blockqnn.settings.network",
     "network_cost": "blockqnn.space.nsc.cost",
     "QLearningAgent": "blockqnn.strategy",
     "RandomAgent": "blockqnn.strategy",
-    "make_agent": "blockqnn.strategy",
+    "make_strategy": "blockqnn.strategy",
     "load_model": "blockqnn.final.model_io",
     "load_arrays": "blockqnn.data",
 }

@@ -55,7 +55,7 @@ def test_mutation_is_a_valid_block_of_the_space_with_another_hash(
     block = data.draw(blocks(max_depth=max_depth))
     rng = random.Random(seed)
     for _ in range(5):
-        child = mutate_block(space, block, rng)
+        child = mutate_block(block, max_depth, rng)
         assert isinstance(child, Block) and child.max_depth == max_depth
         assert Block.parse(str(child), max_depth) == child  # valid, canonical text
         assert space.to_candidate(space.path_of(child)) == child  # the space's own form
@@ -101,7 +101,7 @@ def test_one_layer_block_of_the_smallest_space_still_mutates() -> None:
     rng = random.Random(0)
     for text in ("1,1,3,0,0", "1,4,0,0,0", "1,2,1,0,0"):
         block = Block.parse(text, 2)
-        children = {mutate_block(space, block, rng).hash for _ in range(50)}
+        children = {space.mutate(block, rng).hash for _ in range(50)}
         assert block.hash not in children and len(children) > 1
 
 
@@ -156,7 +156,7 @@ def test_insert_renumbers_later_layers_and_their_references() -> None:
 def test_a_block_too_deep_for_the_space_is_refused() -> None:
     block = Block.from_tuples(random_rows(random.Random(0), 6), 10)
     with pytest.raises(BlockQNNError):
-        mutate_block(NSCSpace(max_depth=5), block, random.Random(0))
+        mutate_block(block, 5, random.Random(0))
 
 
 def test_mutation_is_a_pure_function_of_the_rng() -> None:

@@ -15,15 +15,7 @@ from blockqnn.errors import BlockQNNError
 from blockqnn.settings.config import DataConfig, TrainConfig
 from blockqnn.space.nsc.builder import build_network
 from blockqnn.train.devices import resolve_device, resolve_precision
-from blockqnn.train.loop import (
-    EpochInfo,
-    _compile,
-    _Execution,
-    _load_optimizer_state,
-    accuracy,
-    fit,
-    make_optimizer,
-)
+from blockqnn.train.loop import EpochInfo, accuracy, fit, make_optimizer
 from blockqnn.train.optim import GraphableSGD
 from blockqnn.train.recipe import (
     EARLY_STOP_BN_IMAGES,
@@ -32,6 +24,7 @@ from blockqnn.train.recipe import (
     lr_at,
     should_compile,
 )
+from blockqnn.train.step import Execution, compile_forward, load_optimizer_state
 
 BLOCK = "1,1,3,0,0; 2,1,3,1,0; 3,5,0,2,0; 4,7,0,0,0"
 # Small and quick: 8 filters, 320 training digits (400 minus validation), batches of 50.
@@ -169,7 +162,12 @@ def test_a_checkpoint_moves_between_the_two_sgds(digits: DeviceData) -> None:
         source.zero_grad()
         model(digits.normalize(digits.x_train[:8])).sum().backward()
         source.step()
-        _load_optimizer_state(target, source.state_dict(), graphed=is_graphed)
+        load_optimizer_state(target, source.state_dict(), graphed=is_graphed)
+        # the momentum carries over: every buffer of the target is the source's
+        for param in model.parameters():
+            carried = target.state[param].get("momentum_buffer")
+            assert carried is not None, "no momentum buffer: the state was not loaded"
+            assert torch.equal(carried, source.state[param]["momentum_buffer"])
         target.zero_grad()
         model(digits.normalize(digits.x_train[:8])).sum().backward()
         target.step()  # a missing hyperparameter would raise KeyError here
@@ -356,9 +354,9 @@ def test_compiled_training_drops_the_partial_batch_and_restores_the_warm_up(
     # The warm-up step that triggers compilation leaves no trace: same state, no gradients.
     fresh = net(digits)
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    ex = _Execution(torch.device("cpu"), None, False)
+    ex = Execution(torch.device("cpu"), None, False)
     x = digits.normalize(digits.x_train[:50])
-    _compile(fresh, nn.CrossEntropyLoss(), x, digits.y_train[:50], ex)
+    compile_forward(fresh, nn.CrossEntropyLoss(), x, digits.y_train[:50], ex)
     assert ex.compiled
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
     assert all(p.grad is None for p in fresh.parameters())

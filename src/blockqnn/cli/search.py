@@ -116,10 +116,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_latency_arguments(parser: argparse.ArgumentParser) -> None:
     """Measured latency, recorded or rewarded (see `blockqnn.evaluate.latency`)."""
+    from blockqnn.settings.choices import LATENCY_PLACES, LATENCY_RUNTIMES, either
+
     parser.add_argument(
         "--latency-device",
         metavar="RUNTIME",
-        help="measure each block's inference latency: cpu, cuda or onnxruntime",
+        help=f"measure each block's inference latency: {either(LATENCY_RUNTIMES)}",
     )
     parser.add_argument(
         "--latency-target-ms",
@@ -127,9 +129,7 @@ def _add_latency_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="target (mnasnet) or reference (additive) latency, ms",
     )
-    parser.add_argument(
-        "--latency-on", choices=("worker", "master"), help="where latency is measured"
-    )
+    parser.add_argument("--latency-on", choices=LATENCY_PLACES, help="where latency is measured")
 
 
 def _add_growth_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,10 @@ from blockqnn.errors import BlockQNNError, clip
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH
-    from blockqnn.settings.choices import HEADS
+    from blockqnn.settings.choices import HEADS, LATENCY_RUNTIMES, either
+    from blockqnn.settings.config import RewardConfig
+
+    reward = RewardConfig()  # the latency defaults, as a search has them
 
     parser.add_argument("block", metavar="BLOCK", help="NSC text or a JSON list of 5-lists")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -38,13 +41,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--latency",
         metavar="RUNTIME",
-        help="measure the network's inference latency: cpu, cuda or onnxruntime",
+        help=f"measure the network's inference latency: {either(LATENCY_RUNTIMES)}",
     )
     parser.add_argument(
-        "--latency-batch", type=int, default=1, help="also time this batch size (default 1)"
+        "--latency-batch",
+        type=int,
+        default=reward.latency_batch,
+        help=f"also time this batch size (default {reward.latency_batch})",
     )
-    parser.add_argument("--latency-threads", type=int, default=1, help="CPU threads (default 1)")
-    parser.add_argument("--latency-repeats", type=int, default=20, help="timed passes (20)")
+    parser.add_argument(
+        "--latency-threads",
+        type=int,
+        default=reward.latency_threads,
+        help=f"CPU threads (default {reward.latency_threads})",
+    )
+    parser.add_argument(
+        "--latency-repeats",
+        type=int,
+        default=reward.latency_repeats,
+        help=f"timed passes ({reward.latency_repeats})",
+    )
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -139,12 +155,12 @@ def run(args: argparse.Namespace) -> int:
 def _latency(args: argparse.Namespace, block: Any, network: Any) -> Any:
     """Measured now (not cached: `show` is for looking, and the figure is fresh)."""
     from blockqnn.evaluate.latency import LatencyError, LatencySettings, check_runtime, measure
-    from blockqnn.settings.bounds import check, integers
+    from blockqnn.settings.bounds import SETTINGS, check
 
     check_runtime(args.latency)
-    check("--latency-batch", args.latency_batch, integers(1, 65_536))
-    check("--latency-threads", args.latency_threads, integers(1, 4096))
-    check("--latency-repeats", args.latency_repeats, integers(1, 100_000))
+    check("--latency-batch", args.latency_batch, SETTINGS["reward.latency_batch"])
+    check("--latency-threads", args.latency_threads, SETTINGS["reward.latency_threads"])
+    check("--latency-repeats", args.latency_repeats, SETTINGS["reward.latency_repeats"])
     settings = LatencySettings(
         args.latency, args.latency_batch, args.latency_threads, repeats=args.latency_repeats
     )

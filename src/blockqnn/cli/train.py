@@ -25,9 +25,9 @@ from blockqnn.errors import BlockQNNError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from blockqnn.final.settings import FINAL_RECIPES
     from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH
     from blockqnn.settings.choices import AUGMENTS, FINAL_SCHEDULES, HEADS, PRECISIONS, TTA_MODES
+    from blockqnn.settings.final import FINAL_RECIPES
     from blockqnn.settings.threads import HELP as THREADS_HELP
 
     paper, fast = FINAL_RECIPES["paper"], FINAL_RECIPES["fast"]
@@ -95,9 +95,9 @@ def _add_pick_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train a block with a final recipe. Long on purpose: the command's steps (choose the
     block, apply the flags, train, print) in the order the user meets them."""
-    from blockqnn.final.settings import FINAL_RECIPES, FinalSettings
     from blockqnn.final.train import TrainingFailed, pick_block, train_final
     from blockqnn.settings.config import Config, DataConfig
+    from blockqnn.settings.final import FINAL_RECIPES, FinalSettings
     from blockqnn.space.nsc.block import Block
     from blockqnn.train import threads
 

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.evaluate.result import STATUS_FAILED, EvalResult
-from blockqnn.settings.config import NetworkConfig
+from blockqnn.settings.choices import LATENCY_RUNTIMES
+from blockqnn.settings.config import NetworkConfig, RewardConfig
 from blockqnn.train.threads import cpu_name
 
 if TYPE_CHECKING:
@@ -49,8 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("blockqnn.evaluate.latency")
 
-RUNTIMES = ("cpu", "cuda", "onnxruntime")
-PLACES = ("worker", "master")
 CACHE_NAME = "latency.sqlite"  # in the evaluation cache's folder (`[search] cache`)
 LATENCY_METRIC = "latency_ms"
 FAILED_METRIC = "latency_failed"
@@ -68,10 +67,13 @@ class LatencySettings:
     the reward uses batch 1 (`latency_ms`), the latency of serving one request."""
 
     runtime: str = "cpu"
-    batch: int = 1
-    threads: int = 1  # (choice) one thread: the deployment target is usually one core
-    warmup: int = 5  # untimed passes first (allocator, oneDNN primitive caches, CUDA kernels)
-    repeats: int = 20  # timed passes; the median is the figure, the IQR and CV its spread
+    # defaults: `[reward] latency_*`. One thread: the deployment target is usually one core;
+    # untimed warm-up passes first (allocator, oneDNN primitive caches, CUDA kernels); of the
+    # timed passes the median is the figure, the IQR and CV its spread
+    batch: int = RewardConfig.latency_batch
+    threads: int = RewardConfig.latency_threads
+    warmup: int = RewardConfig.latency_warmup
+    repeats: int = RewardConfig.latency_repeats
 
     def __post_init__(self) -> None:
         check_runtime(self.runtime, here=False)
@@ -80,9 +82,10 @@ class LatencySettings:
 def check_runtime(runtime: str, here: bool = True) -> None:
     """Unknown runtime: `BlockQNNError`; with `here`, also CUDA without a GPU and ONNX
     Runtime not installed on this machine."""
-    if runtime not in RUNTIMES:
+    if runtime not in LATENCY_RUNTIMES:
         raise BlockQNNError(
-            f"latency device {clip(runtime, quote=True)}: choose one of {', '.join(RUNTIMES)}"
+            f"latency device {clip(runtime, quote=True)}: choose one of "
+            f"{', '.join(LATENCY_RUNTIMES)}"
         )
     if not here:
         return

@@ -3,8 +3,8 @@
 Owns: choosing the block (from a run's ranking or given), training on train + validation
 with `trainer.fit`, evaluating on the official test split, and the training folder
 (checkpoint every epoch, written atomically; the finished model file). The settings
-(`FinalSettings`, the named recipes) are `blockqnn.final.settings`'. Must not search or
-export.
+(`FinalSettings`, the named recipes) are `blockqnn.settings.final`'s, their `Recipe` is
+`blockqnn.final.recipe`'s. Must not search or export.
 
 A training folder OUT holds:
     checkpoint.pt  model file + train_state (optimizer state, epoch, settings); every epoch;
@@ -28,10 +28,11 @@ import numpy as np
 
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.files import make_dir
-from blockqnn.final.settings import FINAL_RECIPES as FINAL_RECIPES  # re-exported
-from blockqnn.final.settings import FinalSettings as FinalSettings
+from blockqnn.final.recipe import final_recipe
 from blockqnn.settings.bounds import MAX_TOP, check, integers
 from blockqnn.settings.config import Config, DataConfig, NetworkConfig
+from blockqnn.settings.final import FINAL_RECIPES as FINAL_RECIPES  # re-exported
+from blockqnn.settings.final import FinalSettings as FinalSettings
 from blockqnn.space.nsc.block import Block
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ def train_final(
     device_data = arrays.to_device(dev)
     torch.manual_seed(settings.seed)
     model = Network(block, net_cfg)
-    recipe = settings.recipe(data.dataset, arrays.input_shape)
+    recipe = final_recipe(settings, data.dataset, arrays.input_shape)
     if resume is not None:
         _check_checkpoint(model, recipe, resume, ckpt_path)
     start = int(resume["epoch"]) if resume else 0

@@ -95,6 +95,14 @@ SEED = integers(0, MAX_SEED)
 FRACTION = Range(0.0, 1.0)  # [0, 1]
 UNIT_OPEN_LOW = Range(0.0, 1.0, open_low=True)  # (0, 1]
 UNIT_OPEN_HIGH = Range(0.0, 1.0, open_high=True)  # [0, 1)
+INPUT_CHANNELS = integers(1, 64)  # network.input_shape C (set from the data)
+INPUT_SIDE = integers(1, 8192)  # network.input_shape H and W (the template sets the minimum)
+# Ranges of the early-stop training (`SETTINGS`) that the final training's settings share
+# (`blockqnn.settings.final`)
+EPOCHS = integers(1, MAX_EPOCHS)
+BATCH_SIZE = integers(1, 1_048_576)  # images per step: 2**20
+LEARNING_RATE = Range(0.0, MAX_LR, open_low=True)
+CUTOUT = integers(0, int(INPUT_SIDE.high))  # side in pixels of the erased square
 
 # Every numeric config setting, `section.key` -> its range (`[train] betas` applies to each of
 # its two values). `tests/test_bounds.py` checks that every numeric field of every section is
@@ -122,13 +130,13 @@ SETTINGS: dict[str, Range] = {
     "network.blocks_per_stage": integers(1, MAX_BLOCKS_PER_STAGE),
     "network.hidden": integers(1, MAX_FILTERS),
     "network.dropout": UNIT_OPEN_HIGH,
-    "train.epochs": integers(1, MAX_EPOCHS),
-    "train.batch_size": integers(1, 1_048_576),
-    "train.lr": Range(0.0, MAX_LR, open_low=True),
+    "train.epochs": EPOCHS,
+    "train.batch_size": BATCH_SIZE,
+    "train.lr": LEARNING_RATE,
     "train.betas": UNIT_OPEN_HIGH,
     "train.eps": UNIT_OPEN_LOW,
     "train.weight_decay": FRACTION,
-    "train.lr_step_epochs": integers(1, MAX_EPOCHS),
+    "train.lr_step_epochs": EPOCHS,
     "train.lr_gamma": UNIT_OPEN_LOW,
     "train.max_seconds": Range(0.0, 1e7),  # 0 = no limit; 1e7 s is 116 days
     "train.seed": SEED,
@@ -148,8 +156,6 @@ SETTINGS: dict[str, Range] = {
 # `[train] threads` / `--threads` when a number (a text setting, so not in SETTINGS; checked by
 # `blockqnn.settings.threads.parse`): more than 4096 threads is a typo on any machine
 THREADS = integers(1, 4096)
-INPUT_CHANNELS = integers(1, 64)  # network.input_shape C (set from the data)
-INPUT_SIDE = integers(1, 8192)  # network.input_shape H and W (the template sets the minimum)
 
 
 def check_settings(section: str, obj: object) -> None:

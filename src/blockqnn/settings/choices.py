@@ -14,6 +14,9 @@ TEMPLATES = ("cifar", "imagenet")  # how blocks are stacked: CIFAR stages or an 
 HEADS = ("paper", "gap")  # the network's classifier: the paper's FC head or global pooling
 FINAL_SCHEDULES = ("multistep", "cosine")  # the final training's lr schedules
 TTA_MODES = ("auto", "flip", "none")  # test-time augmentation of the final test accuracy
+# where latency is measured: PyTorch on the CPU or the GPU, or ONNX Runtime on the CPU
+LATENCY_RUNTIMES = ("cpu", "cuda", "onnxruntime")
+LATENCY_PLACES = ("worker", "master")  # who measures: each evaluating worker, or the search
 
 
 def either(choices: tuple[str, ...]) -> str:

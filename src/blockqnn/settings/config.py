@@ -2,9 +2,10 @@
 
 Owns: every setting of a search or an evaluation, its default with the reason, validation
 (once, at load: every numeric setting against its documented range in `blockqnn.settings.bounds`,
-every string's length), reading a TOML file safely, and the round trip to a plain dict (saved
-with every run). Must not import torch. Values marked (paper) come from BlockQNN; (choice)
-are ours where the paper is silent.
+every string's length), merging TOML tables and flags into the sections, and the round trip to
+a plain dict (saved with every run). The `[network]` section is `blockqnn.settings.network`'s,
+reading the file and checking each value's type `blockqnn.settings.toml`'s. Must not import
+torch. Values marked (paper) come from BlockQNN; (choice) are ours where the paper is silent.
 
 A TOML file has one table per section, each optional:
 
@@ -21,118 +22,23 @@ Names of spaces, strategies, rewards and executors are checked against
 
 from __future__ import annotations
 
-import json
-import os
-import stat
-import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from blockqnn.errors import ECHO_LIMIT, BlockQNNError, clip
-from blockqnn.settings.bounds import (
-    DEFAULT_MAX_DEPTH,
-    INPUT_CHANNELS,
-    INPUT_SIDE,
-    check,
-    check_settings,
-    check_text,
+from blockqnn.errors import BlockQNNError, clip
+from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH, check_settings, check_text
+from blockqnn.settings.choices import (
+    AUGMENTS,
+    COMPILE_MODES,
+    LATENCY_PLACES,
+    LATENCY_RUNTIMES,
+    PRECISIONS,
 )
-from blockqnn.settings.choices import AUGMENTS, COMPILE_MODES, HEADS, PRECISIONS, TEMPLATES
+from blockqnn.settings.network import NetworkConfig as NetworkConfig  # a section of Config
 from blockqnn.settings.registry import EXECUTORS, REWARDS, SPACES, STRATEGIES, Registry
 from blockqnn.settings.threads import parse as parse_threads
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-
-@dataclass(frozen=True)
-class NetworkConfig:
-    """How a block is stacked into a whole network.
-
-    CIFAR template (paper): 3x3 conv stem; `blocks_per_stage` blocks at `filters` channels,
-    2x2 max-pool stride 2 and width x2, the same at 2F, again at 4F; head.
-    ImageNet template (choice; the paper does not give it exactly): two stride-2 3x3 convs
-    bring 224x224 to 56x56, then four stages at F, 2F, 4F, 8F with 2x2 max-pools between.
-    """
-
-    num_classes: int = 10
-    input_shape: tuple[int, int, int] = (3, 32, 32)  # (channels, height, width)
-    filters: int = 32  # F: channels of the first stage; BlockQNN-S search-time value
-    blocks_per_stage: int = 2  # N: the search-time value; final networks use more (e.g. 4)
-    head: str = "paper"  # "paper": FC(1024)-ReLU-dropout-FC; "gap": global pool + FC
-    template: str = "cifar"
-    hidden: int = 1024  # width of the paper head's hidden FC layer
-    dropout: float = 0.4  # dropout of the paper head
-
-    def __post_init__(self) -> None:
-        shape = self.input_shape
-        if not isinstance(shape, (tuple, list)) or len(shape) != 3:
-            raise BlockQNNError(f"network.input_shape = {clip(shape)}: expected (C, H, W)")
-        check("network.input_shape channels", shape[0], INPUT_CHANNELS)
-        check("network.input_shape height", shape[1], INPUT_SIDE)
-        check("network.input_shape width", shape[2], INPUT_SIDE)
-        object.__setattr__(self, "input_shape", tuple(int(v) for v in shape))
-        _, h, w = self.input_shape
-        if self.template not in TEMPLATES:
-            raise BlockQNNError(
-                f"network.template = {clip(self.template, quote=True)}: choose one of {TEMPLATES}"
-            )
-        min_side = 8 if self.template == "cifar" else 32
-        if min(h, w) < min_side:
-            raise BlockQNNError(
-                f"input_shape: {h}x{w} images are too small for the {self.template} template "
-                f"(at least {min_side}x{min_side})"
-            )
-        if self.head not in HEADS:
-            raise BlockQNNError(
-                f"network.head = {clip(self.head, quote=True)}: choose one of {HEADS}"
-            )
-        check_settings("network", self)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["input_shape"] = list(self.input_shape)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NetworkConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BlockQNNError(
-                f"unknown network setting {clip(unknown[0], quote=True)} "
-                f"(valid: {', '.join(sorted(known))})"
-            )
-        values = dict(data)
-        if "input_shape" in values:
-            shape = values["input_shape"]
-            if not isinstance(shape, (list, tuple)):
-                raise BlockQNNError(f"network.input_shape = {clip(shape)}: expected (C, H, W)")
-            values["input_shape"] = tuple(shape)
-        return cls(**values)
-
-    @property
-    def stem(self) -> list[tuple[int, int, int, int]]:
-        """Stem convolutions as (in_channels, out_channels, kernel, stride)."""
-        c = self.input_shape[0]
-        if self.template == "cifar":
-            return [(c, self.filters, 3, 1)]
-        return [(c, self.filters, 3, 2), (self.filters, self.filters, 3, 2)]
-
-    @property
-    def stage_widths(self) -> list[int]:
-        n_stages = 3 if self.template == "cifar" else 4
-        return [self.filters * 2**i for i in range(n_stages)]
-
-    def stem_size(self) -> tuple[int, int]:
-        _, h, w = self.input_shape
-        for _, _, _, stride in self.stem:
-            if stride == 2:  # 3x3, padding 1, stride 2
-                h, w = (h + 1) // 2, (w + 1) // 2
-        return h, w
+from blockqnn.settings.toml import coerce, read_toml
 
 
 @dataclass(frozen=True)
@@ -217,8 +123,8 @@ class RewardConfig:
         _validate("reward", self)
         _registered(self, "name", REWARDS)
         if self.latency_device:
-            _choice(self, "latency_device", ("cpu", "cuda", "onnxruntime"))
-        _choice(self, "latency_on", ("worker", "master"))
+            _choice(self, "latency_device", LATENCY_RUNTIMES)
+        _choice(self, "latency_on", LATENCY_PLACES)
 
 
 @dataclass(frozen=True)
@@ -386,56 +292,8 @@ class Config:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Config:
-        """Read and validate a TOML file. Anything that is not a readable regular file of at
-        most `MAX_CONFIG_BYTES` is refused without reading it (a FIFO would block forever)."""
-        return cls.from_dict(_read_toml(path))
-
-
-MAX_CONFIG_BYTES = 1 << 20  # a config file of every section is ~2 KB; refuse what cannot be one
-
-
-def _read_toml(path: str | Path) -> dict[str, Any]:
-    if str(path) == "":
-        raise BlockQNNError("config file: the name is empty; give a TOML file")
-    p = Path(path)
-    name = clip(str(p))
-    try:
-        # O_NONBLOCK: opening a FIFO for reading must not wait for a writer
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise BlockQNNError(f"config file {name} does not exist") from None
-    except OSError as exc:
-        raise BlockQNNError(f"config file {name}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-            raise BlockQNNError(f"config file {name}: {what}")
-        if info.st_size > MAX_CONFIG_BYTES:
-            raise BlockQNNError(
-                f"config file {name}: {info.st_size:,} bytes, more than a config can be "
-                f"({MAX_CONFIG_BYTES:,})"
-            )
-        with os.fdopen(fd, "rb") as f:
-            fd = -1  # closed by the file object
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise BlockQNNError(f"config file {name}: {exc.strerror}") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BlockQNNError(f"config file {name}: not UTF-8 text") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise BlockQNNError(f"config file {name}: invalid TOML: {clip(str(exc))}") from None
-    except ValueError as exc:  # an integer of over 4,300 digits
-        raise BlockQNNError(f"config file {name}: invalid TOML: {clip(str(exc))}") from None
-    except RecursionError:  # arrays or tables nested thousands deep
-        raise BlockQNNError(f"config file {name}: invalid TOML: nested too deeply") from None
+        """Read and validate a TOML file (`blockqnn.settings.toml.read_toml`)."""
+        return cls.from_dict(read_toml(path))
 
 
 T = TypeVar("T")
@@ -469,64 +327,11 @@ def _update(section: T, values: dict[str, Any], name: str) -> T:
     clean: dict[str, Any] = {}
     for key, value in values.items():
         default = getattr(section, key)  # the current value carries the expected type
-        clean[key] = _coerce(value, default, f"{name}.{key}")
+        clean[key] = coerce(value, default, f"{name}.{key}")
     try:
         return replace(section, **clean)  # type: ignore[type-var]
     except TypeError as exc:
         raise BlockQNNError(f"config section [{name}]: {exc}") from None
-
-
-def _toml(value: Any) -> str:
-    """A config value as it is written in TOML (`true`, `"text"`, `[1, 2]`), cut like `clip`:
-    the user wrote TOML, not Python (`True`, `'text'`)."""
-
-    def text(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v, ensure_ascii=False)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(text(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {text(x)}" for k, x in v.items()) + "}"
-        return clip(v, limit=10 * ECHO_LIMIT)
-
-    try:
-        return clip(text(value))
-    except RecursionError:  # arrays nested thousands deep
-        return f"<a {type(value).__name__}>"
-
-
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    """Check a TOML value against the default's type; ints are accepted for floats."""
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise BlockQNNError(f"{where} = {_toml(value)}: expected true or false")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise BlockQNNError(f"{where} = {_toml(value)}: expected an integer")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BlockQNNError(f"{where} = {_toml(value)}: expected a number")
-        try:
-            return float(value)
-        except OverflowError:  # an integer beyond any float
-            raise BlockQNNError(f"{where} = {_toml(value)}: must be a finite number") from None
-    if where == "train.threads" and isinstance(value, int) and not isinstance(value, bool):
-        return str(value)  # `threads = 2`: a number of threads
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise BlockQNNError(f"{where} = {_toml(value)}: expected a string")
-        return value
-    if isinstance(default, tuple):
-        if not isinstance(value, (list, tuple)) or len(value) != len(default):
-            raise BlockQNNError(
-                f"{where} = {_toml(value)}: expected a list of {len(default)} values"
-            )
-        return tuple(_coerce(v, d, where) for v, d in zip(value, default, strict=True))
-    return value
 
 
 def _validate(section: str, obj: Any) -> None:

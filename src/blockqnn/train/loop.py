@@ -44,16 +44,16 @@ from blockqnn.errors import BlockQNNError
 from blockqnn.train.devices import resolve_precision
 from blockqnn.train.recipe import Recipe, lr_at
 from blockqnn.train.step import (
-    _Batches,
-    _compile,
-    _EagerStep,
-    _Execution,
-    _graph_obstacle,
-    _graphed_step,
-    _GraphedStep,
-    _load_optimizer_state,
-    _set_lr,
+    Batches,
+    EagerStep,
+    Execution,
+    GraphedStep,
+    compile_forward,
+    graph_obstacle,
+    graphed_step,
+    load_optimizer_state,
     make_optimizer,
+    set_lr,
 )
 from blockqnn.train.threads import configure_threads
 
@@ -138,12 +138,12 @@ def recalibrate_batchnorm(
 ) -> None:
     """Replace every BatchNorm's running mean and variance by their average over the batch
     statistics of `images` training images (a fixed, seeded sample; no augmentation)."""
-    ex = _Execution(data.device, resolve_precision(precision, data.device), channels_last)
+    ex = Execution(data.device, resolve_precision(precision, data.device), channels_last)
     _recalibrate(model, data, images, batch_size, ex)
 
 
 def _recalibrate(
-    model: nn.Module, data: DeviceData, images: int, batch_size: int, ex: _Execution
+    model: nn.Module, data: DeviceData, images: int, batch_size: int, ex: Execution
 ) -> None:
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or images <= 0:
@@ -173,7 +173,7 @@ def accuracy(
     data: DeviceData,
     split: str = "val",
     *,
-    batch_size: int = 1024,
+    batch_size: int = Recipe.eval_batch_size,
     precision: str = "auto",
     channels_last: bool = True,
     tta: bool = False,
@@ -183,7 +183,7 @@ def accuracy(
     mirror image (for models trained with random flips: both are images it learned)."""
     if split not in SPLITS:
         raise BlockQNNError(f"split {split!r}: choose one of {SPLITS}")
-    ex = _Execution(data.device, resolve_precision(precision, data.device), channels_last)
+    ex = Execution(data.device, resolve_precision(precision, data.device), channels_last)
     return _accuracy(model, data, split, batch_size, ex, tta)
 
 
@@ -192,7 +192,7 @@ def _accuracy(
     data: DeviceData,
     split: str,
     batch_size: int,
-    ex: _Execution,
+    ex: Execution,
     tta: bool = False,
 ) -> float:
     x: torch.Tensor = getattr(data, f"x_{split}")
@@ -300,10 +300,10 @@ class _Run:
     model: nn.Module
     data: DeviceData
     recipe: Recipe
-    ex: _Execution
+    ex: Execution
     optimizer: torch.optim.Optimizer
-    step: _EagerStep | _GraphedStep
-    batches: _Batches
+    step: EagerStep | GraphedStep
+    batches: Batches
     gen: torch.Generator
     loss_sum: torch.Tensor  # the sum of the epoch's per-image losses, on the device
     batch_size: int
@@ -336,12 +336,12 @@ def _prepare(
     if n_train == 0:
         raise BlockQNNError(f"the training split of {data.name} is empty")
     batch_size = min(recipe.batch_size, n_train)  # a tiny subset trains in whole batches
-    ex = _Execution(device, resolve_precision(recipe.precision, device), recipe.channels_last)
+    ex = Execution(device, resolve_precision(recipe.precision, device), recipe.channels_last)
     if device.type == "cpu":
         configure_threads()
     else:
         torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once
-    ex.graph_reason = _graph_obstacle(recipe)
+    ex.graph_reason = graph_obstacle(recipe)
     model.to(device)
     if ex.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -349,30 +349,30 @@ def _prepare(
         model.load_state_dict(resume["model"])
     optimizer = make_optimizer(model, recipe, graphed=ex.try_graph)
     if resume is not None:
-        _load_optimizer_state(optimizer, resume["optimizer"], graphed=ex.try_graph)
+        load_optimizer_state(optimizer, resume["optimizer"], graphed=ex.try_graph)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
     gen = torch.Generator(device=device)
-    batches = _Batches(data, recipe, ex, gen)
+    batches = Batches(data, recipe, ex, gen)
     model.train()
     forward: Callable[[torch.Tensor], torch.Tensor] = model
     if recipe.compile and train:
         gen.manual_seed(_epoch_seed(recipe.seed, -1))
         xb, yb = batches(torch.arange(batch_size, device=device))
-        forward = _compile(model, loss_fn, data.normalize(xb), yb, ex)
-    eager = _EagerStep(forward, loss_fn, optimizer, data, ex, loss_sum)
-    step: _EagerStep | _GraphedStep = eager
+        forward = compile_forward(model, loss_fn, data.normalize(xb), yb, ex)
+    eager = EagerStep(forward, loss_fn, optimizer, data, ex, loss_sum)
+    step: EagerStep | GraphedStep = eager
     if ex.try_graph and train:
         gen.manual_seed(_epoch_seed(recipe.seed, -1))
         static = batches(torch.arange(batch_size, device=device))
-        graphed = _graphed_step(eager, static, model, ex)
+        graphed = graphed_step(eager, static, model, ex)
         if graphed is not None:
             step = graphed
         else:  # run eagerly, with an optimiser of the eager kind
             optimizer = make_optimizer(model, recipe, graphed=False)
             if resume is not None:
-                _load_optimizer_state(optimizer, resume["optimizer"], graphed=False)
-            step = _EagerStep(forward, loss_fn, optimizer, data, ex, loss_sum)
+                load_optimizer_state(optimizer, resume["optimizer"], graphed=False)
+            step = EagerStep(forward, loss_fn, optimizer, data, ex, loss_sum)
     # A CUDA graph and a compiled network have fixed shapes: they drop the last partial batch.
     fixed = ex.graphed or ex.compiled
     steps = n_train // batch_size if fixed else math.ceil(n_train / batch_size)
@@ -397,13 +397,13 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> _Epoch:
     images = 0
     error = ""
     lr = lr_at(recipe, epochs, epoch)
-    _set_lr(run.optimizer, lr)
+    set_lr(run.optimizer, lr)
     run.model.train()
     for i in range(run.steps):
         # cosine and warm-up change the lr every step; the others once per epoch
         if i and (recipe.schedule == "cosine" or epoch < recipe.warmup_epochs):
             lr = lr_at(recipe, epochs, epoch + i / run.steps)
-            _set_lr(run.optimizer, lr)
+            set_lr(run.optimizer, lr)
         xb, yb = run.batches(order[i * run.batch_size : (i + 1) * run.batch_size])
         finite = run.step(xb, yb)
         images += len(yb)

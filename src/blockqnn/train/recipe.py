@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from blockqnn.errors import BlockQNNError
 from blockqnn.settings.choices import PRECISIONS
 from blockqnn.settings.config import TrainConfig
+from blockqnn.settings.final import MILESTONES, FinalSettings
 
 if TYPE_CHECKING:
     import torch
@@ -39,23 +40,27 @@ COMPILE_AUTO_SECONDS = 1200.0
 # ramp from lr / k towards k x lr over 5 epochs; ours reaches the peak linearly).
 WARMUP_START = 0.1
 CPU_EAGER_FLOPS_PER_SECOND = 8.8e10
+# The defaults a `Recipe` shares with the settings: the early-stop training's (`[train]`) and
+# the final training's SGD (`blockqnn train`), each written once, there.
+_EARLY_STOP, _FINAL = TrainConfig(), FinalSettings()
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to train. Defaults are the paper's early-stop recipe; see `Recipe.from_config`."""
+    """How to train. Defaults are the paper's early-stop recipe (`TrainConfig`'s defaults; see
+    `Recipe.from_config`), with the final training's SGD momentum and milestones."""
 
     optimizer: str = "adam"  # "adam" or "sgd"
-    lr: float = 1e-3  # peak learning rate per step (not scaled with the batch size)
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam moment decays
-    eps: float = 1e-8  # Adam denominator guard
-    momentum: float = 0.9  # SGD momentum
-    nesterov: bool = False  # SGD Nesterov momentum
-    weight_decay: float = 0.0  # L2 penalty added to the gradients (both optimisers)
+    lr: float = _EARLY_STOP.lr  # peak learning rate per step (not scaled with the batch size)
+    betas: tuple[float, float] = _EARLY_STOP.betas  # Adam moment decays
+    eps: float = _EARLY_STOP.eps  # Adam denominator guard
+    momentum: float = _FINAL.momentum  # SGD momentum
+    nesterov: bool = _FINAL.nesterov  # SGD Nesterov momentum
+    weight_decay: float = _EARLY_STOP.weight_decay  # L2 penalty added to the gradients (both)
     schedule: str = "step"  # "step" | "multistep" | "cosine" | "constant"
-    step_epochs: int = 5  # "step": multiply the lr by `gamma` every this many epochs
-    gamma: float = 0.2  # lr factor at each step or milestone
-    milestones: tuple[float, ...] = (0.5, 0.75)  # "multistep": fractions of the total epochs
+    step_epochs: int = _EARLY_STOP.lr_step_epochs  # "step": lr x `gamma` every this many epochs
+    gamma: float = _EARLY_STOP.lr_gamma  # lr factor at each step or milestone
+    milestones: tuple[float, ...] = MILESTONES  # "multistep": fractions of the total epochs
     # linear warm-up over this many epochs (fractions allowed), per step, from
     # WARMUP_START of the schedule's lr to all of it; 0 = none
     warmup_epochs: float = 0.0
@@ -63,18 +68,19 @@ class Recipe:
     pad: int = 0  # random-crop shift in pixels (reflect padding); 0 = no crop
     flip: bool = False  # random horizontal flip
     cutout: int = 0  # side in pixels of a random square set to the mean per image; 0 = off
-    batch_size: int = 256  # training images per step
+    batch_size: int = _EARLY_STOP.batch_size  # training images per step
     eval_batch_size: int = 1024  # inference images per forward: larger is faster
     bn_recalibrate: int = 0  # training images re-estimating BatchNorm statistics before
     # each evaluation; 0 = keep the running averages (see EARLY_STOP_BN_IMAGES)
-    precision: str = "auto"  # "auto": bf16 where it is fast (CUDA, AMX CPUs), else fp32
-    channels_last: bool = True  # NHWC convs: faster on GPUs and on x86 CPUs (oneDNN)
-    cuda_graphs: bool = True  # capture the whole training step as one CUDA graph
+    # "auto": bf16 where it is fast (CUDA, AMX CPUs), else fp32
+    precision: str = _EARLY_STOP.precision
+    channels_last: bool = _EARLY_STOP.channels_last  # NHWC convs: faster on GPUs and x86 CPUs
+    cuda_graphs: bool = _EARLY_STOP.cuda_graphs  # capture the whole step as one CUDA graph
     # torch.compile the training forward: on a 2-core AVX512 CPU it doubles throughput
     # (fused BatchNorm backward) but costs ~90 s per network, so only long runs gain
     compile: bool = False
-    max_seconds: float = 0.0  # wall-clock limit of one `fit` call in seconds; 0 = none
-    seed: int = 0  # seed of the batch order, augmentation and dropout
+    max_seconds: float = _EARLY_STOP.max_seconds  # wall-clock limit of one `fit` in s; 0 = none
+    seed: int = _EARLY_STOP.seed  # seed of the batch order, augmentation and dropout
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))

@@ -2,9 +2,11 @@
 (device, autocast, memory layout), the optimiser and its resumable state, the batches, and
 the step itself in an eager and a CUDA-graph form, with torch.compile and graph capture.
 
-Owns: `make_optimizer`, the step objects and the capture and compile fallbacks (a step that
-cannot be compiled or captured runs eagerly, and the mode says why). Must not know about
-epochs, schedules or evaluation: `blockqnn.train.loop` does.
+Owns, as the loop's interface: `Execution` (how a fit runs, and its mode), the optimiser
+(`make_optimizer`, `set_lr`, `load_optimizer_state`), `Batches`, the step objects
+(`EagerStep`, `GraphedStep` made by `graphed_step`) and `compile_forward`, with the capture
+and compile fallbacks (a step that cannot be compiled or captured runs eagerly, and the mode
+says why). Must not know about epochs, schedules or evaluation: `blockqnn.train.loop` does.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class _Execution:
+class Execution:
     """How one `fit` runs: the device, the autocast dtype, the memory layout, and whether the
     step became a CUDA graph or was compiled (with the reason when not)."""
 
@@ -95,7 +97,8 @@ def make_optimizer(model: nn.Module, recipe: Recipe, graphed: bool) -> torch.opt
     )
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's lr, in place when it is a tensor (a CUDA graph reads its memory)."""
     for group in optimizer.param_groups:
         if isinstance(group["lr"], torch.Tensor):
             group["lr"].fill_(lr)
@@ -103,7 +106,7 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
-def _load_optimizer_state(
+def load_optimizer_state(
     optimizer: torch.optim.Optimizer, state: Mapping[str, Any], graphed: bool
 ) -> None:
     """Load a saved optimiser state, keeping this run's lr objects and capturable flag (a
@@ -123,12 +126,12 @@ def _load_optimizer_state(
                 pstate["step"] = step.to(param.device if graphed else "cpu")
 
 
-class _Batches:
+class Batches:
     """The training batches: seeded crop, flip and cutout on the device, in the layout the
     model trains in."""
 
     def __init__(
-        self, data: DeviceData, recipe: Recipe, ex: _Execution, gen: torch.Generator
+        self, data: DeviceData, recipe: Recipe, ex: Execution, gen: torch.Generator
     ) -> None:
         self.data, self.recipe, self.ex, self.gen = data, recipe, ex, gen
         # Cutout fills with the dataset mean, which normalises to 0.
@@ -143,7 +146,7 @@ class _Batches:
         return xb, self.data.y_train[idx]
 
 
-class _EagerStep:
+class EagerStep:
     """One training step (forward, backward, optimiser) run op by op; it adds the batch's
     summed loss to `loss_sum`."""
 
@@ -153,7 +156,7 @@ class _EagerStep:
         loss_fn: nn.Module,
         optimizer: torch.optim.Optimizer,
         data: DeviceData,
-        ex: _Execution,
+        ex: Execution,
         loss_sum: torch.Tensor,
     ) -> None:
         self.forward, self.loss_fn, self.optimizer = forward, loss_fn, optimizer
@@ -176,7 +179,7 @@ class _EagerStep:
         return self.ex.device.type != "cpu" or math.isfinite(loss.item())
 
 
-class _GraphedStep:
+class GraphedStep:
     """One training step replayed from a CUDA graph: the batch is copied into the graph's
     static inputs, and the graph adds the loss to `loss_sum` itself."""
 
@@ -192,12 +195,12 @@ class _GraphedStep:
         return True  # read once per epoch: a host sync per step would cost the graph's gain
 
 
-def _graphed_step(
-    eager: _EagerStep,
+def graphed_step(
+    eager: EagerStep,
     static: tuple[torch.Tensor, torch.Tensor],
     model: nn.Module,
-    ex: _Execution,
-) -> _GraphedStep | None:
+    ex: Execution,
+) -> GraphedStep | None:
     """Capture `eager` as a CUDA graph on the static batch; None (and the reason in `ex`)
     when capture fails, e.g. on an op that cannot be captured."""
     static_x, static_y = static
@@ -209,11 +212,11 @@ def _graphed_step(
         ex.graph_reason = f"capture failed: {type(exc).__name__}: {_first_line(exc)}"
         return None
     ex.graphed = True
-    return _GraphedStep(graph, static_x, static_y)
+    return GraphedStep(graph, static_x, static_y)
 
 
-def _compile(
-    model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, yb: torch.Tensor, ex: _Execution
+def compile_forward(
+    model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, yb: torch.Tensor, ex: Execution
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """torch.compile `model` and compile its forward and backward now, on one normalised
     batch `x`, with the model's state restored afterwards; on any failure (no C++ compiler,
@@ -236,7 +239,7 @@ def _compile(
     return compiled
 
 
-def _graph_obstacle(recipe: Recipe) -> str:
+def graph_obstacle(recipe: Recipe) -> str:
     """Why the step cannot be a CUDA graph ("" when it can be tried on CUDA)."""
     if not recipe.cuda_graphs:
         return "disabled"

@@ -1,8 +1,9 @@
 """Network Structure Code: the layer tuple, the validated block and its text and JSON forms.
 
 Owns: the seven layer types and their kernel and predecessor rules, `Layer`, `Block`, parsing,
-canonical text and the isomorphism-invariant hash (via `blockqnn.space.nsc.graph`). Must not import
-torch: everything here is pure logic that the agent, the store and the cost model share.
+canonical text and the isomorphism-invariant hash (its graph, as labels and edges, goes to
+`blockqnn.space.nsc.graph`). Must not import torch: everything here is pure logic that the
+agent, the store and the cost model share.
 
 A block is a list of layers `(index, type, kernel, pred1, pred2)`; index 0 is the block's
 input, layers are numbered 1, 2, ... and an optional terminal layer (type 7) closes the block.
@@ -21,6 +22,7 @@ from typing import Any
 
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH, MAX_DEPTH
+from blockqnn.space.nsc.graph import canonical_encoding, canonical_form, canonical_order, hash_form
 
 # Layer values are small: index and predecessors below MAX_DEPTH, types 1-7, kernels 0-5.
 # Anything beyond this many digits is refused before Python converts it (conversion of a
@@ -359,15 +361,28 @@ class Block:
         return len(self.edges) / self.num_nodes
 
     @cached_property
+    def labels(self) -> tuple[str, ...]:
+        """The graph's node labels: "in", "type:kernel" of each layer, "out" (the hash's
+        input: changing them changes every stored hash)."""
+        return ("in", *(f"{int(la.type)}:{la.kernel}" for la in self.layers), "out")
+
+    @cached_property
     def hash(self) -> str:
         """Isomorphism-invariant identity: equal for the same graph numbered differently."""
-        from blockqnn.space.nsc.graph import canonical_form, hash_form
-
-        return hash_form(canonical_form(self))
+        return hash_form(canonical_form(self.labels, self.edges))
 
     def canonical(self) -> Block:
         """The representative of this block's isomorphism class (same `hash`, same text
-        for every numbering of the same graph)."""
-        from blockqnn.space.nsc.graph import canonical_block
-
-        return canonical_block(self)
+        for every numbering of the same graph): nodes renumbered in canonical order, add and
+        concat reading their predecessors in ascending order."""
+        _, ranks = canonical_encoding(self.labels, self.edges)
+        by_index = {layer.index: layer for layer in self.layers}
+        placed = canonical_order({i: layer.preds for i, layer in by_index.items()}, ranks)
+        new_index = {0: 0, **{old: new for new, old in enumerate(placed, start=1)}}
+        layers = []
+        for old in placed:
+            layer = by_index[old]
+            ps = sorted(new_index[q] for q in layer.preds)
+            pred1, pred2 = (ps[0], ps[1]) if len(ps) == 2 else (ps[0], 0)
+            layers.append(Layer(new_index[old], layer.type, layer.kernel, pred1, pred2))
+        return Block(tuple(layers), self.max_depth)

@@ -1,7 +1,9 @@
-"""Canonical form and hash of a block's graph.
+"""Canonical form and hash of a block's graph, on plain data.
 
 Owns: the exact isomorphism-invariant form that keys blocks everywhere (store, replay memory,
-reward cache, file names). Must not import torch.
+reward cache, file names). Must not import torch, nor anything of this package: like
+nasbench's `graph_util`, it works on node labels and edge lists, and `blockqnn.space.nsc.block`
+hands it those (a block's graph: node 0 the input, 1..n its layers, n+1 the output).
 
 How it works. The block is a DAG: node 0 is the input, nodes 1..n the computing layers,
 node n+1 the output (fed by every unconsumed layer). Each node is labelled by its type and
@@ -28,23 +30,13 @@ Blocks have at most ~10 nodes, so this takes well under a millisecond for typica
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from blockqnn.space.nsc.block import Block
+from collections.abc import Mapping, Sequence
 
 Encoding = tuple[tuple[str, ...], tuple[tuple[int, int], ...]]
+Edges = Sequence[tuple[int, int]]
 
 
-def _labels(block: Block) -> list[str]:
-    labels = ["in"]
-    for layer in block.layers:
-        labels.append(f"{int(layer.type)}:{layer.kernel}")
-    labels.append("out")
-    return labels
-
-
-def _refine(colors: list[int], preds: list[list[int]], succs: list[list[int]]) -> list[int]:
+def refine(colors: list[int], preds: list[list[int]], succs: list[list[int]]) -> list[int]:
     """Split colour classes by neighbour colours until stable; returns dense canonical colours."""
     n_classes = len(set(colors))
     while True:
@@ -70,7 +62,7 @@ def _search(
     preds: list[list[int]],
     succs: list[list[int]],
 ) -> tuple[Encoding, list[int]]:
-    colors = _refine(colors, preds, succs)
+    colors = refine(colors, preds, succs)
     n = len(colors)
     if len(set(colors)) == n:
         order = sorted(range(n), key=colors.__getitem__)
@@ -96,9 +88,10 @@ def _search(
     return best
 
 
-def _canonical(block: Block) -> tuple[Encoding, list[int]]:
-    labels = _labels(block)
-    edges = list(block.edges)
+def canonical_encoding(labels: Sequence[str], edges: Edges) -> tuple[Encoding, list[int]]:
+    """The canonical encoding of the graph with these node labels and directed edges, and
+    each node's canonical rank (a permutation of 0..len(labels) - 1)."""
+    labels = list(labels)
     n = len(labels)
     preds: list[list[int]] = [[] for _ in range(n)]
     succs: list[list[int]] = [[] for _ in range(n)]
@@ -106,13 +99,13 @@ def _canonical(block: Block) -> tuple[Encoding, list[int]]:
         preds[b].append(a)
         succs[a].append(b)
     ranking = {label: rank for rank, label in enumerate(sorted(set(labels)))}
-    return _search([ranking[label] for label in labels], labels, edges, preds, succs)
+    return _search([ranking[label] for label in labels], labels, list(edges), preds, succs)
 
 
-def canonical_form(block: Block) -> str:
-    """A string that is equal for two blocks exactly when their graphs are isomorphic."""
-    (labels, edges), _ = _canonical(block)
-    return " ".join(labels) + " | " + " ".join(f"{a}>{b}" for a, b in edges)
+def canonical_form(labels: Sequence[str], edges: Edges) -> str:
+    """A string that is equal for two graphs exactly when they are isomorphic (labels kept)."""
+    (enc_labels, enc_edges), _ = canonical_encoding(labels, edges)
+    return " ".join(enc_labels) + " | " + " ".join(f"{a}>{b}" for a, b in enc_edges)
 
 
 def hash_form(form: str) -> str:
@@ -120,29 +113,17 @@ def hash_form(form: str) -> str:
     return hashlib.sha256(form.encode()).hexdigest()[:32]
 
 
-def canonical_block(block: Block) -> Block:
-    """Renumber `block` into the canonical representative of its isomorphism class.
-
-    Nodes are laid out in topological order, always taking the ready node of smallest
-    canonical rank; add and concat list their predecessors in ascending order.
-    """
-    from blockqnn.space.nsc.block import Block, Layer
-
-    _, ranks = _canonical(block)
-    by_index = {layer.index: layer for layer in block.layers}
-    new_index = {0: 0}
-    ready = sorted(by_index, key=lambda i: ranks[i])
+def canonical_order(preds: Mapping[int, Sequence[int]], ranks: Sequence[int]) -> list[int]:
+    """The nodes of `preds` (each node's predecessors; node 0, the input, is placed already)
+    in topological order, always taking the ready node of smallest canonical rank: the order
+    in which the canonical representative numbers them."""
     placed: list[int] = []
-    while len(placed) < len(by_index):
+    done = {0}
+    ready = sorted(preds, key=lambda i: ranks[i])
+    while len(placed) < len(preds):
         for i in ready:
-            if i not in new_index and all(p in new_index for p in by_index[i].preds):
-                new_index[i] = len(placed) + 1
+            if i not in done and all(p in done for p in preds[i]):
+                done.add(i)
                 placed.append(i)
                 break
-    layers = []
-    for old in placed:
-        layer = by_index[old]
-        ps = sorted(new_index[q] for q in layer.preds)
-        pred1, pred2 = (ps[0], ps[1]) if len(ps) == 2 else (ps[0], 0)
-        layers.append(Layer(new_index[old], layer.type, layer.kernel, pred1, pred2))
-    return Block(tuple(layers), block.max_depth)
+    return placed

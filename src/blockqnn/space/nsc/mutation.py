@@ -1,8 +1,9 @@
 """Mutation of NSC blocks: the one small random change regularized evolution makes.
 
-Owns: `mutate_block` and its five operators on a block's layer rows. Must not import torch
-and must not learn anything: the strategy (`blockqnn.strategy.evolution`) chooses the parent,
-this module only changes it.
+Owns: `mutate_block` and its five operators on a block's layer rows. Must not import torch,
+must not know the space (it gets the maximum depth, a plain number; `NSCSpace.mutate` calls
+it) and must not learn anything: the strategy (`blockqnn.strategy.evolution`) chooses the
+parent, this module only changes it.
 
 One mutation applies one operator, drawn uniformly among those applicable to the block,
 to one target drawn uniformly within that operator:
@@ -35,12 +36,8 @@ of two or more layers, where `type` and `delete` apply too: probability below 3^
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
 
 from blockqnn.space.nsc.block import KERNELS, Block, LayerType
-
-if TYPE_CHECKING:
-    from blockqnn.space.nsc.space import NSCSpace
 
 __all__ = ["OPERATORS", "applicable_operators", "mutate_block"]
 
@@ -170,20 +167,19 @@ def _mutate_once(rows: list[Row], max_depth: int, rng: random.Random) -> tuple[s
     return op, rows
 
 
-def mutate_block(space: NSCSpace, block: Block, rng: random.Random) -> Block:
-    """A valid block of `space`, one random mutation away from `block`, with another hash
-    whenever the space allows one (see the module docstring).
+def mutate_block(block: Block, max_depth: int, rng: random.Random) -> Block:
+    """A valid block of depth `max_depth`, one random mutation away from `block`, with
+    another hash whenever the depth allows one (see the module docstring).
 
-    Raises `BlockQNNError` if `block` does not fit the space (too deep).
+    Raises `BlockQNNError` if `block` does not fit `max_depth` (too deep).
 
-    >>> from blockqnn.space.nsc.space import NSCSpace
     >>> parent = Block.parse("1,1,3,0,0; 2,7,0,0,0", max_depth=3)
-    >>> child = mutate_block(NSCSpace(max_depth=3), parent, random.Random(0))
+    >>> child = mutate_block(parent, 3, random.Random(0))
     >>> child.hash != parent.hash
     True
     """
-    space.path_of(block)  # a block from a deeper space would give rows that cannot fit
-    max_depth = space.max_depth
+    # a block from a deeper space would give rows that cannot fit: refused before any draw
+    Block.from_tuples(block.to_json(), max_depth)
     rows: list[Row] = [list(layer.as_tuple()) for layer in block.layers]
     child = block
     for _ in range(_ATTEMPTS):

@@ -37,6 +37,7 @@ from blockqnn.errors import BlockQNNError
 from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH
 from blockqnn.space.base import Action, Path, State, parse_path_rows, path_text
 from blockqnn.space.nsc.block import KERNELS, Block, LayerType, check_depth
+from blockqnn.space.nsc.mutation import mutate_block
 
 if TYPE_CHECKING:
     from blockqnn.settings.config import Config
@@ -74,7 +75,7 @@ class NSCSpace:
     >>> space = NSCSpace(max_depth=3)
     >>> len(space.actions(START)), space.actions((2, 1, 3, 1, 0))
     (8, ((3, 7, 0, 0, 0),))
-    >>> str(space.to_block(((1, 1, 3, 0, 0), (2, 7, 0, 0, 0))))
+    >>> str(space.to_candidate(((1, 1, 3, 0, 0), (2, 7, 0, 0, 0))))
     '1,1,3,0,0; 2,7,0,0,0'
     """
 
@@ -186,9 +187,9 @@ class NSCSpace:
         return Block.parse(text, self.max_depth)
 
     def mutate(self, candidate: Block, rng: random.Random) -> Block:
-        from blockqnn.space.nsc.mutation import mutate_block
-
-        return mutate_block(self, candidate, rng)
+        """A block of this space one random mutation away (`blockqnn.space.nsc.mutation`);
+        `BlockQNNError` if `candidate` is too deep for it."""
+        return mutate_block(candidate, self.max_depth, rng)
 
     def path_of(self, block: Block) -> Path:
         """The path that produces `block`, add/concat predecessors sorted.

@@ -2,31 +2,33 @@
 the named recipes `blockqnn train --recipe` starts from.
 
 Owns: every default of the final training, in one place (the CLI's help reads them here),
-and their validation. Must stay light (no numpy, no torch): the CLI imports it to build its
-parser. The training itself is `blockqnn.final.train`'s.
+and their validation against the ranges of `blockqnn.settings.bounds`. Must stay light (no
+numpy, no torch) and must not build the trainer's recipe: the CLI imports it to build its
+parser, and `blockqnn.final.recipe` turns these settings into a `Recipe`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from blockqnn.errors import BlockQNNError
 from blockqnn.settings.bounds import (
+    BATCH_SIZE,
+    CUTOUT,
+    EPOCHS,
     FRACTION,
-    MAX_EPOCHS,
-    MAX_LR,
+    LEARNING_RATE,
     SEED,
     UNIT_OPEN_HIGH,
-    Range,
     check,
-    integers,
 )
 from blockqnn.settings.choices import AUGMENTS, FINAL_SCHEDULES, TTA_MODES, either
 
-if TYPE_CHECKING:
-    from blockqnn.train.recipe import Recipe
+# (paper) The step schedule of the final training: the lr is divided by 10 (x MILESTONE_GAMMA)
+# at 50% and 75% of the epochs (`schedule = "multistep"`).
+MILESTONES = (0.5, 0.75)  # fractions of the total epochs
+MILESTONE_GAMMA = 0.1  # lr factor at each milestone
 
 
 @dataclass(frozen=True)
@@ -52,13 +54,13 @@ class FinalSettings:
 
     def __post_init__(self) -> None:
         for flag, value, allowed in (
-            ("--epochs", self.epochs, integers(1, MAX_EPOCHS)),
-            ("--batch-size", self.batch_size, integers(1, 1_048_576)),
-            ("--lr", self.lr, Range(0.0, MAX_LR, open_low=True)),
+            ("--epochs", self.epochs, EPOCHS),
+            ("--batch-size", self.batch_size, BATCH_SIZE),
+            ("--lr", self.lr, LEARNING_RATE),
             ("--momentum", self.momentum, UNIT_OPEN_HIGH),
             ("--weight-decay", self.weight_decay, FRACTION),
             ("--label-smoothing", self.label_smoothing, UNIT_OPEN_HIGH),
-            ("--cutout", self.cutout, integers(0, 8192)),
+            ("--cutout", self.cutout, CUTOUT),
             ("--seed", self.seed, SEED),
         ):
             check(flag, value, allowed)
@@ -71,31 +73,6 @@ class FinalSettings:
                 raise BlockQNNError(f"{option} {text!r}: choose {either(choices)}")
         if not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
             raise BlockQNNError(f"--warmup-epochs {self.warmup_epochs:g}: must be >= 0")
-
-    def recipe(self, dataset: str, input_shape: tuple[int, int, int]) -> Recipe:
-        """The trainer's recipe for these settings on a dataset of this name and shape."""
-        from blockqnn.train.recipe import Recipe, augmentation
-
-        pad, flip = augmentation(self.augment, dataset, input_shape)
-        return Recipe(
-            optimizer="sgd",
-            lr=self.lr,
-            momentum=self.momentum,
-            nesterov=self.nesterov,
-            warmup_epochs=self.warmup_epochs,
-            weight_decay=self.weight_decay,
-            schedule=self.schedule,
-            gamma=0.1,  # (paper) lr /10 at 50% and 75% of the epochs
-            milestones=(0.5, 0.75),
-            label_smoothing=self.label_smoothing,
-            pad=pad,
-            flip=flip,
-            cutout=self.cutout,
-            batch_size=self.batch_size,
-            precision=self.precision,
-            cuda_graphs=True,
-            seed=self.seed,
-        )
 
 
 # The recipes `blockqnn train --recipe NAME` starts from; flags given beside it override.
