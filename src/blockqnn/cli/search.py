@@ -209,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
             raise BlockQNNError("--run-dir DIR is required (or --resume DIR)")
         base = Config.from_toml(args.config) if args.config is not None else Config()
         run_dir, config = args.run_dir, merge(base, overrides)
+    _require_ray(config.search.executor if config else overrides["search"].get("executor"))
     out = sys.stderr if args.json else sys.stdout
     display = _Display(out, run_dir)
     try:
@@ -260,6 +261,20 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _require_ray(executor: str | None) -> None:
+    """The ray executor without ray installed: one line naming the extra, before the run
+    directory is made (the executor would otherwise fail with a traceback at its start)."""
+    if executor != "ray":
+        return
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise BlockQNNError(
+            "--executor ray needs the ray package, which is not installed: "
+            "pip install 'blockqnn[ray]'"
+        ) from None
 
 
 def growth_lines(summary: Any) -> list[str]:
