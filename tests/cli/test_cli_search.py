@@ -224,8 +224,9 @@ def test_a_search_ends_with_the_next_commands_of_its_run(
     quoted = f"'{run}'"
     for command in ("status", "report", "trials"):
         assert f" {command} {quoted}" in out
-    final = f"'{run}-final'"
+    final = f"'{run}/final'"
     assert f" train {quoted} --out {final} --filters 32 --blocks-per-stage 2" in out
+    assert f" export '{run}/final/model.pt' --format onnx --out '{run}/final/model.onnx'" in out
     with Store.open(run, readonly=True) as store:
         config = store.config()
     assert (config.network.blocks_per_stage, config.train.batch_size) == (1, 32)
@@ -236,6 +237,22 @@ def test_a_search_ends_with_the_next_commands_of_its_run(
         assert main(["search", "--resume", str(run), "--batch-size", "8"]) == 2
     finally:
         threads.reset()  # the command line's choice is process-wide
+
+
+def test_the_quick_starts_latest_run_glob_finds_the_run_not_its_final_training(
+    tmp_path: Path, synthetic: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+    import shlex
+
+    run = tmp_path / "demo-20260101-000000"  # what `make demo` names a run
+    argv = ["search", "--run-dir", str(run), "--budget", "2", "--dataset", "digits"]
+    assert main(argv) == 0
+    train = next(x for x in capsys.readouterr().out.splitlines() if " train " in x)
+    words = shlex.split(re.sub(r"\s+#.*", "", train))
+    Path(words[words.index("--out") + 1]).mkdir()  # as `blockqnn train` makes it
+    # the quick start's `ls -d runs/demo-* | tail -n 1`: the run, not the training
+    assert sorted(tmp_path.glob("demo-*"))[-1] == run
 
 
 def test_the_stored_config_records_the_shape_of_the_data(

@@ -349,6 +349,8 @@ NEXT_ALIGN = 72  # the widest command the next-step comments are aligned after
 
 def next_commands(run_dir: str) -> list[str]:
     """What to run next, with this run's directory filled in (quoted for the shell)."""
+    import os
+
     from blockqnn.store.db import Store
 
     with Store.open(run_dir, readonly=True) as store:
@@ -361,11 +363,17 @@ def next_commands(run_dir: str) -> list[str]:
     ]
     if config.search.space == "nsc":  # train builds networks of NSC blocks only
         net = config.network
-        final = shlex.quote(run_dir.rstrip("/") + "-final")
+        # inside the run: `ls -d runs/demo-* | tail -n 1` (the quick start) still finds the run
+        final = os.path.join(run_dir, "final")
         size = f"--filters {max(32, net.filters)} --blocks-per-stage {max(2, net.blocks_per_stage)}"
-        commands.append(
-            (f"{prog} train {run} --out {final} {size}", "the best block at a final size")
-        )
+        model, onnx = shlex.quote(f"{final}/model.pt"), shlex.quote(f"{final}/model.onnx")
+        commands += [
+            (
+                f"{prog} train {run} --out {shlex.quote(final)} {size}",
+                "the best block at a final size",
+            ),
+            (f"{prog} export {model} --format onnx --out {onnx}", "then a file to deploy"),
+        ]
     # comments aligned after the short commands; a long one (a deep run dir) is not padded to
     width = max([len(c) for c, _ in commands if len(c) <= NEXT_ALIGN] or [0])
     lines = ["next:", *(f"  {c.ljust(width)}  # {why}" for c, why in commands)]
