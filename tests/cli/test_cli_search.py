@@ -282,8 +282,29 @@ def test_status_after_kill_9_says_the_trial_was_interrupted(
     store.close()  # no end_session: as after kill -9
     assert main(["status", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "stopped" in out and "1 interrupted by a killed search" in out
-    assert "1 running" not in out and f"blockqnn search --resume {run}" in out
+    assert "stopped" in out and "1 running (left by a killed search)" in out
+    assert f"blockqnn search --resume {run}" in out
+
+
+def test_one_set_of_trial_status_names_in_status_trials_csv_json_and_report(
+    finished_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from blockqnn.space.nsc.block import Block
+
+    with Store.open(finished_run, acquire=True) as store:  # a search stopped by Ctrl-C
+        store.begin_session()
+        store.interrupt([store.add_trial(Block.parse("1,1,1,0,0"), info={})])
+        store.end_session("interrupted")
+    assert main(["status", str(finished_run)]) == 0
+    status = capsys.readouterr().out
+    assert "0 running, 0 queued, 1 interrupted" in status and "waiting" not in status
+    assert main(["status", str(finished_run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["interrupted"] == 1
+    assert main(["trials", str(finished_run), "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split(",")[1] == "interrupted"
+    assert main(["report", str(finished_run)]) == 0
+    page = (finished_run / "report.html").read_text()
+    assert "0 running, 0 queued, 1 interrupted" in page and "waiting" not in page
 
 
 def test_a_config_type_error_quotes_toml_not_python(

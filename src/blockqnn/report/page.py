@@ -19,7 +19,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from blockqnn.errors import BlockQNNError
-from blockqnn.report.data import RunSummary, Stage, duration, rolling_size, stage_means
+from blockqnn.report.data import (
+    RunSummary,
+    Stage,
+    duration,
+    pending_text,
+    rolling_size,
+    stage_means,
+)
 from blockqnn.store.db import FAILED, TrialRecord
 from blockqnn.train.threads import cpu_name
 
@@ -173,7 +180,7 @@ def header(run: RunSummary) -> str:
             "trials",
             f"{c['trained']} trained of a budget of {cfg.search.budget} "
             f"({c['complete']} complete, {c['failed']} failed); {c['reused']} reused; "
-            f"{c['running']} running, {c['queued'] + c['interrupted']} waiting",
+            + _e(pending_text(c, run.active)),
         ),
         ("elapsed", _e(duration(run.elapsed)) + " (search sessions, summed)"),
         ("evaluations per hour", _num(rate, ",.1f")),
