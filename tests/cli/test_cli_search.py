@@ -318,3 +318,13 @@ def test_a_config_type_error_quotes_toml_not_python(
     config.write_text('[network]\nfilters = "8"\n')
     assert main(["search", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 2
     assert 'filters = "8": expected an integer' in capsys.readouterr().err
+
+
+def test_counts_of_one_are_singular(
+    tmp_path: Path, synthetic: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["search", "--run-dir", str(tmp_path / "r"), "--budget", "12", "--dataset", "digits"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "at epsilon 0.1 (1 block): it" in out and "holds only 1 trained block," in out
+    assert "1 blocks" not in out

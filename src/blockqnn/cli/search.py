@@ -311,9 +311,12 @@ def _print_top(top: list[Any], summary: Any, out: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from blockqnn.report.data import count
+
     console = Console(file=out, width=None if out.isatty() else 200)
     console.print(
-        f"{summary.trained} blocks trained ({summary.failed} failed), {summary.reused} reused"
+        f"{count(summary.trained, 'block')} trained ({summary.failed} failed), "
+        f"{summary.reused} reused"
     )
     table = Table(title="best blocks")
     for name in ("trial", "reward", "accuracy", "MFLOPs", "params", "candidate"):
@@ -390,7 +393,7 @@ def learning_summary(run_dir: str) -> list[str]:
     """Whether the strategy learned: the mean reward of its first epsilon stage (random
     proposals) against its last, over trained trials; nothing for strategies without an
     epsilon. Says so when the last stage is too small to tell."""
-    from blockqnn.report.data import stage_means
+    from blockqnn.report.data import count, stage_means
     from blockqnn.store.db import Store
 
     with Store.open(run_dir, readonly=True) as store:
@@ -403,12 +406,12 @@ def learning_summary(run_dir: str) -> list[str]:
     trend = "rose" if last.mean > first.mean else "did not rise"
     lines = [
         f"learning: mean reward {first.mean:.4f} at epsilon {first.epsilon:g} "
-        f"({first.trained} blocks) -> {last.mean:.4f} at epsilon {last.epsilon:g} "
-        f"({last.trained} blocks): it {trend}"
+        f"({count(first.trained, 'block')}) -> {last.mean:.4f} at epsilon {last.epsilon:g} "
+        f"({count(last.trained, 'block')}): it {trend}"
     ]
     if last.trained < MIN_STAGE_TRAINED:
         lines.append(
-            f"  the last stage holds only {last.trained} trained blocks, too few to show "
+            f"  the last stage holds only {count(last.trained, 'trained block')}, too few to show "
             f"learning reliably; a budget of {max(2 * budget, 128)} or more gives a clearer "
             "picture (blockqnn report draws the whole curve)"
         )

@@ -262,6 +262,11 @@ def rolling_means(trials: Sequence[TrialRecord], size: int) -> list[tuple[int, f
     return [(t.id, m) for t, m in zip(trained[size - 1 :], means, strict=True)]
 
 
+def count(n: int, noun: str) -> str:
+    """`1 block`, `2 blocks`, `0 blocks` (English plurals of the nouns used here: add s)."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def pending_text(counts: dict[str, int], active: bool) -> str:
     """The trials not finished, by the store's status names (the names `trials`, the CSV
     and --json use): `0 running, 1 queued, 2 interrupted`. With no search active, a running

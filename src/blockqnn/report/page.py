@@ -22,6 +22,7 @@ from blockqnn.errors import BlockQNNError
 from blockqnn.report.data import (
     RunSummary,
     Stage,
+    count,
     duration,
     pending_text,
     rolling_size,
@@ -249,7 +250,7 @@ def failed_table(run: RunSummary, limit: int = 10) -> str:
         f"<td>{_e(t.error or '-')}</td></tr>"
         for t in shown
     )
-    note = f"<p>The last {len(shown)} of {len(failed)} failed trials.</p>"
+    note = f"<p>The last {len(shown)} of {count(len(failed), 'failed trial')}.</p>"
     return (
         f"{note}\n<table><tr><th>trial</th><th>{run.noun}</th><th>error</th></tr>\n{rows}\n</table>"
     )
