@@ -48,12 +48,18 @@ def _run_as_written(words: list[str], cwd: Path) -> subprocess.CompletedProcess[
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
-def _docs_walk() -> list[str]:
-    text = COMMANDS_DOC.read_text()
-    section = text[text.index("## From search to deployed file") :]
-    block = re.search(r"```bash\n(.*?)```", section, re.S)
+def _walk(path: Path, heading: str) -> list[str]:
+    """The commands of the first bash block after `heading` in a Markdown file."""
+    text = path.read_text()
+    block = re.search(r"```bash\n(.*?)```", text[text.index(heading) :], re.S)
     assert block is not None
     return [line for line in block.group(1).splitlines() if line.startswith("blockqnn ")]
+
+
+def _docs_walk() -> list[str]:
+    walk = _walk(COMMANDS_DOC, "## From search to deployed file")
+    assert _walk(ROOT / "README.md", "From a search to a deployed file") == walk  # the same
+    return walk
 
 
 def test_the_docs_walk_and_the_commands_its_search_prints_run_as_written(tmp_path: Path) -> None:
