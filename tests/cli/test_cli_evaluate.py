@@ -131,3 +131,19 @@ def test_bad_input_is_refused_before_torch_is_imported(argv: list[str], says: st
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.split() == ["False", "2"], proc.stderr
     assert says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_an_interrupted_evaluation_says_to_run_it_again(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import blockqnn.cli.evaluate as command
+
+    def stopped(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "_evaluate", stopped)
+    assert main(["evaluate", BLOCK, "--dataset", "digits"]) == 130
+    assert capsys.readouterr().err == (
+        "blockqnn evaluate: interrupted (nothing was written); run the same command again "
+        "to start it over\n"
+    )
