@@ -255,51 +255,51 @@ class _Display:
         _say(f"epochs   {plan.epochs}{scaled}{resumed}")
         _say("time     estimated after the first epoch")
         self._first = plan.start_epoch + 1
-        if sys.stderr.isatty():
-            self._start_bar(plan)
 
-    def _start_bar(self, plan: Any) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    def _start_bar(self, total: int) -> None:
+        """Started at the first finished epoch: before it there is no loss, lr or speed to
+        show (the bar showed `epoch 0/None loss - lr -` during the set-up)."""
+        from rich.progress import BarColumn, Progress, TextColumn
 
         self._bar = Progress(
             TextColumn("epoch {task.completed}/{task.total}"),
             BarColumn(),
             TextColumn(
-                "loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} img/s"
+                "loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} img/s  "
+                "ETA {task.fields[eta]}"
             ),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
             transient=False,
+            auto_refresh=False,  # drawn at each epoch's end, when there is news
         )
-        self._task = self._bar.add_task(
-            "train", total=plan.epochs, completed=plan.start_epoch, loss="-", lr="-", speed="-"
-        )
-        self._bar.start()
+        self._task = self._bar.add_task("train", total=total, loss="", lr="", speed="", eta="")
 
     def epoch(self, row: dict[str, Any]) -> None:
         if self.quiet:
             return
         done, total = row["epoch"], row["epochs"]
         left = (total - done) * row["train_seconds"] / max(1, done - (self._first or 1) + 1)
+        loss, lr, speed = row["train_loss"], row["lr"], row["images_per_second"]
         if done == self._first:
-            estimate = f"time     about {duration(left)} for the {total - done} epochs left"
-            if self._bar is not None:
-                self._bar.console.print(estimate)
-            else:
-                _say(estimate)
-        if self._bar is not None:
-            self._bar.update(
-                self._task,
-                completed=done,
-                loss=f"{row['train_loss']:.4f}",
-                lr=f"{row['lr']:.3g}",
-                speed=f"{row['images_per_second']:,.0f}",
+            _say(f"time     about {duration(left)} for the {total - done} epochs left")
+            if sys.stderr.isatty():
+                self._start_bar(total)
+        if self._bar is None:
+            _say(
+                f"epoch {done}/{total} loss {loss:.4f} lr {lr:.4g} {speed:,.0f} images/s "
+                f"ETA {duration(left)}"
             )
             return
-        _say(
-            f"epoch {done}/{total} loss {row['train_loss']:.4f} lr {row['lr']:.4g} "
-            f"{row['images_per_second']:,.0f} images/s ETA {duration(left)}"
+        self._bar.update(
+            self._task,
+            completed=done,
+            loss=f"{loss:.4f}",
+            lr=f"{lr:.3g}",
+            speed=f"{speed:,.0f}",
+            eta=duration(left),
         )
+        if not self._bar.live.is_started:
+            self._bar.start()
+        self._bar.refresh()
 
     def close(self) -> None:
         if self._bar is not None:
