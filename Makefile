@@ -11,8 +11,10 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # constraints.txt pins the CPU build of torch; without it pip pulls a multi-GB CUDA build.
+# The report and export extras (matplotlib, onnx, onnxruntime: about 160 MB beside torch's
+# 700 MB) come too: the demo's next commands (`report`, `export --format onnx`) need them.
 install: $(BIN)/python
-	$(BIN)/pip install -q -c constraints.txt -e .
+	$(BIN)/pip install -q -c constraints.txt -e ".[report,export]"
 
 install-dev: $(BIN)/python
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"

@@ -19,12 +19,6 @@ PACKAGE = "blockqnn"
 # to be emptied there (make the name public, or move the code where it is used). Do not add
 # to this list: a new private import is a new failure.
 KNOWN_PRIVATE_IMPORTS = {
-    # report/ (issue 20, engineer i23): the latency plots reuse the plot helpers
-    "blockqnn.report.latency <- blockqnn.report.plots._GREY",
-    "blockqnn.report.latency <- blockqnn.report.plots._ORANGE",
-    "blockqnn.report.latency <- blockqnn.report.plots._figure",
-    "blockqnn.report.latency <- blockqnn.report.plots._legend",
-    "blockqnn.report.latency <- blockqnn.report.plots._png",
     # store/ (issue 20, engineer i24): the store and its queries share the schema's helpers
     "blockqnn.store.db <- blockqnn.store.schema._SCHEMA",
     "blockqnn.store.db <- blockqnn.store.schema._check",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,40 @@ def test_latency_reward_without_target_exits_2(
     config.write_text('[reward]\nname = "mnasnet"\n')
     assert main(["evaluate", BLOCK, *QUICK, "--config", str(config)]) == 2
     assert "latency_target_ms" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["1,9,3,0,0"], "unknown type 9"),
+        ([BLOCK, "--dataset", "no/such/folder"], "dataset folder no/such/folder does not exist"),
+        ([BLOCK, "--dataset", "missing.npz"], "dataset file missing.npz does not exist"),
+        ([BLOCK, "--dataset", "mnist"], "unknown dataset 'mnist'"),
+    ],
+)
+def test_bad_input_is_refused_before_torch_is_imported(argv: list[str], says: str) -> None:
+    # importing torch takes seconds: a refusal must not wait for it
+    code = (
+        "import sys\nfrom blockqnn.cli import main\n"
+        f"code = main(['evaluate', *{argv!r}])\n"
+        "print('torch' in sys.modules, code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split() == ["False", "2"], proc.stderr
+    assert says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_an_interrupted_evaluation_says_to_run_it_again(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import blockqnn.cli.evaluate as command
+
+    def stopped(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "_evaluate", stopped)
+    assert main(["evaluate", BLOCK, "--dataset", "digits"]) == 130
+    assert capsys.readouterr().err == (
+        "blockqnn evaluate: interrupted (nothing was written); run the same command again "
+        "to start it over\n"
+    )

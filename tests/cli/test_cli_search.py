@@ -224,8 +224,9 @@ def test_a_search_ends_with_the_next_commands_of_its_run(
     quoted = f"'{run}'"
     for command in ("status", "report", "trials"):
         assert f" {command} {quoted}" in out
-    final = f"'{run}-final'"
+    final = f"'{run}/final'"
     assert f" train {quoted} --out {final} --filters 32 --blocks-per-stage 2" in out
+    assert f" export '{run}/final/model.pt' --format onnx --out '{run}/final/model.onnx'" in out
     with Store.open(run, readonly=True) as store:
         config = store.config()
     assert (config.network.blocks_per_stage, config.train.batch_size) == (1, 32)
@@ -236,6 +237,22 @@ def test_a_search_ends_with_the_next_commands_of_its_run(
         assert main(["search", "--resume", str(run), "--batch-size", "8"]) == 2
     finally:
         threads.reset()  # the command line's choice is process-wide
+
+
+def test_the_quick_starts_latest_run_glob_finds_the_run_not_its_final_training(
+    tmp_path: Path, synthetic: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+    import shlex
+
+    run = tmp_path / "demo-20260101-000000"  # what `make demo` names a run
+    argv = ["search", "--run-dir", str(run), "--budget", "2", "--dataset", "digits"]
+    assert main(argv) == 0
+    train = next(x for x in capsys.readouterr().out.splitlines() if " train " in x)
+    words = shlex.split(re.sub(r"\s+#.*", "", train))
+    Path(words[words.index("--out") + 1]).mkdir()  # as `blockqnn train` makes it
+    # the quick start's `ls -d runs/demo-* | tail -n 1`: the run, not the training
+    assert sorted(tmp_path.glob("demo-*"))[-1] == run
 
 
 def test_the_stored_config_records_the_shape_of_the_data(
@@ -265,8 +282,29 @@ def test_status_after_kill_9_says_the_trial_was_interrupted(
     store.close()  # no end_session: as after kill -9
     assert main(["status", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "stopped" in out and "1 interrupted by a killed search" in out
-    assert "1 running" not in out and f"blockqnn search --resume {run}" in out
+    assert "stopped" in out and "1 running (left by a killed search)" in out
+    assert f"blockqnn search --resume {run}" in out
+
+
+def test_one_set_of_trial_status_names_in_status_trials_csv_json_and_report(
+    finished_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from blockqnn.space.nsc.block import Block
+
+    with Store.open(finished_run, acquire=True) as store:  # a search stopped by Ctrl-C
+        store.begin_session()
+        store.interrupt([store.add_trial(Block.parse("1,1,1,0,0"), info={})])
+        store.end_session("interrupted")
+    assert main(["status", str(finished_run)]) == 0
+    status = capsys.readouterr().out
+    assert "0 running, 0 queued, 1 interrupted" in status and "waiting" not in status
+    assert main(["status", str(finished_run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["interrupted"] == 1
+    assert main(["trials", str(finished_run), "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split(",")[1] == "interrupted"
+    assert main(["report", str(finished_run)]) == 0
+    page = (finished_run / "report.html").read_text()
+    assert "0 running, 0 queued, 1 interrupted" in page and "waiting" not in page
 
 
 def test_a_config_type_error_quotes_toml_not_python(
@@ -280,3 +318,13 @@ def test_a_config_type_error_quotes_toml_not_python(
     config.write_text('[network]\nfilters = "8"\n')
     assert main(["search", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 2
     assert 'filters = "8": expected an integer' in capsys.readouterr().err
+
+
+def test_counts_of_one_are_singular(
+    tmp_path: Path, synthetic: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["search", "--run-dir", str(tmp_path / "r"), "--budget", "12", "--dataset", "digits"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "at epsilon 0.1 (1 block): it" in out and "holds only 1 trained block," in out
+    assert "1 blocks" not in out

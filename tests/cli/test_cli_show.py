@@ -91,3 +91,49 @@ def test_svg_under_a_file_is_bad_input(tmp_path: Path) -> None:
     proc = _run("show", EXAMPLE, "--svg", str(tmp_path / "afile" / "x.svg"))
     assert proc.returncode == 2 and "cannot write" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_show_run_prices_the_runs_network_as_status_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import blockqnn.execute.base as ex
+    from blockqnn.evaluate.synthetic import SyntheticEvaluator
+    from blockqnn.space.nsc.block import Block
+    from blockqnn.space.nsc.cost import network_cost
+    from blockqnn.store.db import Store
+
+    # the real digits data (1x8x8), the instant evaluator
+    monkeypatch.setattr(ex, "default_evaluator", lambda c, d, dev: SyntheticEvaluator(c))
+    run = tmp_path / "run"
+    argv = ["search", "--run-dir", str(run), "--budget", "2", "--dataset", "digits"]
+    assert main([*argv, "--filters", "8", "--blocks-per-stage", "1", "--train-samples", "100"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(run), "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)["top"][0]
+    assert main(["show", best["nsc"], "--run", str(run), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    # the synthetic evaluator prices at the default shape; the trainer (status) at the data's
+    with Store.open(run, readonly=True) as store:
+        network = store.config().network
+    assert network.input_shape == (1, 8, 8) and shown["network"] == network.to_dict()
+    cost = network_cost(Block.parse(best["nsc"]), network)
+    assert (shown["params"], shown["flops"]) == (cost.params, cost.flops)
+    assert shown["priced"] == f"the network of run {run}"
+    assert main(["show", best["nsc"], "--run", str(run), "--filters", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "network   F=16, N=1, input 1x8x8" in out
+    assert f"priced    the network of run {run}, with --filters as given" in out
+
+
+def test_show_says_it_prices_the_default_network(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", EXAMPLE]) == 0
+    out = capsys.readouterr().out
+    assert "network   F=32, N=2, input 3x32x32, 10 classes, paper head" in out
+    assert "priced    the default search-time network (--run RUN: a run's)" in out
+
+
+def test_show_run_that_is_not_a_run_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["show", EXAMPLE, "--run", str(tmp_path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

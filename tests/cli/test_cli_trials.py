@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,10 @@ def test_csv_has_one_row_per_trial_with_info_and_metric_columns(
         assert Block.parse(row["candidate"]).hash == row["hash"] == t.hash
         assert float(row["reward"]) == t.reward  # full precision: the exact stored value
         assert float(row["info.epsilon"]) == t.info["epsilon"]
-        assert float(row["created"]) == t.created
+        # ISO 8601 in UTC, to the millisecond
+        created = datetime.fromisoformat(row["created"].replace("Z", "+00:00"))
+        assert created.tzinfo == timezone.utc and row["created"].endswith("Z")
+        assert abs(created.timestamp() - t.created) < 0.001
         if t.status == "reused":
             assert int(row["reuse_of"]) == t.reuse_of and row["train_seconds"] == ""
         else:
@@ -90,6 +94,7 @@ def test_columns_are_the_union_of_keys_and_missing_values_are_empty() -> None:
     assert names[9:13] == ["metric.latency_ms", "info.epsilon", "info.population", "reuse_of"]
     assert rows[0]["info.population"] is None and rows[1]["info.epsilon"] is None
     assert rows[1]["metric.latency_ms"] is None and rows[0]["train_seconds"] == 1.5
+    assert rows[0]["started"] == "1970-01-01T00:00:02.000Z"
     assert all(list(row) == names for row in rows)
 
 

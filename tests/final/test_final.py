@@ -19,6 +19,7 @@ from blockqnn.final.train import (
     FINAL_RECIPES,
     MODEL,
     FinalSettings,
+    TrainingPlan,
     _settings_identity,
     train_final,
 )
@@ -87,7 +88,8 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path: Path) -> None:
     with pytest.raises(BlockQNNError, match=r"network.filters is 4 there, 6 here"):
         train_final(BLOCK, DATA, wider, FAST, out, device="cpu")
     (out / MODEL).unlink()
-    with pytest.raises(BlockQNNError, match=r"another block\b.*\(another block; choose"):
+    start_over = r"to start over with these settings, give another --out or remove "
+    with pytest.raises(BlockQNNError, match=rf"another block\b.*\(another block; {start_over}"):
         train_final(Block.parse("1,1,1,0,0"), DATA, NET, FAST, out, device="cpu")
 
 
@@ -235,15 +237,14 @@ def test_history_speed_is_per_epoch_and_the_network_is_announced(
         return real(*args, on_epoch=tick, **kwargs)
 
     monkeypatch.setattr(trainer, "fit", scripted)
-    told: list[tuple[Any, int, int]] = []
-    train_final(
-        BLOCK, DATA, NET, FAST, tmp_path / "f", device="cpu",
-        on_network=lambda net, params, flops: told.append((net, params, flops)),
-    )  # fmt: skip
+    told: list[TrainingPlan] = []
+    train_final(BLOCK, DATA, NET, FAST, tmp_path / "f", device="cpu", on_start=told.append)
     rows = [json.loads(x) for x in (tmp_path / "f" / "history.jsonl").read_text().splitlines()]
     first, second = (r["images_per_second"] for r in rows)
     assert second == pytest.approx(first / 2, rel=1e-3)  # a running mean would be 2/3
-    ((net, params, _flops),) = told
+    ((plan,),) = [told]
+    net, params = plan.network, plan.params
+    assert (plan.epochs, plan.start_epoch, plan.recipe_epochs) == (2, 0, 2)
     assert (net.filters, net.blocks_per_stage, net.input_shape) == (4, 1, (1, 8, 8))
     built = load_model(tmp_path / "f" / MODEL).network
     assert params == sum(p.numel() for p in built.parameters())
@@ -259,3 +260,4 @@ def test_cli_train_prints_the_network(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "network  F=4 filters, N=2 blocks per stage, paper head," in proc.stderr
     assert "parameters" in proc.stdout and "search-time size" not in proc.stderr
+    assert "epochs   1\n" in proc.stderr and "ETA" in proc.stderr and "None" not in proc.stderr

@@ -350,6 +350,8 @@ window.addEventListener("load", function () {
       var r = s.getBoundingClientRect();
       return r.width > 0 && r.height > 0;
     }),
+    cut: Array.prototype.slice.call(document.querySelectorAll(".diagram")).filter(
+      function (d) { return d.scrollWidth > d.clientWidth + 1; }).length,
     labels: svgs.map(function (s) {  // the smallest label of each diagram, in pixels
       var texts = Array.prototype.slice.call(s.querySelectorAll("text"));
       return Math.min.apply(null, texts.map(function (t) {
@@ -399,7 +401,9 @@ def test_report_renders_in_headless_chromium(runs: tuple[Path, Path], tmp_path: 
             "</body>", _CANARY_IMG + "\n</body>", 1
         )
     )
-    proc = _chromium(["--dump-dom", probe_page.as_uri()], tmp_path / "profile")
+    proc = _chromium(
+        ["--window-size=1400,2000", "--dump-dom", probe_page.as_uri()], tmp_path / "profile"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     probe = parse(proc.stdout)
     start = proc.stdout.index('<pre id="probe">') + len('<pre id="probe">')
@@ -413,6 +417,7 @@ def test_report_renders_in_headless_chromium(runs: tuple[Path, Path], tmp_path: 
     assert len(state["svgs"]) == (10 if HAS_DOT else 0) and all(state["svgs"])
     # Readable diagrams: labels of 11 px, not shrunk with a wide block (they were ~6 px).
     assert all(10 <= h <= 16 for h in state["labels"]), state["labels"]
+    assert state["cut"] == 0  # on a 1,400 px screen every diagram is whole, none scrolls
     # Chromium's own log of console messages: the canary only (no "Uncaught ..." errors).
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     assert len(console) == 1 and "canary-console" in console[0], console
@@ -654,6 +659,23 @@ def test_stage_labels_keep_apart_on_the_final_axis() -> None:
     wide.plot([0, 40], [0, 1])
     _label_stages(wide, stages[:10])  # stages 2.5% of the axis wide: every one labelled
     assert len(wide.texts) == 10
+
+
+def test_stage_labels_sit_between_the_plot_and_its_title_at_a_small_budget(
+    tmp_path: Path,
+) -> None:
+    make_run(tmp_path / "q", "qlearning", 12)  # stages of one or two trials
+    make_run(tmp_path / "r", "random", 12)
+    q, random = load_run(tmp_path / "q"), load_run(tmp_path / "r")
+    for fig in (learning_curve_figure(q), comparison_figure(q, random)):
+        fig.draw_without_rendering()
+        ax = fig.axes[0]
+        plot_area, title = ax.get_window_extent(), ax.title.get_window_extent()
+        labels = [t.get_window_extent() for t in ax.texts]
+        assert len(labels) > 3
+        # above the plot area (they covered its best points) and below the title
+        assert all(b.y0 >= plot_area.y1 and b.y1 <= title.y0 for b in labels)
+        assert not any(a.overlaps(b) for i, a in enumerate(labels) for b in labels[i + 1 :])
 
 
 def test_rank_numbers_do_not_overlap() -> None:

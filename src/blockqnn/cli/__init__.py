@@ -119,8 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except sqlite3.DatabaseError as exc:  # a run store that failed after it was opened
         print(f"blockqnn {args.command}: error: {_store_failure(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"blockqnn {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # search and train say how to resume themselves
+        print(
+            f"blockqnn {args.command}: interrupted (nothing was written); run the same "
+            "command again to start it over",
+            file=sys.stderr,
+        )
         return 130
     except BrokenPipeError:
         # The reader stopped reading (`blockqnn status R --json | head`): not an error. Point

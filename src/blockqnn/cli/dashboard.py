@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from blockqnn.report.data import count
     from blockqnn.report.live import make_server
 
     if not 0 <= args.port <= 65535:
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         raise BlockQNNError(f"--refresh {args.refresh:g}: must be in 0..86400 seconds")
     server = make_server(args.runs, args.host, args.port, args.refresh)
     host, port = args.host, server.server_port
-    print(f"dashboard of {len(args.runs)} runs on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    runs = count(len(args.runs), "run")
+    print(f"dashboard of {runs} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

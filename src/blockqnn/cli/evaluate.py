@@ -64,29 +64,18 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from blockqnn.evaluate import latency
-    from blockqnn.evaluate.early_stop import Evaluator
-    from blockqnn.execute.base import data_shape
-    from blockqnn.reward import make_reward
     from blockqnn.space.nsc.block import Block
     from blockqnn.train import threads
 
+    # Every check before torch is imported (seconds): bad input is refused at once.
     config = _config(args)
+    block = Block.parse(args.block, max_depth=config.agent.max_depth)
+    _check_dataset(config.data.dataset)
+    latency.check_config(config)  # a bad runtime or target is refused before training
     threads.choose(config.train.threads)
     threads.configure_threads()  # now: the device line reports the threads used
-    block = Block.parse(args.block, max_depth=config.agent.max_depth)
-    latency.check_config(config)  # a bad runtime or target is refused before training
-    evaluator = Evaluator(config, device=args.device)
-    result = evaluator.evaluate(block)
-    if latency.settings_of(config) is not None:  # [reward] latency_device or a latency reward
-        shape, classes = data_shape(config, None, evaluator)
-        meter = latency.LatencyMeter.for_config(config, shape, classes)
-        if meter is not None:
-            result = meter.apply(block, result)
-            if result.ok:  # the evaluator's reward had no latency to use
-                result = replace(result, reward=make_reward(config)(result.metric_values()))
+    result = _evaluate(config, block, args.device)
     if args.json:
         json.dump({"nsc": str(block), "hash": block.hash, **result.to_dict()}, sys.stdout)
         sys.stdout.write("\n")
@@ -122,6 +111,52 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"[red]failed[/red]    {result.error}", highlight=False)
         return 1
     return 0
+
+
+def _check_dataset(name: str) -> None:
+    """A dataset that names neither a built-in set nor an existing folder or .npz, refused
+    as the loader would refuse it, but before torch and numpy are imported."""
+    from pathlib import Path
+
+    from blockqnn.errors import BlockQNNError, clip
+
+    if name in ("digits", "cifar10", "cifar100"):
+        return
+    path = Path(name).expanduser()
+    try:
+        if path.exists():
+            return  # what it holds is checked by the loader
+    except OSError:
+        return  # e.g. a name too long for the file system: the loader says so
+    if path.suffix.lower() == ".npz":
+        raise BlockQNNError(f"dataset file {clip(name)} does not exist")
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise BlockQNNError(f"dataset folder {clip(name)} does not exist")
+    raise BlockQNNError(
+        f"unknown dataset {clip(name, quote=True)} (valid: digits, cifar10, cifar100, "
+        "a folder with train/ and test/, or a .npz file)"
+    )
+
+
+def _evaluate(config: Any, block: Any, device: str) -> Any:
+    """Train the block's network briefly and reward it, with measured latency if asked."""
+    from dataclasses import replace
+
+    from blockqnn.evaluate import latency
+    from blockqnn.evaluate.early_stop import Evaluator
+    from blockqnn.execute.base import data_shape
+    from blockqnn.reward import make_reward
+
+    evaluator = Evaluator(config, device=device)
+    result = evaluator.evaluate(block)
+    if latency.settings_of(config) is not None:  # [reward] latency_device or a latency reward
+        shape, classes = data_shape(config, None, evaluator)
+        meter = latency.LatencyMeter.for_config(config, shape, classes)
+        if meter is not None:
+            result = meter.apply(block, result)
+            if result.ok:  # the evaluator's reward had no latency to use
+                result = replace(result, reward=make_reward(config)(result.metric_values()))
+    return result
 
 
 def _reward_text(config: Any) -> str:

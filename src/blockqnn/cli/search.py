@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from blockqnn.cli.search_display import SearchDisplay
 from blockqnn.cli.status import trial_json
 from blockqnn.errors import BlockQNNError
 
@@ -190,27 +191,13 @@ def _sigterm_stops() -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Start or resume a search and print its result. Long on purpose: a command's steps
-    (check the flags, run, report each way it can end) in the order the user meets them."""
-    from blockqnn.search.loop import SearchStalled, Terminated, check_resume_overrides, run_search
-    from blockqnn.settings.config import Config, merge
-    from blockqnn.train import threads
+    """Start or resume a search and print its result, or how to continue it."""
+    from blockqnn.search.loop import SearchStalled, Terminated, run_search
 
-    overrides = _overrides(args)
-    if args.threads is not None:  # this session's threads, also on a resume
-        threads.choose(args.threads, override=True)
-    if args.resume:
-        if args.config is not None:
-            raise BlockQNNError("--resume uses the run's stored config; drop --config")
-        overrides = {"search": check_resume_overrides(overrides, free=_RESUME_FREE)}
-        run_dir, config = args.resume, None
-    else:
-        if not args.run_dir:
-            raise BlockQNNError("--run-dir DIR is required (or --resume DIR)")
-        base = Config.from_toml(args.config) if args.config is not None else Config()
-        run_dir, config = args.run_dir, merge(base, overrides)
+    run_dir, config, overrides = _resolve(args)
+    _require_ray(config.search.executor if config else overrides["search"].get("executor"))
     out = sys.stderr if args.json else sys.stdout
-    display = _Display(out, run_dir)
+    display = SearchDisplay(out, run_dir)
     try:
         with _sigterm_stops():
             summary = run_search(
@@ -222,26 +209,44 @@ def run(args: argparse.Namespace) -> int:
                 warm_start=args.warm_start,
                 warm_start_any=args.warm_start_any,
             )
-    except Terminated:
+    except (Terminated, KeyboardInterrupt) as exc:
         display.close()
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(
-            "blockqnn search: terminated (SIGTERM); continue with: "
-            f"blockqnn search --resume {run_dir}",
+            f"blockqnn search: {how}; continue with: blockqnn search --resume {run_dir}",
             file=sys.stderr,
         )
-        return 143
-    except KeyboardInterrupt:
-        display.close()
-        print(
-            f"blockqnn search: interrupted; continue with: blockqnn search --resume {run_dir}",
-            file=sys.stderr,
-        )
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     except SearchStalled as exc:
         display.close()
         print(f"blockqnn search: stopped: {exc}", file=sys.stderr)
         return 1
     display.close()
+    return _finish(args, summary, run_dir, out)
+
+
+def _resolve(args: argparse.Namespace) -> tuple[str, Any, dict[str, dict[str, Any]]]:
+    """(run dir, config or None on a resume, the flags' overrides), the flags checked."""
+    from blockqnn.search.loop import check_resume_overrides
+    from blockqnn.settings.config import Config, merge
+    from blockqnn.train import threads
+
+    overrides = _overrides(args)
+    if args.threads is not None:  # this session's threads, also on a resume
+        threads.choose(args.threads, override=True)
+    if args.resume:
+        if args.config is not None:
+            raise BlockQNNError("--resume uses the run's stored config; drop --config")
+        overrides = {"search": check_resume_overrides(overrides, free=_RESUME_FREE)}
+        return args.resume, None, overrides
+    if not args.run_dir:
+        raise BlockQNNError("--run-dir DIR is required (or --resume DIR)")
+    base = Config.from_toml(args.config) if args.config is not None else Config()
+    return args.run_dir, merge(base, overrides), overrides
+
+
+def _finish(args: argparse.Namespace, summary: Any, run_dir: str, out: Any) -> int:
+    """Print the finished search's result (JSON, or the table and what to run next)."""
     if args.json:
         print(json.dumps(_summary_json(summary, run_dir), indent=2))
     elif summary.top:
@@ -260,6 +265,20 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _require_ray(executor: str | None) -> None:
+    """The ray executor without ray installed: one line naming the extra, before the run
+    directory is made (the executor would otherwise fail with a traceback at its start)."""
+    if executor != "ray":
+        return
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise BlockQNNError(
+            "--executor ray needs the ray package, which is not installed: "
+            "pip install 'blockqnn[ray]'"
+        ) from None
 
 
 def growth_lines(summary: Any) -> list[str]:
@@ -296,9 +315,12 @@ def _print_top(top: list[Any], summary: Any, out: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from blockqnn.report.data import count
+
     console = Console(file=out, width=None if out.isatty() else 200)
     console.print(
-        f"{summary.trained} blocks trained ({summary.failed} failed), {summary.reused} reused"
+        f"{count(summary.trained, 'block')} trained ({summary.failed} failed), "
+        f"{summary.reused} reused"
     )
     table = Table(title="best blocks")
     for name in ("trial", "reward", "accuracy", "MFLOPs", "params", "candidate"):
@@ -334,6 +356,8 @@ NEXT_ALIGN = 72  # the widest command the next-step comments are aligned after
 
 def next_commands(run_dir: str) -> list[str]:
     """What to run next, with this run's directory filled in (quoted for the shell)."""
+    import os
+
     from blockqnn.store.db import Store
 
     with Store.open(run_dir, readonly=True) as store:
@@ -346,11 +370,17 @@ def next_commands(run_dir: str) -> list[str]:
     ]
     if config.search.space == "nsc":  # train builds networks of NSC blocks only
         net = config.network
-        final = shlex.quote(run_dir.rstrip("/") + "-final")
+        # inside the run: `ls -d runs/demo-* | tail -n 1` (the quick start) still finds the run
+        final = os.path.join(run_dir, "final")
         size = f"--filters {max(32, net.filters)} --blocks-per-stage {max(2, net.blocks_per_stage)}"
-        commands.append(
-            (f"{prog} train {run} --out {final} {size}", "the best block at a final size")
-        )
+        model, onnx = shlex.quote(f"{final}/model.pt"), shlex.quote(f"{final}/model.onnx")
+        commands += [
+            (
+                f"{prog} train {run} --out {shlex.quote(final)} {size}",
+                "the best block at a final size",
+            ),
+            (f"{prog} export {model} --format onnx --out {onnx}", "then a file to deploy"),
+        ]
     # comments aligned after the short commands; a long one (a deep run dir) is not padded to
     width = max([len(c) for c, _ in commands if len(c) <= NEXT_ALIGN] or [0])
     lines = ["next:", *(f"  {c.ljust(width)}  # {why}" for c, why in commands)]
@@ -367,7 +397,7 @@ def learning_summary(run_dir: str) -> list[str]:
     """Whether the strategy learned: the mean reward of its first epsilon stage (random
     proposals) against its last, over trained trials; nothing for strategies without an
     epsilon. Says so when the last stage is too small to tell."""
-    from blockqnn.report.data import stage_means
+    from blockqnn.report.data import count, stage_means
     from blockqnn.store.db import Store
 
     with Store.open(run_dir, readonly=True) as store:
@@ -380,109 +410,13 @@ def learning_summary(run_dir: str) -> list[str]:
     trend = "rose" if last.mean > first.mean else "did not rise"
     lines = [
         f"learning: mean reward {first.mean:.4f} at epsilon {first.epsilon:g} "
-        f"({first.trained} blocks) -> {last.mean:.4f} at epsilon {last.epsilon:g} "
-        f"({last.trained} blocks): it {trend}"
+        f"({count(first.trained, 'block')}) -> {last.mean:.4f} at epsilon {last.epsilon:g} "
+        f"({count(last.trained, 'block')}): it {trend}"
     ]
     if last.trained < MIN_STAGE_TRAINED:
         lines.append(
-            f"  the last stage holds only {last.trained} trained blocks, too few to show "
+            f"  the last stage holds only {count(last.trained, 'trained block')}, too few to show "
             f"learning reliably; a budget of {max(2 * budget, 128)} or more gives a clearer "
             "picture (blockqnn report draws the whole curve)"
         )
     return lines
-
-
-def info_text(info: dict[str, Any]) -> str:
-    """A strategy's info for one line: `epsilon 0.90`, `population 20`, or nothing."""
-    return "  ".join(
-        f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
-    )
-
-
-class _Display:
-    """A rich progress bar on a terminal; one plain line per finished trial otherwise."""
-
-    def __init__(self, out: Any, run_dir: str) -> None:
-        self.out = out
-        self.run_dir = run_dir
-        self._progress: Any = None
-        self._task: Any = None
-
-    def event(self, e: Any) -> None:
-        if self.out.isatty():
-            self._bar(e)
-        elif e.kind == "start":
-            print(
-                f"search in {self.run_dir}: {e.trained}/{e.budget} trained, "
-                f"{e.reused} reused so far",
-                file=self.out,
-                flush=True,
-            )
-        else:
-            self._line(e)
-
-    def _bar(self, e: Any) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        best = "-" if e.best is None else f"{e.best.reward:.4f}"
-        if self._progress is None:
-            self._progress = Progress(
-                TextColumn("search"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("best {task.fields[best]}  {task.fields[info]}"),
-                TextColumn("reused {task.fields[reused]}  failed {task.fields[failed]}"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task(
-                "search",
-                total=e.budget,
-                completed=e.trained,
-                best=best,
-                info=info_text(e.info),
-                reused=e.reused,
-                failed=e.failed,
-            )
-            return
-        self._progress.update(
-            self._task,
-            completed=e.trained,
-            best=best,
-            info=info_text(e.info),
-            reused=e.reused,
-            failed=e.failed,
-        )
-        if e.kind == "requeued":
-            self._progress.console.print(f"trial {e.trial.id}: worker lost, queued again")
-
-    def _line(self, e: Any) -> None:
-        t = e.trial
-        if e.kind == "requeued":
-            text = f"trial {t.id} requeued ({t.error})"
-        else:
-            flops = (t.flops or 0) / 1e6
-            text = (
-                f"[{e.trained}/{e.budget}] trial {t.id} {e.kind:8s} reward {t.reward:.4f} "
-                f"acc {t.accuracy or 0:.4f} {flops:.2f} MFLOPs {info_text(t.info)}"
-            ).rstrip()
-            if t.status == "failed":
-                text += f" error: {t.error}"
-            best = "-" if e.best is None else f"{e.best.reward:.4f}"
-            text += f" best {best} | {t.candidate}"
-        print(text, file=self.out, flush=True)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None

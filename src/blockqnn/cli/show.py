@@ -1,6 +1,10 @@
 """Show one block: its layers, hash, and the cost of its search-time network.
 
-Example: blockqnn show "1,1,3,0,0; 2,1,5,0,0; 3,5,0,1,2; 4,7,0,0,0" --svg block.svg
+Examples:
+  blockqnn show "1,1,3,0,0; 2,1,5,0,0; 3,5,0,1,2; 4,7,0,0,0" --svg block.svg
+  blockqnn show "1,1,3,0,0; 2,1,5,0,0; 3,5,0,1,2; 4,7,0,0,0" --run runs/digits
+The network priced is the default search-time one (F=32, N=2, 3x32x32 images, 10 classes),
+or with --run RUN the run's (what `status` and `report` price); flags given change either.
 With --latency cpu|cuda|onnxruntime, also the measured inference latency of that network.
 """
 
@@ -29,15 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-depth", type=int, default=DEFAULT_MAX_DEPTH, help="search-space depth limit"
     )
-    parser.add_argument("--filters", type=int, default=32, help="first-stage width F")
-    parser.add_argument("--blocks-per-stage", type=int, default=2, help="blocks per stage N")
+    parser.add_argument("--run", metavar="RUN", help="price the network of this search run")
+    parser.add_argument("--filters", type=int, help="first-stage width F (default 32)")
+    parser.add_argument("--blocks-per-stage", type=int, help="blocks per stage N (default 2)")
     parser.add_argument(
         "--input-shape",
-        default="3,32,32",
         help="C,H,W of the input images (default 3,32,32)",
     )
-    parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument("--head", choices=HEADS, default="paper")
+    parser.add_argument("--num-classes", type=int, help="(default 10)")
+    parser.add_argument("--head", choices=HEADS, help="(default paper)")
     parser.add_argument(
         "--latency",
         metavar="RUNTIME",
@@ -74,20 +78,12 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Describe one block. Long on purpose: the command's checks and its outputs (text,
-    JSON, SVG) in the order the user meets them."""
-    from blockqnn.settings.config import NetworkConfig
+    """Describe one block: its layers, and the cost of the network it is priced in."""
     from blockqnn.space.nsc.block import Block
     from blockqnn.space.nsc.cost import network_cost
 
     block = Block.parse(args.block, max_depth=args.max_depth)
-    config = NetworkConfig(
-        num_classes=args.num_classes,
-        input_shape=_shape(args.input_shape),
-        filters=args.filters,
-        blocks_per_stage=args.blocks_per_stage,
-        head=args.head,
-    )
+    config, priced = _network(args)
     cost = network_cost(block, config)
     latency = _latency(args, block, config) if args.latency is not None else None
     if args.svg:
@@ -96,25 +92,68 @@ def run(args: argparse.Namespace) -> int:
 
         write_atomic(Path(args.svg), block_svg(block, title=block.hash[:12]), "--svg")
     if args.json:
-        payload = {
-            "nsc": str(block),
-            "hash": block.hash,
-            "canonical": str(block.canonical()),
-            "layers": block.to_json(),
-            "outputs": list(block.outputs),
-            "params": cost.params,
-            "flops": cost.flops,
-            "density": cost.density,
-            "network": config.to_dict(),
-        }
-        if args.svg:
-            payload["svg"] = str(args.svg)
-        if latency is not None:
-            payload["latency"] = {"runtime": args.latency, **asdict(latency)}
-        json.dump(payload, sys.stdout)
-        sys.stdout.write("\n")
-        return 0
+        _print_json(args, block, config, priced, cost, latency)
+    else:
+        _print_text(args, block, config, priced, cost, latency)
+    return 0
 
+
+def _network(args: argparse.Namespace) -> tuple[Any, str]:
+    """The network the block is priced in (the defaults', or the run's, with the flags
+    given), and which settings those are, in words."""
+    from dataclasses import replace
+
+    from blockqnn.settings.config import NetworkConfig
+
+    if args.run is not None:
+        from blockqnn.store.db import Store
+
+        with Store.open(args.run, readonly=True) as store:
+            config = store.config().network
+        priced = f"the network of run {args.run}"
+    else:
+        config, priced = NetworkConfig(), "the default search-time network (--run RUN: a run's)"
+    given = {
+        "filters": args.filters,
+        "blocks_per_stage": args.blocks_per_stage,
+        "input_shape": _shape(args.input_shape) if args.input_shape is not None else None,
+        "num_classes": args.num_classes,
+        "head": args.head,
+    }
+    changed = {k: v for k, v in given.items() if v is not None}
+    if changed:
+        config = replace(config, **changed)
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        priced += f", with {flags} as given"
+    return config, priced
+
+
+def _print_json(
+    args: argparse.Namespace, block: Any, config: Any, priced: str, cost: Any, latency: Any
+) -> None:
+    payload = {
+        "nsc": str(block),
+        "hash": block.hash,
+        "canonical": str(block.canonical()),
+        "layers": block.to_json(),
+        "outputs": list(block.outputs),
+        "params": cost.params,
+        "flops": cost.flops,
+        "density": cost.density,
+        "network": config.to_dict(),
+        "priced": priced,
+    }
+    if args.svg:
+        payload["svg"] = str(args.svg)
+    if latency is not None:
+        payload["latency"] = {"runtime": args.latency, **asdict(latency)}
+    json.dump(payload, sys.stdout)
+    sys.stdout.write("\n")
+
+
+def _print_text(
+    args: argparse.Namespace, block: Any, config: Any, priced: str, cost: Any, latency: Any
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -140,8 +179,10 @@ def run(args: argparse.Namespace) -> int:
     shape = "x".join(str(v) for v in config.input_shape)
     console.print(
         f"network   F={config.filters}, N={config.blocks_per_stage}, input {shape}, "
-        f"{config.num_classes} classes, {config.head} head"
+        f"{config.num_classes} classes, {config.head} head",
+        markup=False,
     )
+    console.print(f"priced    {priced}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"params    {cost.params:,}")
     console.print(f"FLOPs     {cost.flops:,} per image (forward, multiply-add = 2)")
     console.print(f"density   {cost.density:.3f} (edges / nodes)")
@@ -149,7 +190,6 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"latency   {_describe(latency, args.latency)}")
     if args.svg:
         console.print(f"diagram   {args.svg}")
-    return 0
 
 
 def _latency(args: argparse.Namespace, block: Any, network: Any) -> Any:

@@ -65,26 +65,22 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from rich.console import Console
 
+    from blockqnn.report.data import pending_text
+
     console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
     state = "running" if info["active"] else "stopped"
     done = "finished" if info["trained"] >= info["budget"] and not info["running"] else state
-    # With no search active, a "running" trial is one a killed search (kill -9) left
-    # behind: it was interrupted, and a resume runs it again.
-    running = (
-        f"{info['running']} running"
-        if info["active"] or not info["running"]
-        else f"{info['running']} interrupted by a killed search"
-    )
+    pending = {k: info[k] for k in ("running", "queued", "interrupted")}
     console.print(
         f"{info['run_dir']}: {done}, {info['trained']}/{info['budget']} trained "
-        f"({info['failed']} failed), {info['reused']} reused, {running}, "
-        f"{info['queued'] + info['interrupted']} waiting",
+        f"({info['failed']} failed), {info['reused']} reused, "
+        f"{pending_text(pending, info['active'])}",
         markup=False,
     )
-    if not info["active"] and info["running"] + info["queued"] + info["interrupted"]:
+    if not info["active"] and sum(pending.values()):
         console.print(
-            f"blockqnn search --resume {shlex.quote(info['run_dir'])} runs the interrupted and "
-            "waiting trials again",
+            f"blockqnn search --resume {shlex.quote(info['run_dir'])} runs the running, "
+            "queued and interrupted trials again",
             markup=False,
         )
     strategy = ", ".join([f"agent {info['agent']}", *_info_items(info["info"])])

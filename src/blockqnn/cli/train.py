@@ -1,16 +1,19 @@
-"""Train a found block with a final recipe (the paper's 300 epochs by default) and test it.
+"""Train a found block with a final recipe (the paper's by default) and test it.
 
 Examples:
-  blockqnn train runs/digits --out runs/digits-final --epochs 30
+  blockqnn train runs/digits --out runs/digits-final --filters 32 --blocks-per-stage 2
   blockqnn train --block "1,1,3,0,0; 2,1,3,1,0; 3,7,0,0,0" --dataset cifar10 --out final
   blockqnn train runs/c10 --recipe fast --filters 64 --out runs/c10-fast
 
 Recipes: `paper` (SGD momentum 0.9, lr 0.1 /10 at 50% and 75% of 300 epochs, wd 5e-4,
 batch 128) and `fast` (40 epochs for one GPU: batch 512, Nesterov SGD at lr 0.4 with a
 2-epoch warm-up and cosine decay, label smoothing 0.1, flip test-time augmentation); flags
-given beside `--recipe` override its values. Trains on the whole training set (train +
-validation) and reports accuracy on the official test split. Checkpoints every epoch; the
-same command again resumes from the last one.
+given beside `--recipe` override its values. Without `--epochs`, a data set smaller than
+CIFAR's 50,000 training images trains for proportionally fewer epochs, at least 30 (digits:
+30). Prints the network and the epochs first, the time left after the first epoch. Trains
+on the whole training set (train + validation) and reports accuracy on the official test
+split. Checkpoints every epoch; the same command again resumes from the last one (also
+after Ctrl-C).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from blockqnn.errors import BlockQNNError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH
     from blockqnn.settings.choices import AUGMENTS, FINAL_SCHEDULES, HEADS, PRECISIONS, TTA_MODES
-    from blockqnn.settings.final import FINAL_RECIPES
+    from blockqnn.settings.final import FEWEST_EPOCHS, FINAL_RECIPES, RECIPE_IMAGES
     from blockqnn.settings.threads import HELP as THREADS_HELP
 
     paper, fast = FINAL_RECIPES["paper"], FINAL_RECIPES["fast"]
@@ -47,7 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--recipe", choices=tuple(FINAL_RECIPES), default="paper", help="the starting settings"
     )
     # Unset flags (None) keep the recipe's value.
-    parser.add_argument("--epochs", type=int, help=f"paper {paper.epochs}, fast {fast.epochs}")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help=f"paper {paper.epochs}, fast {fast.epochs}; unset, scaled down for data sets "
+        f"under {RECIPE_IMAGES:,} training images (at least {FEWEST_EPOCHS})",
+    )
     parser.add_argument(
         "--batch-size", type=int, help=f"paper {paper.batch_size}, fast {fast.batch_size}"
     )
@@ -93,13 +101,48 @@ def _add_pick_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train a block with a final recipe. Long on purpose: the command's steps (choose the
-    block, apply the flags, train, print) in the order the user meets them."""
-    from blockqnn.final.train import TrainingFailed, pick_block, train_final
-    from blockqnn.settings.config import Config, DataConfig
-    from blockqnn.settings.final import FINAL_RECIPES, FinalSettings
-    from blockqnn.space.nsc.block import Block
+    """Train a block with a final recipe: choose it, apply the flags, train, print."""
+    from blockqnn.final.train import TrainingFailed, train_final
     from blockqnn.train import threads
+
+    block, config = _choose_block(args)
+    # --threads, else the run's (or the default) setting
+    threads.choose(args.threads if args.threads is not None else config.train.threads)
+    threads.configure_threads()
+    data, network = _data_and_network(args, config)
+    sized = args.filters is not None or args.blocks_per_stage is not None
+    display = _Display(quiet=args.json, search_size=args.run_dir is not None and not sized)
+    try:
+        result = train_final(
+            block, data, network, _settings(args), args.out, args.device,
+            display.epoch, display.start, fit_epochs_to_data=args.epochs is None,
+        )  # fmt: skip
+    except TrainingFailed as exc:
+        print(f"blockqnn train: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        display.close()
+        print(
+            "blockqnn train: interrupted; run the same command again to resume from the last "
+            "finished epoch",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        display.close()
+    if args.json:
+        json.dump(result.to_dict(), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        _print_result(result)
+    return 0
+
+
+def _choose_block(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The block to train and the config it comes with (a run's, or the defaults)."""
+    from blockqnn.final.train import pick_block
+    from blockqnn.settings.config import Config
+    from blockqnn.space.nsc.block import Block
 
     if (args.run_dir is None) == (args.block is None):
         raise BlockQNNError("give either RUN_DIR or --block BLOCK")
@@ -107,20 +150,20 @@ def run(args: argparse.Namespace) -> int:
         raise BlockQNNError("--pick and --max-latency-ms choose from a RUN_DIR, not --block")
     if args.block is not None:
         block = Block.parse(args.block, max_depth=args.max_depth)
-        config = Config()
         if not args.dataset:
             raise BlockQNNError("--dataset is required with --block")
-    elif args.pick is not None or args.max_latency_ms is not None:
+        return block, Config()
+    if args.pick is not None or args.max_latency_ms is not None:
         from blockqnn.final.pick import parse_pick, pick_from_run
 
         member = parse_pick(args.pick) if args.pick is not None else None
-        block, config = pick_from_run(args.run_dir, member, args.max_latency_ms)
-    else:
-        block, config = pick_block(args.run_dir, args.rank)
-    # --threads, else the run's (or the default) setting
-    threads.choose(args.threads if args.threads is not None else config.train.threads)
-    threads.configure_threads()
-    data: DataConfig = config.data
+        return pick_from_run(args.run_dir, member, args.max_latency_ms)
+    return pick_block(args.run_dir, args.rank)
+
+
+def _data_and_network(args: argparse.Namespace, config: Any) -> tuple[Any, Any]:
+    """The run's (or default) data and network settings with the flags given applied."""
+    data = config.data
     overrides: dict[str, Any] = {}
     if args.dataset:
         overrides = {"dataset": args.dataset, "data_dir": args.data_dir or ""}
@@ -130,110 +173,135 @@ def run(args: argparse.Namespace) -> int:
         overrides["train_samples"] = args.train_samples
     data = replace(data, **overrides)
     network = config.network
-    for flag, name in (
-        ("filters", "filters"),
-        ("blocks_per_stage", "blocks_per_stage"),
-        ("head", "head"),
-    ):
-        if getattr(args, flag) is not None:
-            network = replace(network, **{name: getattr(args, flag)})
+    for name in ("filters", "blocks_per_stage", "head"):
+        if getattr(args, name) is not None:
+            network = replace(network, **{name: getattr(args, name)})
+    return data, network
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    """The recipe named by --recipe with the flags given beside it."""
+    from blockqnn.settings.final import FINAL_RECIPES
+
     flags = (
         "epochs", "batch_size", "lr", "weight_decay", "schedule", "warmup_epochs",
         "label_smoothing", "cutout", "augment", "tta", "precision", "seed",
     )  # fmt: skip
     given = {f: getattr(args, f) for f in flags if getattr(args, f) is not None}
-    settings: FinalSettings = replace(FINAL_RECIPES[args.recipe], **given)
-    progress, close = _progress(args.json)
-    sized = args.filters is not None or args.blocks_per_stage is not None
-    announce = None if args.json else _announce(args.run_dir is not None and not sized)
-    try:
-        result = train_final(
-            block, data, network, settings, args.out, args.device, progress, announce
+    return replace(FINAL_RECIPES[args.recipe], **given)
+
+
+def _print_result(result: Any) -> None:
+    resumed = f", resumed at epoch {result.resumed_from}" if result.resumed_from else ""
+    tta = (
+        f" (flip TTA; {result.test_accuracy_no_tta:.4f} without)"
+        if result.test_accuracy_no_tta is not None
+        else ""
+    )
+    print(f"block          {result.block}")
+    print(f"test accuracy  {result.test_accuracy:.4f} after {result.epochs} epochs{resumed}{tta}")
+    print(f"network        {result.params:,} parameters, {result.flops / 1e6:,.1f} MFLOPs")
+    print(f"speed          {result.images_per_second:,.0f} images/s on {result.device}")
+    print(f"model          {result.out}/model.pt")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def duration(seconds: float) -> str:
+    """`45 s`, `3 min`, `2.5 h`: an estimate's precision, not a stopwatch's."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class _Display:
+    """Before training: the network, the epochs and (after the first epoch) an estimate of
+    the time; then a rich bar on a terminal, one line per epoch otherwise; nothing but the
+    result with --json. The bar starts only once the epochs are known (no `epoch 0/None`)."""
+
+    def __init__(self, quiet: bool, search_size: bool) -> None:
+        self.quiet = quiet
+        self.search_size = search_size
+        self._bar: Any = None
+        self._task: Any = None
+        self._first: int | None = None  # the first epoch this call trains
+
+    def start(self, plan: Any) -> None:
+        if self.quiet:
+            return
+        net = plan.network
+        shape = "x".join(str(v) for v in net.input_shape)
+        _say(
+            f"network  F={net.filters} filters, N={net.blocks_per_stage} blocks per "
+            f"stage, {net.head} head, {plan.params:,} parameters, {plan.flops / 1e6:,.1f} "
+            f"MFLOPs per {shape} image"
         )
-    except TrainingFailed as exc:
-        print(f"blockqnn train: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        close()
-    if args.json:
-        json.dump(result.to_dict(), sys.stdout)
-        sys.stdout.write("\n")
-    else:
-        resumed = f", resumed at epoch {result.resumed_from}" if result.resumed_from else ""
-        print(f"block          {result.block}")
-        tta = (
-            f" (flip TTA; {result.test_accuracy_no_tta:.4f} without)"
-            if result.test_accuracy_no_tta is not None
+        if self.search_size:
+            _say(
+                "         the run's search-time size; --filters and --blocks-per-stage set "
+                "the final size (e.g. --filters 32 --blocks-per-stage 2 or more)"
+            )
+        scaled = (
+            f" (the recipe's {plan.recipe_epochs} scaled to {plan.train_images:,} training "
+            "images; --epochs sets it)"
+            if plan.epochs != plan.recipe_epochs
             else ""
         )
-        print(
-            f"test accuracy  {result.test_accuracy:.4f} after {result.epochs} epochs{resumed}{tta}"
+        resumed = f", resuming after epoch {plan.start_epoch}" if plan.start_epoch else ""
+        _say(f"epochs   {plan.epochs}{scaled}{resumed}")
+        _say("time     estimated after the first epoch")
+        self._first = plan.start_epoch + 1
+
+    def _start_bar(self, total: int) -> None:
+        """Started at the first finished epoch: before it there is no loss, lr or speed to
+        show (the bar showed `epoch 0/None loss - lr -` during the set-up)."""
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        self._bar = Progress(
+            TextColumn("epoch {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn(
+                "loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} img/s  "
+                "ETA {task.fields[eta]}"
+            ),
+            transient=False,
+            auto_refresh=False,  # drawn at each epoch's end, when there is news
         )
-        print(f"network        {result.params:,} parameters, {result.flops / 1e6:,.1f} MFLOPs")
-        print(f"speed          {result.images_per_second:,.0f} images/s on {result.device}")
-        print(f"model          {result.out}/model.pt")
-    return 0
+        self._task = self._bar.add_task("train", total=total, loss="", lr="", speed="", eta="")
 
-
-def _announce(search_size: bool) -> Any:
-    """Prints the network before training: its size, and when it is the run's search-time
-    size (small on purpose), how to ask for a final one."""
-
-    def show(network: Any, params: int, flops: int) -> None:
-        shape = "x".join(str(v) for v in network.input_shape)
-        print(
-            f"network  F={network.filters} filters, N={network.blocks_per_stage} blocks per "
-            f"stage, {network.head} head, {params:,} parameters, {flops / 1e6:,.1f} MFLOPs "
-            f"per {shape} image",
-            file=sys.stderr,
-            flush=True,
-        )
-        if search_size:
-            print(
-                "         the run's search-time size; --filters and --blocks-per-stage set "
-                "the final size (e.g. --filters 32 --blocks-per-stage 2 or more)",
-                file=sys.stderr,
-                flush=True,
+    def epoch(self, row: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        done, total = row["epoch"], row["epochs"]
+        left = (total - done) * row["train_seconds"] / max(1, done - (self._first or 1) + 1)
+        loss, lr, speed = row["train_loss"], row["lr"], row["images_per_second"]
+        if done == self._first:
+            _say(f"time     about {duration(left)} for the {total - done} epochs left")
+            if sys.stderr.isatty():
+                self._start_bar(total)
+        if self._bar is None:
+            _say(
+                f"epoch {done}/{total} loss {loss:.4f} lr {lr:.4g} {speed:,.0f} images/s "
+                f"ETA {duration(left)}"
             )
-
-    return show
-
-
-def _progress(quiet: bool) -> tuple[Any, Any]:
-    """A rich bar on a terminal, one line per epoch otherwise, nothing with --json."""
-    if quiet:
-        return None, lambda: None
-    if not sys.stderr.isatty():
-
-        def line(row: dict[str, Any]) -> None:
-            print(
-                f"epoch {row['epoch']}/{row['epochs']} loss {row['train_loss']:.4f} "
-                f"lr {row['lr']:.4g} {row['images_per_second']:,.0f} images/s",
-                file=sys.stderr,
-                flush=True,
-            )
-
-        return line, lambda: None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("epoch {task.completed}/{task.total}"),
-        BarColumn(),
-        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} img/s"),
-        TimeRemainingColumn(),
-        transient=False,
-    )
-    task = bar.add_task("train", total=None, loss="-", lr="-", speed="-")
-    bar.start()
-
-    def update(row: dict[str, Any]) -> None:
-        bar.update(
-            task,
-            total=row["epochs"],
-            completed=row["epoch"],
-            loss=f"{row['train_loss']:.4f}",
-            lr=f"{row['lr']:.3g}",
-            speed=f"{row['images_per_second']:,.0f}",
+            return
+        self._bar.update(
+            self._task,
+            completed=done,
+            loss=f"{loss:.4f}",
+            lr=f"{lr:.3g}",
+            speed=f"{speed:,.0f}",
+            eta=duration(left),
         )
+        if not self._bar.live.is_started:
+            self._bar.start()
+        self._bar.refresh()
 
-    return update, bar.stop
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -281,6 +281,8 @@ def export_model(model: DeployModel, fmt: str, out: str | Path, batch: int = 2) 
     PyTorch on random inputs. Returns {"format", "path", "max_abs_diff", "checked_with"}."""
     if fmt not in EXPORT_FORMATS:
         raise BlockQNNError(f"format {fmt!r} is not supported (choose {', '.join(EXPORT_FORMATS)})")
+    if fmt == "onnx":
+        _require_onnx()
     target = Path(out)
     model = model.eval().cpu()
     shape = model.network.config.input_shape
@@ -302,6 +304,18 @@ def export_model(model: DeployModel, fmt: str, out: str | Path, batch: int = 2) 
     finally:
         tmp.unlink(missing_ok=True)
     return {"format": fmt, "path": str(target), "max_abs_diff": diff, "checked_with": checker}
+
+
+def _require_onnx() -> None:
+    """Refuse, in one line naming the extra, before anything is traced: torch's exporter
+    needs the onnx package and otherwise fails deep inside with a long traceback."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise BlockQNNError(
+            "--format onnx needs the onnx package, which is not installed: "
+            "pip install 'blockqnn[export]'"
+        ) from None
 
 
 def _export_torchscript(

@@ -33,6 +33,7 @@ from blockqnn.settings.bounds import MAX_TOP, check, integers
 from blockqnn.settings.config import Config, DataConfig, NetworkConfig
 from blockqnn.settings.final import FINAL_RECIPES as FINAL_RECIPES  # re-exported
 from blockqnn.settings.final import FinalSettings as FinalSettings
+from blockqnn.settings.final import epochs_for_data
 from blockqnn.space.nsc.block import Block
 
 if TYPE_CHECKING:
@@ -113,6 +114,32 @@ class FinalResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What is about to be trained, told to `train_final`'s `on_start` before training."""
+
+    network: NetworkConfig
+    params: int
+    flops: int
+    epochs: int  # the training's total
+    start_epoch: int  # epochs already done (a resume)
+    train_images: int
+    recipe_epochs: int  # the recipe's count before it was fitted to the data
+
+
+@dataclass
+class _Job:
+    """The training's fixed parts, shared by the steps of `train_final`."""
+
+    block: Block
+    arrays: DataArrays
+    network: NetworkConfig
+    settings: FinalSettings
+    dataset: str
+    out_dir: Path
+    identity: dict[str, Any]
+
+
 def train_final(
     block: Block,
     data: DataConfig,
@@ -121,86 +148,123 @@ def train_final(
     out: str | Path,
     device: str | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
-    on_network: Callable[[NetworkConfig, int, int], None] | None = None,
+    on_start: Callable[[TrainingPlan], None] | None = None,
+    fit_epochs_to_data: bool = False,
 ) -> FinalResult:
     """Train `block` with the final recipe into folder `out` (resuming if it holds a run).
-    `on_network(network, params, flops)` is told the network before it is trained.
-
-    Long on purpose: one sequence of steps (identity, resume, build, fit, test, save) sharing
-    a dozen locals; the separable checks are the helpers below."""
-    import torch
-
+    `on_start(plan)` is told the network and the epochs before training starts. With
+    `fit_epochs_to_data`, the recipe's epochs are scaled to the data (`epochs_for_data`)."""
     from blockqnn.data import load_arrays
-    from blockqnn.final.model_io import model_payload, save_atomic
-    from blockqnn.space.nsc.builder import Network
     from blockqnn.space.nsc.cost import network_cost
-    from blockqnn.train.devices import describe_device, resolve_device, too_large
-    from blockqnn.train.loop import accuracy, fit
+    from blockqnn.train.devices import resolve_device, too_large
 
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise BlockQNNError(f"--out {out_dir}: exists and is not a directory")
+    arrays = _full_training_set(load_arrays(data))
+    recipe_epochs = settings.epochs
+    if fit_epochs_to_data:
+        settings = replace(settings, epochs=epochs_for_data(recipe_epochs, len(arrays.x_train)))
+    net_cfg = replace(network, num_classes=arrays.num_classes, input_shape=arrays.input_shape)
     identity = {
         "block": block.hash,
         "data": asdict(data),
-        "network": None,  # filled below, once the data fixed classes and shape
+        "network": net_cfg.to_dict(),
         "settings": _settings_identity(settings),
     }
-    arrays = _full_training_set(load_arrays(data))
-    net_cfg = replace(network, num_classes=arrays.num_classes, input_shape=arrays.input_shape)
-    identity["network"] = net_cfg.to_dict()
-
     finished = out_dir / MODEL
     if finished.is_file():
         return _finished_result(finished, identity, out_dir)
-    ckpt_path = out_dir / CHECKPOINT
-    resume = _checkpoint_resume(ckpt_path, identity, settings.epochs, out_dir)
+    resume = _checkpoint_resume(out_dir / CHECKPOINT, identity, settings.epochs, out_dir)
     dev = resolve_device(device)
     planned = network_cost(block, net_cfg)
     reason = too_large(planned.params, dev)
     if reason:  # refused before it is built: allocating it could take the host down
         raise BlockQNNError(f"the network is too large for this device: {reason}")
     make_dir(out_dir, "--out")
-    if on_network is not None:
-        on_network(net_cfg, planned.params, planned.flops)
+    start = int(resume["epoch"]) if resume else 0
+    if on_start is not None:
+        on_start(
+            TrainingPlan(
+                net_cfg, planned.params, planned.flops, settings.epochs, start,
+                len(arrays.x_train), recipe_epochs,
+            )
+        )  # fmt: skip
+    job = _Job(block, arrays, net_cfg, settings, data.dataset, out_dir, identity)
+    return _train(job, dev, resume, progress)
 
+
+def _train(
+    job: _Job,
+    dev: Any,
+    resume: dict[str, Any] | None,
+    progress: Callable[[dict[str, Any]], None] | None,
+) -> FinalResult:
+    """Build the network, fit it (a checkpoint every epoch), then test and save it."""
+    import torch
+
+    from blockqnn.final.model_io import model_payload, save_atomic
+    from blockqnn.space.nsc.builder import Network
+    from blockqnn.train.loop import fit
+
+    arrays, ckpt_path = job.arrays, job.out_dir / CHECKPOINT
     device_data = arrays.to_device(dev)
-    torch.manual_seed(settings.seed)
-    model = Network(block, net_cfg)
-    recipe = final_recipe(settings, data.dataset, arrays.input_shape)
+    torch.manual_seed(job.settings.seed)
+    model = Network(job.block, job.network)
+    recipe = final_recipe(job.settings, job.dataset, arrays.input_shape)
     if resume is not None:
         _check_checkpoint(model, recipe, resume, ckpt_path)
-    start = int(resume["epoch"]) if resume else 0
     mean, std = tuple(arrays.mean), tuple(arrays.std)
-    n_train = len(arrays.x_train)
     seconds_before = [0.0]  # fit's training seconds at the previous epoch's end
 
     def on_epoch(info: EpochInfo) -> None:
         ck = info.checkpoint()
-        train_state = {"epoch": ck["epoch"], "optimizer": ck["optimizer"], "identity": identity}
-        save_atomic(model_payload(model, mean, std, arrays.classes, {}, train_state), ckpt_path)
-        _record_epoch(info, n_train, seconds_before, out_dir / HISTORY, progress)
+        state = {"epoch": ck["epoch"], "optimizer": ck["optimizer"], "identity": job.identity}
+        save_atomic(model_payload(model, mean, std, arrays.classes, {}, state), ckpt_path)
+        history = job.out_dir / HISTORY
+        _record_epoch(info, len(arrays.x_train), seconds_before, history, progress)
 
     t0 = time.perf_counter()
     fitted = fit(
         model,
         device_data,
         recipe,
-        epochs=settings.epochs,
+        epochs=job.settings.epochs,
         eval_split=None,
         on_epoch=on_epoch,
         resume=resume,
     )
     if not fitted.ok:
         raise TrainingFailed(f"final training failed: {fitted.error}")
-    tta = settings.tta == "flip" or (settings.tta == "auto" and recipe.flip)
+    start = int(resume["epoch"]) if resume else 0
+    return _test_and_save(job, model, device_data, dev, fitted, start, t0, recipe.flip)
+
+
+def _test_and_save(
+    job: _Job,
+    model: Any,
+    device_data: Any,
+    dev: Any,
+    fitted: Any,
+    start: int,
+    t0: float,
+    flips: bool,
+) -> FinalResult:
+    """Test the trained model (with flip TTA when asked) and write the finished model file."""
+    from blockqnn.final.model_io import model_payload, save_atomic
+    from blockqnn.space.nsc.cost import network_cost
+    from blockqnn.train.devices import describe_device
+    from blockqnn.train.loop import accuracy
+
+    settings = job.settings
+    tta = settings.tta == "flip" or (settings.tta == "auto" and flips)
     test_acc = accuracy(model, device_data, "test", precision=settings.precision, tta=tta)
     plain = accuracy(model, device_data, "test", precision=settings.precision) if tta else None
-    cost = network_cost(block, net_cfg)
+    cost = network_cost(job.block, job.network)
     ran = fitted.epochs - start
     result = FinalResult(
-        out=str(out_dir),
-        block=str(block),
+        out=str(job.out_dir),
+        block=str(job.block),
         test_accuracy=test_acc,
         epochs=fitted.epochs,
         train_seconds=round(time.perf_counter() - t0, 3),
@@ -215,8 +279,10 @@ def train_final(
         tta="flip" if tta else "none",
         test_accuracy_no_tta=plain,
     )
-    metrics = {"test_accuracy": test_acc, "identity": identity, "result": result.to_dict()}
-    save_atomic(model_payload(model, mean, std, arrays.classes, metrics), finished)
+    metrics = {"test_accuracy": test_acc, "identity": job.identity, "result": result.to_dict()}
+    arrays = job.arrays
+    payload = model_payload(model, tuple(arrays.mean), tuple(arrays.std), arrays.classes, metrics)
+    save_atomic(payload, job.out_dir / MODEL)
     return result
 
 
@@ -230,12 +296,17 @@ def _finished_result(finished: Path, identity: dict[str, Any], out_dir: Path) ->
         stored = metrics.get("identity") if isinstance(metrics, dict) else None
         raise BlockQNNError(
             f"--out {out_dir}: holds a finished training of other settings "
-            f"({_difference(stored, identity)}; choose another --out)"
+            f"({_difference(stored, identity)}; {_start_over(out_dir)})"
         )
     try:
         return FinalResult(**metrics["result"])
     except (KeyError, TypeError):
         raise BlockQNNError(f"{finished}: damaged model file (no training result)") from None
+
+
+def _start_over(out_dir: Path) -> str:
+    """How to train these settings instead of the folder's: never by overwriting it."""
+    return f"to start over with these settings, give another --out or remove {out_dir} first"
 
 
 def _checkpoint_resume(
@@ -257,7 +328,7 @@ def _checkpoint_resume(
     if state.get("identity") != identity:
         raise BlockQNNError(
             f"--out {out_dir}: holds a training of another block or other settings "
-            f"({_difference(state.get('identity'), identity)}; choose another --out)"
+            f"({_difference(state.get('identity'), identity)}; {_start_over(out_dir)})"
         )
     epoch = state.get("epoch")
     if not isinstance(epoch, int) or isinstance(epoch, bool):

@@ -262,6 +262,21 @@ def rolling_means(trials: Sequence[TrialRecord], size: int) -> list[tuple[int, f
     return [(t.id, m) for t, m in zip(trained[size - 1 :], means, strict=True)]
 
 
+def count(n: int, noun: str) -> str:
+    """`1 block`, `2 blocks`, `0 blocks` (English plurals of the nouns used here: add s)."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
+def pending_text(counts: dict[str, int], active: bool) -> str:
+    """The trials not finished, by the store's status names (the names `trials`, the CSV
+    and --json use): `0 running, 1 queued, 2 interrupted`. With no search active, a running
+    trial was left by a killed one (kill -9); a resume runs it again."""
+    running = f"{counts['running']} running"
+    if counts["running"] and not active:
+        running += " (left by a killed search)"
+    return f"{running}, {counts['queued']} queued, {counts['interrupted']} interrupted"
+
+
 def duration(seconds: float) -> str:
     """A human duration: '42 s', '12.5 min', '3.1 h'."""
     seconds = max(0.0, seconds)

@@ -22,15 +22,15 @@ def has_latency(run: RunSummary) -> bool:
 
 
 def latency_figure(run: RunSummary) -> Any:
-    from blockqnn.report.plots import _GREY, _ORANGE, _figure, _legend
+    from blockqnn.report.plots import GREY, ORANGE, figure, legend
 
-    fig, ax = _figure()
+    fig, ax = figure()
     done = [t for t in run.complete if trial_latency(t) is not None and t.accuracy is not None]
     front = pareto_front(done)
     ax.scatter(
         [trial_latency(t) for t in done],
         [t.accuracy for t in done],
-        color=_GREY,
+        color=GREY,
         s=16,
         edgecolors="none",
         label=f"complete {run.noun}s (n = {len(done)})",
@@ -39,7 +39,7 @@ def latency_figure(run: RunSummary) -> Any:
         [trial_latency(t) for t in front],
         [t.accuracy for t in front],
         where="post",
-        color=_ORANGE,
+        color=ORANGE,
         marker="o",
         markersize=6,
         label=FRONT_LABEL,
@@ -57,14 +57,14 @@ def latency_figure(run: RunSummary) -> Any:
     ax.set_ylabel("validation accuracy")
     ax.set_title("accuracy against measured latency (numbers: the front, fastest first)")
     ax.grid(alpha=0.3, which="both")
-    _legend(ax)
+    legend(ax)
     return fig
 
 
 def latency_plot(run: RunSummary) -> str:
-    from blockqnn.report.plots import _png
+    from blockqnn.report.plots import png
 
-    return _png(latency_figure(run))
+    return png(latency_figure(run))
 
 
 def _runtime(run: RunSummary) -> str:

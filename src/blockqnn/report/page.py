@@ -19,7 +19,15 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from blockqnn.errors import BlockQNNError
-from blockqnn.report.data import RunSummary, Stage, duration, rolling_size, stage_means
+from blockqnn.report.data import (
+    RunSummary,
+    Stage,
+    count,
+    duration,
+    pending_text,
+    rolling_size,
+    stage_means,
+)
 from blockqnn.store.db import FAILED, TrialRecord
 from blockqnn.train.threads import cpu_name
 
@@ -39,9 +47,11 @@ pre { background: #f7f7f7; border: 1px solid #e3e3e3; padding: 8px; overflow-x: 
    screen its labels would be 4 px */
 img.plot { width: 100%; min-width: 640px; max-width: 990px; height: auto; display: block;
            margin: 8px 0; }
-/* Diagrams at Graphviz's own size (11-pt labels): a wide or tall block scrolls inside its
-   box instead of being shrunk until its labels cannot be read. */
-.diagram { max-width: min(360px, 80vw); max-height: 520px; overflow: auto; }
+/* Diagrams at Graphviz's own size (11-pt labels), each on a row of the table's width under
+   its block: a block too wide for the screen (a phone) scrolls inside its box instead of
+   being shrunk until its labels cannot be read. */
+.diagram { max-width: min(1066px, calc(100vw - 50px)); max-height: 520px; overflow: auto; }
+tr.top-diagram td { border-top: none; }
 .diagram svg { display: block; }
 .note { color: #777; font-style: italic; } .muted { color: #777; }
 """
@@ -173,7 +183,7 @@ def header(run: RunSummary) -> str:
             "trials",
             f"{c['trained']} trained of a budget of {cfg.search.budget} "
             f"({c['complete']} complete, {c['failed']} failed); {c['reused']} reused; "
-            f"{c['running']} running, {c['queued'] + c['interrupted']} waiting",
+            + _e(pending_text(c, run.active)),
         ),
         ("elapsed", _e(duration(run.elapsed)) + " (search sessions, summed)"),
         ("evaluations per hour", _num(rate, ",.1f")),
@@ -209,8 +219,9 @@ def top_table(run: RunSummary) -> str:
     head = (
         "<tr><th>rank</th><th>reward</th><th>accuracy</th>"
         + ("<th>FLOPs</th><th>params</th><th>density</th>" if cost else "")
-        + f"<th>{_e(what)} and hash</th><th>diagram</th></tr>"
+        + f"<th>{_e(what)} and hash</th></tr>"
     )
+    columns = 7 if cost else 4
     rows = []
     for rank, t in enumerate(run.top, start=1):
         costs = (
@@ -226,8 +237,11 @@ def top_table(run: RunSummary) -> str:
             f'<td class="num">{_num(t.accuracy, ".4f")}</td>'
             f"{costs}"
             f"<td><code>{_e(t.candidate)}</code><br>"
-            f'<span class="muted">hash <code>{_e(t.hash)}</code>, trial {t.id}</span></td>'
-            f"<td>{candidate_diagram(t, run.space, f'b{rank}-')}</td></tr>"
+            f'<span class="muted">hash <code>{_e(t.hash)}</code>, trial {t.id}</span></td></tr>'
+            # its diagram on a row of its own, the table's whole width: in a column beside
+            # the numbers a wide block was cut off even on a 1,400 px screen
+            f'<tr class="top-diagram"><td colspan="{columns}">'
+            f"{candidate_diagram(t, run.space, f'b{rank}-')}</td></tr>"
         )
     return f'<div class="wide"><table class="top">\n{head}\n' + "\n".join(rows) + "\n</table></div>"
 
@@ -242,7 +256,7 @@ def failed_table(run: RunSummary, limit: int = 10) -> str:
         f"<td>{_e(t.error or '-')}</td></tr>"
         for t in shown
     )
-    note = f"<p>The last {len(shown)} of {len(failed)} failed trials.</p>"
+    note = f"<p>The last {len(shown)} of {count(len(failed), 'failed trial')}.</p>"
     return (
         f"{note}\n<table><tr><th>trial</th><th>{run.noun}</th><th>error</th></tr>\n{rows}\n</table>"
     )
@@ -307,67 +321,18 @@ def render(
     baseline: RunSummary | None = None,
 ) -> str:
     """The whole page. `plots` holds data URIs under 'curve', 'flops' (runs with FLOPs) or
-    'accuracy' (without) and, with a baseline, 'comparison'.
-
-    Long on purpose: the page's HTML template, read top to bottom as the page reads."""
+    'accuracy' (without) and, with a baseline, 'comparison'. The template reads top to
+    bottom as the page does; each section's text is built by the functions below."""
     title = f"blockqnn report: {run.run_dir.resolve().name}"
     noun = run.noun
     stages = stage_means(run.scored)
-    if baseline is not None:
-        comparison = (
-            f"<p>Baseline: <code>{_e(baseline.run_dir.resolve())}</code> "
-            f"({_e(baseline.agent)}, {baseline.counts['trained']} trained). Both runs' "
-            f"rewards are placed by how many {noun}s each had trained (reused duplicates "
-            "left out), and averaged over the same positions: per iteration of "
-            f"{run.iteration_size}, as a rolling mean"
-            + (", and per epsilon stage of this run" if stages else "")
-            + ".</p>\n"
-            + _plot(plots["comparison"], "mean reward of this run and the baseline")
-        )
-    else:
-        comparison = (
-            '<p class="note">No baseline: pass <code>--baseline RANDOM_RUN_DIR</code> '
-            "(a run with agent = &quot;random&quot;) to compare.</p>"
-        )
-    if "flops" in plots:
-        cost = "<h2>Accuracy against FLOPs</h2>\n" + _plot(
-            plots["flops"], "validation accuracy against FLOPs, coloured by reward"
-        )
-    else:
-        cost = (
-            "<h2>Accuracy</h2>\n"
-            f'<p class="note">The evaluations of this run measured no FLOPs (the {_e(run.space)} '
-            "space's evaluator reports none): no accuracy-against-cost plot. Instead, how the "
-            "accuracies are distributed.</p>\n"
-            + _plot(plots["accuracy"], "histogram of the accuracies of the complete trials")
-        )
-    if run.space == "nsc":
-        accuracy_note = "accuracy is on the validation split"
-    elif run.space == "nb201":
-        accuracy_note = (
-            "accuracy is the NAS-Bench-201 table's 200-epoch test accuracy on "
-            f"{_e(run.config.data.dataset)}"
-        )
-    else:
-        accuracy_note = "accuracy is as the evaluator measured it"
-    config = config_toml(run.config.to_dict())
     partial = (
         '<p class="note">The search is still running: this report is partial; '
         "regenerate it for newer results.</p>"
         if run.state == "running"
         else ""
     )
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="icon" href="data:,">
-<title>{_e(title)}</title>
-<style>{_CSS}</style>
-</head>
-<body>
-<h1>{_e(title)}</h1>
+    return f"""{_page_head(title)}
 {partial}
 <section id="summary">
 {header(run)}
@@ -380,21 +345,41 @@ def render(
 </section>
 <section id="comparison">
 <h2>Against random search</h2>
-{comparison}
+{_comparison_section(run, plots, baseline, bool(stages))}
 </section>
 <section id="accuracy-flops">
-{cost}
+{_cost_section(run, plots)}
 </section>
 <section id="top-blocks">
 <h2>Top {len(run.top)} {noun}s</h2>
-<p>Trained {noun}s by reward (reused duplicates excluded); {accuracy_note}.</p>
+<p>Trained {noun}s by reward (reused duplicates excluded); {_accuracy_note(run)}.</p>
 {top_table(run)}
 </section>
 <section id="failed">
 <h2>Failed trials</h2>
 {failed_table(run)}
 </section>
-<section id="config">
+{_page_end(run, env)}"""
+
+
+def _page_head(title: str) -> str:
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>{_e(title)}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<h1>{_e(title)}</h1>"""
+
+
+def _page_end(run: RunSummary, env: Sequence[tuple[str, str]]) -> str:
+    """The config and environment sections, and the end of the page."""
+    config = config_toml(run.config.to_dict())
+    return f"""<section id="config">
 <h2>Config</h2>
 <p>The run's resolved config (TOML; <code>blockqnn search --config</code> reads it).</p>
 <pre>{_e(config)}</pre>
@@ -410,3 +395,51 @@ def render(
 </body>
 </html>
 """
+
+
+def _comparison_section(
+    run: RunSummary, plots: dict[str, str], baseline: RunSummary | None, stages: bool
+) -> str:
+    """The comparison against a baseline run, or how to ask for one."""
+    if baseline is None:
+        return (
+            '<p class="note">No baseline: pass <code>--baseline RANDOM_RUN_DIR</code> '
+            "(a run with agent = &quot;random&quot;) to compare.</p>"
+        )
+    return (
+        f"<p>Baseline: <code>{_e(baseline.run_dir.resolve())}</code> "
+        f"({_e(baseline.agent)}, {baseline.counts['trained']} trained). Both runs' "
+        f"rewards are placed by how many {run.noun}s each had trained (reused duplicates "
+        "left out), and averaged over the same positions: per iteration of "
+        f"{run.iteration_size}, as a rolling mean"
+        + (", and per epsilon stage of this run" if stages else "")
+        + ".</p>\n"
+        + _plot(plots["comparison"], "mean reward of this run and the baseline")
+    )
+
+
+def _cost_section(run: RunSummary, plots: dict[str, str]) -> str:
+    """Accuracy against FLOPs, or, for a space whose evaluations measure none, a histogram."""
+    if "flops" in plots:
+        return "<h2>Accuracy against FLOPs</h2>\n" + _plot(
+            plots["flops"], "validation accuracy against FLOPs, coloured by reward"
+        )
+    return (
+        "<h2>Accuracy</h2>\n"
+        f'<p class="note">The evaluations of this run measured no FLOPs (the {_e(run.space)} '
+        "space's evaluator reports none): no accuracy-against-cost plot. Instead, how the "
+        "accuracies are distributed.</p>\n"
+        + _plot(plots["accuracy"], "histogram of the accuracies of the complete trials")
+    )
+
+
+def _accuracy_note(run: RunSummary) -> str:
+    """Which accuracy the top table shows."""
+    if run.space == "nsc":
+        return "accuracy is on the validation split"
+    if run.space == "nb201":
+        return (
+            "accuracy is the NAS-Bench-201 table's 200-epoch test accuracy on "
+            f"{_e(run.config.data.dataset)}"
+        )
+    return "accuracy is as the evaluator measured it"

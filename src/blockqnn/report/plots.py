@@ -4,7 +4,9 @@ Owns: the learning curve, the comparison against a baseline run, and accuracy ag
 (or, for spaces without FLOPs, a histogram of accuracies). Each plot has a `*_figure`
 function returning the `Figure` (which tests inspect) and a function returning its data URI.
 Uses `matplotlib.figure.Figure` directly, never pyplot: no global figure state, no GUI
-backend, safe to call from any thread. Must not read the store or write files.
+backend, safe to call from any thread. Must not read the store or write files. The shared
+pieces (`figure`, `png`, `legend`, `title_above_labels`, the colours) are public: the
+latency section's plot (`report.latency`) is drawn with them.
 
 What is drawn (see `report.data` for why reused trials are not averaged): every scored
 trial as a point; the mean of each epsilon stage (strategies that report an epsilon only)
@@ -34,20 +36,20 @@ from blockqnn.store.db import COMPLETE, FAILED, REUSED, TrialRecord
 
 DPI = 110  # pixels per inch of the PNGs: sharp on ordinary screens, ~50-100 kB per plot
 SIZE = (9.0, 4.2)  # inches: fills a 1000 px column
-_BLUE, _ORANGE, _RED, _GREY = "#1f77b4", "#ff7f0e", "#d62728", "#9a9a9a"
+_BLUE, ORANGE, _RED, GREY = "#1f77b4", "#ff7f0e", "#d62728", "#9a9a9a"
 _GREEN = "#2ca02c"
 STAGE_LABEL = "mean per epsilon stage (trained trials)"  # legend entries tests look for
 ROLLING_LABEL = "rolling mean of the last {k} trained"
 
 
-def _figure() -> tuple[Any, Any]:
+def figure() -> tuple[Any, Any]:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
     return fig, fig.add_subplot()
 
 
-def _png(fig: Any) -> str:
+def png(fig: Any) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -65,18 +67,50 @@ def stage_text(stage: Stage) -> str:
 
 def learning_curve_figure(run: RunSummary) -> Any:
     """Reward of every scored trial in ask order, the mean per epsilon stage (if the strategy
-    reports an epsilon) and a rolling mean over the trained trials; failed trials marked.
-    Long on purpose: one figure's matplotlib calls, layer by layer."""
-    fig, ax = _figure()
+    reports an epsilon) and a rolling mean over the trained trials; failed trials marked."""
+    fig, ax = figure()
     scored = run.scored
-    complete = [t for t in scored if t.status == COMPLETE]
-    failed = [t for t in scored if t.status == FAILED]
-    reused = [t for t in scored if t.status == REUSED and not _reused_failure(t)]
-    reused_failed = [t for t in scored if t.status == REUSED and _reused_failure(t)]
     stages = stage_means(scored)
     for i, stage in enumerate(stages):
         if i % 2:  # shade every other stage so the boundaries read at a glance
             ax.axvspan(stage.first - 0.5, stage.last + 0.5, color="#f2f2f2", zorder=0)
+    _trial_points(ax, scored)
+    _stage_means(ax, stages)
+    size = rolling_size(len(run.trained))
+    trend = rolling_means(scored, size)
+    if trend:
+        ax.plot(
+            [i for i, _ in trend],
+            [m for _, m in trend],
+            color=_GREEN,
+            linewidth=1.8,
+            label=ROLLING_LABEL.format(k=size),
+            zorder=5,
+        )
+    failed = [t for t in scored if t.status == FAILED]
+    reused_failed = [t for t in scored if t.status == REUSED and _reused_failure(t)]
+    _bottom_edge(ax, failed, "x", _RED, f"failed (reward {_reward(failed)}, drawn at the bottom)")
+    _bottom_edge(
+        ax,
+        reused_failed,
+        "x",
+        GREY,
+        f"reused copy of a failure (reward {_reward(reused_failed)}, at the bottom, in no mean)",
+    )
+    # last: the x range is final once every point is drawn
+    _label_stages(ax, [(stage_text(stage), stage.first, stage.last + 1) for stage in stages])
+    ax.set_xlabel("trial (ask order)")
+    ax.set_ylabel("reward")
+    title_above_labels(fig, ax, f"reward of every trial ({run.agent}, {run.space} space)")
+    ax.grid(alpha=0.3)
+    legend(ax)
+    return fig
+
+
+def _trial_points(ax: Any, scored: Sequence[TrialRecord]) -> None:
+    """Every trained trial as a point; reused ones hollow, at the reward they reuse."""
+    complete = [t for t in scored if t.status == COMPLETE]
+    reused = [t for t in scored if t.status == REUSED and not _reused_failure(t)]
     ax.scatter(
         [t.id for t in complete],
         [t.reward for t in complete],
@@ -93,10 +127,14 @@ def learning_curve_figure(run: RunSummary) -> Any:
             [t.reward for t in reused],
             s=16,
             facecolors="none",
-            edgecolors=_GREY,
+            edgecolors=GREY,
             label="reused (seen before; not in the means)",
             zorder=2,
         )
+
+
+def _stage_means(ax: Any, stages: Sequence[Stage]) -> None:
+    """Each epsilon stage's mean reward as a thick segment across the stage."""
     shown = False
     for stage in stages:
         if stage.mean is None:  # only reused trials: nothing trained to average
@@ -105,43 +143,16 @@ def learning_curve_figure(run: RunSummary) -> Any:
             stage.mean,
             stage.first - 0.5,
             stage.last + 0.5,
-            color=_ORANGE,
+            color=ORANGE,
             linewidth=2.5,
             label=None if shown else STAGE_LABEL,
             zorder=4,
         )
         shown = True
-    labels = [(stage_text(stage), stage.first, stage.last + 1) for stage in stages]
-    size = rolling_size(len(run.trained))
-    trend = rolling_means(scored, size)
-    if trend:
-        ax.plot(
-            [i for i, _ in trend],
-            [m for _, m in trend],
-            color=_GREEN,
-            linewidth=1.8,
-            label=ROLLING_LABEL.format(k=size),
-            zorder=5,
-        )
-    _bottom_edge(ax, failed, "x", _RED, f"failed (reward {_reward(failed)}, drawn at the bottom)")
-    _bottom_edge(
-        ax,
-        reused_failed,
-        "x",
-        _GREY,
-        f"reused copy of a failure (reward {_reward(reused_failed)}, at the bottom, in no mean)",
-    )
-    _label_stages(ax, labels)  # last: the x range is final once every point is drawn
-    ax.set_xlabel("trial (ask order)")
-    ax.set_ylabel("reward")
-    ax.set_title(f"reward of every trial ({run.agent}, {run.space} space)")
-    ax.grid(alpha=0.3)
-    _legend(ax)
-    return fig
 
 
 def learning_curve(run: RunSummary) -> str:
-    return _png(learning_curve_figure(run))
+    return png(learning_curve_figure(run))
 
 
 def _reward(trials: Sequence[TrialRecord]) -> str:
@@ -169,7 +180,7 @@ def _bottom_edge(
     )
 
 
-def _legend(ax: Any) -> None:
+def legend(ax: Any) -> None:
     """Below the plot, where it hides no data whatever the curve does."""
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
 
@@ -193,15 +204,28 @@ def _label_stages(ax: Any, labels: Sequence[tuple[str, float, float]]) -> None:
         last = centre
         ax.text(
             centre,
-            0.98,
+            1.01,  # above the plot area: a label inside it covered the best points
             text,
             transform=ax.get_xaxis_transform(),
             rotation=90,
             ha="center",
-            va="top",
+            va="bottom",
             fontsize=7,
             color="#a04000",
+            clip_on=False,
         )
+
+
+def title_above_labels(fig: Any, ax: Any, title: str) -> None:
+    """The axes' title, raised above any labels written over the plot area (the epsilon
+    stages'): at its usual place the title and the labels were drawn over each other."""
+    pad = 6.0  # points: matplotlib's default title pad
+    if ax.texts:
+        fig.draw_without_rendering()  # lays the figure out: the labels' extents are final
+        top = max(t.get_window_extent().y1 for t in ax.texts)
+        above = top - ax.get_window_extent().y1  # pixels the labels reach over the axes
+        pad += max(0.0, above) * 72 / fig.dpi
+    ax.set_title(title, pad=pad)
 
 
 def _stage_bounds(trials: Sequence[TrialRecord]) -> list[tuple[Stage, int, int]]:
@@ -218,15 +242,13 @@ def comparison_figure(run: RunSummary, baseline: RunSummary) -> Any:
     """Both runs' rewards against the number of candidates trained (the budget spent): the
     mean per iteration of `iteration_size` trained candidates, a rolling mean, and, when
     `run`'s strategy reports an epsilon, the mean per stage of `run` with the baseline
-    averaged over the same positions. Either run may lack an epsilon. Long on purpose: one
-    figure's matplotlib calls, layer by layer."""
-    fig, ax = _figure()
+    averaged over the same positions. Either run may lack an epsilon."""
+    fig, ax = figure()
     size = run.iteration_size
-    mine, theirs = run.scored, baseline.scored
     k = rolling_size(max(len(run.trained), len(baseline.trained)))
     for name, trials, color in (
-        (f"{run.agent} (this run)", mine, _BLUE),
-        (f"{baseline.agent} (baseline)", theirs, _GREY),
+        (f"{run.agent} (this run)", run.scored, _BLUE),
+        (f"{baseline.agent} (baseline)", baseline.scored, GREY),
     ):
         windows = window_means(trials, size)
         n = len(trained_rewards(trials))
@@ -250,13 +272,24 @@ def comparison_figure(run: RunSummary, baseline: RunSummary) -> Any:
                 linewidth=1.5,
                 label=f"{name}: {ROLLING_LABEL.format(k=k)}",
             )
+    _compared_stage_means(ax, run, baseline)
+    ax.set_xlabel("candidates trained (reused duplicates not counted)")
+    ax.set_ylabel("mean reward")
+    title_above_labels(fig, ax, f"{run.agent} vs {baseline.agent} ({baseline.run_dir.name})")
+    ax.grid(alpha=0.3)
+    legend(ax)
+    return fig
+
+
+def _compared_stage_means(ax: Any, run: RunSummary, baseline: RunSummary) -> None:
+    """The mean of each of `run`'s epsilon stages, and the baseline's over the same
+    positions of its trained sequence; the stages shaded and labelled."""
     series = (
-        (trained_rewards(mine), _ORANGE, f"{run.agent} (this run)"),
-        (trained_rewards(theirs), "#555555", f"{baseline.agent} (baseline)"),
+        (trained_rewards(run.scored), ORANGE, f"{run.agent} (this run)"),
+        (trained_rewards(baseline.scored), "#555555", f"{baseline.agent} (baseline)"),
     )
-    bounds = _stage_bounds(mine)
     labels = []
-    for i, (stage, start, end) in enumerate(bounds):
+    for i, (stage, start, end) in enumerate(_stage_bounds(run.scored)):
         for rewards, color, name in series:
             values = rewards[start:end]
             if not values:
@@ -273,22 +306,16 @@ def comparison_figure(run: RunSummary, baseline: RunSummary) -> Any:
             ax.axvspan(start + 0.5, end + 0.5, color="#f2f2f2", zorder=0)
         labels.append((stage_text(stage), start + 0.5, end + 0.5))
     _label_stages(ax, labels)
-    ax.set_xlabel("candidates trained (reused duplicates not counted)")
-    ax.set_ylabel("mean reward")
-    ax.set_title(f"{run.agent} vs {baseline.agent} ({baseline.run_dir.name})")
-    ax.grid(alpha=0.3)
-    _legend(ax)
-    return fig
 
 
 def comparison(run: RunSummary, baseline: RunSummary) -> str:
-    return _png(comparison_figure(run, baseline))
+    return png(comparison_figure(run, baseline))
 
 
 def accuracy_vs_flops(run: RunSummary) -> str:
     """Validation accuracy against FLOPs (log scale) of every trained candidate, coloured by
     reward; the top candidates carry their rank."""
-    fig, ax = _figure()
+    fig, ax = figure()
     done = [t for t in run.complete if t.flops and t.accuracy is not None]
     points = ax.scatter(
         [t.flops for t in done],
@@ -306,7 +333,7 @@ def accuracy_vs_flops(run: RunSummary) -> str:
     ax.set_ylabel("validation accuracy")
     ax.set_title("accuracy against cost (numbers: rank by reward)")
     ax.grid(alpha=0.3, which="both")
-    return _png(fig)
+    return png(fig)
 
 
 # Where a rank's number may go around its point, in points (x right, y up), nearest first.
@@ -362,15 +389,15 @@ def _rank_labels(fig: Any, ax: Any, points: Sequence[tuple[float, float]]) -> No
 def accuracy_histogram(run: RunSummary) -> str:
     """How the accuracies of the complete trials are distributed, with the best one marked:
     the cost plot's stand-in for spaces whose evaluations measure no FLOPs."""
-    fig, ax = _figure()
+    fig, ax = figure()
     values = [float(t.accuracy) for t in run.complete if t.accuracy is not None]
     ax.hist(values, bins=min(40, max(5, len(values) // 4)), color=_BLUE, alpha=0.8)
     if run.top and run.top[0].accuracy is not None:
         best = float(run.top[0].accuracy)
-        ax.axvline(best, color=_ORANGE, linewidth=2, label=f"best by reward ({best:.4f})")
-        _legend(ax)
+        ax.axvline(best, color=ORANGE, linewidth=2, label=f"best by reward ({best:.4f})")
+        legend(ax)
     ax.set_xlabel("accuracy")
     ax.set_ylabel(f"complete trials (n = {len(values)})")
     ax.set_title(f"accuracy of every complete trial ({run.space} space)")
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return png(fig)

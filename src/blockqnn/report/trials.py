@@ -13,10 +13,12 @@ run's trials, sorted, so the columns are stable for a given run:
     reuse_of, attempts, lost, worker, error,
     created, started, finished, train_seconds
 
-Times are Unix seconds. A value a trial lacks is None (an empty CSV field): e.g. the metrics
-of a trial still running, or `info.epsilon` of trials from a strategy without one. Reused
-trials carry the metrics of the trial they reuse (`reuse_of`) but trained nothing: their
-`train_seconds` is None, so summing the column gives the training time actually spent.
+Times (created, started, finished) are ISO 8601 in UTC to the millisecond,
+`2026-12-04T18:27:11.123Z`: what spreadsheets and `pd.to_datetime` read as they are. A value
+a trial lacks is None (an empty CSV field): e.g. the metrics of a trial still running, or
+`info.epsilon` of trials from a strategy without one. Reused trials carry the metrics of the
+trial they reuse (`reuse_of`) but trained nothing: their `train_seconds` is None, so summing
+the column gives the training time actually spent.
 
 Example:
     >>> import csv, io, subprocess  # doctest: +SKIP
@@ -28,6 +30,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,7 @@ TAIL = (
     "finished",
     "train_seconds",
 )
+TIMES = ("created", "started", "finished")
 METRIC = "metric."  # prefix of the result's extra metrics
 INFO = "info."  # prefix of the strategy's info keys
 
@@ -66,6 +70,14 @@ def columns(trials: Sequence[TrialRecord]) -> list[str]:
     ]
 
 
+def iso_time(seconds: float | None) -> str | None:
+    """Unix seconds as ISO 8601 in UTC, `2026-12-04T18:27:11.123Z` (None stays None)."""
+    if seconds is None:
+        return None
+    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def trial_rows(trials: Sequence[TrialRecord]) -> tuple[list[str], list[dict[str, Any]]]:
     """(columns, rows): one dict per trial in the given order, every column present."""
     names = columns(trials)
@@ -79,7 +91,7 @@ def trial_rows(trials: Sequence[TrialRecord]) -> tuple[list[str], list[dict[str,
         for key, value in t.info.items():
             row[INFO + key] = value
         for name in TAIL[:-1]:
-            row[name] = getattr(t, name)
+            row[name] = iso_time(getattr(t, name)) if name in TIMES else getattr(t, name)
         if t.result is not None and t.status != REUSED:
             row["train_seconds"] = t.result.get("train_seconds")
         rows.append(row)
