@@ -28,8 +28,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from blockqnn.cli import main
-from blockqnn.evaluate.synthetic import SyntheticEvaluator, synthetic_spec
+from blockqnn.evaluate.synthetic import SyntheticEvaluator
 from blockqnn.execute import make_space
+from blockqnn.execute.synthetic import synthetic_spec
 from blockqnn.report import (
     load_run,
     render_report,
@@ -46,7 +47,7 @@ from blockqnn.report.plots import (
     comparison_figure,
     learning_curve_figure,
 )
-from blockqnn.search.loop import run_search
+from blockqnn.search import run_search
 from blockqnn.settings.config import Config, merge
 from blockqnn.space.nsc.block import Block
 from blockqnn.store.db import AgentState, Store, TrialRecord

@@ -64,13 +64,12 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from blockqnn.evaluate import latency
     from blockqnn.evaluate.early_stop import Evaluator
-    from blockqnn.execute.base import data_shape
-    from blockqnn.reward import make_reward
+    from blockqnn.evaluate.shape import data_shape
+    from blockqnn.reward import make_reward, score
     from blockqnn.space.nsc.block import Block
+    from blockqnn.store.cache import latency_cache
     from blockqnn.train import threads
 
     config = _config(args)
@@ -82,11 +81,10 @@ def run(args: argparse.Namespace) -> int:
     result = evaluator.evaluate(block)
     if latency.settings_of(config) is not None:  # [reward] latency_device or a latency reward
         shape, classes = data_shape(config, None, evaluator)
-        meter = latency.LatencyMeter.for_config(config, shape, classes)
+        meter = latency.LatencyMeter.for_config(config, shape, classes, latency_cache(config))
         if meter is not None:
             result = meter.apply(block, result)
-            if result.ok:  # the evaluator's reward had no latency to use
-                result = replace(result, reward=make_reward(config)(result.metric_values()))
+    result = score(make_reward(config), result)  # the evaluator reports metrics only
     if args.json:
         json.dump({"nsc": str(block), "hash": block.hash, **result.to_dict()}, sys.stdout)
         sys.stdout.write("\n")

@@ -172,7 +172,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def _sigterm_stops() -> Iterator[None]:
     """While the search runs, SIGTERM raises `Terminated` (Ctrl-C's path: a clean stop). A
     second SIGTERM during that stop ends the process at once, as SIGTERM normally does."""
-    from blockqnn.search.loop import Terminated
+    from blockqnn.search import Terminated
 
     if threading.current_thread() is not threading.main_thread():  # signals: main only
         yield
@@ -192,7 +192,7 @@ def _sigterm_stops() -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     """Start or resume a search and print its result. Long on purpose: a command's steps
     (check the flags, run, report each way it can end) in the order the user meets them."""
-    from blockqnn.search.loop import SearchStalled, Terminated, check_resume_overrides, run_search
+    from blockqnn.search import SearchStalled, Terminated, check_resume_overrides, run_search
     from blockqnn.settings.config import Config, merge
     from blockqnn.train import threads
 
