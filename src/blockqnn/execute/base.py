@@ -1,17 +1,20 @@
 """The executor contract: what the search loop hands to executors and gets back.
 
 Owns: the `Executor` protocol (`submit` / `wait` / `shutdown`, `slots`), `Finished` and
-`WorkerLost`, the `Evaluating` protocol every evaluator follows, and the picklable
-`EvaluatorSpec` that tells each worker how to build its evaluator. Must not import an
-executor's implementation (they import this module), torch or Ray.
+`WorkerLost`, the `Evaluating` protocol every evaluator follows, the picklable
+`EvaluatorSpec` that tells each worker how to build its evaluator, and the default data
+loader and evaluator. Must not import an executor's implementation (they import this
+module), torch or Ray, nor hold state between runs: the master loads a run's data once
+(`EvaluatorSpec.with_data`) and the spec carries it to the executor.
 
 Interface: `submit(trial_id, candidate)` hands over one evaluation; `wait(timeout)` returns
 the evaluations that finished, each a `Finished(trial_id, outcome, worker)` whose outcome is
 the evaluator's `EvalResult` or a `WorkerLost` (the worker process or its node died; the
 search loop decides whether to run the trial again); `shutdown()` releases the workers.
 `slots` is how many evaluations the executor runs at once: the loop keeps that many in
-flight. Executors are found by name in `blockqnn.settings.registry.EXECUTORS`; a factory takes the
-`EvaluatorSpec` and reads its settings from `spec.config.search`.
+flight. Executors are found by name in `blockqnn.settings.registry.EXECUTORS`; a factory takes
+the `EvaluatorSpec`, reads its settings from `spec.config.search` and its data from
+`spec.load_data()` (already loaded by the master: nothing is read again).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ log = logging.getLogger("blockqnn.execute")
 
 class Evaluating(Protocol):
     """An evaluator: built once per worker, then `evaluate` for each candidate. It returns
-    an `EvalResult` with the metrics it measured and never raises for a bad candidate."""
+    an `EvalResult` with the metrics it measured, never a reward (the master scores them),
+    and never raises for a bad candidate."""
 
     def evaluate(self, candidate: Any) -> EvalResult: ...
 
