@@ -31,6 +31,7 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -409,7 +410,7 @@ class LatencyFactory:
     """A picklable `EvaluatorSpec.factory` that wraps `inner`'s evaluator in a
     `LatencyEvaluator` (Ray and the process pool send it to every worker)."""
 
-    inner: Any  # the evaluator factory it wraps, (config, data, device) -> evaluator
+    inner: Callable[[Config, Any, str | None], Any]  # the evaluator factory it wraps
     cache: LatencyStore  # picklable: each worker opens it (a file path) where it runs
 
     def __call__(self, config: Config, data: Any, device: str | None) -> Any:

@@ -192,8 +192,7 @@ class Search:
         rows = []
         for w in self.parts.warm:
             assert w.record.result is not None
-            result = score(self.reward, EvalResult.from_dict(w.record.result))
-            reward = result.reward if result.reward is not None else FAILED_REWARD
+            result, reward = self._score(EvalResult.from_dict(w.record.result))
             info = {"warm_start": w.run, "source_trial": w.record.id, "exact": w.exact}
             rows.append((w.candidate, result, reward, info, self._tell(w.candidate, reward)))
         self._unsaved = self._snapshot_every  # a snapshot with them: resume replays none
@@ -286,8 +285,7 @@ class Search:
         if self.latency is not None:
             outcome = self.latency.apply(block, outcome)
         assert isinstance(outcome, EvalResult)
-        outcome = _storable(score(self.reward, outcome))  # the one place a search scores
-        reward = outcome.reward if outcome.reward is not None else FAILED_REWARD
+        outcome, reward = self._score(outcome)
         tell_seq = self._tell(block, reward)
         duplicates = self._waiting.pop(block.hash, [])
         told = [(dup_id, self._tell(dup, reward)) for dup_id, dup in duplicates]
@@ -307,6 +305,12 @@ class Search:
             self._emit("reused", self.store.trial(dup_id))
 
     # ----- helpers ----------------------------------------------------------------------------
+
+    def _score(self, outcome: EvalResult) -> tuple[EvalResult, float]:
+        """The result as the store keeps it, scored with the run's reward (the one place a
+        search computes rewards), and the reward the strategy is told for it."""
+        scored = _storable(score(self.reward, outcome))
+        return scored, scored.reward if scored.reward is not None else FAILED_REWARD
 
     def _tell(self, block: Any, reward: float) -> int:
         self.agent.tell(block, reward)
