@@ -249,7 +249,7 @@ import sys
 import blockqnn.execute.base as ex
 from blockqnn.execute.synthetic import synthetic_spec
 seconds = float(sys.argv[1])
-ex.EvaluatorSpec.for_config = classmethod(lambda cls, c, device=None: synthetic_spec(c, seconds))
+ex.EvaluatorSpec.for_space = classmethod(lambda cls, c, s, device=None: synthetic_spec(c, seconds))
 from blockqnn.cli import main
 sys.exit(main(sys.argv[2:]))
 """

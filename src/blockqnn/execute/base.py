@@ -125,13 +125,8 @@ class EvaluatorSpec:
     preloaded: tuple[Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def for_config(cls, config: Config, device: str | None = None) -> EvaluatorSpec:
-        """The space's default evaluator, loading data only where the space needs it."""
-        return cls.for_space(config, make_space(config), device)
-
-    @classmethod
     def for_space(cls, config: Config, space: Space, device: str | None = None) -> EvaluatorSpec:
-        """As `for_config`, for the space the caller already built."""
+        """The space's default evaluator, loading data only where the space needs it."""
         return cls(config, device, needs_data=bool(getattr(space, "needs_data", True)))
 
     def __getstate__(self) -> dict[str, Any]:
