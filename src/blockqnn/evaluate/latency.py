@@ -1,4 +1,4 @@
-"""Measured inference latency of a block's deployment-size network, and its cache.
+"""Measured inference latency of a block's deployment-size network, and its cache key.
 
 Owns: `LatencySettings` (runtime, batch, threads, repeats; from `[reward]`), building the
 deployment network (the `train` settings: the run's filters and blocks per stage unless

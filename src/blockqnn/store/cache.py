@@ -283,10 +283,11 @@ def _tables(conn: sqlite3.Connection) -> list[str]:
 
 
 class LatencyCache:
-    """Measurements by `cache_key`, in one SQLite file shared by every run and worker on the
-    machine. A key is written once (INSERT OR IGNORE): nothing stored is overwritten. An
-    unusable file (read-only folder, damaged) is logged and skipped: measuring again is
-    always correct, only slower."""
+    """Measurements by `blockqnn.evaluate.latency.cache_key`, in one SQLite file shared by
+    every run and worker on the machine. A key is written once (INSERT OR IGNORE): nothing
+    stored is overwritten. An unusable file (read-only folder, damaged) is logged and
+    skipped: measuring again is always correct, only slower. Picklable (a path): the
+    master hands it to the workers' latency meters."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
