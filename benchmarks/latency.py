@@ -120,7 +120,7 @@ def part_b(
 
 
 def _search(run: Path, config: Config) -> dict[str, Any]:
-    from blockqnn.search.loop import run_search
+    from blockqnn.search import run_search
 
     t0 = time.perf_counter()
     run_search(run, config)

@@ -38,7 +38,7 @@ def run_one(task: tuple[str, int, int, str, str]) -> dict[str, Any]:
     """One real search; the trained trials' rewards in order and their epsilons."""
     import torch
 
-    from blockqnn.search.loop import run_search
+    from blockqnn.search import run_search
     from blockqnn.settings.config import Config, merge
     from blockqnn.store.db import TRAINED, Store
 

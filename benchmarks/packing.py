@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from blockqnn.search.loop import SearchEvent, run_search
+from blockqnn.search import SearchEvent, run_search
 from blockqnn.settings.config import Config, merge
 
 

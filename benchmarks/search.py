@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from blockqnn.evaluate.synthetic import synthetic_spec
-from blockqnn.search.loop import SearchEvent, run_search
+from blockqnn.execute.synthetic import synthetic_spec
+from blockqnn.search import SearchEvent, run_search
 from blockqnn.settings.config import Config, merge
 
 

@@ -1,10 +1,12 @@
 """Rewards: the scalar a strategy is told, computed from an evaluation's metrics.
 
-Owns: the `Reward` protocol and the built-in rewards (`paper`, `accuracy`, and the latency
-rewards `mnasnet` and `additive`), found by name in
-`blockqnn.settings.registry.REWARDS`. Must not import torch or train anything: a reward is a pure
-function of the metrics an evaluator reported (`EvalResult.metric_values()`), so the master
-computes it, and a stored trial's metrics can be re-scored later.
+Owns: the `Reward` protocol, the built-in rewards (`paper`, `accuracy`, and the latency
+rewards `mnasnet` and `additive`), found by name in `blockqnn.settings.registry.REWARDS`, and
+`score`, the one function that puts a reward on an evaluation's result: the search's master
+calls it for every result, `blockqnn evaluate` for its one. Must not import torch or train
+anything: a reward is a pure function of the metrics an evaluator reported
+(`EvalResult.metric_values()`; evaluators never compute one), so a stored trial's metrics can
+be re-scored later.
 
 Metric names: `accuracy` (validation accuracy in [0, 1]), `flops` (forward FLOPs per image),
 `flops_ref` (the reference network's, for normalising), `params`, `density`; evaluators may
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from blockqnn.evaluate.result import STATUS_FAILED, EvalResult
 from blockqnn.settings.registry import REWARDS
 
 if TYPE_CHECKING:
@@ -29,6 +33,12 @@ class Reward(Protocol):
     metrics of every successful evaluation (failed ones are told 0.0 without a call)."""
 
     def __call__(self, metrics: Mapping[str, float]) -> float: ...
+
+
+# Told to the strategy for a candidate that could not be trained: below any working
+# network's accuracy, so it learns to avoid what cannot train, and a constant, so a failure
+# teaches nothing else.
+FAILED_REWARD = 0.0
 
 
 def compute_reward(
@@ -126,3 +136,15 @@ def make_reward(config: Config) -> Reward:
     """The reward named by `[reward] name`, built with the config."""
     reward: Reward = REWARDS.get(config.reward.name)(config)
     return reward
+
+
+def score(reward: Reward, result: EvalResult) -> EvalResult:
+    """`result` with its reward: `reward` of its metrics when it is ok, `FAILED_REWARD` when
+    it failed. A non-finite reward (a latency reward without a latency) makes it a failed
+    result that says so: the strategy is never told a NaN."""
+    if not result.ok:
+        return replace(result, reward=FAILED_REWARD)
+    value = float(reward(result.metric_values()))
+    if not math.isfinite(value):
+        return replace(result, status=STATUS_FAILED, reward=FAILED_REWARD, error=f"reward {value}")
+    return replace(result, reward=value)

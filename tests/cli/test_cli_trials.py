@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from blockqnn.cli import main
-from blockqnn.evaluate.synthetic import synthetic_spec
+from blockqnn.execute.synthetic import synthetic_spec
 from blockqnn.report.trials import trial_rows
-from blockqnn.search.loop import run_search
+from blockqnn.search import run_search
 from blockqnn.settings.config import Config, merge
 from blockqnn.space.nsc.block import Block
 from blockqnn.store.db import DB_NAME, Store, TrialRecord

@@ -16,7 +16,7 @@ import pytest
 from tests.strategies import write_nb201_table
 
 from blockqnn.errors import BlockQNNError
-from blockqnn.search.loop import restore_agent
+from blockqnn.search import restore_agent
 from blockqnn.settings.config import Config
 from blockqnn.settings.registry import STRATEGIES
 from blockqnn.space.nb201 import NB201Space

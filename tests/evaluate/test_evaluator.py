@@ -12,7 +12,7 @@ import blockqnn.evaluate.early_stop as evaluator_module
 from blockqnn.data import DataArrays, load_arrays
 from blockqnn.errors import BlockQNNError
 from blockqnn.evaluate.early_stop import Evaluator, evaluate_block
-from blockqnn.reward import compute_reward
+from blockqnn.reward import compute_reward, make_reward, score
 from blockqnn.settings.config import Config, merge
 from blockqnn.space.nsc.block import Block
 from blockqnn.space.nsc.cost import network_cost, reference_flops
@@ -54,7 +54,8 @@ def test_ok_result_is_complete(evaluator: Evaluator, config: Config) -> None:
     expected = compute_reward(
         result.accuracy, cost.flops, reference_flops(net_cfg), cost.density, 0.01, 0.01
     )
-    assert result.reward == pytest.approx(expected)
+    assert result.reward is None  # metrics only: the master scores them
+    assert score(make_reward(config), result).reward == pytest.approx(expected)
     assert result.epochs == 2 and result.batch_size == 50 and result.error == ""
     assert result.build_seconds > 0 and result.train_seconds > 0 and result.eval_seconds > 0
     assert result.images_per_second > 0
@@ -72,7 +73,8 @@ def test_huge_lr_is_a_failed_record(config: Config, arrays: DataArrays) -> None:
     result = Evaluator(cfg, arrays, device="cpu").evaluate(BLOCK)
     assert result.status == "failed"
     assert result.error.startswith(("loss diverged at epoch 1", "non-finite loss at epoch 1"))
-    assert result.reward == 0.0 and result.accuracy == 0.0 and result.epochs == 0
+    assert score(make_reward(cfg), result).reward == 0.0
+    assert result.accuracy == 0.0 and result.epochs == 0
     assert result.flops > 0 and result.params > 0 and result.train_seconds > 0
 
 

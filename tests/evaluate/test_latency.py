@@ -14,20 +14,15 @@ import pytest
 
 from blockqnn.errors import BlockQNNError
 from blockqnn.evaluate import latency
-from blockqnn.evaluate.latency import (
-    Latency,
-    LatencyCache,
-    LatencyError,
-    LatencyMeter,
-    LatencySettings,
-)
+from blockqnn.evaluate.latency import Latency, LatencyError, LatencyMeter, LatencySettings
 from blockqnn.evaluate.result import EvalResult
-from blockqnn.evaluate.synthetic import synthetic_spec
+from blockqnn.execute.synthetic import synthetic_spec
 from blockqnn.final.pick import pareto_front, parse_pick, pick_front
 from blockqnn.reward import additive_latency_reward, make_reward, mnasnet_reward
-from blockqnn.search.loop import run_search
+from blockqnn.search import run_search
 from blockqnn.settings.config import Config, merge
 from blockqnn.space.nsc.block import Block
+from blockqnn.store.cache import LatencyCache, latency_cache
 from blockqnn.store.db import Store
 
 BLOCK = Block.parse("1,1,3,0,0; 2,3,3,0,0; 3,6,0,1,2")
@@ -117,18 +112,20 @@ def test_latency_rewards() -> None:
 
 def test_measure_and_cache(tmp_path: Path) -> None:
     config = _config(tmp_path, latency_device="cpu", latency_batch=2)
-    meter = LatencyMeter.for_config(config, (1, 8, 8), 10)
+    meter = LatencyMeter.for_config(config, (1, 8, 8), 10, latency_cache(config))
     assert meter is not None
     first = meter.apply(BLOCK, _ok())
     m = first.metrics
     assert m["latency_ms"] > 0 and m["latency_iqr_ms"] >= 0 and m["latency_batch"] == 2
     assert m["latency_batch_ms"] > 0 and meter.measured == 1
-    again = LatencyMeter.for_config(config, (1, 8, 8), 10)  # a new process, the same cache
+    again = LatencyMeter.for_config(
+        config, (1, 8, 8), 10, latency_cache(config)
+    )  # a new process, the same cache
     assert again is not None
     assert again.apply(BLOCK, _ok()).metrics["latency_ms"] == m["latency_ms"]
     assert again.measured == 0
     wider_config = merge(config, {"reward": {"latency_filters": 8}})
-    wider = LatencyMeter.for_config(wider_config, (1, 8, 8), 10)
+    wider = LatencyMeter.for_config(wider_config, (1, 8, 8), 10, latency_cache(wider_config))
     assert wider is not None
     wider.apply(BLOCK, _ok())
     assert wider.measured == 1  # other network settings: another key
@@ -151,12 +148,12 @@ def test_a_failed_measurement_is_a_failed_metric_never_an_exception(
 
     monkeypatch.setattr(latency, "measure", fail)
     recorded = _config(tmp_path, latency_device="cpu")  # paper reward: recorded only
-    meter = LatencyMeter.for_config(recorded, (1, 8, 8), 10)
+    meter = LatencyMeter.for_config(recorded, (1, 8, 8), 10, latency_cache(recorded))
     assert meter is not None
     result = meter.apply(BLOCK, _ok())
     assert result.ok and result.metrics == {"latency_failed": 1.0}
     rewarded = _config(tmp_path, name="mnasnet", latency_target_ms=1.0)
-    meter = LatencyMeter.for_config(rewarded, (1, 8, 8), 10)
+    meter = LatencyMeter.for_config(rewarded, (1, 8, 8), 10, latency_cache(rewarded))
     assert meter is not None
     result = meter.apply(BLOCK, _ok())
     assert not result.ok and "latency not measured (cpu): RuntimeError" in result.error

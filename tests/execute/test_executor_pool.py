@@ -18,11 +18,12 @@ import pytest
 
 from blockqnn.cli import main
 from blockqnn.errors import BlockQNNError
-from blockqnn.evaluate.synthetic import SyntheticEvaluator, synthetic_spec
+from blockqnn.evaluate.synthetic import SyntheticEvaluator
 from blockqnn.execute import EvaluatorSpec, make_executor
 from blockqnn.execute.local import LocalExecutor
 from blockqnn.execute.pool import Placement, PoolExecutor, place_workers
-from blockqnn.search.loop import run_search
+from blockqnn.execute.synthetic import synthetic_spec
+from blockqnn.search import run_search
 from blockqnn.settings.config import Config, merge
 from blockqnn.space.nsc.block import Block
 from blockqnn.store.db import Store, TrialRecord
@@ -246,9 +247,9 @@ def _raising_factory(config: Config, data: Any, device: str | None) -> Any:
 DRIVER = """
 import sys
 import blockqnn.execute.base as ex
-from blockqnn.evaluate.synthetic import synthetic_spec
+from blockqnn.execute.synthetic import synthetic_spec
 seconds = float(sys.argv[1])
-ex.EvaluatorSpec.for_config = classmethod(lambda cls, c, device=None: synthetic_spec(c, seconds))
+ex.EvaluatorSpec.for_space = classmethod(lambda cls, c, s, device=None: synthetic_spec(c, seconds))
 from blockqnn.cli import main
 sys.exit(main(sys.argv[2:]))
 """

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from blockqnn.errors import BlockQNNError
-from blockqnn.evaluate.synthetic import synthetic_spec
-from blockqnn.search.loop import SearchEvent, run_search
+from blockqnn.execute.synthetic import synthetic_spec
+from blockqnn.search import SearchEvent, run_search
 from blockqnn.settings.config import Config, merge
 from blockqnn.store.db import Store
 

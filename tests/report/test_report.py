@@ -28,8 +28,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from blockqnn.cli import main
-from blockqnn.evaluate.synthetic import SyntheticEvaluator, synthetic_spec
+from blockqnn.evaluate.synthetic import SyntheticEvaluator
 from blockqnn.execute import make_space
+from blockqnn.execute.synthetic import synthetic_spec
 from blockqnn.report import (
     load_run,
     render_report,
@@ -46,7 +47,8 @@ from blockqnn.report.plots import (
     comparison_figure,
     learning_curve_figure,
 )
-from blockqnn.search.loop import run_search
+from blockqnn.reward import make_reward, score
+from blockqnn.search import run_search
 from blockqnn.settings.config import Config, merge
 from blockqnn.space.nsc.block import Block
 from blockqnn.store.db import AgentState, Store, TrialRecord
@@ -68,6 +70,7 @@ def make_run(
         Config(), {"search": {"budget": n, "agent": agent}, "agent": {"iteration_size": 8}}
     )
     evaluator = SyntheticEvaluator(config, fail_digits=fail)
+    reward_of = make_reward(config)
     strategy = make_strategy(agent, make_space(config), n, seed=1, config=config.agent)
     store = Store.create(run_dir, config)
     store.acquire()
@@ -86,7 +89,7 @@ def make_run(
             continue
         block = strategy.ask()
         trial_id = store.add_trial(block, info, ask_seq=seq + 1)
-        result = evaluator.evaluate(block)
+        result = score(reward_of, evaluator.evaluate(block))  # as the master scores it
         reward = result.reward if result.ok else 0.0
         strategy.tell(block, reward)
         store.finish(trial_id, result, reward, "w0", seq + 2, AgentState({}, seq + 2))

@@ -16,8 +16,8 @@ from tests.strategies import write_nb201_table
 from blockqnn.cli import main
 from blockqnn.errors import BlockQNNError
 from blockqnn.evaluate.result import EvalResult
-from blockqnn.evaluate.synthetic import synthetic_spec
-from blockqnn.search.loop import run_search
+from blockqnn.execute.synthetic import synthetic_spec
+from blockqnn.search import run_search
 from blockqnn.settings.config import Config, merge
 from blockqnn.store.cache import CACHE_FILE, EvalCache, default_cache_dir, fingerprint
 from blockqnn.store.db import COMPLETE, REUSED, Store, is_warm

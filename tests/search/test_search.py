@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 
 from blockqnn.evaluate.result import EvalResult
-from blockqnn.evaluate.synthetic import SyntheticEvaluator, synthetic_spec
+from blockqnn.evaluate.synthetic import SyntheticEvaluator
 from blockqnn.execute import EvaluatorSpec, Finished, WorkerLost
 from blockqnn.execute.local import LocalExecutor
-from blockqnn.search.loop import FAILED_REWARD, run_search
+from blockqnn.execute.synthetic import synthetic_spec
+from blockqnn.reward import FAILED_REWARD
+from blockqnn.search import run_search
 from blockqnn.settings.config import Config, merge
 from blockqnn.space.nsc.block import Block
 from blockqnn.space.nsc.space import NSCSpace
@@ -244,7 +246,7 @@ def test_restored_agent_matches_the_live_one(
             agent_factory=lambda c: live,
             executor_factory=lambda s: InterruptingExecutor(s, 7),
         )
-    from blockqnn.search.loop import restore_agent
+    from blockqnn.search import restore_agent
 
     fresh = make_strategy("qlearning", NSCSpace(), 8, 0, config.agent)
     with Store.open(tmp_path / "run", readonly=True) as store:
@@ -255,4 +257,4 @@ def test_restored_agent_matches_the_live_one(
 def test_synthetic_evaluator_is_deterministic() -> None:
     ev = SyntheticEvaluator(Config())
     assert ev.evaluate(BLOCKS["A"]) == ev.evaluate(BLOCKS["A"])
-    assert ev.evaluate(BLOCKS["A"]).reward != ev.evaluate(BLOCKS["B"]).reward
+    assert ev.evaluate(BLOCKS["A"]).accuracy != ev.evaluate(BLOCKS["B"]).accuracy

@@ -25,6 +25,7 @@ from blockqnn.cli import main
 from blockqnn.errors import BlockQNNError
 from blockqnn.evaluate.result import EvalResult
 from blockqnn.evaluate.synthetic import SyntheticEvaluator
+from blockqnn.reward import make_reward, score
 from blockqnn.settings.config import AgentConfig, Config
 from blockqnn.space.nsc.space import NSCSpace
 from blockqnn.store.db import APPLICATION_ID, DB_NAME, LOCK_NAME, SCHEMA_VERSION, Store
@@ -135,6 +136,7 @@ def v1_search(kill_after: int | None) -> tuple[list[dict[str, Any]], tuple[int, 
     and the (seq, state) snapshot taken after `SNAPSHOT_AFTER` trials."""
     agent = paper_agent()
     evaluator = SyntheticEvaluator(Config(), fail_digits=FAIL_DIGITS)
+    reward_of = make_reward(Config())
     rows: list[dict[str, Any]] = []
     known: dict[str, dict[str, Any]] = {}
     snapshot: tuple[int, dict[str, Any]] | None = None
@@ -163,7 +165,7 @@ def v1_search(kill_after: int | None) -> tuple[list[dict[str, Any]], tuple[int, 
             row.update(density=source["density"], result=source["result"], error=source["error"])
             row.update(status="reused", reuse_of=source["id"], finished=now)
         else:
-            result = evaluator.evaluate(block)
+            result = score(reward_of, evaluator.evaluate(block))  # as the master scores it
             reward = result.reward if result.ok else 0.0
             agent.tell(block, reward)
             trained += 1
@@ -396,7 +398,7 @@ def test_resume_continues_as_the_uninterrupted_v1_search(
 ) -> None:
     with Store.open(v1_run, readonly=True) as store:
         before = store.trials()
-    with caplog.at_level(logging.WARNING, logger="blockqnn.search.loop"):
+    with caplog.at_level(logging.WARNING, logger="blockqnn.search.resume"):
         assert main(["search", "--resume", str(v1_run)]) == 0
     assert not [r for r in caplog.records if "restored agent" in r.getMessage()]
 

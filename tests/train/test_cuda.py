@@ -24,7 +24,7 @@ from blockqnn import load_model
 from blockqnn.data import DeviceData, load_arrays
 from blockqnn.evaluate.early_stop import Evaluator
 from blockqnn.final.train import FINAL_RECIPES, MODEL, train_final
-from blockqnn.search.loop import run_search
+from blockqnn.search import run_search
 from blockqnn.settings.config import Config, DataConfig, NetworkConfig, merge
 from blockqnn.space.nsc.block import Block
 from blockqnn.space.nsc.builder import build_network

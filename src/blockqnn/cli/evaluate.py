@@ -139,24 +139,22 @@ def _check_dataset(name: str) -> None:
 
 
 def _evaluate(config: Any, block: Any, device: str) -> Any:
-    """Train the block's network briefly and reward it, with measured latency if asked."""
-    from dataclasses import replace
-
+    """Train the block's network briefly, measure its latency if asked, and reward it (the
+    evaluator reports metrics only; the reward is the search's own `score`)."""
     from blockqnn.evaluate import latency
     from blockqnn.evaluate.early_stop import Evaluator
-    from blockqnn.execute.base import data_shape
-    from blockqnn.reward import make_reward
+    from blockqnn.evaluate.shape import data_shape
+    from blockqnn.reward import make_reward, score
+    from blockqnn.store.cache import latency_cache
 
     evaluator = Evaluator(config, device=device)
     result = evaluator.evaluate(block)
     if latency.settings_of(config) is not None:  # [reward] latency_device or a latency reward
         shape, classes = data_shape(config, None, evaluator)
-        meter = latency.LatencyMeter.for_config(config, shape, classes)
+        meter = latency.LatencyMeter.for_config(config, shape, classes, latency_cache(config))
         if meter is not None:
             result = meter.apply(block, result)
-            if result.ok:  # the evaluator's reward had no latency to use
-                result = replace(result, reward=make_reward(config)(result.metric_values()))
-    return result
+    return score(make_reward(config), result)
 
 
 def _reward_text(config: Any) -> str:

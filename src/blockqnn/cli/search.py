@@ -173,7 +173,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def _sigterm_stops() -> Iterator[None]:
     """While the search runs, SIGTERM raises `Terminated` (Ctrl-C's path: a clean stop). A
     second SIGTERM during that stop ends the process at once, as SIGTERM normally does."""
-    from blockqnn.search.loop import Terminated
+    from blockqnn.search import Terminated
 
     if threading.current_thread() is not threading.main_thread():  # signals: main only
         yield
@@ -192,7 +192,7 @@ def _sigterm_stops() -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     """Start or resume a search and print its result, or how to continue it."""
-    from blockqnn.search.loop import SearchStalled, Terminated, run_search
+    from blockqnn.search import SearchStalled, Terminated, run_search
 
     run_dir, config, overrides = _resolve(args)
     _require_ray(config.search.executor if config else overrides["search"].get("executor"))
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _resolve(args: argparse.Namespace) -> tuple[str, Any, dict[str, dict[str, Any]]]:
     """(run dir, config or None on a resume, the flags' overrides), the flags checked."""
-    from blockqnn.search.loop import check_resume_overrides
+    from blockqnn.search import check_resume_overrides
     from blockqnn.settings.config import Config, merge
     from blockqnn.train import threads
 

@@ -1,4 +1,4 @@
-"""One early-stop evaluation: block -> search-time network -> short training -> reward.
+"""One early-stop evaluation: block -> search-time network -> short training -> metrics.
 
 Owns: `Evaluator` (the dataset loaded once and kept on the device, the network settings
 fitted to the data, the early-stop recipe) and `evaluate_block`. Returns an `EvalResult` for
@@ -16,7 +16,9 @@ every candidate and never raises for a candidate's failure:
   the store says why.
 
 Bad configuration or data raise `BlockQNNError` when the evaluator is built; bugs in our code
-raise. Must not know the agent or the store.
+raise. Must not know the agent or the store, nor compute a reward: it reports metrics
+(accuracy, FLOPs and their reference, params, density), which the master scores
+(`blockqnn.reward.score`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import torch
 
 from blockqnn.errors import BlockQNNError
 from blockqnn.evaluate.result import STATUS_OK, EvalResult
-from blockqnn.reward import make_reward
 from blockqnn.settings.config import Config
 from blockqnn.space.nsc.block import Block
 from blockqnn.space.nsc.builder import Network
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 
 class Evaluator:
-    """Scores blocks with the paper's early-stop training on one device.
+    """Measures blocks with the paper's early-stop training on one device.
 
     >>> from blockqnn.settings.config import Config, merge
     >>> cfg = merge(Config(), {"train": {"epochs": 1}, "network": {"filters": 8}})
@@ -76,11 +77,10 @@ class Evaluator:
         )
         self.recipe = Recipe.from_config(config.train, data.name, data.input_shape)
         self.flops_ref = reference_flops(self.network_config)
-        self.reward = make_reward(config)
         self.device_name = describe_device(self.device)
 
     def evaluate(self, block: Block) -> EvalResult:
-        """Train `block`'s search-time network and score it; failures become results."""
+        """Train `block`'s search-time network and measure it; failures become results."""
         cost = network_cost(block, self.network_config)
         reason = too_large(cost.params, self.device)
         if reason:  # priced before it is built: allocating it could take the host down
@@ -142,8 +142,7 @@ class Evaluator:
         }
         if not fitted.ok or fitted.accuracy is None:
             return EvalResult.failed(fitted.error or "no accuracy measured", **common)
-        result = EvalResult(status=STATUS_OK, accuracy=fitted.accuracy, **common)
-        return replace(result, reward=self.reward(result.metric_values()))
+        return EvalResult(status=STATUS_OK, accuracy=fitted.accuracy, **common)
 
     def _free(self) -> None:
         """Give cached CUDA memory back after an out-of-memory, before the retry."""

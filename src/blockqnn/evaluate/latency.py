@@ -1,12 +1,13 @@
-"""Measured inference latency of a block's deployment-size network, and its cache.
+"""Measured inference latency of a block's deployment-size network, and its cache key.
 
 Owns: `LatencySettings` (runtime, batch, threads, repeats; from `[reward]`), building the
 deployment network (the `train` settings: the run's filters and blocks per stage unless
 `latency_filters` / `latency_blocks_per_stage` say otherwise, the data's input shape),
 timing it (warm-up, then repeated single forward passes: median, IQR and coefficient of
-variation), the on-disk cache keyed by (block hash, network settings, device, runtime), and
-`LatencyMeter`, which adds the `latency_*` metrics to an `EvalResult`. Must not know the agent
-or the store.
+variation), the cache key (block hash, network settings, device, runtime), and `LatencyMeter`,
+which adds the `latency_*` metrics to an `EvalResult`. Must not know the agent or the store:
+the cache of measurements (`blockqnn.store.cache.LatencyCache`) is handed in, and the data's
+shape too. Must not compute a reward.
 
 Runtimes: "cpu" (PyTorch eager on the CPU, `threads` intra-op threads), "cuda" (PyTorch on
 the current GPU, timed with a synchronize around every pass) and "onnxruntime" (the network
@@ -18,9 +19,7 @@ Failures: a network that cannot be measured (out of memory, an export error) giv
 latency then fails the trial (`LatencyMeter.apply`), told reward 0 like any failed trial: a
 network that cannot run at deployment size is not one to deploy.
 
-Length (about 510 lines, on purpose): the settings, the three runtimes, the cache key and the
-meters are one contract (a cached figure must mean what a fresh measurement would); the
-front and `--pick` live in `blockqnn.final.pick`.
+The front and `--pick` live in `blockqnn.final.pick`.
 """
 
 from __future__ import annotations
@@ -30,16 +29,15 @@ import io
 import json
 import logging
 import math
-import sqlite3
 import statistics
 import time
-from contextlib import closing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.evaluate.result import STATUS_FAILED, EvalResult
+from blockqnn.evaluate.shape import data_shape
 from blockqnn.settings.choices import LATENCY_RUNTIMES
 from blockqnn.settings.config import NetworkConfig, RewardConfig
 from blockqnn.train.threads import cpu_name
@@ -50,7 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("blockqnn.evaluate.latency")
 
-CACHE_NAME = "latency.sqlite"  # in the evaluation cache's folder (`[search] cache`)
 LATENCY_METRIC = "latency_ms"
 FAILED_METRIC = "latency_failed"
 # rewards that cannot be computed without `latency_ms` (a failed measurement fails the trial)
@@ -176,60 +173,13 @@ def cache_key(block_hash: str, network: NetworkConfig, settings: LatencySettings
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-class LatencyCache:
-    """Measurements by `cache_key`, in one SQLite file shared by every run and worker on the
-    machine. A key is written once (INSERT OR IGNORE): nothing stored is overwritten. An
-    unusable file (read-only folder, damaged) is logged and skipped: measuring again is
-    always correct, only slower."""
+class LatencyStore(Protocol):
+    """Where measurements are kept between searches (`blockqnn.store.cache.LatencyCache`,
+    passed in: this module does not decide where files live). Keys are `cache_key`s."""
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
+    def get(self, key: str) -> Latency | None: ...
 
-    def _connect(self) -> sqlite3.Connection | None:
-        if self.path is None:
-            return None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=30)
-            db.execute("CREATE TABLE IF NOT EXISTS latency (key TEXT PRIMARY KEY, value TEXT)")
-            return db
-        except (OSError, sqlite3.Error) as exc:
-            log.warning("latency cache %s unusable: %s", self.path, exc)
-            return None
-
-    def get(self, key: str) -> Latency | None:
-        db = self._connect()
-        if db is None:
-            return None
-        try:
-            with closing(db):
-                row = db.execute("SELECT value FROM latency WHERE key = ?", (key,)).fetchone()
-            return None if row is None else Latency(**json.loads(row[0]))
-        except (sqlite3.Error, ValueError, TypeError) as exc:
-            log.warning("latency cache %s: %s", self.path, exc)
-            return None
-
-    def put(self, key: str, latency: Latency) -> None:
-        db = self._connect()
-        if db is None:
-            return
-        try:
-            with closing(db), db:
-                db.execute(
-                    "INSERT OR IGNORE INTO latency VALUES (?, ?)",
-                    (key, json.dumps(asdict(latency))),
-                )
-        except sqlite3.Error as exc:
-            log.warning("latency cache %s: %s", self.path, exc)
-
-
-def default_cache(config: Config) -> LatencyCache:
-    """Kept beside the evaluation cache (`[search] cache`, the user cache folder by default);
-    with the cache off, nothing is kept between searches."""
-    from blockqnn.store.cache import cache_dir_for
-
-    directory = cache_dir_for(config)
-    return LatencyCache(None if directory is None else directory / CACHE_NAME)
+    def put(self, key: str, latency: Latency) -> None: ...
 
 
 def _timings(run: Any, warmup: int, repeats: int, sync: Any = None) -> list[float]:
@@ -387,7 +337,7 @@ class LatencyMeter:
         self,
         network: NetworkConfig,
         settings: LatencySettings,
-        cache: LatencyCache,
+        cache: LatencyStore,
         required: bool,
     ) -> None:
         self.network = network
@@ -398,7 +348,11 @@ class LatencyMeter:
 
     @classmethod
     def for_config(
-        cls, config: Config, input_shape: tuple[int, int, int], classes: int
+        cls,
+        config: Config,
+        input_shape: tuple[int, int, int],
+        classes: int,
+        cache: LatencyStore,
     ) -> LatencyMeter | None:
         settings = settings_of(config)
         if settings is None:
@@ -406,7 +360,7 @@ class LatencyMeter:
         return cls(
             deployment_network(config, input_shape, classes),
             settings,
-            default_cache(config),
+            cache,
             config.reward.name in LATENCY_REWARDS,
         )
 
@@ -434,7 +388,6 @@ class LatencyMeter:
                 return replace(
                     result,
                     status=STATUS_FAILED,
-                    reward=0.0,
                     error=f"latency not measured ({self.settings.runtime}): {exc}",
                     metrics={**result.metrics, **metrics},
                 )
@@ -451,7 +404,7 @@ class LatencyEvaluator:
         self.meter = meter
 
     def evaluate(self, candidate: Any) -> EvalResult:
-        # the reward is computed again by the master (`Search._score`) from these metrics
+        # the master computes the reward from these metrics (`blockqnn.reward.score`)
         return self.meter.apply(candidate, self.inner.evaluate(candidate))
 
 
@@ -460,14 +413,13 @@ class LatencyFactory:
     """A picklable `EvaluatorSpec.factory` that wraps `inner`'s evaluator in a
     `LatencyEvaluator` (Ray and the process pool send it to every worker)."""
 
-    inner: Any = None  # the factory it wraps; None = the space's default evaluator
+    inner: Callable[[Config, Any, str | None], Any]  # the evaluator factory it wraps
+    cache: LatencyStore  # picklable: each worker opens it (a file path) where it runs
 
     def __call__(self, config: Config, data: Any, device: str | None) -> Any:
-        from blockqnn.execute.base import data_shape, default_evaluator
-
-        evaluator = (self.inner or default_evaluator)(config, data, device)
+        evaluator = self.inner(config, data, device)
         shape, classes = data_shape(config, data, evaluator)
-        meter = LatencyMeter.for_config(config, shape, classes)
+        meter = LatencyMeter.for_config(config, shape, classes, self.cache)
         if meter is None:
             return evaluator
         return LatencyEvaluator(evaluator, meter)

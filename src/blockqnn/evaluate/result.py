@@ -2,7 +2,7 @@
 
 Owns: `EvalResult` and its JSON-safe dict form. Must not import torch: the store, the
 search loop and the report read results without a training stack. Rewards are computed from
-its metrics by `blockqnn.reward`.
+its metrics by `blockqnn.reward`, in the master: an evaluator leaves `reward` None.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ class EvalResult:
 
     status: str  # "ok" or "failed"
     accuracy: float = 0.0  # validation accuracy in [0, 1] (never the test split)
-    reward: float = 0.0  # the configured reward of the metrics (`blockqnn.reward`); 0 if failed
+    # the run's reward of the metrics, set by the master alone (`blockqnn.reward.score`; 0 if
+    # failed); None in an evaluator's result, which reports metrics only
+    reward: float | None = None
     flops: int = 0  # forward FLOPs per image of the search-time network
     params: int = 0
     density: float = 0.0

@@ -3,7 +3,8 @@
 Owns: `SyntheticEvaluator`, which exercises the search loop, the store and the executors
 without training anything (tests of the loop's logic, kill and resume, node loss, and the
 overhead benchmark). Must not be used to claim anything about architectures: its accuracy
-is a hash of the block, not a measurement.
+is a hash of the block, not a measurement. Returns metrics, never a reward (the master
+scores them, `blockqnn.reward.score`); `blockqnn.execute.synthetic` describes it to executors.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import time
 from typing import Any
 
 from blockqnn.evaluate.result import EvalResult
-from blockqnn.reward import compute_reward
 from blockqnn.settings.config import Config
 from blockqnn.space.nsc.block import Block
 from blockqnn.space.nsc.cost import network_cost, reference_flops
@@ -54,25 +54,16 @@ class SyntheticEvaluator:
             return EvalResult.failed("synthetic failure", device="synthetic")
         digest = hashlib.sha256(h.encode()).digest()
         accuracy = 0.5 + 0.5 * int.from_bytes(digest[:4], "big") / 2**32
-        flops, params = 0, 0  # not reported: the reward leaves the FLOPs term out
+        flops, params = 0, 0  # not reported: the paper reward leaves the FLOPs term out
         if self.with_cost:
             cost = network_cost(block, self.config.network)
             flops, params = cost.flops, cost.params
-        reward = compute_reward(
-            accuracy,
-            flops,
-            self._ref,
-            block.density,
-            self.config.reward.mu if self.with_cost else 0.0,
-            self.config.reward.rho,
-        )
         metrics = {"flops_ref": float(self._ref)} if self.with_cost else {}
         if self.record_times:
             metrics.update(started_at=started, finished_at=time.time())
         return EvalResult(
             status="ok",
             accuracy=accuracy,
-            reward=reward,
             flops=flops,
             params=params,
             density=block.density,
@@ -82,37 +73,3 @@ class SyntheticEvaluator:
             mode="synthetic",
             metrics=metrics,
         )
-
-
-def synthetic_spec(
-    config: Config,
-    seconds: float = 0.0,
-    fail_digits: str = "",
-    with_cost: bool = True,
-    record_times: bool = False,
-) -> Any:
-    """An `EvaluatorSpec` for `SyntheticEvaluator(...)`: no data, picklable."""
-    import functools
-
-    from blockqnn.execute import EvaluatorSpec
-
-    factory = functools.partial(
-        _build,
-        seconds=seconds,
-        fail_digits=fail_digits,
-        with_cost=with_cost,
-        record_times=record_times,
-    )
-    return EvaluatorSpec(config, factory=factory, needs_data=False)
-
-
-def _build(
-    config: Config,
-    data: Any,
-    device: str | None,
-    seconds: float,
-    fail_digits: str,
-    with_cost: bool,
-    record_times: bool = False,
-) -> SyntheticEvaluator:
-    return SyntheticEvaluator(config, data, device, seconds, fail_digits, with_cost, record_times)

@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 
 
 class TableEvaluator:
-    """Scores a cell by its table accuracy: reward = accuracy = the 200-epoch test accuracy as
-    a fraction. It never raises for a candidate: a cell the table lacks (a partial table) is
-    a failed result that says so."""
+    """Reports a cell's table accuracy (the 200-epoch test accuracy as a fraction), which the
+    master scores like any metric. It never raises for a candidate: a cell the table lacks
+    (a partial table) is a failed result that says so."""
 
     device_name = "table"
 
@@ -44,7 +44,6 @@ class TableEvaluator:
         return EvalResult(
             status=STATUS_OK,
             accuracy=accuracy,
-            reward=accuracy,
             epochs=200,
             device="table",
             mode="table lookup",

@@ -1,8 +1,9 @@
 """Where evaluations run: in the search process (`local`) or on Ray actors (`ray`).
 
-The contract is in `executor.base`; implementations in `executor.local` and
-`executor.ray_executor` (imported only when chosen, so Ray stays optional); plug-ins register
-in `blockqnn.settings.registry.EXECUTORS`.
+The contract is in `execute.base`; implementations in `execute.local`, `execute.pool` and
+`execute.ray_executor` (imported only when chosen, so Ray stays optional); plug-ins register
+in `blockqnn.settings.registry.EXECUTORS`. `execute.synthetic` describes the synthetic
+evaluator for tests and benchmarks.
 """
 
 from __future__ import annotations

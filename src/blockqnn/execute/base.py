@@ -1,28 +1,31 @@
 """The executor contract: what the search loop hands to executors and gets back.
 
 Owns: the `Executor` protocol (`submit` / `wait` / `shutdown`, `slots`), `Finished` and
-`WorkerLost`, the `Evaluating` protocol every evaluator follows, and the picklable
-`EvaluatorSpec` that tells each worker how to build its evaluator. Must not import an
-executor's implementation (they import this module), torch or Ray.
+`WorkerLost`, the `Evaluating` protocol every evaluator follows, the picklable
+`EvaluatorSpec` that tells each worker how to build its evaluator, and the default data
+loader and evaluator. Must not import an executor's implementation (they import this
+module), torch or Ray, nor hold state between runs: the master loads a run's data once
+(`EvaluatorSpec.with_data`) and the spec carries it to the executor.
 
 Interface: `submit(trial_id, candidate)` hands over one evaluation; `wait(timeout)` returns
 the evaluations that finished, each a `Finished(trial_id, outcome, worker)` whose outcome is
 the evaluator's `EvalResult` or a `WorkerLost` (the worker process or its node died; the
 search loop decides whether to run the trial again); `shutdown()` releases the workers.
 `slots` is how many evaluations the executor runs at once: the loop keeps that many in
-flight. Executors are found by name in `blockqnn.settings.registry.EXECUTORS`; a factory takes the
-`EvaluatorSpec` and reads its settings from `spec.config.search`.
+flight. Executors are found by name in `blockqnn.settings.registry.EXECUTORS`; a factory takes
+the `EvaluatorSpec`, reads its settings from `spec.config.search` and its data from
+`spec.load_data()` (already loaded by the master: nothing is read again).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
 from blockqnn.evaluate.result import EvalResult
-from blockqnn.settings.config import Config, NetworkConfig
+from blockqnn.settings.config import Config
 from blockqnn.settings.registry import SPACES, resolve
 from blockqnn.space.base import Space
 
@@ -31,7 +34,8 @@ log = logging.getLogger("blockqnn.execute")
 
 class Evaluating(Protocol):
     """An evaluator: built once per worker, then `evaluate` for each candidate. It returns
-    an `EvalResult` with the metrics it measured and never raises for a bad candidate."""
+    an `EvalResult` with the metrics it measured, never a reward (the master scores them),
+    and never raises for a bad candidate."""
 
     def evaluate(self, candidate: Any) -> EvalResult: ...
 
@@ -82,37 +86,13 @@ def make_space(config: Config) -> Space:
     return space
 
 
-_last_loaded: tuple[Any, Any] | None = None  # (DataConfig, arrays) of the latest load_data
-
-
 def load_data(config: Config) -> Any:
-    """The dataset as host arrays: loaded once by the master, shipped to every worker. The
-    latest load is kept, so that the search recording the data's shape and the executor
-    loading it for the workers read the files once."""
-    global _last_loaded
+    """The dataset as host arrays, read from `[data]`: the default loader of an
+    `EvaluatorSpec`. The master calls it once per run (`EvaluatorSpec.with_data`) and ships
+    the arrays to every worker."""
     from blockqnn.data import load_arrays
 
-    if _last_loaded is not None and _last_loaded[0] == config.data:
-        return _last_loaded[1]
-    _last_loaded = None  # the previous dataset's memory goes before the next is read
-    arrays = load_arrays(config.data)
-    _last_loaded = (config.data, arrays)
-    return arrays
-
-
-def data_shape(
-    config: Config, data: Any, evaluator: Any = None
-) -> tuple[tuple[int, int, int], int]:
-    """The images' (C, H, W) and the classes: the evaluator's fitted network, else the data's,
-    else the config's (evaluators without data: tables, synthetic)."""
-    fitted = getattr(evaluator, "network_config", None)
-    if isinstance(fitted, NetworkConfig):
-        return fitted.input_shape, fitted.num_classes
-    shape = getattr(data, "input_shape", None)
-    classes = getattr(data, "num_classes", None)
-    if shape is not None and classes is not None:
-        return tuple(shape), int(classes)
-    return config.network.input_shape, config.network.num_classes
+    return load_arrays(config.data)
 
 
 def default_evaluator(config: Config, data: Any, device: str | None) -> Evaluating:
@@ -132,6 +112,7 @@ class EvaluatorSpec:
     `default_evaluator`). The data is loaded once, in the master, by `loader(config)` (None:
     `load_data`) and reaches the workers through Ray's object store, so remote nodes need no
     shared file system; `needs_data=False` skips loading (a tabular or synthetic evaluator).
+    `with_data()` loads it once and keeps it for the executor built in this process.
     """
 
     config: Config
@@ -139,17 +120,28 @@ class EvaluatorSpec:
     factory: Callable[[Config, Any, str | None], Evaluating] | None = None
     loader: Callable[[Config], Any] | None = None
     needs_data: bool = True
+    # (data,) once `with_data` loaded it; never pickled with the spec: Ray's object store and
+    # the pool's pipe carry the data apart from it, once
+    preloaded: tuple[Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def for_config(cls, config: Config, device: str | None = None) -> EvaluatorSpec:
+    def for_space(cls, config: Config, space: Space, device: str | None = None) -> EvaluatorSpec:
         """The space's default evaluator, loading data only where the space needs it."""
-        needs = bool(getattr(make_space(config), "needs_data", True))
-        return cls(config, device, needs_data=needs)
+        return cls(config, device, needs_data=bool(getattr(space, "needs_data", True)))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "preloaded": None}
 
     def space(self) -> Space:
         return make_space(self.config)
 
+    def with_data(self) -> EvaluatorSpec:
+        """This spec with its data loaded now: `load_data` returns it from then on."""
+        return replace(self, preloaded=(self.load_data(),))
+
     def load_data(self) -> Any:
+        if self.preloaded is not None:
+            return self.preloaded[0]
         if not self.needs_data:
             return None
         return (self.loader or load_data)(self.config)

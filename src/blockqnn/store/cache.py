@@ -1,7 +1,8 @@
 """The evaluation cache shared by runs, and the fingerprint of a run's evaluation settings.
 
 Owns: `evaluation_settings` / `fingerprint` (what decides a candidate's result: the space,
-the data, the network, the training and the reward, from the resolved config), and
+the data, the network, the training and the reward, from the resolved config),
+`LatencyCache` (measured latencies, `blockqnn.evaluate.latency`, in the same folder), and
 `EvalCache`: one SQLite file, keyed by (candidate hash, fingerprint), holding the result of
 every candidate trained with those settings by any run on this machine. The search looks a
 new candidate up before training it; a hit's result is copied into the run with its source
@@ -29,17 +30,22 @@ import logging
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from contextlib import closing
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.evaluate.result import EvalResult
 from blockqnn.settings.config import Config
 
+if TYPE_CHECKING:
+    from blockqnn.evaluate.latency import Latency
+
 log = logging.getLogger("blockqnn.store.cache")
 
 CACHE_FILE = "evaluations.sqlite"
+LATENCY_FILE = "latency.sqlite"  # measured latencies, beside the evaluations
 CACHE_SCHEMA = 1
 CACHE_APPLICATION_ID = 0x4251434E  # "BQCN": marks the SQLite file as a blockqnn cache
 OFF = "off"
@@ -271,3 +277,63 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 def _tables(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+
+
+# ----- measured latencies ------------------------------------------------------------------
+
+
+class LatencyCache:
+    """Measurements by `blockqnn.evaluate.latency.cache_key`, in one SQLite file shared by
+    every run and worker on the machine. A key is written once (INSERT OR IGNORE): nothing
+    stored is overwritten. An unusable file (read-only folder, damaged) is logged and
+    skipped: measuring again is always correct, only slower. Picklable (a path): the
+    master hands it to the workers' latency meters."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self.path is None:
+            return None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=30)
+            db.execute("CREATE TABLE IF NOT EXISTS latency (key TEXT PRIMARY KEY, value TEXT)")
+            return db
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("latency cache %s unusable: %s", self.path, exc)
+            return None
+
+    def get(self, key: str) -> Latency | None:
+        from blockqnn.evaluate.latency import Latency  # torch-free, but only where measured
+
+        db = self._connect()
+        if db is None:
+            return None
+        try:
+            with closing(db):
+                row = db.execute("SELECT value FROM latency WHERE key = ?", (key,)).fetchone()
+            return None if row is None else Latency(**json.loads(row[0]))
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            log.warning("latency cache %s: %s", self.path, exc)
+            return None
+
+    def put(self, key: str, latency: Latency) -> None:
+        db = self._connect()
+        if db is None:
+            return
+        try:
+            with closing(db), db:
+                db.execute(
+                    "INSERT OR IGNORE INTO latency VALUES (?, ?)",
+                    (key, json.dumps(asdict(latency))),
+                )
+        except sqlite3.Error as exc:
+            log.warning("latency cache %s: %s", self.path, exc)
+
+
+def latency_cache(config: Config) -> LatencyCache:
+    """Kept beside the evaluation cache (`[search] cache`, the user cache folder by default);
+    with the cache off, nothing is kept between searches."""
+    directory = cache_dir_for(config)
+    return LatencyCache(None if directory is None else directory / LATENCY_FILE)

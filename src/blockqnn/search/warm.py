@@ -1,0 +1,74 @@
+"""Warm start: the completed trials of earlier runs, told to a new run's strategy first.
+
+Owns: `load_warm_start` (read the source runs, refuse what cannot be told, parse their
+candidates in this run's space). Must not write anything: the loop records the warm trials
+(`Store.add_warm`), in one transaction with a snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from blockqnn.errors import BlockQNNError, clip
+from blockqnn.search.parts import WarmTrial
+from blockqnn.settings.config import Config
+from blockqnn.space.base import Space
+from blockqnn.store.cache import setting_differences
+from blockqnn.store.db import COMPLETE, Store, TrialRecord
+
+
+def load_warm_start(
+    sources: Sequence[str | Path],
+    config: Config,
+    space: Space,
+    run_dir: str | Path,
+    accept_any: bool = False,
+) -> list[WarmTrial]:
+    """The completed trials of the runs `sources`, parsed in `space` (this run's), first of
+    each hash only. Refuses (BlockQNNError, nothing read is changed) a source that is not a
+    run, is this run, searched another space, or (unless `accept_any`) evaluated with other
+    settings than `config`'s, naming the settings that differ."""
+    here = Path(run_dir).resolve()
+    seen: set[str] = set()
+    out: list[WarmTrial] = []
+    for source in sources:
+        path = Path(source)
+        if path.resolve() == here:
+            raise BlockQNNError(f"--warm-start {clip(str(source))} is this run itself")
+        trials, exact = _read_source(source, config, accept_any)
+        name = str(path.resolve())
+        for t in trials:
+            if t.hash in seen or t.result is None:
+                continue
+            try:
+                candidate = space.parse(t.candidate)
+            except BlockQNNError as exc:
+                raise BlockQNNError(
+                    f"--warm-start {clip(str(source))}: trial {t.id} does not fit this "
+                    f"search's space ({exc})"
+                ) from None
+            seen.add(t.hash)
+            out.append(WarmTrial(candidate, t, name, exact=exact))
+    return out
+
+
+def _read_source(
+    source: str | Path, config: Config, accept_any: bool
+) -> tuple[list[TrialRecord], bool]:
+    """The source run's completed trials, and whether its evaluation settings are ours."""
+    with Store.open(Path(source), readonly=True) as other:
+        theirs = other.config()
+        trials = other.trials(COMPLETE)
+    if theirs.search.space != config.search.space:
+        raise BlockQNNError(
+            f"--warm-start {clip(str(source))} searched the {theirs.search.space!r} space, "
+            f"this search {config.search.space!r}: its candidates cannot be told"
+        )
+    differ = setting_differences(config, theirs)
+    if differ and not accept_any:
+        raise BlockQNNError(
+            f"--warm-start {clip(str(source))} was evaluated with other settings: "
+            f"{'; '.join(differ)} (--warm-start-any tells its results anyway)"
+        )
+    return trials, not differ
