@@ -1,6 +1,6 @@
 """The package's layout rules that lint cannot state: no module imports itself through others
-(no cycle, function-level and type-checking imports included), and no `_private` name of one
-module is imported by another.
+(no cycle, function-level and type-checking imports included), no `_private` name of one
+module is imported by another, and no function or module past its size limit (no waivers).
 
 The import-linter contract in `pyproject.toml` orders the packages; these two tests hold
 inside them. Both read the source with `ast`, so an import hidden inside a function counts.
@@ -150,3 +150,36 @@ def test_no_private_name_is_imported_across_modules() -> None:
     assert found - KNOWN_PRIVATE_IMPORTS == set(), "make the name public or move the code"
     # an entry fixed on its branch leaves the list too, so the list only ever shrinks
     assert KNOWN_PRIVATE_IMPORTS - found == set(), "remove the fixed entries from the list"
+
+
+MAX_FUNCTION_LINES = 60  # a function that does not fit a screen does more than one thing
+MAX_MODULE_LINES = 500  # a module past this holds more than one concept: split it
+
+
+def _too_long(tree: ast.Module, lines: int, name: str) -> list[str]:
+    found = [f"{name}: {lines} lines"] if lines > MAX_MODULE_LINES else []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            assert node.end_lineno is not None
+            length = node.end_lineno - node.lineno + 1
+            if length > MAX_FUNCTION_LINES:
+                found.append(f"{name}:{node.lineno} {node.name}: {length} lines")
+    return found
+
+
+def test_the_size_check_finds_a_long_function_and_a_long_module() -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    code = f"def f() -> None:\n{body}\n"
+    assert _too_long(ast.parse(code), MAX_MODULE_LINES + 1, "m") == [
+        f"m: {MAX_MODULE_LINES + 1} lines",
+        f"m:1 f: {MAX_FUNCTION_LINES + 1} lines",
+    ]
+
+
+def test_no_function_over_60_lines_and_no_module_over_500() -> None:
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        text = path.read_text()
+        name = str(path.relative_to(SRC))
+        found += _too_long(ast.parse(text), len(text.splitlines()), name)
+    assert not found, "split these (no waivers): " + "; ".join(found)
