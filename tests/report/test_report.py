@@ -29,7 +29,6 @@ else:  # pragma: no cover
 
 from blockqnn.cli import main
 from blockqnn.evaluate.synthetic import SyntheticEvaluator
-from blockqnn.execute import make_space
 from blockqnn.execute.synthetic import synthetic_spec
 from blockqnn.report import (
     load_run,
@@ -50,6 +49,7 @@ from blockqnn.report.plots import (
 from blockqnn.reward import make_reward, score
 from blockqnn.search import run_search
 from blockqnn.settings.config import Config, merge
+from blockqnn.space.base import make_space
 from blockqnn.space.nsc.block import Block
 from blockqnn.store.db import AgentState, Store, TrialRecord
 from blockqnn.strategy import make_strategy

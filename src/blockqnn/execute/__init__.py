@@ -14,7 +14,6 @@ from blockqnn.execute.base import (
     Executor,
     Finished,
     WorkerLost,
-    make_space,
 )
 from blockqnn.settings.registry import EXECUTORS
 
@@ -33,5 +32,4 @@ __all__ = [
     "Finished",
     "WorkerLost",
     "make_executor",
-    "make_space",
 ]

@@ -26,8 +26,8 @@ from typing import Any, NamedTuple, Protocol
 
 from blockqnn.evaluate.result import EvalResult
 from blockqnn.settings.config import Config
-from blockqnn.settings.registry import SPACES, resolve
-from blockqnn.space.base import Space
+from blockqnn.settings.registry import resolve
+from blockqnn.space.base import Space, make_space
 
 log = logging.getLogger("blockqnn.execute")
 
@@ -78,12 +78,6 @@ def evaluate_safely(evaluator: Evaluating, candidate: Any) -> EvalResult:
         reason = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:300]
         log.warning("the evaluation of %s raised %s", str(candidate)[:200], reason)
         return EvalResult.failed(f"the evaluator raised {reason}")
-
-
-def make_space(config: Config) -> Space:
-    """The run's search space, built by its registry factory."""
-    space: Space = SPACES.get(config.search.space)(config)
-    return space
 
 
 def load_data(config: Config) -> Any:

@@ -18,14 +18,14 @@ from blockqnn.errors import BlockQNNError
 from blockqnn.evaluate import latency as latency_module
 from blockqnn.evaluate.latency import LatencyFactory, LatencyMeter
 from blockqnn.evaluate.shape import data_shape
-from blockqnn.execute import EvaluatorSpec, Executor, make_executor, make_space
+from blockqnn.execute import EvaluatorSpec, Executor, make_executor
 from blockqnn.execute.base import default_evaluator
 from blockqnn.reward import make_reward
 from blockqnn.search.parts import RunParts, WarmTrial
 from blockqnn.search.resume import Opening, check_trials, scheduled
 from blockqnn.search.warm import load_warm_start
 from blockqnn.settings.config import Config
-from blockqnn.space.base import Space
+from blockqnn.space.base import Space, make_space
 from blockqnn.store.cache import EvalCache, cache_dir_for, callable_name, fingerprint
 from blockqnn.store.cache import latency_cache as open_latency_cache
 from blockqnn.strategy import make_strategy

@@ -1,6 +1,7 @@
 """The `Space` protocol: the decision process a strategy walks to build one candidate.
 
-Owns: what every search space must provide, and when each part is used. Must not import
+Owns: what every search space must provide, when each part is used, and `make_space`
+(the configured space, built by its registry factory). Must not import
 torch, know about strategies, the store or training.
 
 A space describes its candidates twice:
@@ -25,7 +26,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from blockqnn.settings.registry import SPACES
+
+if TYPE_CHECKING:
+    from blockqnn.settings.config import Config
 
 Action = tuple[int, ...]
 State = Action
@@ -120,3 +126,9 @@ def parse_path_rows(text: str) -> list[tuple[int, ...]]:
         return [tuple(int(v) for v in chunk.split(",")) for chunk in text.split(";")]
     except ValueError:
         raise BlockQNNError(f"{text[:60]!r} is not a path's text") from None
+
+
+def make_space(config: Config) -> Space:
+    """The run's search space, built by its registry factory (`[search] space`)."""
+    space: Space = SPACES.get(config.search.space)(config)
+    return space
