@@ -32,6 +32,7 @@ import blockqnn.execute.base as ex
 import blockqnn.store.db as store_module
 import blockqnn.store.opening as opening_module
 import blockqnn.store.rundir as rundir
+import blockqnn.store.schema as store_schema
 from blockqnn.cli import main
 from blockqnn.evaluate.synthetic import SyntheticEvaluator
 from blockqnn.store.db import DB_NAME, LOCK_NAME, SCHEMA_VERSION, Store
