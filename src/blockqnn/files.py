@@ -65,7 +65,7 @@ def check_path(path: str | os.PathLike[str], what: str, must_exist: bool = False
     text = os.fspath(path)
     shown = clip(text)
     if not text:
-        raise BlockQNNError(f"{what}: an empty path")
+        raise BlockQNNError(f"{what}: the name is empty")
     if "\0" in text:
         raise BlockQNNError(f"{what} {shown}: a path cannot hold a NUL character")
     raw = os.fsencode(text)
@@ -98,7 +98,7 @@ def check_output(path: Path, what: str) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise BlockQNNError(f"{what} {clip(str(path))}: {os_reason(exc)}") from None
+        raise BlockQNNError(f"{what} {clip(str(path))}: cannot write: {os_reason(exc)}") from None
     if not stat.S_ISREG(mode):
         raise BlockQNNError(
             f"{what} {clip(str(path))}: is {_kind(mode)}, not a regular file; not replacing it"

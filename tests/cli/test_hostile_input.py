@@ -141,7 +141,7 @@ def test_search_refuses_unbounded_sizes_before_creating_anything(
     ("flags", "message"),
     [
         (["--lr", "1e300"], "train.lr = 1e+300: must be a finite number in (0, 1_000_000]"),
-        (["--lr", "nan"], "train.lr = nan"),
+        (["--lr", "nan"], "argument --lr: not a finite number"),
         (["--seed", "99999999999999999999999"], "train.seed = 99999999999999999999999"),
         (["--seed", "-1"], "train.seed = -1"),
         (["--filters", "2000000000"], "network.filters"),
@@ -160,7 +160,7 @@ def test_evaluate_refuses_values_that_would_crash_training(
     ("flags", "message"),
     [
         (["--lr", "1e300"], "--lr = 1e+300"),
-        (["--weight-decay", "nan"], "--weight-decay = nan"),
+        (["--weight-decay", "nan"], "argument --weight-decay: not a finite number"),
         (["--seed", "99999999999999999999999"], "--seed"),
         (["--label-smoothing", "1.5"], "--label-smoothing"),
         (["--max-depth", "100000"], "max_depth = 100000"),
