@@ -52,10 +52,11 @@ def _kind(mode: int) -> str:
         (stat.S_ISBLK, "a block device"),
         (stat.S_ISFIFO, "a FIFO"),
         (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISREG, "a file"),
     ):
         if test(mode):
             return name
-    return "not a regular file"
+    return "of an unknown kind"
 
 
 def check_path(path: str | os.PathLike[str], what: str, must_exist: bool = False) -> Path:
@@ -180,8 +181,15 @@ def _write_all(f: BinaryIO, raw: bytes) -> None:
 
 
 def make_dir(path: Path, what: str) -> None:
-    """`mkdir -p`, with an unusable place reported as bad input."""
+    """`mkdir -p`, with an unusable place (a device, a FIFO, a file) reported as bad input."""
     check_path(path, what)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        pass  # missing (created below) or unusable (mkdir says why)
+    else:
+        if not stat.S_ISDIR(mode):
+            raise BlockQNNError(f"{what} {clip(str(path))}: is {_kind(mode)}, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
