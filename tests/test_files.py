@@ -21,7 +21,7 @@ def _full_disk(f: BinaryIO) -> None:
 def test_a_full_disk_mid_write_is_named_and_leaves_no_temp_file(tmp_path: Path) -> None:
     target = tmp_path / "out.html"
     target.write_text("the old page")
-    with pytest.raises(BlockQNNError, match="--out .*out.html: cannot write: disk full"):
+    with pytest.raises(BlockQNNError, match=r"--out .*out\.html: cannot write: disk full"):
         files.write_with(target, _full_disk, "--out")
     assert target.read_text() == "the old page"  # nothing lost
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.html"]
