@@ -64,7 +64,7 @@ from blockqnn.store.queries import (
 from blockqnn.store.rows import copy_result, insert_snapshot, insert_warm, transition
 from blockqnn.store.rundir import DB_NAME as DB_NAME  # the run's file names: re-exported
 from blockqnn.store.rundir import LOCK_NAME as LOCK_NAME
-from blockqnn.store.rundir import held, reader, take_lock
+from blockqnn.store.rundir import held, reader, store_write_error, take_lock
 from blockqnn.store.schema import (
     APPLICATION_ID,
     COMPLETE,
@@ -422,21 +422,30 @@ class Store:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; a full disk or an unwritable store is a one-line BlockQNNError
+        (the transaction rolled back: nothing stored is lost)."""
         self._writable()
         c = self._conn
-        c.execute("BEGIN IMMEDIATE")
         try:
-            yield c
-            if self._session is not None:
-                c.execute(
-                    "UPDATE sessions SET updated = ? WHERE id = ?", (time.time(), self._session)
-                )
-                seal(c, "sessions", self._session)
-        except BaseException:
-            if c.in_transaction:  # SQLite rolls back itself on a full disk (SQLITE_FULL)
-                c.execute("ROLLBACK")
-            raise
-        c.execute("COMMIT")
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+                if self._session is not None:
+                    c.execute(
+                        "UPDATE sessions SET updated = ? WHERE id = ?",
+                        (time.time(), self._session),
+                    )
+                    seal(c, "sessions", self._session)
+            except BaseException:
+                if c.in_transaction:  # SQLite rolls back itself on a full disk (SQLITE_FULL)
+                    c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+        except sqlite3.Error as exc:
+            problem = store_write_error(exc, self.run_dir)
+            if problem is None:
+                raise
+            raise problem from None
 
     def _writable(self) -> None:
         if self.readonly:

@@ -19,7 +19,13 @@ from typing import TextIO
 
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.settings.config import Config
-from blockqnn.store.rundir import DB_NAME, check_writable, take_lock, write_failure
+from blockqnn.store.rundir import (
+    DB_NAME,
+    check_writable,
+    store_write_error,
+    take_lock,
+    write_failure,
+)
 from blockqnn.store.schema import APPLICATION_ID, SCHEMA_SQL, SCHEMA_VERSION, migrate, seal_meta
 
 _TEMP_PREFIX = f".{DB_NAME}."
@@ -118,8 +124,11 @@ def connect_writer(
         except BaseException:
             conn.close()
             raise
-    except BaseException:
+    except BaseException as exc:
         if lock is not None:
             lock.close()
+        problem = store_write_error(exc, directory) if isinstance(exc, sqlite3.Error) else None
+        if problem is not None:
+            raise problem from None
         raise
     return conn, lock
