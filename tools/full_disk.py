@@ -136,9 +136,8 @@ def main() -> int:
         good &= not leftovers
         free(where)
         code, err = blockqnn("search", "--resume", str(run), "--budget", "4")
-        print(
-            f"{'ok ' if code == 0 else 'BAD'} resume after freeing space: exit {code} {err[-200:]!r}"
-        )
+        mark = "ok " if code == 0 else "BAD"
+        print(f"{mark} resume after freeing space: exit {code} {err[-200:]!r}")
         good &= code == 0
     return 0 if good else 1
 
