@@ -314,3 +314,9 @@ def test_odd_flag_values_are_refused_before_any_work(
 ) -> None:
     line = _refused_cleanly(capsys, argv)
     assert "argument --" in line
+
+
+def test_a_gpu_share_too_small_to_invert_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # found by tools/fuzz_cli.py: 1 / 1e-320 is infinite, round() of it raised OverflowError
+    line = _refused_cleanly(capsys, ["search", "--run-dir", "r", "--gpus-per-trial", "1e-320"])
+    assert "search.gpus_per_trial" in line
