@@ -2,7 +2,7 @@
 arguments are read.
 
 Owns: `integer` and `number` (ASCII digits only, finite, in range: `--filters ١٦`, `--top=`
-and `inf` are refused like any other bad value), the path type `pathname` (length, component
+and `inf` are refused like any other bad value), the path type `PATH` (length, component
 length, symlink loops; `blockqnn.files.check_path` does the checking, and the code reading an
 input says, in its words, when it does not exist), and `StrictParser`, which stops argparse
 from dropping a value of `--` (`--top=--` used to reach the code as an empty list). Must not
@@ -80,7 +80,11 @@ def path_arg(must_exist: bool = False) -> Callable[[str], str]:
     return parse
 
 
-pathname = path_arg()  # an output, a name or a path (its kind is checked when written)
+# The types the commands use: as short as argparse's `int` and `float`, so that flag lines
+# keep their length.
+INT = integer()
+FLOAT = number()
+PATH = path_arg()  # an output, a name or a path (its kind is checked when written)
 
 
 def checked_path(text: str | Path, what: str, must_exist: bool = False) -> Path:

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from blockqnn.cli.args import integer, pathname
+from blockqnn.cli.args import INT, PATH
 from blockqnn.errors import BlockQNNError, clip
 
 
@@ -24,19 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("block", metavar="BLOCK", help="NSC text or a JSON list of 5-lists")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
-        "--svg", type=pathname, metavar="FILE", help="also draw the block graph to FILE"
+        "--svg", type=PATH, metavar="FILE", help="also draw the block graph to FILE"
     )
     parser.add_argument(
-        "--max-depth", type=integer(), default=DEFAULT_MAX_DEPTH, help="search-space depth limit"
+        "--max-depth", type=INT, default=DEFAULT_MAX_DEPTH, help="search-space depth limit"
     )
-    parser.add_argument("--filters", type=integer(), default=32, help="first-stage width F")
-    parser.add_argument("--blocks-per-stage", type=integer(), default=2, help="blocks per stage N")
+    parser.add_argument("--filters", type=INT, default=32, help="first-stage width F")
+    parser.add_argument("--blocks-per-stage", type=INT, default=2, help="blocks per stage N")
     parser.add_argument(
         "--input-shape",
         default="3,32,32",
         help="C,H,W of the input images (default 3,32,32)",
     )
-    parser.add_argument("--num-classes", type=integer(), default=10)
+    parser.add_argument("--num-classes", type=INT, default=10)
     parser.add_argument("--head", choices=HEADS, default="paper")
     parser.add_argument(
         "--latency",
@@ -44,12 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="measure the network's inference latency: cpu, cuda or onnxruntime",
     )
     parser.add_argument(
-        "--latency-batch", type=integer(), default=1, help="also time this batch size (default 1)"
+        "--latency-batch", type=INT, default=1, help="also time this batch size (default 1)"
     )
-    parser.add_argument(
-        "--latency-threads", type=integer(), default=1, help="CPU threads (default 1)"
-    )
-    parser.add_argument("--latency-repeats", type=integer(), default=20, help="timed passes (20)")
+    parser.add_argument("--latency-threads", type=INT, default=1, help="CPU threads (default 1)")
+    parser.add_argument("--latency-repeats", type=INT, default=20, help="timed passes (20)")
 
 
 def _shape(text: str) -> tuple[int, int, int]:
