@@ -296,7 +296,7 @@ def test_a_symlink_loop_given_as_a_run_is_one_line(
     [
         ["search", "--top=--"],
         ["train", "--max-latency-ms=--"],
-        ["train", "--warmup-epochs=--", "--out", "o"],
+        ["train", "--out", "o", "--warmup-epochs=--"],
         ["dashboard", "r", "--port=--"],
         ["dashboard", "r", "--refresh=--"],
         ["search", "--warm-start=--"],
