@@ -321,3 +321,15 @@ def test_a_gpu_share_too_small_to_invert_is_one_line(capsys: pytest.CaptureFixtu
     # found by tools/fuzz_cli.py: 1 / 1e-320 is infinite, round() of it raised OverflowError
     line = _refused_cleanly(capsys, ["search", "--run-dir", "r", "--gpus-per-trial", "1e-320"])
     assert "search.gpus_per_trial" in line
+
+
+def test_a_host_name_that_cannot_be_encoded_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by tools/fuzz_cli.py: socket.bind raised TypeError "encoding of hostname failed"
+    from blockqnn.settings.config import Config
+    from blockqnn.store.db import Store
+
+    Store.create(tmp_path / "run", Config()).close()
+    line = _refused_cleanly(capsys, ["dashboard", str(tmp_path / "run"), "--host", "é" * 300])
+    assert "--host" in line
