@@ -8,8 +8,8 @@ The schema, the statuses, the checksums and the migration of older schemas are
 `blockqnn.store.queries`'; the row writes inside a transaction `blockqnn.store.rows`'; making
 the file and the writable connection `blockqnn.store.opening`'s; the files of the run dir
 (reading without changing them, the lock, whether they can be written)
-`blockqnn.store.rundir`'s. This module re-exports the names others
-import from it. Must not hold global state, decide what to evaluate or import torch.
+`blockqnn.store.rundir`'s. This module re-exports the names others import from it. Must not
+hold global state, decide what to evaluate or import torch.
 
 Contract:
 - One writer: the search process (the master). Workers never touch the database; they return
@@ -26,7 +26,9 @@ Contract:
   of the row), the `meta` table one of all its rows; every read verifies them, and SQLite's
   `integrity_check` runs at every open. A mismatch, an undecodable JSON value or a damaged
   page is a `BlockQNNError` naming what is damaged.
-- A run dir that cannot be written is refused before a writable open touches anything.
+- A run dir that cannot be written is refused before a writable open touches anything; a
+  write that fails on a full disk or an unwritable store is rolled back and said to be that
+  (one line), never "damaged".
 
 Trial states: `TrialStatus` (queued, running, complete, failed, reused, interrupted).
 """
@@ -125,7 +127,6 @@ class Store:
         """Start a new run in `run_dir` (created if needed). A directory that already holds a
         run is refused, untouched; one that cannot be written (permissions, a read-only file
         system, a full disk) is refused with its reason and left as it was."""
-
         directory = Path(run_dir)
         path = directory / DB_NAME
         if path.exists():
