@@ -19,16 +19,6 @@ PACKAGE = "blockqnn"
 # to be emptied there (make the name public, or move the code where it is used). Do not add
 # to this list: a new private import is a new failure.
 KNOWN_PRIVATE_IMPORTS = {
-    # store/ (issue 20, engineer i24): the store and its queries share the schema's helpers
-    "blockqnn.store.db <- blockqnn.store.schema._SCHEMA",
-    "blockqnn.store.db <- blockqnn.store.schema._check",
-    "blockqnn.store.db <- blockqnn.store.schema._migrate",
-    "blockqnn.store.db <- blockqnn.store.schema._seal",
-    "blockqnn.store.db <- blockqnn.store.schema._seal_meta",
-    "blockqnn.store.queries <- blockqnn.store.schema._CONTENT",
-    "blockqnn.store.queries <- blockqnn.store.schema._decode",
-    "blockqnn.store.queries <- blockqnn.store.schema._digest",
-    "blockqnn.store.queries <- blockqnn.store.schema._verified",
 }
 
 

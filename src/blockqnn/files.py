@@ -1,17 +1,109 @@
-"""Writing output files atomically, with one-line errors for places that cannot be written.
+"""Writing output files atomically, with one-line errors for places that cannot be written,
+and the one check of a path the user gave.
 
 Owns: the temp-file-and-rename pattern every output uses (diagrams, reports, model files,
-exports), so a reader or a kill never sees half a file and an unwritable path is bad input
-(exit 2), not a traceback. Must not know what is written.
+exports), so a reader or a kill never sees half a file; the refusal to replace an existing
+target that is not a regular file (a device, a folder, a FIFO, or a symlink to one: renaming
+over `/dev/null` breaks the machine); the words for why a write failed ("disk full",
+"permission denied"); and `check_path`, the length, loop and existence checks of a user's
+path. An unwritable or unusable path is bad input (exit 2), never a traceback. Must not know
+what is written.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
-from blockqnn.errors import BlockQNNError
+from blockqnn.errors import BlockQNNError, clip
+
+PATH_MAX = 4096  # bytes of a whole path (Linux's PATH_MAX)
+NAME_MAX = 255  # bytes of one path component (every common Linux file system)
+
+# errno -> the words a user understands; anything else keeps the system's own text
+_REASONS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded (disk full for this user)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.ELOOP: "symlink loop",
+    errno.ENOTDIR: "a part of the path is not a folder",
+}
+
+
+def os_reason(exc: OSError) -> str:
+    """Why an OS call failed, in the words a user reads: "disk full", "permission denied"..."""
+    if exc.errno in _REASONS:
+        return _REASONS[exc.errno]
+    return exc.strerror or type(exc).__name__
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISREG, "a file"),
+    ):
+        if test(mode):
+            return name
+    return "of an unknown kind"
+
+
+def check_path(path: str | os.PathLike[str], what: str, must_exist: bool = False) -> Path:
+    """`path` checked once, where it is read from the user: not empty, at most PATH_MAX bytes,
+    no component over NAME_MAX, no symlink loop, existing when `must_exist`. Returns it as a
+    Path; BlockQNNError (one line) otherwise."""
+    text = os.fspath(path)
+    shown = clip(text)
+    if not text:
+        raise BlockQNNError(f"{what}: the name is empty")
+    if "\0" in text:
+        raise BlockQNNError(f"{what} {shown}: a path cannot hold a NUL character")
+    raw = os.fsencode(text)
+    if len(raw) > PATH_MAX:
+        raise BlockQNNError(f"{what} {shown}: path of {len(raw)} bytes (at most {PATH_MAX})")
+    longest = max(len(part) for part in raw.split(b"/"))
+    if longest > NAME_MAX:
+        raise BlockQNNError(
+            f"{what} {shown}: a path component of {longest} bytes (at most {NAME_MAX})"
+        )
+    try:
+        os.stat(text)
+    except FileNotFoundError:
+        if must_exist:
+            raise BlockQNNError(f"{what} {shown}: no such file or directory") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR and not must_exist:
+            pass  # reported as a write error when it is written
+        else:
+            raise BlockQNNError(f"{what} {shown}: {os_reason(exc)}") from None
+    return Path(text)
+
+
+def check_output(path: Path, what: str) -> None:
+    """Refuse a target that exists and is not a regular file (followed through symlinks):
+    an atomic rename would replace a device, a FIFO or a link to one with a plain file."""
+    check_path(path, what)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BlockQNNError(f"{what} {clip(str(path))}: cannot write: {os_reason(exc)}") from None
+    if not stat.S_ISREG(mode):
+        raise BlockQNNError(
+            f"{what} {clip(str(path))}: is {_kind(mode)}, not a regular file; not replacing it"
+        )
 
 
 def current_umask() -> int:
@@ -31,37 +123,74 @@ def current_umask() -> int:
 def temp_beside(path: Path, what: str) -> tuple[int, Path]:
     """Create `path`'s folder and an open temp file beside it; returns (fd, temp path).
 
-    The temp file gets the mode any new file gets (0666 less the umask), not mkstemp's 0600,
-    so that the file it is renamed to can be read by whom the umask allows (a service running
-    as another user loading model.pt). `what` names the option or thing in the error."""
-    if path.is_dir():
-        raise BlockQNNError(f"{what} {path}: is a directory")
+    The target is checked first (`check_output`). The temp file gets the mode any new file
+    gets (0666 less the umask), not mkstemp's 0600, so that the file it is renamed to can be
+    read by whom the umask allows (a service running as another user loading model.pt).
+    `what` names the option or thing in the error."""
+    check_output(path, what)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise BlockQNNError(f"{what} {clip(str(path))}: cannot write: {os_reason(exc)}") from None
+    try:
         os.chmod(tmp, 0o666 & ~current_umask())
     except OSError as exc:
-        raise BlockQNNError(f"{what} {path}: cannot write: {exc.strerror}") from None
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise BlockQNNError(f"{what} {clip(str(path))}: cannot write: {os_reason(exc)}") from None
     return fd, Path(tmp)
 
 
-def write_atomic(path: str | Path, data: str | bytes, what: str = "output") -> Path:
-    """Write `data` to `path` through a temp file and a rename (mode: 0666 less the umask)."""
+def write_with(path: str | Path, write: Callable[[BinaryIO], None], what: str = "output") -> Path:
+    """Write `path` through a temp file beside it, fsync and a rename; `write` fills the open
+    file. Any error (a full disk mid-write included) removes the temp file; an OSError is
+    one line naming the cause ("disk full", "permission denied"), the old file untouched."""
     target = Path(path)
     fd, tmp = temp_beside(target, what)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise BlockQNNError(
+            f"{what} {clip(str(target))}: cannot write: {os_reason(exc)}"
+            + (" (nothing was changed; free some space and run it again)" if _full(exc) else "")
+        ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return target
 
 
+def _full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_atomic(path: str | Path, data: str | bytes, what: str = "output") -> Path:
+    """Write `data` to `path` through a temp file and a rename (mode: 0666 less the umask)."""
+    raw = data.encode() if isinstance(data, str) else data
+    return write_with(path, lambda f: _write_all(f, raw), what)
+
+
+def _write_all(f: BinaryIO, raw: bytes) -> None:
+    f.write(raw)
+
+
 def make_dir(path: Path, what: str) -> None:
-    """`mkdir -p`, with an unusable place reported as bad input."""
+    """`mkdir -p`, with an unusable place (a device, a FIFO, a file) reported as bad input."""
+    check_path(path, what)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        pass  # missing (created below) or unusable (mkdir says why)
+    else:
+        if not stat.S_ISDIR(mode):
+            raise BlockQNNError(f"{what} {clip(str(path))}: is {_kind(mode)}, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BlockQNNError(f"{what} {path}: cannot create: {exc.strerror}") from None
+        raise BlockQNNError(f"{what} {clip(str(path))}: cannot create: {os_reason(exc)}") from None

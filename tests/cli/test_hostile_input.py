@@ -141,7 +141,7 @@ def test_search_refuses_unbounded_sizes_before_creating_anything(
     ("flags", "message"),
     [
         (["--lr", "1e300"], "train.lr = 1e+300: must be a finite number in (0, 1_000_000]"),
-        (["--lr", "nan"], "train.lr = nan"),
+        (["--lr", "nan"], "argument --lr: not a finite number"),
         (["--seed", "99999999999999999999999"], "train.seed = 99999999999999999999999"),
         (["--seed", "-1"], "train.seed = -1"),
         (["--filters", "2000000000"], "network.filters"),
@@ -160,7 +160,7 @@ def test_evaluate_refuses_values_that_would_crash_training(
     ("flags", "message"),
     [
         (["--lr", "1e300"], "--lr = 1e+300"),
-        (["--weight-decay", "nan"], "--weight-decay = nan"),
+        (["--weight-decay", "nan"], "argument --weight-decay: not a finite number"),
         (["--seed", "99999999999999999999999"], "--seed"),
         (["--label-smoothing", "1.5"], "--label-smoothing"),
         (["--max-depth", "100000"], "max_depth = 100000"),
@@ -242,3 +242,94 @@ def test_a_dataset_name_the_file_system_cannot_hold_is_bad_input(
 ) -> None:
     line = _refused_cleanly(capsys, ["evaluate", "1,1,3,0,0", "--dataset", name])
     assert "dataset" in line and "..." in line
+
+
+# ----- 6. round two (issue 24): long paths, `--` as a value, foreign digits in flags --------
+
+LONG_PATHS = {"over 4096 bytes": "p/" * 2100 + "x", "a component over 255": "c" * 300}
+
+
+def _path_cases(tmp_path: Path, long: str) -> list[list[str]]:
+    run = str(tmp_path / "run")
+    return [
+        ["status", long],
+        ["trials", long],
+        ["report", long],
+        ["report", run, "--out", long],
+        ["train", long, "--out", str(tmp_path / "o")],
+        ["train", "--block", "1,1,3,0,0", "--dataset", "digits", "--out", long],
+        ["export", long, "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
+        ["export", run, "--format", "onnx", "--out", long],
+        ["show", "1,1,3,0,0", "--svg", long],
+        ["search", "--run-dir", long],
+        ["search", "--resume", long],
+        ["search", "--run-dir", run, "--warm-start", long],
+        ["search", "--run-dir", run, "--cache", long],
+        ["search", "--run-dir", run, "--config", long],
+        ["dashboard", long],
+    ]
+
+
+@pytest.mark.parametrize("kind", list(LONG_PATHS))
+def test_paths_too_long_for_the_file_system_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    for argv in _path_cases(tmp_path, LONG_PATHS[kind]):
+        line = _refused_cleanly(capsys, argv)
+        assert "bytes" in line, argv[:2]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_symlink_loop_given_as_a_run_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    run = str(tmp_path / "run")
+    for argv in (["search", "--run-dir", run, "--warm-start", str(tmp_path / "a")],
+                 ["status", str(tmp_path / "a")]):  # fmt: skip
+        assert "symlink loop" in _refused_cleanly(capsys, argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["search", "--top=--"],
+        ["train", "--max-latency-ms=--"],
+        ["train", "--out", "o", "--warmup-epochs=--"],
+        ["dashboard", "r", "--port=--"],
+        ["dashboard", "r", "--refresh=--"],
+        ["search", "--warm-start=--"],
+        ["search", "--top="],
+        ["show", "1,1,3,0,0", "--filters", ""],
+        ["show", "1,1,3,0,0", "--filters", "١٦"],  # Arabic-Indic digits
+        ["show", "1,1,3,0,0", "--filters", "１６"],  # full-width digits
+        ["search", "--gpus-per-trial", "inf"],
+        ["search", "--gpus-per-trial", "٠.٥"],
+        ["dashboard", "r", "--port", "70000"],
+    ],
+)
+def test_odd_flag_values_are_refused_before_any_work(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    line = _refused_cleanly(capsys, argv)
+    flag = [a for a in argv if a.startswith("--")][-1].split("=")[0]
+    assert flag in line  # the message names the flag
+
+
+def test_a_gpu_share_too_small_to_invert_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # found by tools/fuzz_cli.py: 1 / 1e-320 is infinite, round() of it raised OverflowError
+    line = _refused_cleanly(capsys, ["search", "--run-dir", "r", "--gpus-per-trial", "1e-320"])
+    assert "search.gpus_per_trial" in line
+
+
+def test_a_host_name_that_cannot_be_encoded_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by tools/fuzz_cli.py: socket.bind raised TypeError "encoding of hostname failed"
+    from blockqnn.settings.config import Config
+    from blockqnn.store.db import Store
+
+    Store.create(tmp_path / "run", Config()).close()
+    line = _refused_cleanly(capsys, ["dashboard", str(tmp_path / "run"), "--host", "é" * 300])
+    assert "--host" in line

@@ -30,7 +30,9 @@ from tests.store.test_store_migration import build_v1_run
 
 import blockqnn.execute.base as ex
 import blockqnn.store.db as store_module
+import blockqnn.store.opening as opening_module
 import blockqnn.store.rundir as rundir
+import blockqnn.store.schema as store_schema
 from blockqnn.cli import main
 from blockqnn.evaluate.synthetic import SyntheticEvaluator
 from blockqnn.store.db import DB_NAME, LOCK_NAME, SCHEMA_VERSION, Store
@@ -66,10 +68,10 @@ def sql(run_dir: Path, statement: str, *args: object, seal: str = "") -> None:
     conn = sqlite3.connect(run_dir / DB_NAME, isolation_level=None)
     conn.execute(statement, args)
     if seal == "meta":
-        store_module._seal_meta(conn)
+        store_schema.seal_meta(conn)
     elif seal:
         table, row_id = seal.split(":")
-        store_module._seal(conn, table, int(row_id))
+        store_schema.seal(conn, table, int(row_id))
     conn.close()
 
 
@@ -322,7 +324,7 @@ def test_a_failure_while_creating_the_store_leaves_nothing(
     # Where each failure strikes on a real full disk or read-only mount: SQLite filling the
     # temporary database, or the hard link that publishes it.
     if isinstance(failure, sqlite3.Error):
-        monkeypatch.setattr(store_module, "_seal_meta", fail)
+        monkeypatch.setattr(opening_module, "seal_meta", fail)
     else:
         monkeypatch.setattr(os, "link", fail)
     run_dir = tmp_path / "new"

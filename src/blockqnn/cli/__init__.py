@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn, TextIO
 
+from blockqnn.cli.args import StrictParser
 from blockqnn.errors import ECHO_LIMIT, BlockQNNError, clip, one_line
 
 # name -> module under blockqnn.cli; each module defines `add_arguments(parser)` and
@@ -38,7 +39,7 @@ COMMANDS = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(StrictParser):
     """An ArgumentParser whose usage errors are one line and exit code 2."""
 
     def error(self, message: str) -> NoReturn:

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import argparse
 
+from blockqnn.cli.args import FLOAT, INT, PATH
 from blockqnn.errors import BlockQNNError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories to show")
+    parser.add_argument("runs", nargs="+", type=PATH, metavar="RUN", help="run directories to show")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on")
-    parser.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
+    parser.add_argument("--port", type=INT, default=8765, help="port (0: any free one)")
     parser.add_argument(
-        "--refresh", type=float, default=5.0, help="seconds between page reloads (0: never)"
+        "--refresh", type=FLOAT, default=5.0, help="seconds between page reloads (0: never)"
     )
 
 

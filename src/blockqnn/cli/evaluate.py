@@ -15,6 +15,8 @@ import json
 import sys
 from typing import Any
 
+from blockqnn.cli.args import FLOAT, INT, PATH
+
 # option -> (config section, key); only options the user gives override the config
 _OVERRIDES = {
     "dataset": ("data", "dataset"),
@@ -35,18 +37,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("block", metavar="BLOCK", help="NSC text or a JSON list of 5-lists")
     parser.add_argument(
-        "--dataset", help="digits, cifar10, cifar100, a folder or a .npz (default: digits)"
+        "--dataset",
+        type=PATH,
+        help="digits, cifar10, cifar100, a folder or a .npz (default: digits)",
     )
-    parser.add_argument("--epochs", type=int, help="early-stop epochs (paper: 12)")
-    parser.add_argument("--train-samples", type=int, help="class-balanced training subset")
-    parser.add_argument("--lr", type=float, help="Adam learning rate (paper: 0.001)")
-    parser.add_argument("--batch-size", type=int, help="images per step (paper: 256)")
-    parser.add_argument("--filters", type=int, help="first-stage width F (search-time: 32)")
-    parser.add_argument("--blocks-per-stage", type=int, help="blocks per stage N (search: 2)")
-    parser.add_argument("--data-dir", help="where the cifar archives are or are downloaded to")
+    parser.add_argument("--epochs", type=INT, help="early-stop epochs (paper: 12)")
+    parser.add_argument("--train-samples", type=INT, help="class-balanced training subset")
+    parser.add_argument("--lr", type=FLOAT, help="Adam learning rate (paper: 0.001)")
+    parser.add_argument("--batch-size", type=INT, help="images per step (paper: 256)")
+    parser.add_argument("--filters", type=INT, help="first-stage width F (search-time: 32)")
+    parser.add_argument("--blocks-per-stage", type=INT, help="blocks per stage N (search: 2)")
+    parser.add_argument(
+        "--data-dir", type=PATH, help="where the cifar archives are or are downloaded to"
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda:1")
-    parser.add_argument("--config", metavar="FILE", help="a TOML config file")
-    parser.add_argument("--seed", type=int, help="seed of weight init, batch order, augmentation")
+    parser.add_argument("--config", type=PATH, metavar="FILE", help="a TOML config file")
+    parser.add_argument("--seed", type=INT, help="seed of weight init, batch order, augmentation")
     parser.add_argument("--threads", help=THREADS_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -12,13 +12,19 @@ import argparse
 import json
 import sys
 
+from blockqnn.cli.args import PATH
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from blockqnn.settings.threads import HELP as THREADS_HELP
 
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="model file from blockqnn train")
+    parser.add_argument(
+        "checkpoint", type=PATH, metavar="CHECKPOINT", help="model file from blockqnn train"
+    )
     parser.add_argument("--format", choices=("torchscript", "onnx"), required=True)
-    parser.add_argument("--out", required=True, metavar="FILE", help="where to write the export")
+    parser.add_argument(
+        "--out", type=PATH, required=True, metavar="FILE", help="where to write the export"
+    )
     parser.add_argument("--threads", help=THREADS_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 

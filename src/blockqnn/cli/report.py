@@ -11,18 +11,26 @@ import argparse
 import json
 import sys
 
+from blockqnn.cli.args import INT, PATH
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run's directory (--run-dir)")
     parser.add_argument(
-        "--out", metavar="FILE.html", help="where to write the page (default RUN_DIR/report.html)"
+        "run_dir", type=PATH, metavar="RUN_DIR", help="the run's directory (--run-dir)"
+    )
+    parser.add_argument(
+        "--out",
+        type=PATH,
+        metavar="FILE.html",
+        help="where to write the page (default RUN_DIR/report.html)",
     )
     parser.add_argument(
         "--baseline",
+        type=PATH,
         metavar="RUN_DIR",
         help="a random-search run to compare against (mean reward per stage and iteration)",
     )
-    parser.add_argument("--top", type=int, default=10, help="how many best blocks to show")
+    parser.add_argument("--top", type=INT, default=10, help="how many best blocks to show")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from blockqnn.cli.args import FLOAT, INT, PATH
 from blockqnn.cli.search_display import SearchDisplay
 from blockqnn.cli.status import trial_json
 from blockqnn.errors import BlockQNNError
@@ -67,49 +68,52 @@ _RESUME_FREE = {"threads"}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--run-dir", metavar="DIR", help="directory of a new run")
-    where.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
-    parser.add_argument("--config", metavar="FILE", help="TOML file with the settings")
+    where.add_argument("--run-dir", type=PATH, metavar="DIR", help="directory of a new run")
+    where.add_argument("--resume", type=PATH, metavar="DIR", help="continue the run in DIR")
+    parser.add_argument("--config", type=PATH, metavar="FILE", help="TOML file with the settings")
     from blockqnn.settings.registry import EXECUTORS, REWARDS, SPACES, STRATEGIES
     from blockqnn.settings.threads import HELP as THREADS_HELP
 
     parser.add_argument(
         "--dataset",
+        type=PATH,
         help="digits, cifar10, cifar100, a folder or an .npz; nb201: the table's column "
         "(cifar10, cifar100, imagenet16-120)",
     )
-    parser.add_argument("--budget", type=int, help="distinct candidates to train (or look up)")
+    parser.add_argument("--budget", type=INT, help="distinct candidates to train (or look up)")
     parser.add_argument("--space", help=f"search space: {', '.join(SPACES.names())}")
-    parser.add_argument("--table", metavar="FILE", help="nb201: the accuracy table (CSV[.gz])")
+    parser.add_argument(
+        "--table", type=PATH, metavar="FILE", help="nb201: the accuracy table (CSV[.gz])"
+    )
     parser.add_argument("--agent", help=f"search strategy: {', '.join(STRATEGIES.names())}")
     parser.add_argument("--reward", help=f"reward: {', '.join(REWARDS.names())}")
     parser.add_argument(
         "--preset", help="agent constants: blockqnn (ours, measured) or paper (the paper's)"
     )
-    parser.add_argument("--seed", type=int, help="seed of the agent")
+    parser.add_argument("--seed", type=INT, help="seed of the agent")
     parser.add_argument("--executor", help=f"where evaluations run: {', '.join(EXECUTORS.names())}")
     parser.add_argument(
         "--workers",
-        type=int,
+        type=INT,
         help="evaluations at once; local: worker processes on this machine (1: in process)",
     )
     parser.add_argument(
         "--gpus-per-trial",
-        type=float,
+        type=FLOAT,
         help="GPUs per evaluation; 0.5 packs two on a GPU (local: 1/k, at most 1)",
     )
-    parser.add_argument("--cpus-per-trial", type=float, help="CPUs per evaluation (ray)")
+    parser.add_argument("--cpus-per-trial", type=FLOAT, help="CPUs per evaluation (ray)")
     parser.add_argument("--address", help="join the Ray cluster at HOST:PORT (ray start)")
-    parser.add_argument("--epochs", type=int, help="early-stop epochs per candidate")
-    parser.add_argument("--train-samples", type=int, help="training images used; 0 = all")
-    parser.add_argument("--batch-size", type=int, help="images per step (paper: 256)")
-    parser.add_argument("--filters", type=int, help="first-stage width F while searching")
+    parser.add_argument("--epochs", type=INT, help="early-stop epochs per candidate")
+    parser.add_argument("--train-samples", type=INT, help="training images used; 0 = all")
+    parser.add_argument("--batch-size", type=INT, help="images per step (paper: 256)")
+    parser.add_argument("--filters", type=INT, help="first-stage width F while searching")
     parser.add_argument(
-        "--blocks-per-stage", type=int, help="blocks per stage N while searching (paper: 2)"
+        "--blocks-per-stage", type=INT, help="blocks per stage N while searching (paper: 2)"
     )
     parser.add_argument("--threads", help=THREADS_HELP)
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: the best available)")
-    parser.add_argument("--top", type=int, default=5, help="blocks in the final table")
+    parser.add_argument("--top", type=INT, default=5, help="blocks in the final table")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_latency_arguments(parser)
     _add_growth_arguments(parser)
@@ -126,7 +130,7 @@ def _add_latency_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--latency-target-ms",
-        type=float,
+        type=FLOAT,
         metavar="MS",
         help="target (mnasnet) or reference (additive) latency, ms",
     )
@@ -138,6 +142,7 @@ def _add_growth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--warm-start",
         nargs="+",
+        type=PATH,
         metavar="RUN",
         default=[],
         help="tell the completed trials of earlier runs (same evaluation settings) first",
@@ -150,6 +155,7 @@ def _add_growth_arguments(parser: argparse.ArgumentParser) -> None:
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument(
         "--cache",
+        type=PATH,
         metavar="DIR",
         help="folder of the evaluation cache shared by runs (default: ~/.cache/blockqnn)",
     )

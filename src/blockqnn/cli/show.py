@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from blockqnn.cli.args import INT, PATH
 from blockqnn.errors import BlockQNNError, clip
 
 
@@ -29,18 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("block", metavar="BLOCK", help="NSC text or a JSON list of 5-lists")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--svg", metavar="FILE", help="also draw the block graph to FILE")
     parser.add_argument(
-        "--max-depth", type=int, default=DEFAULT_MAX_DEPTH, help="search-space depth limit"
+        "--svg", type=PATH, metavar="FILE", help="also draw the block graph to FILE"
+    )
+    parser.add_argument(
+        "--max-depth", type=INT, default=DEFAULT_MAX_DEPTH, help="search-space depth limit"
     )
     parser.add_argument("--run", metavar="RUN", help="price the network of this search run")
-    parser.add_argument("--filters", type=int, help="first-stage width F (default 32)")
-    parser.add_argument("--blocks-per-stage", type=int, help="blocks per stage N (default 2)")
+    parser.add_argument("--filters", type=INT, help="first-stage width F (default 32)")
+    parser.add_argument("--blocks-per-stage", type=INT, help="blocks per stage N (default 2)")
     parser.add_argument(
         "--input-shape",
         help="C,H,W of the input images (default 3,32,32)",
     )
-    parser.add_argument("--num-classes", type=int, help="(default 10)")
+    parser.add_argument("--num-classes", type=INT, help="(default 10)")
     parser.add_argument("--head", choices=HEADS, help="(default paper)")
     parser.add_argument(
         "--latency",
@@ -49,19 +52,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--latency-batch",
-        type=int,
+        type=INT,
         default=reward.latency_batch,
         help=f"also time this batch size (default {reward.latency_batch})",
     )
     parser.add_argument(
         "--latency-threads",
-        type=int,
+        type=INT,
         default=reward.latency_threads,
         help=f"CPU threads (default {reward.latency_threads})",
     )
     parser.add_argument(
         "--latency-repeats",
-        type=int,
+        type=INT,
         default=reward.latency_repeats,
         help=f"timed passes ({reward.latency_repeats})",
     )

@@ -15,10 +15,12 @@ import shlex
 import sys
 from typing import Any
 
+from blockqnn.cli.args import INT, PATH
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="DIR", help="the run directory")
-    parser.add_argument("--top", type=int, default=5, help="best candidates to list")
+    parser.add_argument("run_dir", type=PATH, metavar="DIR", help="the run directory")
+    parser.add_argument("--top", type=INT, default=5, help="best candidates to list")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 

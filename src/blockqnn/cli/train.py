@@ -24,6 +24,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
+from blockqnn.cli.args import FLOAT, INT, PATH
 from blockqnn.errors import BlockQNNError
 
 
@@ -35,54 +36,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     paper, fast = FINAL_RECIPES["paper"], FINAL_RECIPES["fast"]
 
-    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a search run to take from")
-    parser.add_argument("--rank", type=int, default=1, help="K-th best block of the run")
+    parser.add_argument(
+        "run_dir", nargs="?", type=PATH, metavar="RUN_DIR", help="a search run to take from"
+    )
+    parser.add_argument("--rank", type=INT, default=1, help="K-th best block of the run")
     parser.add_argument("--block", metavar="BLOCK", help="train this block instead of a run's")
     _add_pick_arguments(parser)
     parser.add_argument(
-        "--max-depth", type=int, default=DEFAULT_MAX_DEPTH, help="depth limit of --block"
+        "--max-depth", type=INT, default=DEFAULT_MAX_DEPTH, help="depth limit of --block"
     )
-    parser.add_argument("--dataset", help="dataset (default: the run's)")
-    parser.add_argument("--data-dir", help="where cifar archives are")
-    parser.add_argument("--train-samples", type=int, help="class-balanced subset (quick runs)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="training folder")
+    parser.add_argument("--dataset", type=PATH, help="dataset (default: the run's)")
+    parser.add_argument("--data-dir", type=PATH, help="where cifar archives are")
+    parser.add_argument("--train-samples", type=INT, help="class-balanced subset (quick runs)")
+    parser.add_argument("--out", type=PATH, required=True, metavar="DIR", help="training folder")
     parser.add_argument(
         "--recipe", choices=tuple(FINAL_RECIPES), default="paper", help="the starting settings"
     )
     # Unset flags (None) keep the recipe's value.
     parser.add_argument(
         "--epochs",
-        type=int,
+        type=INT,
         help=f"paper {paper.epochs}, fast {fast.epochs}; unset, scaled down for data sets "
         f"under {RECIPE_IMAGES:,} training images (at least {FEWEST_EPOCHS})",
     )
     parser.add_argument(
-        "--batch-size", type=int, help=f"paper {paper.batch_size}, fast {fast.batch_size}"
+        "--batch-size", type=INT, help=f"paper {paper.batch_size}, fast {fast.batch_size}"
     )
     parser.add_argument(
-        "--lr", type=float, help=f"peak SGD lr: paper {paper.lr:g}, fast {fast.lr:g}"
+        "--lr", type=FLOAT, help=f"peak SGD lr: paper {paper.lr:g}, fast {fast.lr:g}"
     )
-    parser.add_argument("--weight-decay", type=float, help=f"L2 penalty ({paper.weight_decay:g})")
+    parser.add_argument("--weight-decay", type=FLOAT, help=f"L2 penalty ({paper.weight_decay:g})")
     parser.add_argument("--schedule", choices=FINAL_SCHEDULES)
     parser.add_argument(
-        "--warmup-epochs", type=float, help=f"linear lr warm-up (fast: {fast.warmup_epochs:g})"
+        "--warmup-epochs", type=FLOAT, help=f"linear lr warm-up (fast: {fast.warmup_epochs:g})"
     )
     parser.add_argument(
         "--label-smoothing",
-        type=float,
+        type=FLOAT,
         help=f"paper {paper.label_smoothing:g}, fast {fast.label_smoothing:g}",
     )
-    parser.add_argument("--cutout", type=int, help=f"cutout square side in pixels ({paper.cutout})")
+    parser.add_argument("--cutout", type=INT, help=f"cutout square side in pixels ({paper.cutout})")
     parser.add_argument("--augment", choices=AUGMENTS)
     parser.add_argument(
         "--tta", choices=TTA_MODES, help=f"test-time flips: paper {paper.tta}, fast {fast.tta}"
     )
-    parser.add_argument("--filters", type=int, help="first-stage width F (default: the run's)")
-    parser.add_argument("--blocks-per-stage", type=int, help="blocks per stage N")
+    parser.add_argument("--filters", type=INT, help="first-stage width F (default: the run's)")
+    parser.add_argument("--blocks-per-stage", type=INT, help="blocks per stage N")
     parser.add_argument("--head", choices=HEADS)
     parser.add_argument("--precision", choices=PRECISIONS)
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=INT)
     parser.add_argument("--threads", help=THREADS_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -94,7 +97,7 @@ def _add_pick_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-latency-ms",
-        type=float,
+        type=FLOAT,
         metavar="MS",
         help="the most accurate front block at most this slow",
     )

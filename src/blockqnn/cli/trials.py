@@ -23,9 +23,11 @@ import math
 import sys
 from typing import Any
 
+from blockqnn.cli.args import PATH
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="DIR", help="the run directory")
+    parser.add_argument("run_dir", type=PATH, metavar="DIR", help="the run directory")
     form = parser.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="print a JSON list of objects")
     form.add_argument("--csv", action="store_true", help="print CSV with a header row")

@@ -33,6 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from blockqnn.data.cache import load_npz, save_npz
+from blockqnn.data.npz_sizes import check_declared_sizes, check_label_range
 from blockqnn.errors import BlockQNNError
 
 _GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"})
@@ -250,6 +251,7 @@ def _nchw(x: np.ndarray, what: str) -> np.ndarray:
 
 
 def load_npz_dataset(path: Path) -> Raw:
+    check_declared_sizes(path, ("x_train", "y_train", "x_test", "y_test", "classes"))
     try:
         with (
             path.open("rb") as fh,
@@ -285,6 +287,8 @@ def load_npz_dataset(path: Path) -> Raw:
             raise BlockQNNError(
                 f"{path}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels"
             )
+        if len(y):
+            check_label_range(path, split, int(y.min()), int(y.max()))
         labels[split] = y.astype(np.int64)
     if len(labels["train"]) == 0:
         raise BlockQNNError(f"{path}: x_train is empty")

@@ -19,9 +19,9 @@ A model file is a dict:
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
-import os
 import re
 import struct
 import warnings
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from blockqnn.errors import BlockQNNError, clip
-from blockqnn.files import temp_beside
+from blockqnn.files import check_output, write_atomic
 from blockqnn.settings.config import NetworkConfig
 from blockqnn.space.nsc.block import Block
 from blockqnn.space.nsc.builder import Network
@@ -154,17 +154,9 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
     new one, never a torn one. The payload is written with its checksum (version 2)."""
     payload = {**payload, "version": VERSION}
     payload[CHECKSUM] = payload_checksum(payload)
-    target = Path(path)
-    fd, tmp = temp_beside(target, "model file")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()  # serialised in memory: torch's writer fails badly on a full disk
+    torch.save(payload, buffer)
+    write_atomic(path, buffer.getvalue(), "model file")
 
 
 def read_payload(path: str | Path) -> dict[str, Any]:
@@ -290,19 +282,18 @@ def export_model(model: DeployModel, fmt: str, out: str | Path, batch: int = 2) 
     probe = torch.rand(batch + 1, *shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(probe)
-    fd, tmp = temp_beside(target, "--out")
-    os.close(fd)
-    try:
-        if fmt == "torchscript":
-            actual, checker = _export_torchscript(model, example, probe, tmp)
-        else:
-            actual, checker = _export_onnx(model, example, probe, tmp)
-        diff = float((actual - expected).abs().max())
-        if not math.isfinite(diff) or diff > 1e-3:
-            raise RuntimeError(f"exported {fmt} model disagrees with PyTorch (max |diff| {diff})")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    check_output(target, "--out")  # before the (slow) export
+    # Exported into memory and written through write_atomic: torch's C++ file writer aborts
+    # the interpreter on a full disk and leaves its temp file behind.
+    buffer = io.BytesIO()
+    if fmt == "torchscript":
+        actual, checker = _export_torchscript(model, example, probe, buffer)
+    else:
+        actual, checker = _export_onnx(model, example, probe, buffer)
+    diff = float((actual - expected).abs().max())
+    if not math.isfinite(diff) or diff > 1e-3:
+        raise RuntimeError(f"exported {fmt} model disagrees with PyTorch (max |diff| {diff})")
+    write_atomic(target, buffer.getvalue(), "--out")
     return {"format": fmt, "path": str(target), "max_abs_diff": diff, "checked_with": checker}
 
 
@@ -319,20 +310,21 @@ def _require_onnx() -> None:
 
 
 def _export_torchscript(
-    model: DeployModel, example: torch.Tensor, probe: torch.Tensor, path: Path
+    model: DeployModel, example: torch.Tensor, probe: torch.Tensor, buffer: io.BytesIO
 ) -> tuple[torch.Tensor, str]:
     import warnings
 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)  # jit is deprecated, still the
         traced = torch.jit.trace(model, example)  # type: ignore[no-untyped-call]  # format most C++/mobile runtimes load
-        traced.save(str(path))
-        loaded = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
+        torch.jit.save(traced, buffer)
+        buffer.seek(0)
+        loaded = torch.jit.load(buffer)  # type: ignore[no-untyped-call]
         return loaded(probe), "torch.jit.load"
 
 
 def _export_onnx(
-    model: DeployModel, example: torch.Tensor, probe: torch.Tensor, path: Path
+    model: DeployModel, example: torch.Tensor, probe: torch.Tensor, buffer: io.BytesIO
 ) -> tuple[torch.Tensor, str]:
     import warnings
 
@@ -341,7 +333,7 @@ def _export_onnx(
         torch.onnx.export(
             model,
             (example,),
-            str(path),
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter takes a file object
             dynamo=False,  # the TorchScript-based exporter: no onnxscript needed, dynamic batch
             input_names=["images"],
             output_names=["logits"],
@@ -353,8 +345,8 @@ def _export_onnx(
     except ImportError:  # pragma: no cover - the export extra installs it
         import onnx
 
-        onnx.checker.check_model(str(path))
+        onnx.checker.check_model(onnx.load_from_string(buffer.getvalue()))
         return model(probe), "onnx.checker (onnxruntime not installed: outputs not compared)"
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"images": probe.numpy()})
     return torch.from_numpy(logits), f"onnxruntime {ort.__version__}"

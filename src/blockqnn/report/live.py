@@ -227,3 +227,5 @@ def make_server(
                 f"port {port} on {host} is in use; choose another with --port"
             ) from None
         raise BlockQNNError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
+    except (TypeError, UnicodeError):  # a name IDNA cannot encode (a label over 63 characters)
+        raise BlockQNNError(f"--host {clip(host)}: not a usable host name") from None

@@ -261,7 +261,7 @@ class SearchSettings:
                     f"search.gpus_per_trial = {g:g}: the local executor runs an evaluation "
                     "on one GPU; use at most 1"
                 )
-            if abs(1 / g - round(1 / g)) > 1e-9:
+            if g < 1e-6 or abs(1 / g - round(1 / g)) > 1e-9:  # 1e-320: 1/g is inf
                 raise BlockQNNError(
                     f"search.gpus_per_trial = {g:g}: must divide one GPU evenly "
                     "(1, 0.5, 0.25, ...: 1/k)"

@@ -5,9 +5,11 @@ its state changes, the agent's latest snapshot and the sessions that worked on t
 Everything else (the agent, the progress display, `status`, the report) is rebuilt from it.
 The schema, the statuses, the checksums and the migration of older schemas are
 `blockqnn.store.schema`'s; the read queries and the records they return
-`blockqnn.store.queries`'; the files of the run dir (reading without changing them, the lock,
-whether they can be written) `blockqnn.store.rundir`'s. This module re-exports the names others
-import from it. Must not hold global state, decide what to evaluate or import torch.
+`blockqnn.store.queries`'; the row writes inside a transaction `blockqnn.store.rows`'; making
+the file and the writable connection `blockqnn.store.opening`'s; the files of the run dir
+(reading without changing them, the lock, whether they can be written)
+`blockqnn.store.rundir`'s. This module re-exports the names others import from it. Must not
+hold global state, decide what to evaluate or import torch.
 
 Contract:
 - One writer: the search process (the master). Workers never touch the database; they return
@@ -24,14 +26,11 @@ Contract:
   of the row), the `meta` table one of all its rows; every read verifies them, and SQLite's
   `integrity_check` runs at every open. A mismatch, an undecodable JSON value or a damaged
   page is a `BlockQNNError` naming what is damaged.
-- A run dir that cannot be written is refused before a writable open touches anything.
+- A run dir that cannot be written is refused before a writable open touches anything; a
+  write that fails on a full disk or an unwritable store is rolled back and said to be that
+  (one line), never "damaged".
 
 Trial states: `TrialStatus` (queued, running, complete, failed, reused, interrupted).
-
-Length (over 500 lines, on purpose): `Store` is the one writer, and its transactions share
-`_tx`, `_transition` and `_copy_result` and the contract above; the schema, the checks and
-the read queries already live in their own modules, and splitting the writes would scatter
-the rules of one transaction over several files.
 """
 
 from __future__ import annotations
@@ -46,10 +45,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from blockqnn.errors import BlockQNNError, clip
+from blockqnn.errors import BlockQNNError
 from blockqnn.evaluate.result import EvalResult
+from blockqnn.files import os_reason
 from blockqnn.settings.config import Config
 from blockqnn.space.base import Candidate
+from blockqnn.store.opening import build, connect_writer
 from blockqnn.store.queries import (
     AgentState,
     TrialRecord,
@@ -62,11 +63,11 @@ from blockqnn.store.queries import (
     select_trial,
     select_trials,
 )
+from blockqnn.store.rows import copy_result, insert_snapshot, insert_warm, transition
 from blockqnn.store.rundir import DB_NAME as DB_NAME  # the run's file names: re-exported
 from blockqnn.store.rundir import LOCK_NAME as LOCK_NAME
-from blockqnn.store.rundir import check_writable, held, reader, take_lock, write_failure
+from blockqnn.store.rundir import held, reader, store_write_error, take_lock
 from blockqnn.store.schema import (
-    _SCHEMA,
     APPLICATION_ID,
     COMPLETE,
     FAILED,
@@ -78,11 +79,11 @@ from blockqnn.store.schema import (
     STATUSES,
     TRAINED,
     TrialStatus,
-    _check,
-    _migrate,
-    _seal,
-    _seal_meta,
+    check_file,
     damaged,
+    migrate,
+    seal,
+    seal_meta,
 )
 
 # The names other modules import from here (the store was one module before the split).
@@ -126,8 +127,6 @@ class Store:
         """Start a new run in `run_dir` (created if needed). A directory that already holds a
         run is refused, untouched; one that cannot be written (permissions, a read-only file
         system, a full disk) is refused with its reason and left as it was."""
-        from blockqnn import __version__
-
         directory = Path(run_dir)
         path = directory / DB_NAME
         if path.exists():
@@ -141,42 +140,10 @@ class Store:
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise BlockQNNError(f"cannot create run dir {directory}: {exc.strerror}") from None
-        tmp = directory / f".{DB_NAME}.{os.getpid()}.tmp"
-        journal = tmp.with_name(tmp.name + "-journal")
+            raise BlockQNNError(f"cannot create run dir {directory}: {os_reason(exc)}") from None
         try:
-            check_writable(directory)
-            tmp.unlink(missing_ok=True)
-            conn = sqlite3.connect(tmp, isolation_level=None)
-            try:  # build fully in a temporary file, then rename: never half a run
-                conn.executescript(_SCHEMA)
-                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                meta = {
-                    "schema_version": str(SCHEMA_VERSION),
-                    "created": repr(time.time()),
-                    "blockqnn_version": __version__,
-                    "config": json.dumps(config.to_dict(), sort_keys=True),
-                }
-                conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-                _seal_meta(conn)
-            finally:
-                conn.close()
-            try:
-                os.link(tmp, path)  # fails if another process created the run meanwhile
-            except FileExistsError:
-                raise BlockQNNError(f"{directory} already holds a run") from None
-            except OSError as exc:
-                if exc.errno in (28, 30):  # no space, read-only: not a missing hard link
-                    raise
-                os.replace(tmp, path)  # a file system without hard links
-        except (sqlite3.Error, OSError) as exc:
-            raise BlockQNNError(
-                f"cannot create the run's store in {clip(str(directory))}: {write_failure(exc)}"
-            ) from None
+            build(directory, config)
         finally:
-            tmp.unlink(missing_ok=True)
-            journal.unlink(missing_ok=True)
             if made and not path.exists():  # refused: leave no empty run dir behind
                 with contextlib.suppress(OSError):
                     directory.rmdir()
@@ -193,7 +160,7 @@ class Store:
         if not path.is_file():
             what = "does not exist" if not directory.exists() else f"holds no {DB_NAME}"
             raise BlockQNNError(f"run dir {directory} {what}: not a blockqnn run")
-        version = _check(path)  # read-only inspection first: a foreign file is never touched
+        version = check_file(path)  # read-only inspection first: a foreign file is never touched
         lock = None
         if readonly:
             conn, in_memory = reader(path)
@@ -202,26 +169,14 @@ class Store:
                 conn.backup(memory)
                 conn.close()
                 conn = memory
+            if version < SCHEMA_VERSION:
+                try:
+                    migrate(conn, version)
+                except BaseException:
+                    conn.close()
+                    raise
         else:
-            check_writable(directory)
-            if acquire:
-                lock = take_lock(directory)
-            try:
-                conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints
-            except BaseException:
-                if lock is not None:
-                    lock.close()
-                raise
-        if version < SCHEMA_VERSION:
-            try:
-                _migrate(conn, version)
-            except BaseException:
-                conn.close()
-                if lock is not None:
-                    lock.close()
-                raise
+            conn, lock = connect_writer(path, version, acquire)
         conn.execute("PRAGMA foreign_keys = ON")
         store = cls(path, conn, readonly)
         store._lock = lock
@@ -347,7 +302,7 @@ class Store:
                 ),
             )
             assert cur.lastrowid is not None
-            _seal(c, "trials", cur.lastrowid)
+            seal(c, "trials", cur.lastrowid)
             return cur.lastrowid
 
     def add_reused(
@@ -369,21 +324,21 @@ class Store:
                 (block.hash, str(block), QUEUED, json.dumps(info), ask_seq, source.id, now, now),
             )
             assert cur.lastrowid is not None
-            self._copy_result(c, cur.lastrowid, source, now, tell_seq)
+            copy_result(c, cur.lastrowid, source, now, tell_seq)
             if agent_state is not None:
-                self._snapshot(c, agent_state)
+                insert_snapshot(c, agent_state)
             return cur.lastrowid
 
     def start(self, trial_id: int, worker: str = "") -> None:
         """Hand a queued trial (requeued or resumed) to a worker again: attempts + 1."""
         with self._tx() as c:
-            self._transition(c, trial_id, (QUEUED,))
+            transition(c, trial_id, (QUEUED,))
             c.execute(
                 "UPDATE trials SET status = ?, attempts = attempts + 1, started = ?, "
                 "worker = ? WHERE id = ?",
                 (RUNNING, time.time(), worker, trial_id),
             )
-            _seal(c, "trials", trial_id)
+            seal(c, "trials", trial_id)
 
     def finish(
         self,
@@ -401,7 +356,7 @@ class Store:
         now = time.time()
         status = COMPLETE if result.ok else FAILED
         with self._tx() as c:
-            self._transition(c, trial_id, (RUNNING,))
+            transition(c, trial_id, (RUNNING,))
             c.execute(
                 "UPDATE trials SET status = ?, reward = ?, accuracy = ?, flops = ?, "
                 "params = ?, density = ?, result = ?, worker = ?, error = ?, finished = ?, "
@@ -421,32 +376,32 @@ class Store:
                     trial_id,
                 ),
             )
-            _seal(c, "trials", trial_id)
+            seal(c, "trials", trial_id)
             source = select_trial(c, trial_id)
             assert source is not None  # just updated in this transaction
             for dup, dup_seq in duplicates:
-                self._transition(c, dup, (QUEUED,))
-                self._copy_result(c, dup, source, now, dup_seq)
+                transition(c, dup, (QUEUED,))
+                copy_result(c, dup, source, now, dup_seq)
             if agent_state is not None:
-                self._snapshot(c, agent_state)
+                insert_snapshot(c, agent_state)
 
     def requeue(self, trial_id: int, error: str, lost: bool) -> None:
         """A running trial's worker died (`lost`) or the search stopped: queue it again."""
         with self._tx() as c:
-            self._transition(c, trial_id, (RUNNING, INTERRUPTED))
+            transition(c, trial_id, (RUNNING, INTERRUPTED))
             c.execute(
                 "UPDATE trials SET status = ?, lost = lost + ?, error = ? WHERE id = ?",
                 (QUEUED, int(lost), error, trial_id),
             )
-            _seal(c, "trials", trial_id)
+            seal(c, "trials", trial_id)
 
     def interrupt(self, trial_ids: list[int]) -> None:
         """The search is stopping: in-flight trials become `interrupted` (resumable)."""
         with self._tx() as c:
             for trial_id in trial_ids:
-                self._transition(c, trial_id, (RUNNING,))
+                transition(c, trial_id, (RUNNING,))
                 c.execute("UPDATE trials SET status = ? WHERE id = ?", (INTERRUPTED, trial_id))
-                _seal(c, "trials", trial_id)
+                seal(c, "trials", trial_id)
 
     def recover(self) -> list[int]:
         """After a stop or a crash: running and interrupted trials become queued again.
@@ -461,76 +416,41 @@ class Store:
             ]
             for trial_id in ids:
                 c.execute("UPDATE trials SET status = ? WHERE id = ?", (QUEUED, trial_id))
-                _seal(c, "trials", trial_id)
+                seal(c, "trials", trial_id)
         return ids
 
     # ----- internals --------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; a full disk or an unwritable store is a one-line BlockQNNError
+        (the transaction rolled back: nothing stored is lost)."""
         self._writable()
         c = self._conn
-        c.execute("BEGIN IMMEDIATE")
         try:
-            yield c
-            if self._session is not None:
-                c.execute(
-                    "UPDATE sessions SET updated = ? WHERE id = ?", (time.time(), self._session)
-                )
-                _seal(c, "sessions", self._session)
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        c.execute("COMMIT")
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+                if self._session is not None:
+                    c.execute(
+                        "UPDATE sessions SET updated = ? WHERE id = ?",
+                        (time.time(), self._session),
+                    )
+                    seal(c, "sessions", self._session)
+            except BaseException:
+                if c.in_transaction:  # SQLite rolls back itself on a full disk (SQLITE_FULL)
+                    c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+        except sqlite3.Error as exc:
+            problem = store_write_error(exc, self.run_dir)
+            if problem is None:
+                raise
+            raise problem from None
 
     def _writable(self) -> None:
         if self.readonly:
             raise RuntimeError("this store was opened read-only")
-
-    @staticmethod
-    def _transition(c: sqlite3.Connection, trial_id: int, allowed: tuple[str, ...]) -> None:
-        row = c.execute("SELECT status FROM trials WHERE id = ?", (trial_id,)).fetchone()
-        if row is None or row[0] not in allowed:
-            found = "missing" if row is None else row[0]
-            expected = tuple(str(a) for a in allowed)  # the stored strings, not enum reprs
-            raise RuntimeError(f"trial {trial_id} is {found}, expected one of {expected}")
-
-    @staticmethod
-    def _copy_result(
-        c: sqlite3.Connection, trial_id: int, source: TrialRecord, now: float, tell_seq: int
-    ) -> None:
-        c.execute(
-            "UPDATE trials SET status = ?, reward = ?, accuracy = ?, flops = ?, params = ?, "
-            "density = ?, result = ?, reuse_of = ?, error = ?, finished = ?, tell_seq = ? "
-            "WHERE id = ?",
-            (
-                REUSED,
-                source.reward,
-                source.accuracy,
-                source.flops,
-                source.params,
-                source.density,
-                json.dumps(source.result) if source.result is not None else None,
-                source.id,
-                source.error,
-                now,
-                tell_seq,
-                trial_id,
-            ),
-        )
-        _seal(c, "trials", trial_id)
-
-    @staticmethod
-    def _snapshot(c: sqlite3.Connection, state: AgentState) -> None:
-        trial_count = c.execute("SELECT COALESCE(MAX(id), 0) FROM trials").fetchone()[0]
-        cur = c.execute(
-            "INSERT INTO agent_snapshots (seq, trial_count, created, state) VALUES (?,?,?,?)",
-            (state.seq, trial_count, time.time(), json.dumps(state.state)),
-        )
-        assert cur.lastrowid is not None
-        _seal(c, "agent_snapshots", cur.lastrowid)
-        # Only the newest snapshot is needed to resume; the trials hold the history.
-        c.execute("DELETE FROM agent_snapshots WHERE id < ?", (cur.lastrowid,))
 
     # ----- growing a run (extend, warm start; blockqnn.search) ---------------------------
 
@@ -544,34 +464,9 @@ class Store:
         status reused (outside the budget), all in one transaction with the snapshot."""
         now = time.time()
         with self._tx() as c:
-            for block, result, reward, info, tell_seq in rows:
-                source = f"warm start: {info.get('warm_start')} trial {info.get('source_trial')}"
-                cur = c.execute(
-                    "INSERT INTO trials (hash, candidate, status, reward, accuracy, flops, "
-                    "params, density, result, worker, error, info, ask_seq, tell_seq, created, "
-                    "finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
-                    (
-                        block.hash,
-                        str(block),
-                        REUSED,
-                        reward,
-                        result.accuracy,
-                        result.flops,
-                        result.params,
-                        result.density,
-                        json.dumps(result.to_dict()),
-                        source,
-                        result.error,
-                        json.dumps(info),
-                        tell_seq,
-                        now,
-                        now,
-                    ),
-                )
-                assert cur.lastrowid is not None
-                _seal(c, "trials", cur.lastrowid)
+            insert_warm(c, rows, now)
             if agent_state is not None:
-                self._snapshot(c, agent_state)
+                insert_snapshot(c, agent_state)
 
     def schedule_budget(self) -> int:
         """The budget the strategy's schedule was scaled to: the run's first budget, kept
@@ -594,7 +489,7 @@ class Store:
                 (json.dumps(data, sort_keys=True),),
             )
             c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (SCHEDULE_BUDGET, str(first)))
-            _seal_meta(c)
+            seal_meta(c)
 
 
 def is_warm(t: TrialRecord) -> bool:

@@ -17,17 +17,17 @@ from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH
 from blockqnn.settings.config import Config
 from blockqnn.space.nsc.block import Block
 from blockqnn.store.schema import (
-    _CONTENT,
     COMPLETE,
+    CONTENT,
     FAILED,
     META_CHECKSUM,
     STATUSES,
     TRAINED,
     TRIAL_COLUMNS,
-    _decode,
-    _digest,
-    _verified,
     damaged,
+    decode,
+    digest,
+    verified,
 )
 
 
@@ -89,12 +89,12 @@ class AgentState:
 def _row_to_record(row: Sequence[Any]) -> TrialRecord:
     """A trial from its row (content columns then checksum): verified and decoded."""
     trial = f"trial {clip(row[0])}"
-    values = dict(zip(_COLUMNS, _verified("trials", row, trial), strict=True))
+    values = dict(zip(_COLUMNS, verified("trials", row, trial), strict=True))
     if values["result"] is not None:
-        values["result"] = _decode(values["result"], f"{trial}'s result")
+        values["result"] = decode(values["result"], f"{trial}'s result")
         if not isinstance(values["result"], dict):
             raise damaged(f"{trial}'s result is not a JSON object")
-    info = _decode(values["info"], f"{trial}'s info") if values["info"] else {}
+    info = decode(values["info"], f"{trial}'s info") if values["info"] else {}
     if not isinstance(info, dict):
         raise damaged(f"{trial}'s info is not a JSON object")
     values["info"] = info
@@ -116,7 +116,7 @@ def read_meta(c: sqlite3.Connection) -> dict[str, str]:
     rows = c.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
     stored = dict(rows)
     content = [r for r in rows if r[0] != META_CHECKSUM]
-    if stored.get(META_CHECKSUM) != _digest("meta", content):
+    if stored.get(META_CHECKSUM) != digest("meta", content):
         raise damaged("its settings (the meta table) do not match their checksum")
     del stored[META_CHECKSUM]
     return stored
@@ -124,7 +124,7 @@ def read_meta(c: sqlite3.Connection) -> dict[str, str]:
 
 def read_config(c: sqlite3.Connection) -> Config:
     """The resolved config the run was started with."""
-    data = _decode(read_meta(c).get("config"), "the stored config")
+    data = decode(read_meta(c).get("config"), "the stored config")
     if not isinstance(data, dict):
         raise damaged("the stored config is not a JSON object")
     return Config.from_dict(data)
@@ -163,24 +163,24 @@ def count_statuses(c: sqlite3.Connection) -> dict[str, int]:
 
 def latest_snapshot(c: sqlite3.Connection) -> AgentState | None:
     """The newest agent snapshot, or None."""
-    cols = ", ".join(_CONTENT["agent_snapshots"])
+    cols = ", ".join(CONTENT["agent_snapshots"])
     row = c.execute(
         f"SELECT {cols}, checksum FROM agent_snapshots ORDER BY id DESC LIMIT 1"
     ).fetchone()
     if row is None:
         return None
-    _, seq, _, _, state = _verified("agent_snapshots", row, "the agent's snapshot")
-    data = _decode(state, "the agent's snapshot")
+    _, seq, _, _, state = verified("agent_snapshots", row, "the agent's snapshot")
+    data = decode(state, "the agent's snapshot")
     if not isinstance(data, dict) or not isinstance(seq, int):
         raise damaged("the agent's snapshot is not a JSON object")
     return AgentState(data, seq)
 
 
 def select_sessions(c: sqlite3.Connection) -> list[dict[str, Any]]:
-    names = _CONTENT["sessions"]
+    names = CONTENT["sessions"]
     rows = c.execute(f"SELECT {', '.join(names)}, checksum FROM sessions ORDER BY id").fetchall()
     out = []
     for row in rows:
-        values = _verified("sessions", row, f"session {clip(row[0])}")
+        values = verified("sessions", row, f"session {clip(row[0])}")
         out.append(dict(zip(names, values, strict=True)))
     return out

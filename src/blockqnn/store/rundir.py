@@ -62,10 +62,46 @@ def write_failure(exc: BaseException) -> str:
     """A plain reason for what SQLite or the OS said while writing a store."""
     text = str(exc)
     if "disk is full" in text or getattr(exc, "errno", None) == 28:
-        return "no space left on the device"
+        return "disk full (no space left on the device)"
     if "readonly" in text or "read-only" in text or getattr(exc, "errno", None) in (13, 30):
         return "not writable"
     return clip(getattr(exc, "strerror", None) or text)
+
+
+_SQLITE_FULL = 13
+_SQLITE_IOERR = 10
+_SQLITE_CANTOPEN = 14
+_NEARLY_FULL = 1 << 20  # bytes free under which a disk I/O error is taken for a full disk
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def store_write_error(exc: sqlite3.Error, run_dir: Path) -> BlockQNNError | None:
+    """The one-line error for a write to the run's store that failed because the disk is
+    full or the store may not be written; None for anything else (a real fault). SQLite
+    says "disk I/O error" for some writes on a full disk: the free space decides."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    text = clip(str(exc))
+    where = clip(str(run_dir))
+    free = _free_bytes(run_dir)
+    if (
+        code == _SQLITE_FULL
+        or "disk is full" in str(exc)
+        or (code == _SQLITE_IOERR and free is not None and free < _NEARLY_FULL)
+    ):
+        return BlockQNNError(
+            f"the disk holding the run {where} is full ({text}); nothing stored was lost: "
+            f"free some space, then continue with --resume {where}"
+        )
+    if code == _SQLITE_CANTOPEN or "readonly" in str(exc) or "read-only" in str(exc):
+        return BlockQNNError(f"the run's store in {where} cannot be written: permission denied")
+    return None
 
 
 def held(run_dir: Path) -> bool:

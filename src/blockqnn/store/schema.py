@@ -1,9 +1,9 @@
 """The store's schema and its integrity: the tables, the trial statuses, the row checksums,
 the checks at open and the migration of older schemas.
 
-Owns: `SCHEMA_VERSION`, `TrialStatus`, the SQL of a new store (`_SCHEMA`), the checksum
-of a row (`_seal`, `_verified`), the refusal of foreign, newer or damaged files (`_check`)
-and `_migrate`. Must not hold a connection of its own beyond `_check`'s or know the store's
+Owns: `SCHEMA_VERSION`, `TrialStatus`, the SQL of a new store (`SCHEMA_SQL`), the checksum
+of a row (`seal`, `verified`), the refusal of foreign, newer or damaged files (`check_file`)
+and `migrate`. Must not hold a connection of its own beyond `check_file`'s or know the store's
 write rules (which transition is allowed when): `blockqnn.store.db` does.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from blockqnn.errors import BlockQNNError, clip
+from blockqnn.files import os_reason
 from blockqnn.settings.config import AGENT_PRESETS
 from blockqnn.store.rundir import reader
 
@@ -57,7 +58,7 @@ TRIAL_COLUMNS = (
     "created", "started", "finished",
 )  # fmt: skip
 
-_SCHEMA = f"""
+SCHEMA_SQL = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE trials (
     id INTEGER PRIMARY KEY,          -- ask order: trial n is the agent's n-th ask
@@ -75,7 +76,7 @@ CREATE TABLE trials (
     ask_seq INTEGER NOT NULL,        -- the agent's calls, asks and tells, numbered in order
     tell_seq INTEGER,                -- when its reward was told; NULL until then
     created REAL NOT NULL, started REAL, finished REAL,
-    checksum TEXT NOT NULL DEFAULT ''     -- SHA-256 of the columns above (see _digest)
+    checksum TEXT NOT NULL DEFAULT ''     -- SHA-256 of the columns above (see digest)
 );
 CREATE INDEX trials_hash ON trials(hash);
 CREATE INDEX trials_status ON trials(status);
@@ -97,7 +98,7 @@ CREATE TABLE sessions (
 
 # The columns each table's checksum covers, in order (the row id included: a flipped id is a
 # different row). `meta`'s checksum row covers every other row of meta.
-_CONTENT = {
+CONTENT = {
     "trials": TRIAL_COLUMNS,
     "agent_snapshots": ("id", "seq", "trial_count", "created", "state"),
     "sessions": ("id", "pid", "host", "started", "updated", "ended", "outcome"),
@@ -105,7 +106,7 @@ _CONTENT = {
 META_CHECKSUM = "checksum"
 
 
-def _digest(table: str, values: Sequence[Any]) -> str:
+def digest(table: str, values: Sequence[Any]) -> str:
     """SHA-256 of a row's values as SQLite returns them. `repr` is exact and tells the types
     apart (1 from 1.0 from '1'), so any change of a stored value changes the digest."""
     text = repr((table, *values))
@@ -117,15 +118,15 @@ def damaged(what: str) -> BlockQNNError:
     return BlockQNNError(f"the run's store is damaged: {what}")
 
 
-def _verified(table: str, row: Sequence[Any], what: str) -> tuple[Any, ...]:
+def verified(table: str, row: Sequence[Any], what: str) -> tuple[Any, ...]:
     """The row's content (the checksum column, last, removed) if its checksum matches."""
     *content, checksum = row
-    if _digest(table, content) != checksum:
+    if digest(table, content) != checksum:
         raise damaged(f"{what} does not match its checksum")
     return tuple(content)
 
 
-def _decode(text: Any, what: str) -> Any:
+def decode(text: Any, what: str) -> Any:
     """A stored JSON value; anything undecodable means the store is damaged."""
     try:
         return json.loads(text)
@@ -133,19 +134,19 @@ def _decode(text: Any, what: str) -> Any:
         raise damaged(f"{what} is not readable JSON") from None
 
 
-def _seal(c: sqlite3.Connection, table: str, row_id: int) -> None:
+def seal(c: sqlite3.Connection, table: str, row_id: int) -> None:
     """Write the checksum of a row as it now reads back (after SQLite's type affinity: a
     Python int stored in a REAL column reads back as a float)."""
-    cols = ", ".join(_CONTENT[table])
+    cols = ", ".join(CONTENT[table])
     row = c.execute(f"SELECT {cols} FROM {table} WHERE id = ?", (row_id,)).fetchone()
-    c.execute(f"UPDATE {table} SET checksum = ? WHERE id = ?", (_digest(table, row), row_id))
+    c.execute(f"UPDATE {table} SET checksum = ? WHERE id = ?", (digest(table, row), row_id))
 
 
-def _seal_meta(c: sqlite3.Connection) -> None:
+def seal_meta(c: sqlite3.Connection) -> None:
     rows = c.execute(
         "SELECT key, value FROM meta WHERE key != ? ORDER BY key", (META_CHECKSUM,)
     ).fetchall()
-    c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (META_CHECKSUM, _digest("meta", rows)))
+    c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (META_CHECKSUM, digest("meta", rows)))
 
 
 # What every version-1 run was, in the config keys that version 2 added: an NSC search with
@@ -157,7 +158,7 @@ _V1_IMPLIED: dict[str, dict[str, Any]] = {
 }
 
 
-def _migrate(conn: sqlite3.Connection, version: int) -> None:
+def migrate(conn: sqlite3.Connection, version: int) -> None:
     """Bring a store of an older schema to `SCHEMA_VERSION`, in one transaction."""
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -168,13 +169,13 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
             conn.execute("ALTER TABLE trials DROP COLUMN epsilon")
             _migrate_config_v1(conn)
         if version < 3:  # checksums: those of the rows as they are now (nothing to compare)
-            for table in _CONTENT:
+            for table in CONTENT:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN checksum TEXT NOT NULL DEFAULT ''")
                 for (row_id,) in conn.execute(f"SELECT id FROM {table}").fetchall():
-                    _seal(conn, table, row_id)
+                    seal(conn, table, row_id)
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        _seal_meta(conn)
+        seal_meta(conn)
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -199,9 +200,15 @@ def _migrate_config_v1(conn: sqlite3.Connection) -> None:
     )
 
 
-def _check(path: Path) -> int:
+def check_file(path: Path) -> int:
     """Refuse, without writing to it, a file that is not a blockqnn run of a known schema.
-    Returns its schema version."""
+    Returns its schema version. A file this user may not read is "permission denied", not
+    corrupt (SQLite would say "unable to open" or "not a database")."""
+    try:
+        with open(path, "rb") as probe:
+            probe.read(1)
+    except OSError as exc:
+        raise BlockQNNError(f"{path}: cannot read the run's store: {os_reason(exc)}") from None
     try:
         conn, _ = reader(path)
     except sqlite3.DatabaseError as exc:
