@@ -383,7 +383,9 @@ def test_v1_snapshot_is_refused_by_an_agent_with_other_modes() -> None:
     ours = QLearningAgent(space, budget=BUDGET, seed=SEED, q_init_mode="mean")
     with pytest.raises(BlockQNNError, match=r"q_init_mode = 'fixed' differs .* 'mean'"):
         ours.load_state_dict(state)
-    explore = QLearningAgent(space, budget=BUDGET, seed=SEED, on_repeat="explore")
+    explore = QLearningAgent(
+        space, budget=BUDGET, seed=SEED, alpha_mode="fixed", on_repeat="explore"
+    )
     with pytest.raises(BlockQNNError, match="on_repeat = 'allow' differs"):
         explore.load_state_dict(state)
 

@@ -263,39 +263,48 @@ AGENT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# A preset field left unset reads its preset's value (`AgentConfig.__post_init__`), so the
+# preset is resolved however the section is made: `AgentConfig(preset="paper")`, TOML, CLI.
+_FROM_PRESET: Any = None
+
+
 @dataclass(frozen=True)
 class AgentConfig:
-    """The strategies' settings and the NSC space's size. Defaults are the `blockqnn` preset;
-    `preset = "paper"` restores the paper's constants (see AGENT_PRESETS)."""
+    """The strategies' settings and the NSC space's size, every default of the agents in one
+    place: the strategies' constructors read this section (or `AgentConfig()`). Fields listed
+    in AGENT_PRESETS default to the `preset`'s value; keys given beside it override it."""
 
     preset: str = "blockqnn"  # "blockqnn" (ours, measured) or "paper"
     max_depth: int = DEFAULT_MAX_DEPTH  # (choice) layer indices 1..max_depth, last terminal
-    alpha: float = 0.01  # (paper) Q-learning rate; with alpha_mode "visits", its floor
-    gamma: float = 1.0  # (paper) discount
-    q_init: float = 0.5  # (MetaQNN) initial Q value; with q_init_mode "mean", before any reward
-    replay_size: int = 128  # (choice; MetaQNN 100-128) blocks replayed after each iteration
-    # (paper) distinct blocks per replay iteration; 0 = budget / 178 (at least 4, at most 64),
-    # as many iterations as the paper's schedule (measured: no clear gain once alpha_mode is
-    # "visits", so the paper's value stays)
-    iteration_size: int = 64
-    reward_shaping: bool = True  # (paper) every step gets R / T instead of 0 (measured: helps)
-    # (paper) what unvisited pairs read: "fixed" = q_init; "mean" = the mean reward told so
-    # far (measured: no gain, a loss at small budgets with a fixed alpha)
-    q_init_mode: str = "fixed"
-    # (choice; paper "fixed") "visits": each pair learns at max(alpha, 1 / its updates), the
-    # sample mean of its targets until then; with alpha = 0.01 alone a few hundred blocks
-    # leave every Q-value near q_init (measured: the largest gain of all)
-    alpha_mode: str = "visits"
-    # (choice; paper "allow") "explore": a walk that rebuilds a block already told explores
-    # one random step of it instead (up to 20 tries); "allow": propose it again (measured:
-    # 20-60x fewer reused proposals, the same rewards)
-    on_repeat: str = "explore"
+    alpha: float = _FROM_PRESET  # (paper 0.01) Q-learning rate; alpha_mode "visits": its floor
+    gamma: float = _FROM_PRESET  # (paper 1.0) discount
+    # (MetaQNN 0.5) initial Q value; with q_init_mode "mean", before any reward
+    q_init: float = _FROM_PRESET
+    # (choice; MetaQNN 100-128: 128) blocks replayed after each iteration
+    replay_size: int = _FROM_PRESET
+    # (paper 64) distinct blocks per replay iteration; 0 = budget / 178 (at least 4, at most
+    # 64), as many iterations as the paper's schedule
+    iteration_size: int = _FROM_PRESET
+    reward_shaping: bool = _FROM_PRESET  # (paper true) every step gets R / T instead of 0
+    # (paper "fixed") what unvisited pairs read: "fixed" = q_init; "mean" = the mean reward
+    # told so far (measured: no gain, a loss at small budgets with a fixed alpha)
+    q_init_mode: str = _FROM_PRESET
+    # (paper "fixed") "visits": each pair learns at max(alpha, 1 / its updates), the sample
+    # mean of its targets until then; with alpha = 0.01 alone a few hundred blocks leave
+    # every Q-value near q_init (measured: the largest gain of all)
+    alpha_mode: str = _FROM_PRESET
+    # (paper "allow") "explore": a walk that rebuilds a block already told explores one
+    # random step of it instead (up to 20 tries); "allow": propose it again
+    on_repeat: str = _FROM_PRESET
     population_size: int = 20  # (choice) regularized evolution: candidates alive at once
     sample_size: int = 5  # (choice) regularized evolution: tournament size
 
     def __post_init__(self) -> None:
-        _validate("agent", self)
         _choice(self, "preset", tuple(AGENT_PRESETS))
+        for key, value in AGENT_PRESETS[self.preset].items():
+            if getattr(self, key) is _FROM_PRESET:
+                object.__setattr__(self, key, value)
+        _validate("agent", self)
         _choice(self, "q_init_mode", ("fixed", "mean"))
         _choice(self, "alpha_mode", ("fixed", "visits"))
         _choice(self, "on_repeat", ("allow", "explore"))

@@ -26,9 +26,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import fields, replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from blockqnn.errors import BlockQNNError
+from blockqnn.settings.config import AgentConfig
 from blockqnn.space.base import Space
 
 PAPER_BUDGET = 11_392  # (paper) 178 iterations x 64 blocks
@@ -113,6 +115,18 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise BlockQNNError(f"{name} = {value!r}: must be an integer >= {minimum}")
     return value
+
+
+def agent_settings(config: AgentConfig | None, overrides: dict[str, Any]) -> AgentConfig:
+    """The `[agent]` section a strategy is built with: `config` (default `AgentConfig()`,
+    what the CLI and TOML give) with `overrides` applied and checked by it."""
+    base = AgentConfig() if config is None else config
+    if not overrides:
+        return base
+    unknown = sorted(set(overrides) - {f.name for f in fields(AgentConfig)})
+    if unknown:
+        raise BlockQNNError(f"{unknown[0]}: not an agent setting")
+    return replace(base, **overrides)
 
 
 def check_schedule(schedule: Any) -> tuple[tuple[float, int], ...]:

@@ -29,24 +29,21 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from blockqnn.errors import BlockQNNError
+from blockqnn.settings.config import AgentConfig
 from blockqnn.space.base import Action, Path, Space, State, parse_path_rows, path_text
 from blockqnn.strategy.base import (
     DEFAULT_SCHEDULE,
     PAPER_BUDGET,
     BaseAgent,
-    check_int,
+    agent_settings,
     check_reward,
     check_schedule,
     replay_iteration,
     scale_schedule,
 )
-
-if TYPE_CHECKING:
-    from blockqnn.settings.config import AgentConfig
-
 
 REPEAT_TRIES = 20  # on_repeat "explore": walks tried before a repeated block is proposed
 
@@ -77,43 +74,29 @@ class QLearningAgent(BaseAgent):
         self,
         space: Space | None = None,
         budget: int = PAPER_BUDGET,
-        alpha: float = 0.01,
-        gamma: float = 1.0,
-        q_init: float = 0.5,
-        replay_size: int = 128,
-        iteration_size: int = 64,
-        reward_shaping: bool = True,
-        schedule: Sequence[tuple[float, int]] = DEFAULT_SCHEDULE,
         seed: int = 0,
-        q_init_mode: str = "fixed",
-        alpha_mode: str = "fixed",
-        on_repeat: str = "allow",
+        config: AgentConfig | None = None,
+        schedule: Sequence[tuple[float, int]] = DEFAULT_SCHEDULE,
+        **overrides: Any,
     ) -> None:
+        """`config` (default `AgentConfig()`, the CLI's agent) gives every constant;
+        `overrides` are `AgentConfig` fields that replace its values (checked by it)."""
+        settings = agent_settings(config, overrides)
         if space is None:
             from blockqnn.space.nsc.space import NSCSpace
 
-            space = NSCSpace()
+            space = NSCSpace(settings.max_depth)
         super().__init__(space, budget, seed)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
-            raise BlockQNNError(f"alpha = {alpha!r}: must be in (0, 1]")
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma <= 1:
-            raise BlockQNNError(f"gamma = {gamma!r}: must be in [0, 1]")
-        if (
-            isinstance(q_init, bool)
-            or not isinstance(q_init, (int, float))
-            or not math.isfinite(q_init)
-        ):
-            raise BlockQNNError(f"q_init = {q_init!r}: must be a finite number")
-        self.alpha = float(alpha)
-        self.gamma = float(gamma)
-        self.q_init = float(q_init)
-        self.replay_size = check_int("replay_size", replay_size, 0)
-        self.iteration_size = check_int("iteration_size", iteration_size, 0)
-        self._iteration = replay_iteration(iteration_size, self.budget)
-        self.reward_shaping = bool(reward_shaping)
-        self.q_init_mode = _check_mode("q_init_mode", q_init_mode, ("fixed", "mean"))
-        self.alpha_mode = _check_mode("alpha_mode", alpha_mode, ("fixed", "visits"))
-        self.on_repeat = _check_mode("on_repeat", on_repeat, ("allow", "explore"))
+        self.alpha = float(settings.alpha)
+        self.gamma = float(settings.gamma)
+        self.q_init = float(settings.q_init)
+        self.replay_size = settings.replay_size
+        self.iteration_size = settings.iteration_size
+        self._iteration = replay_iteration(self.iteration_size, self.budget)
+        self.reward_shaping = bool(settings.reward_shaping)
+        self.q_init_mode = settings.q_init_mode
+        self.alpha_mode = settings.alpha_mode
+        self.on_repeat = settings.on_repeat
         self.schedule = check_schedule(schedule)
         stages = scale_schedule(self.schedule, self.budget)
         self._epsilons = [eps for eps, _ in stages]
@@ -310,20 +293,7 @@ class QLearningAgent(BaseAgent):
         cls, space: Space, budget: int, seed: int, config: AgentConfig
     ) -> QLearningAgent:
         """An agent with the `[agent]` section's settings (the paper's schedule)."""
-        return cls(
-            space,
-            budget=budget,
-            alpha=config.alpha,
-            gamma=config.gamma,
-            q_init=config.q_init,
-            replay_size=config.replay_size,
-            iteration_size=config.iteration_size,
-            reward_shaping=config.reward_shaping,
-            seed=seed,
-            q_init_mode=config.q_init_mode,
-            alpha_mode=config.alpha_mode,
-            on_repeat=config.on_repeat,
-        )
+        return cls(space, budget=budget, seed=seed, config=config)
 
     def state_dict(self) -> dict[str, Any]:
         out = self._base_state()
@@ -409,12 +379,6 @@ class QLearningAgent(BaseAgent):
             paths.append(path)
             rewards.append(reward)
         return paths, rewards, [path_text(p) for p in paths], where
-
-
-def _check_mode(name: str, value: Any, options: tuple[str, ...]) -> str:
-    if value not in options:
-        raise BlockQNNError(f"{name} = {value!r}: choose one of {', '.join(options)}")
-    return str(value)
 
 
 def make_strategy(space: Space, budget: int, seed: int, config: AgentConfig) -> QLearningAgent:
