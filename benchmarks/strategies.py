@@ -120,7 +120,8 @@ class _Problem:
         )
         self.optimum: float | None = None
         if space_name == "nb201":
-            from blockqnn.space.nb201 import NB201Space, load_table
+            from blockqnn.space.nb201 import NB201Space
+            from blockqnn.space.nb201_table import load_table
 
             self.space: Any = NB201Space()
             self._table = load_table(table)

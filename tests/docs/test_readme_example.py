@@ -99,7 +99,7 @@ def test_the_example_strategy_searches_and_is_restored(
 
 
 def test_the_example_strategy_resumes_exactly(example: dict[str, Any], tmp_path: Path) -> None:
-    from blockqnn.space.nb201 import load_table
+    from blockqnn.space.nb201_table import load_table
 
     table = load_table(tmp_path / TABLE_NAME)
     make = example["make_local"]

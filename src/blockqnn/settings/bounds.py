@@ -117,6 +117,7 @@ SETTINGS: dict[str, Range] = {
     "data.train_samples": integers(0, 1_000_000_000),
     "data.val_size": Range(0.0, 1e9),
     "data.seed": SEED,
+    "data.fidelity": integers(12, 200),  # and one of choices.FIDELITIES
     "network.num_classes": integers(1, 100_000),
     "network.filters": integers(1, MAX_FILTERS),
     "network.blocks_per_stage": integers(1, MAX_BLOCKS_PER_STAGE),

@@ -14,6 +14,8 @@ TEMPLATES = ("cifar", "imagenet")  # how blocks are stacked: CIFAR stages or an 
 HEADS = ("paper", "gap")  # the network's classifier: the paper's FC head or global pooling
 FINAL_SCHEDULES = ("multistep", "cosine")  # the final training's lr schedules
 TTA_MODES = ("auto", "flip", "none")  # test-time augmentation of the final test accuracy
+# nb201: training epochs whose table accuracy rewards a cell (12: the proxy, 200: the final)
+FIDELITIES = (12, 200)
 
 
 def either(choices: tuple[str, ...]) -> str:

@@ -38,7 +38,14 @@ from blockqnn.settings.bounds import (
     check_settings,
     check_text,
 )
-from blockqnn.settings.choices import AUGMENTS, COMPILE_MODES, HEADS, PRECISIONS, TEMPLATES
+from blockqnn.settings.choices import (
+    AUGMENTS,
+    COMPILE_MODES,
+    FIDELITIES,
+    HEADS,
+    PRECISIONS,
+    TEMPLATES,
+)
 from blockqnn.settings.registry import EXECUTORS, REWARDS, SPACES, STRATEGIES, Registry
 from blockqnn.settings.threads import parse as parse_threads
 
@@ -229,7 +236,12 @@ class DataConfig:
     # digits | cifar10 | cifar100 | a folder | a .npz file; for the nb201 space the table's
     # column: cifar10 | cifar100 | imagenet16-120
     dataset: str = "digits"
-    table: str = ""  # nb201 space: the accuracy table (CSV or .csv.gz)
+    # nb201 space: the accuracy table (CSV or .csv.gz; several files joined by os.pathsep,
+    # e.g. the 200- and 12-epoch tables, are joined on their cells)
+    table: str = ""
+    # nb201 space: the table accuracy after this many epochs is the reward (12: BlockQNN's
+    # early-stop proxy; 200: the final training); the 200-epoch one is recorded beside it
+    fidelity: int = 200
     data_dir: str = ""  # where cifar archives are, or are downloaded to; "" = the cache
     cache_dir: str = ""  # decoded-array cache; "" = $BLOCKQNN_CACHE, else ~/.cache/blockqnn
     train_samples: int = 0  # class-balanced subset of the training split; 0 = all
@@ -240,6 +252,10 @@ class DataConfig:
         if not self.dataset:
             raise BlockQNNError("data.dataset: empty; name a dataset")
         _validate("data", self)
+        if self.fidelity not in FIDELITIES:
+            raise BlockQNNError(
+                f"data.fidelity = {self.fidelity}: choose one of {', '.join(map(str, FIDELITIES))}"
+            )
 
 
 # [agent] presets: `paper` keeps every constant of BlockQNN (and MetaQNN where it is silent)
