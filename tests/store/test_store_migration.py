@@ -25,7 +25,7 @@ from blockqnn.cli import main
 from blockqnn.errors import BlockQNNError
 from blockqnn.evaluate.result import EvalResult
 from blockqnn.evaluate.synthetic import SyntheticEvaluator
-from blockqnn.settings.config import AgentConfig, Config
+from blockqnn.settings.config import LEVERS_OFF, AgentConfig, Config
 from blockqnn.space.nsc.space import NSCSpace
 from blockqnn.store.db import APPLICATION_ID, DB_NAME, LOCK_NAME, SCHEMA_VERSION, Store
 from blockqnn.strategy.qlearning import QLearningAgent
@@ -50,6 +50,7 @@ V2_CONFIG_KEYS = {
         "on_repeat",
         "population_size",
         "sample_size",
+        *LEVERS_OFF,  # added later still: a version-1 config lacks them too
     ),
 }
 # The version-1 agent section's values: the paper's constants (that release's defaults).
@@ -117,7 +118,7 @@ def v1_snapshot(agent: QLearningAgent) -> dict[str, Any]:
     state = agent.state_dict()
     assert all(row[3] == 0 for row in state["q"])  # fixed alpha counts nothing: no loss
     state["q"] = [row[:3] for row in state["q"]]
-    for key in ("space", "q_init_mode", "alpha_mode", "on_repeat"):
+    for key in ("space", "q_init_mode", "alpha_mode", "on_repeat", *LEVERS_OFF):
         del state["settings"][key]
     assert set(state["settings"]) == V1_SNAPSHOT_SETTINGS
     return state

@@ -47,3 +47,15 @@ def test_the_library_agent_proposes_what_the_cli_search_proposes(
             assert trial.reward is not None
             agent.tell(agent.space.parse(trial.candidate), trial.reward)
     assert len(trials) >= budget and agent.epsilon < 1.0  # past the random phase
+
+
+def test_a_saved_config_without_the_levers_reads_them_off() -> None:
+    from blockqnn.settings.config import LEVERS_OFF, Config
+
+    saved = Config().to_dict()
+    for key in LEVERS_OFF:  # as a run of the release before the levers saved it
+        del saved["agent"][key]
+    agent = Config.from_saved(saved).agent
+    assert agent.preset == "blockqnn"
+    assert {k: getattr(agent, k) for k in LEVERS_OFF} == LEVERS_OFF
+    assert Config.from_saved(Config().to_dict()).agent == AgentConfig()

@@ -112,6 +112,8 @@ SETTINGS: dict[str, Range] = {
     "agent.q_init": Range(-1e6, 1e6),
     "agent.replay_size": integers(0, 1_000_000),
     "agent.iteration_size": integers(0, 1_000_000),
+    "agent.explore_share": FRACTION,
+    "agent.ucb": Range(0.0, 1e6),
     "agent.population_size": integers(1, 1_000_000),
     "agent.sample_size": integers(1, 1_000_000),
     "data.train_samples": integers(0, 1_000_000_000),

@@ -272,6 +272,15 @@ _PAPER_AGENT: dict[str, Any] = {
     "alpha_mode": "fixed",
     "on_repeat": "allow",
 }
+# Levers added after runs were stored (`[agent]` keys a stored config may lack): off, as the
+# releases before them behaved; the paper has none of them.
+LEVERS_OFF: dict[str, Any] = {
+    "explore_share": 0.0,
+    "ucb": 0.0,
+    "state": "last",
+    "replay": "uniform",
+}
+_PAPER_AGENT.update(LEVERS_OFF)
 AGENT_PRESETS: dict[str, dict[str, Any]] = {
     "paper": _PAPER_AGENT,
     # the paper and two departures, each measured (see the fields' comments)
@@ -312,6 +321,15 @@ class AgentConfig:
     # (paper "allow") "explore": a walk that rebuilds a block already told explores one
     # random step of it instead (up to 20 tries); "allow": propose it again
     on_repeat: str = _FROM_PRESET
+    # (choice; paper 0 = the schedule's own 95/178) the share of the budget at epsilon 1,
+    # then the paper's decay stages over the rest
+    explore_share: float = _FROM_PRESET
+    # (choice; paper 0) count bonus on greedy steps: Q + ucb sqrt(ln(1 + N(s)) / (1 + n(s, a)))
+    ucb: float = _FROM_PRESET
+    # (choice; paper "last") the Q-table's state: "last" step, or the whole "prefix" so far
+    state: str = _FROM_PRESET
+    # (choice; paper "uniform") replay draws: "uniform", or "ranked" (the i-th best: 1 / i)
+    replay: str = _FROM_PRESET
     population_size: int = 20  # (choice) regularized evolution: candidates alive at once
     sample_size: int = 5  # (choice) regularized evolution: tournament size
 
@@ -324,6 +342,8 @@ class AgentConfig:
         _choice(self, "q_init_mode", ("fixed", "mean"))
         _choice(self, "alpha_mode", ("fixed", "visits"))
         _choice(self, "on_repeat", ("allow", "explore"))
+        _choice(self, "state", ("last", "prefix"))
+        _choice(self, "replay", ("uniform", "ranked"))
         if self.sample_size > self.population_size:
             raise BlockQNNError(
                 f"agent.sample_size = {self.sample_size}: must not exceed population_size "
@@ -408,6 +428,16 @@ class Config:
     def from_dict(cls, data: dict[str, Any]) -> Config:
         """Build and validate from nested dicts; unknown sections or keys are refused."""
         return merge(cls(), data)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> Config:
+        """A config a run saved: `[agent]` levers that its release predates (absent from a
+        saved section, which holds every key of its time) read as off, as that run had
+        them, not as today's preset sets them."""
+        agent = data.get("agent")
+        if isinstance(agent, dict) and agent:
+            data = {**data, "agent": {**LEVERS_OFF, **agent}}
+        return cls.from_dict(data)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Config:

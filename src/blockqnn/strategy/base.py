@@ -96,6 +96,21 @@ def scale_schedule(schedule: Sequence[tuple[float, int]], budget: int) -> list[t
     return stages
 
 
+def explore_stages(
+    schedule: Sequence[tuple[float, int]], budget: int, share: float
+) -> list[tuple[float, int]]:
+    """The schedule's stages for `budget` blocks: scaled as they are (`share` 0), or the
+    first `share` of the budget at epsilon 1 and the schedule's stages below epsilon 1
+    scaled to the rest (the paper's decay, started earlier at small budgets)."""
+    if share <= 0:
+        return scale_schedule(schedule, budget)
+    explore = min(budget, round(budget * share))
+    decay = [(eps, n) for eps, n in schedule if eps < 1.0]
+    if explore == budget or not decay or sum(n for _, n in decay) <= 0:
+        return [(1.0, budget)]
+    return [(1.0, explore), *scale_schedule(decay, budget - explore)]
+
+
 def replay_iteration(iteration_size: int, budget: int) -> int:
     """Distinct blocks per replay iteration: `iteration_size`, or with 0 the budget split
     into as many iterations as the paper's schedule has (178), at least 4 and at most 64."""
