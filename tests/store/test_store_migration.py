@@ -100,6 +100,7 @@ def paper_agent() -> QLearningAgent:
         NSCSpace(MAX_DEPTH),
         budget=BUDGET,
         seed=SEED,
+        config=AgentConfig(preset="paper"),
         alpha=0.01,
         gamma=1.0,
         q_init=0.5,
@@ -381,12 +382,11 @@ def test_v1_snapshot_resumes_a_paper_agent_exactly() -> None:
 def test_v1_snapshot_is_refused_by_an_agent_with_other_modes() -> None:
     state = v1_snapshot(paper_agent())
     space = NSCSpace(MAX_DEPTH)
-    ours = QLearningAgent(space, budget=BUDGET, seed=SEED, q_init_mode="mean")
+    paper = AgentConfig(preset="paper")
+    ours = QLearningAgent(space, budget=BUDGET, seed=SEED, config=paper, q_init_mode="mean")
     with pytest.raises(BlockQNNError, match=r"q_init_mode = 'fixed' differs .* 'mean'"):
         ours.load_state_dict(state)
-    explore = QLearningAgent(
-        space, budget=BUDGET, seed=SEED, alpha_mode="fixed", on_repeat="explore"
-    )
+    explore = QLearningAgent(space, budget=BUDGET, seed=SEED, config=paper, on_repeat="explore")
     with pytest.raises(BlockQNNError, match="on_repeat = 'allow' differs"):
         explore.load_state_dict(state)
 

@@ -123,7 +123,7 @@ def test_schedule_scaling() -> None:
 
 
 def test_epsilon_advances_with_distinct_blocks_told_and_stays_after_the_budget() -> None:
-    agent = QLearningAgent(budget=4, schedule=[(1.0, 1), (0.5, 1)], replay_size=0)
+    agent = QLearningAgent(budget=4, schedule=[(1.0, 1), (0.5, 1)], replay_size=0, config=PAPER)
     blocks = [Block.parse(f"1,1,{k},0,0") for k in (1, 3, 5)] + [Block.parse("1,2,3,0,0")]
     seen = []
     for block in [blocks[0], blocks[0], blocks[1], blocks[2], blocks[3], blocks[3]]:
@@ -138,7 +138,7 @@ def test_epsilon_advances_with_distinct_blocks_told_and_stays_after_the_budget()
 
 
 def test_isomorphic_relabeling_is_the_same_block_for_the_clock() -> None:
-    agent = QLearningAgent(budget=4, schedule=[(1.0, 1), (0.5, 1)], replay_size=0)
+    agent = QLearningAgent(budget=4, schedule=[(1.0, 1), (0.5, 1)], replay_size=0, config=PAPER)
     agent.tell(Block.parse("1,1,3,0,0; 2,1,5,0,0; 3,5,0,1,2"), 0.5)
     agent.tell(Block.parse("1,1,5,0,0; 2,1,3,0,0; 3,5,0,2,1"), 0.5)  # same graph
     assert agent.epsilon == 1.0

@@ -279,12 +279,19 @@ LEVERS_OFF: dict[str, Any] = {
     "ucb": 0.0,
     "state": "last",
     "replay": "uniform",
+    "explore_per": "step",
 }
 _PAPER_AGENT.update(LEVERS_OFF)
 AGENT_PRESETS: dict[str, dict[str, Any]] = {
     "paper": _PAPER_AGENT,
-    # the paper and two departures, each measured (see the fields' comments)
-    "blockqnn": {**_PAPER_AGENT, "alpha_mode": "visits", "on_repeat": "explore"},
+    # the paper and four departures, measured (docs/benchmarks.md, "Q-learning's levers")
+    "blockqnn": {
+        **_PAPER_AGENT,
+        "alpha_mode": "max",
+        "on_repeat": "explore",
+        "explore_share": 0.2,
+        "replay": "ranked",
+    },
 }
 
 
@@ -316,7 +323,8 @@ class AgentConfig:
     q_init_mode: str = _FROM_PRESET
     # (paper "fixed") "visits": each pair learns at max(alpha, 1 / its updates), the sample
     # mean of its targets until then; with alpha = 0.01 alone a few hundred blocks leave
-    # every Q-value near q_init (measured: the largest gain of all)
+    # every Q-value near q_init (measured: the largest gain of all); "max": a pair's first
+    # target, then the best target so far (the greedy walk rebuilds the best block found)
     alpha_mode: str = _FROM_PRESET
     # (paper "allow") "explore": a walk that rebuilds a block already told explores one
     # random step of it instead (up to 20 tries); "allow": propose it again
@@ -330,6 +338,9 @@ class AgentConfig:
     state: str = _FROM_PRESET
     # (choice; paper "uniform") replay draws: "uniform", or "ranked" (the i-th best: 1 / i)
     replay: str = _FROM_PRESET
+    # (choice; paper "step") epsilon is each "step"'s chance to be random, or a "block"'s
+    # chance to be the greedy walk with one random step (a mutation of it)
+    explore_per: str = _FROM_PRESET
     population_size: int = 20  # (choice) regularized evolution: candidates alive at once
     sample_size: int = 5  # (choice) regularized evolution: tournament size
 
@@ -340,10 +351,11 @@ class AgentConfig:
                 object.__setattr__(self, key, value)
         _validate("agent", self)
         _choice(self, "q_init_mode", ("fixed", "mean"))
-        _choice(self, "alpha_mode", ("fixed", "visits"))
+        _choice(self, "alpha_mode", ("fixed", "visits", "max"))
         _choice(self, "on_repeat", ("allow", "explore"))
         _choice(self, "state", ("last", "prefix"))
         _choice(self, "replay", ("uniform", "ranked"))
+        _choice(self, "explore_per", ("step", "block"))
         if self.sample_size > self.population_size:
             raise BlockQNNError(
                 f"agent.sample_size = {self.sample_size}: must not exceed population_size "

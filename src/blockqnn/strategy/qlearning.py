@@ -27,7 +27,9 @@ Levers beyond the paper (`AgentConfig`; the `paper` preset turns every one off):
 `explore_share` (the share of the budget at epsilon 1, then the paper's decay stages),
 `ucb` (a count bonus c sqrt(ln(1 + N(s)) / (1 + n(s, a))) on greedy steps, n counting
 distinct blocks told through the pair), `state` ("prefix": the Q-table's state is the whole
-path so far, not its last step) and `replay` ("ranked": draws favour the best blocks,
+path so far, not its last step), `explore_per` ("block": epsilon is the chance that a
+block explores, by one random step of the greedy walk, not each step's chance) and `replay`
+("ranked": draws favour the best blocks,
 P(i) ~ 1 / rank, as rank-based prioritized replay).
 """
 
@@ -115,6 +117,7 @@ class QLearningAgent(BaseAgent):
         self.ucb = float(settings.ucb)
         self.state = settings.state
         self.replay = settings.replay
+        self.explore_per = settings.explore_per
         self._prefix = self.state == "prefix"
         self.schedule = check_schedule(schedule)
         stages = self.stages()
@@ -164,9 +167,18 @@ class QLearningAgent(BaseAgent):
 
     def ask(self) -> Any:
         epsilon = self.epsilon
-        path = self._walk(epsilon, -1)
+        if self.explore_per == "block" and epsilon < 1.0:
+            # epsilon is the chance that a block explores, by one random step of the greedy
+            # walk (a mutation of it), rather than each step's chance
+            explores = self._rng.random() < epsilon
+            path = self._walk(0.0, -1)
+            if explores:
+                path = self._walk(0.0, self._rng.randrange(len(path)))
+            epsilon = 0.0
+        else:
+            path = self._walk(epsilon, -1)
         candidate = self.space.to_candidate(path)
-        if self.on_repeat == "explore" and epsilon < 1.0:
+        if self.on_repeat == "explore" and self.epsilon < 1.0:
             # A greedy walk that rebuilds a block already told teaches nothing new (its
             # stored reward is told again); explore one step of it instead, at a random
             # position, and follow the policy from there.
@@ -269,6 +281,7 @@ class QLearningAgent(BaseAgent):
         """One Q-learning pass over `path`, from the terminal back to the first layer."""
         alpha, gamma, q_init = self.alpha, self.gamma, self._default()
         visits = self.alpha_mode == "visits"
+        best = self.alpha_mode == "max"
         steps = len(path)
         shaped = reward / steps if self.reward_shaping else 0.0
         target_next = 0.0  # after the terminal nothing follows
@@ -287,7 +300,12 @@ class QLearningAgent(BaseAgent):
                 counts = self._n.setdefault(key, {})
                 n = counts[action] = counts.get(action, 0) + 1
                 rate = max(alpha, 1.0 / n)
-            row[action] = (1 - rate) * row.get(action, q_init) + rate * (r + gamma * target_next)
+            target = r + gamma * target_next
+            old = row.get(action)
+            if best and old is not None:  # the best target so far (deterministic rewards)
+                row[action] = max(old, target)
+            else:
+                row[action] = (1 - rate) * (q_init if old is None else old) + rate * target
             if t > 0:
                 target_next = self._max_q(key, state, q_init)
 
@@ -354,6 +372,7 @@ class QLearningAgent(BaseAgent):
             "ucb": self.ucb,
             "state": self.state,
             "replay": self.replay,
+            "explore_per": self.explore_per,
         }
 
     @classmethod
