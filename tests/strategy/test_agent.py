@@ -148,7 +148,7 @@ def test_isomorphic_relabeling_is_the_same_block_for_the_clock() -> None:
 
 def test_replay_after_each_iteration() -> None:
     def make(replay: int) -> QLearningAgent:
-        return QLearningAgent(iteration_size=2, replay_size=replay, seed=1)
+        return QLearningAgent(iteration_size=2, replay_size=replay, seed=1, config=PAPER)
 
     with_replay, without = make(3), make(0)
     blocks = [ONE_CONV, Block.parse("1,2,3,0,0; 2,1,1,1,0")]

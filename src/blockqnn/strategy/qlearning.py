@@ -302,8 +302,8 @@ class QLearningAgent(BaseAgent):
                 rate = max(alpha, 1.0 / n)
             target = r + gamma * target_next
             old = row.get(action)
-            if best and old is not None:  # the best target so far (deterministic rewards)
-                row[action] = max(old, target)
+            if best:  # the first target, then the best so far (the greedy walk: the best block)
+                row[action] = target if old is None else max(old, target)
             else:
                 row[action] = (1 - rate) * (q_init if old is None else old) + rate * target
             if t > 0:
