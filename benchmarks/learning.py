@@ -13,8 +13,11 @@ final recipe and tests it. Tasks:
 Per seed and strategy: the mean reward over the positions of Q-learning's epsilon stages
 (the same positions for every strategy), the last-quarter mean, the best reward, and the
 pick's test accuracy after `--final-epochs` of the final recipe (cosine schedule). Searches
-run one at a time, in process, with every thread of the machine (`[train] threads = "auto"`):
-see docs/benchmarks.md on why one-thread worker processes were slower.
+run one at a time, in process, with `--threads` (default `auto`, load-aware). The earlier
+version ran two searches at once, each after `torch.set_num_threads(1)`; but the search's
+in-process executor applies `[train] threads` (`auto`) when it starts, so both searches,
+started together on idle cores, took 2 threads each: 4 threads on 2 cores, stalling at every
+operation (docs/benchmarks.md, threads). Set threads through the config, never torch.
 
     python benchmarks/learning.py --seeds 5 --budget 64 --epochs 4 --final-epochs 30
     python benchmarks/learning.py --seeds 1 --budget 6 --epochs 1 --train-samples 1000 \\
@@ -59,7 +62,8 @@ def make_config(args: argparse.Namespace, agent: str, seed: int) -> Any:
     from blockqnn.settings.config import Config, merge
 
     search = {"agent": agent, "budget": args.budget, "seed": seed, "cache": "off"}
-    overrides: dict[str, Any] = {"search": search}
+    # [train] threads, not torch.set_num_threads: the search applies its setting when it starts
+    overrides: dict[str, Any] = {"search": search, "train": {"threads": args.threads}}
     if args.preset and agent == "qlearning":
         overrides["agent"] = {"preset": args.preset}
     if args.task == "digits":
@@ -71,7 +75,12 @@ def make_config(args: argparse.Namespace, agent: str, seed: int) -> Any:
             "val_size": float(args.val_size),
         },
         network={"filters": 8, "blocks_per_stage": 1},
-        train={"epochs": args.epochs, "batch_size": 128, "lr_step_epochs": max(args.epochs, 1)},
+        train={
+            "epochs": args.epochs,
+            "batch_size": 128,
+            "lr_step_epochs": max(args.epochs, 1),
+            "threads": args.threads,
+        },
     )
     return merge(Config(), overrides)
 
@@ -146,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-size", type=int, default=2_000, help="cifar10")
     parser.add_argument("--final-epochs", type=int, default=30, help="the pick's training")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--threads", default="auto", help="[train] threads of every search")
     parser.add_argument("--preset", default="", help="[agent] preset of the Q-learning runs")
     parser.add_argument("--keep", default="", help="keep the runs in this directory")
     parser.add_argument("--json", action="store_true")
