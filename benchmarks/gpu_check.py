@@ -61,8 +61,8 @@ SRC = ROOT / "src"
 # The trainer benchmark's block: a representative 6-layer multi-branch block.
 BENCH_BLOCK = "1,1,3,0,0; 2,1,5,0,0; 3,5,0,1,2; 4,2,3,0,0; 5,6,0,3,4; 6,1,1,5,0; 7,7,0,0,0"
 
-# Sizes per profile. "gpu": the real check (targets in the module docstring of issue 11's
-# README section); "cpu": a dry run, tiny everywhere, that only shows every step works.
+# Sizes per profile. "gpu": the real check (targets in docs/benchmarks.md, "GPU figures");
+# "cpu": a dry run, tiny everywhere, that only shows every step works.
 SIZES: dict[str, dict[str, Any]] = {
     "gpu": {
         "trainer": ["--repeats", "3"],  # 200 timed steps per repeat (the benchmark's default)

@@ -1,7 +1,7 @@
 """List the functions over 60 lines and the modules over 500 lines under src/, and whether
 each gives its reason: a function's docstring saying "Long on purpose", a module's saying
-"Length (". Exit status 1 when one does not (the code-health rule of the Development
-section of the README).
+"Length (". Exit status 1 when one does not (the code-health rule of
+docs/development.md).
 
     python tools/long_code.py [ROOT]        # ROOT defaults to src
 """

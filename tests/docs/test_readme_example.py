@@ -1,6 +1,7 @@
-"""The README's "Extending blockqnn" section runs as written: its example strategy registers,
-searches the NAS-Bench-201 space with `run_search`, resumes exactly from its snapshot, and
-the strategies benchmark accepts its name. So the README's code cannot silently rot."""
+"""The "Extending blockqnn" section of docs/extending.md runs as written: its example
+strategy registers, searches the NAS-Bench-201 space with `run_search`, resumes exactly from
+its snapshot, and the strategies benchmark accepts its name. So the documented code cannot
+silently rot."""
 
 from __future__ import annotations
 
@@ -22,15 +23,21 @@ from blockqnn.space.nb201 import NB201Space
 from blockqnn.store.db import Store
 from blockqnn.strategy.base import Strategy
 
-ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+
+def _repository_root() -> Path:
+    """The folder above this file that holds pyproject.toml, wherever the tests are nested."""
+    return next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+
+
+ROOT = _repository_root()
+DOC = ROOT / "docs" / "extending.md"
 SECTION = "## Extending blockqnn"
-TABLE_NAME = "nats-tss-200epoch-accuracy.csv.gz"  # the file name the README's example reads
+TABLE_NAME = "nats-tss-200epoch-accuracy.csv.gz"  # the file name the example reads
 
 
 def section_blocks(language: str) -> list[str]:
-    """The fenced `language` code blocks of the README's section, in order."""
-    text = README.read_text()
+    """The fenced `language` code blocks of the page's section, in order."""
+    text = DOC.read_text()
     start = text.index(f"\n{SECTION}\n")
     end = text.find("\n## ", start + 1)
     section = text[start : end if end != -1 else len(text)]
@@ -39,14 +46,14 @@ def section_blocks(language: str) -> list[str]:
 
 @pytest.fixture
 def example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    """The README's first python block executed (it registers `local`), in a working
+    """The section's first python block executed (it registers `local`), in a working
     directory that holds the table file its second block names."""
     write_nb201_table(tmp_path / TABLE_NAME)
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, Any] = {"__name__": "readme_example"}
     code = section_blocks("python")[0]
     try:
-        exec(compile(code, f"{README}:{SECTION}", "exec"), namespace)
+        exec(compile(code, f"{DOC}:{SECTION}", "exec"), namespace)
         yield namespace
     finally:
         STRATEGIES.unregister("local")
@@ -66,14 +73,14 @@ def test_the_section_has_its_blocks() -> None:
     assert toml and '[project.entry-points."blockqnn.strategies"]' in toml[0]
     assert any("benchmarks/strategies.py" in b for b in section_blocks("bash"))
     # the section sits where it was put: right before the Ray section
-    assert re.search(rf"{SECTION}\n.*?\n## Running on a Ray cluster\n", README.read_text(), re.S)
+    assert re.search(rf"{SECTION}\n.*?\n## Running on a Ray cluster\n", DOC.read_text(), re.S)
 
 
 def test_the_example_strategy_searches_and_is_restored(
     example: dict[str, Any], tmp_path: Path
 ) -> None:
     assert "local" in STRATEGIES.names()
-    exec(compile(section_blocks("python")[1], f"{README}:{SECTION}", "exec"), example)
+    exec(compile(section_blocks("python")[1], f"{DOC}:{SECTION}", "exec"), example)
     summary = example["summary"]
     run = tmp_path / "runs" / "local"
     assert summary.trained == 40 and summary.best is not None

@@ -2,8 +2,8 @@
 
 The property tests draw, for every numeric key of every section, values outside its range
 (below, above, arbitrarily large integers, nan and infinities) and require a `BlockQNNError`
-whose one line names the key; the README must list every range, so the documentation cannot
-drift from the code.
+whose one line names the key; docs/configuration.md must list every range, so the
+documentation cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -38,7 +38,14 @@ SECTIONS = {
     "train": TrainConfig,
     "reward": RewardConfig,
 }
-README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _repository_root() -> Path:
+    """The folder above this file that holds pyproject.toml, wherever the tests are nested."""
+    return next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+
+
+CONFIG_DOC = _repository_root() / "docs" / "configuration.md"
 
 
 def _numeric(value: Any) -> bool:
@@ -67,7 +74,7 @@ def test_defaults_lie_inside_their_ranges() -> None:
 
 
 def test_the_readme_lists_every_range() -> None:
-    lines = README.read_text().splitlines()
+    lines = CONFIG_DOC.read_text().splitlines()
     for key, allowed in SETTINGS.items():
         assert any(f"`{key}`" in line and allowed.describe() in line for line in lines), key
 

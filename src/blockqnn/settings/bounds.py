@@ -98,7 +98,7 @@ UNIT_OPEN_HIGH = Range(0.0, 1.0, open_high=True)  # [0, 1)
 
 # Every numeric config setting, `section.key` -> its range (`[train] betas` applies to each of
 # its two values). `tests/test_bounds.py` checks that every numeric field of every section is
-# here and that the README lists them.
+# here and that docs/configuration.md lists them.
 SETTINGS: dict[str, Range] = {
     "search.budget": integers(1, MAX_BUDGET),
     "search.seed": SEED,

@@ -259,8 +259,8 @@ class DataConfig:
 
 
 # [agent] presets: `paper` keeps every constant of BlockQNN (and MetaQNN where it is silent)
-# exactly; `blockqnn` is ours, chosen by measurement (README, "How the agent's defaults were
-# chosen"). A preset sets every field it lists; keys given beside it override it.
+# exactly; `blockqnn` is ours, chosen by measurement (docs/benchmarks.md, "How the agent's
+# defaults were chosen"). A preset sets every field it lists; keys given beside it override it.
 _PAPER_AGENT: dict[str, Any] = {
     "alpha": 0.01,
     "gamma": 1.0,

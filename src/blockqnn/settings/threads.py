@@ -10,7 +10,7 @@ from blockqnn.errors import BlockQNNError, clip
 from blockqnn.settings.bounds import THREADS, check
 
 POLICIES = ("auto", "all", "physical", "minus-one")
-DEFAULT = "auto"  # measured: README, Benchmarks, "Threads"
+DEFAULT = "auto"  # measured: docs/benchmarks.md, "Threads"
 HELP = (
     "CPU threads: auto (the idle cores; default), all, physical, minus-one, or a number; "
     "local workers divide them"

@@ -14,10 +14,10 @@ at 25 images/s and 1 thread at 277 images/s (issue 12). The policies:
 - `all`: every core this process may run on (affinity / cpuset), the old behaviour.
 - `physical`: one thread per physical core of those (hyper-threads rarely help convolutions).
 - `minus-one`: every core but one, left to the rest of the machine.
-- `auto` (the default, measured with benchmarks/threads.py; README "Threads"): the cores not
-  busy right now, sampled over `SAMPLE_S` from /proc/stat (the 1-minute load average where
-  there is none), at most the physical cores, at least 1; an `OMP_NUM_THREADS` in the
-  environment is taken as the answer instead.
+- `auto` (the default, measured with benchmarks/threads.py; docs/benchmarks.md, "Threads"):
+  the cores not busy right now, sampled over `SAMPLE_S` from /proc/stat (the 1-minute load
+  average where there is none), at most the physical cores, at least 1; an
+  `OMP_NUM_THREADS` in the environment is taken as the answer instead.
 - an integer N: exactly N threads.
 
 The count is resolved once per process and kept: a load-aware count taken later would see
