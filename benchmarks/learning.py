@@ -1,28 +1,37 @@
-"""Benchmark: does Q-learning learn with real early-stop rewards? Q-learning vs random search.
+"""Benchmark: strategies with real early-stop rewards: Q-learning, evolution and random search.
 
-Runs real searches (the `blockqnn search` loop, the early-stop trainer, the local executor)
-on the digits demo's settings (`examples/digits.toml`) for several seeds, with Q-learning
-and with random search, and compares, per seed:
+Runs real searches (the `blockqnn search` loop, the early-stop trainer, in process) for several
+seeds and each strategy, then trains each search's pick (its best reward) longer with the
+final recipe and tests it. Tasks:
 
-- Q-learning's mean reward in its epsilon = 1 stage (random proposals) and in its last
-  stage (mostly greedy), over trained trials (reused duplicates left out, as in the report);
-- random search's mean reward over the same trained positions as that last stage.
+- `--task cifar10` (default): reduced CIFAR-10 from the shared data's JPEG archive
+  (`../shared/data/cifar10-jpg.tar.gz`, unpacked once into `.cache/cifar10-jpg`), e.g. 10,000
+  training and 2,000 validation images, F = 8, N = 1, a few epochs per candidate: a task on
+  which blocks differ (digits scores nearly every block 0.95-0.98).
+- `--task digits`: the digits demo's settings (`examples/digits.toml`).
 
-Learning shows as last stage > first stage and last stage > random at the same positions.
-Each search process trains with one thread, and `--workers` searches run at once.
+Per seed and strategy: the mean reward over the positions of Q-learning's epsilon stages
+(the same positions for every strategy), the last-quarter mean, the best reward, and the
+pick's test accuracy after `--final-epochs` of the final recipe (cosine schedule). Searches
+run one at a time, in process, with `--threads` (default `auto`, load-aware). The earlier
+version ran two searches at once, each after `torch.set_num_threads(1)`; but the search's
+in-process executor applies `[train] threads` (`auto`) when it starts, so both searches,
+started together on idle cores, took 2 threads each: 4 threads on 2 cores, stalling at every
+operation (docs/benchmarks.md, threads). Set threads through the config, never torch.
 
-    python benchmarks/learning.py                       # 5 seeds, budget 64, both strategies
-    python benchmarks/learning.py --seeds 8 --budget 64 --json
-    python benchmarks/learning.py --preset paper        # the paper's constants
+    python benchmarks/learning.py --seeds 5 --budget 64 --epochs 4 --final-epochs 30
+    python benchmarks/learning.py --seeds 1 --budget 6 --epochs 1 --train-samples 1000 \\
+        --val-size 200 --final-epochs 1                      # a smoke run, a few minutes
+    python benchmarks/learning.py --task digits --seeds 3    # the demo's settings
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import statistics
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -31,134 +40,179 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.strategies import ci95  # noqa: E402  (the strategies benchmark's interval)
+from benchmarks.strategies import DATA, ci95  # noqa: E402  (shared data and intervals)
+
+ARCHIVE = DATA / "cifar10-jpg.tar.gz"
+UNPACKED = ROOT / ".cache" / "cifar10-jpg"  # git-ignored
+STRATEGIES = ("qlearning", "evolution", "random")
 
 
-def run_one(task: tuple[str, int, int, str, str]) -> dict[str, Any]:
-    """One real search; the trained trials' rewards in order and their epsilons."""
-    import torch
+def unpack(archive: Path = ARCHIVE, where: Path = UNPACKED) -> Path:
+    """The archive's image folders (train/, test/), unpacked once."""
+    done = where / ".unpacked"
+    if not done.exists():
+        where.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(where, filter="data")
+        done.touch()
+    return where
 
-    from blockqnn.search import run_search
+
+def make_config(args: argparse.Namespace, agent: str, seed: int) -> Any:
     from blockqnn.settings.config import Config, merge
+
+    search = {"agent": agent, "budget": args.budget, "seed": seed, "cache": "off"}
+    # [train] threads, not torch.set_num_threads: the search applies its setting when it starts
+    overrides: dict[str, Any] = {"search": search, "train": {"threads": args.threads}}
+    if args.preset and agent == "qlearning":
+        overrides["agent"] = {"preset": args.preset}
+    if args.task == "digits":
+        return merge(Config.from_toml(ROOT / "examples" / "digits.toml"), overrides)
+    overrides.update(
+        data={
+            "dataset": str(unpack()),
+            "train_samples": args.train_samples + args.val_size,
+            "val_size": float(args.val_size),
+        },
+        network={"filters": 8, "blocks_per_stage": 1},
+        train={
+            "epochs": args.epochs,
+            "batch_size": 128,
+            "lr_step_epochs": max(args.epochs, 1),
+            "threads": args.threads,
+        },
+    )
+    return merge(Config(), overrides)
+
+
+def run_one(args: argparse.Namespace, agent: str, seed: int, where: Path) -> dict[str, Any]:
+    """One real search and its pick trained longer: the trained rewards in order, their
+    epsilons (Q-learning) and the pick's test accuracy."""
+    from blockqnn.final.train import train_final
+    from blockqnn.search import run_search
+    from blockqnn.settings.final import FinalSettings
+    from blockqnn.space.nsc.block import Block
     from blockqnn.store.db import TRAINED, Store
 
-    torch.set_num_threads(1)
-    agent, budget, seed, preset, where = task
-    base = Config.from_toml(ROOT / "examples" / "digits.toml")
-    # no evaluation cache: every search trains its own blocks (and the user's cache is untouched)
-    search = {"agent": agent, "budget": budget, "seed": seed, "cache": "off"}
-    overrides: dict[str, Any] = {"search": search}
-    if preset:
-        overrides["agent"] = {"preset": preset}
-    config = merge(base, overrides)
-    run_dir = Path(where) / f"{agent}-{seed}"
+    config = make_config(args, agent, seed)
+    run_dir = where / f"{agent}-{seed}"
     start = time.perf_counter()
     run_search(run_dir, config, device="cpu")
+    search_seconds = time.perf_counter() - start
     with Store.open(run_dir, readonly=True) as store:
         trained = [t for t in store.trials() if t.status in TRAINED]
+    pick = max(trained, key=lambda t: float(t.reward or 0.0))
+    settings = FinalSettings(epochs=args.final_epochs, lr=0.05, schedule="cosine", seed=seed)
+    final = train_final(
+        Block.parse(pick.candidate), config.data, config.network, settings, run_dir / "final"
+    )
     return {
         "agent": agent,
         "seed": seed,
         "rewards": [float(t.reward or 0.0) for t in trained],
         "epsilons": [t.info.get("epsilon") for t in trained],
-        "seconds": time.perf_counter() - start,
-        "run_dir": str(run_dir),
+        "pick": pick.candidate,
+        "pick_test_accuracy": final.test_accuracy,
+        "search_seconds": search_seconds,
+        "final_seconds": final.train_seconds,
     }
 
 
-def compare(q: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
-    eps = q["epsilons"]
-    first = [x for x, e in zip(q["rewards"], eps, strict=True) if e == eps[0]]
-    last_positions = [i for i, e in enumerate(eps) if e == eps[-1]]
-    last = [q["rewards"][i] for i in last_positions]
-    random_same = [r["rewards"][i] for i in last_positions if i < len(r["rewards"])]
+def stage_positions(epsilons: list[Any]) -> list[tuple[Any, list[int]]]:
+    """Q-learning's epsilon stages as (epsilon, positions among the trained trials)."""
+    stages: list[tuple[Any, list[int]]] = []
+    for i, eps in enumerate(epsilons):
+        if not stages or stages[-1][0] != eps:
+            stages.append((eps, []))
+        stages[-1][1].append(i)
+    return stages
+
+
+def describe(run: dict[str, Any], stages: list[tuple[Any, list[int]]]) -> dict[str, Any]:
+    rewards = run["rewards"]
+    k = max(1, len(rewards) // 4)
     return {
-        "seed": q["seed"],
-        "first_epsilon": eps[0],
-        "last_epsilon": eps[-1],
-        "first_stage_mean": statistics.fmean(first),
-        "last_stage_mean": statistics.fmean(last),
-        "last_stage_n": len(last),
-        "random_same_positions_mean": statistics.fmean(random_same),
-        "qlearning_best": max(q["rewards"]),
-        "random_best": max(r["rewards"]),
-        "seconds": q["seconds"] + r["seconds"],
+        "agent": run["agent"],
+        "seed": run["seed"],
+        "stage_means": [
+            statistics.fmean([rewards[i] for i in where if i < len(rewards)] or [float("nan")])
+            for _, where in stages
+        ],
+        "last_quarter_mean": statistics.fmean(rewards[-k:]),
+        "best_reward": max(rewards),
+        "pick_test_accuracy": run["pick_test_accuracy"],
+        "seconds": run["search_seconds"] + run["final_seconds"],
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=("cifar10", "digits"), default="cifar10")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=4, help="cifar10: early-stop epochs")
+    parser.add_argument("--train-samples", type=int, default=10_000, help="cifar10")
+    parser.add_argument("--val-size", type=int, default=2_000, help="cifar10")
+    parser.add_argument("--final-epochs", type=int, default=30, help="the pick's training")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--threads", default="auto", help="[train] threads of every search")
     parser.add_argument("--preset", default="", help="[agent] preset of the Q-learning runs")
-    parser.add_argument("--workers", type=int, default=2, help="searches at once")
     parser.add_argument("--keep", default="", help="keep the runs in this directory")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    where = args.keep or tempfile.mkdtemp(prefix="blockqnn-learning-")
-    Path(where).mkdir(parents=True, exist_ok=True)
-    tasks = [
-        (agent, args.budget, seed, args.preset if agent == "qlearning" else "", where)
-        for seed in range(args.seeds)
-        for agent in ("qlearning", "random")
-    ]
+    if args.task == "cifar10" and not ARCHIVE.is_file():
+        print(f"learning: {ARCHIVE} not found", file=sys.stderr)
+        return 2
+    where = Path(args.keep or tempfile.mkdtemp(prefix="blockqnn-learning-"))
+    where.mkdir(parents=True, exist_ok=True)
+    names = args.strategies.split(",")
     start = time.perf_counter()
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(args.workers) as pool:
-        results = pool.map(run_one, tasks, chunksize=1)
-    by = {(r["agent"], r["seed"]): r for r in results}
-    rows = [compare(by[("qlearning", s)], by[("random", s)]) for s in range(args.seeds)]
+    rows = []
+    for seed in range(args.seeds):
+        runs = {name: run_one(args, name, seed, where) for name in names}
+        first = runs.get("qlearning", runs[names[0]])
+        stages = stage_positions(first["epsilons"])
+        rows += [describe(runs[name], stages) for name in names]
     summary = {
-        key: {
-            "mean": statistics.fmean(row[key] for row in rows),
-            "ci95": ci95([row[key] for row in rows]),
+        name: {
+            key: {
+                "mean": statistics.fmean(r[key] for r in rows if r["agent"] == name),
+                "ci95": ci95([r[key] for r in rows if r["agent"] == name]),
+            }
+            for key in ("last_quarter_mean", "best_reward", "pick_test_accuracy")
         }
-        for key in (
-            "first_stage_mean",
-            "last_stage_mean",
-            "random_same_positions_mean",
-            "qlearning_best",
-            "random_best",
-        )
+        for name in names
     }
     report = {
-        "config": "examples/digits.toml",
-        "budget": args.budget,
-        "seeds": args.seeds,
-        "preset": args.preset or "default",
+        "task": args.task,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "keep")},
         "wall_seconds": time.perf_counter() - start,
         "per_seed": rows,
         "summary": summary,
-        "runs": where,
+        "runs": str(where),
     }
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(
-        f"digits demo settings, budget {args.budget}, {args.seeds} seeds, "
-        f"preset {report['preset']}, {report['wall_seconds']:.0f} s wall; runs in {where}"
+        f"{args.task}, budget {args.budget}, {args.seeds} seeds, "
+        f"{report['wall_seconds']:.0f} s wall; runs in {where}"
     )
-    print(
-        f"{'seed':>4} {'eps=1 stage':>11} {'last stage':>10} {'random, same positions':>23} "
-        f"{'q best':>7} {'random best':>11}"
-    )
-    for row in rows:
+    print(f"{'strategy':>10} {'seed':>4} {'last quarter':>12} {'best':>7} {'pick test':>9}  stages")
+    for r in rows:
+        stage_text = " ".join(f"{m:.3f}" for m in r["stage_means"])
         print(
-            f"{row['seed']:>4} {row['first_stage_mean']:>11.4f} {row['last_stage_mean']:>10.4f} "
-            f"{row['random_same_positions_mean']:>23.4f} {row['qlearning_best']:>7.4f} "
-            f"{row['random_best']:>11.4f}"
+            f"{r['agent']:>10} {r['seed']:>4} {r['last_quarter_mean']:>12.4f} "
+            f"{r['best_reward']:>7.4f} {r['pick_test_accuracy']:>9.4f}  {stage_text}"
         )
-    s = summary
-    print(
-        f"mean {s['first_stage_mean']['mean']:>11.4f} {s['last_stage_mean']['mean']:>10.4f} "
-        f"{s['random_same_positions_mean']['mean']:>23.4f} {s['qlearning_best']['mean']:>7.4f} "
-        f"{s['random_best']['mean']:>11.4f}"
-    )
-    print(
-        f"ci95 {s['first_stage_mean']['ci95']:>11.4f} {s['last_stage_mean']['ci95']:>10.4f} "
-        f"{s['random_same_positions_mean']['ci95']:>23.4f} {s['qlearning_best']['ci95']:>7.4f} "
-        f"{s['random_best']['ci95']:>11.4f}"
-    )
+    for name in names:
+        s = summary[name]
+        print(
+            f"{name:>10} mean {s['last_quarter_mean']['mean']:>12.4f} "
+            f"+- {s['last_quarter_mean']['ci95']:.4f}  best {s['best_reward']['mean']:.4f}  "
+            f"pick test {s['pick_test_accuracy']['mean']:.4f} "
+            f"+- {s['pick_test_accuracy']['ci95']:.4f}"
+        )
     return 0
 
 

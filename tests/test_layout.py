@@ -15,12 +15,6 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = "blockqnn"
 
-# Private names still imported across modules, each owned by another issue's branch and
-# to be emptied there (make the name public, or move the code where it is used). Do not add
-# to this list: a new private import is a new failure.
-KNOWN_PRIVATE_IMPORTS = {
-}
-
 
 @functools.cache
 def _modules() -> dict[str, ast.Module]:
@@ -136,10 +130,7 @@ def _private_imports() -> set[str]:
 
 
 def test_no_private_name_is_imported_across_modules() -> None:
-    found = _private_imports()
-    assert found - KNOWN_PRIVATE_IMPORTS == set(), "make the name public or move the code"
-    # an entry fixed on its branch leaves the list too, so the list only ever shrinks
-    assert KNOWN_PRIVATE_IMPORTS - found == set(), "remove the fixed entries from the list"
+    assert _private_imports() == set(), "make the name public or move the code where it is used"
 
 
 MAX_FUNCTION_LINES = 60  # a function that does not fit a screen does more than one thing

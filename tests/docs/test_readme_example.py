@@ -106,7 +106,7 @@ def test_the_example_strategy_searches_and_is_restored(
 
 
 def test_the_example_strategy_resumes_exactly(example: dict[str, Any], tmp_path: Path) -> None:
-    from blockqnn.space.nb201 import load_table
+    from blockqnn.space.nb201_table import load_table
 
     table = load_table(tmp_path / TABLE_NAME)
     make = example["make_local"]
@@ -147,7 +147,8 @@ def test_the_benchmark_accepts_the_registered_name(
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    argv = ["--space", "nb201", "--table", str(tmp_path / TABLE_NAME), "--json"]
+    argv = ["--space", "nb201", "--protocol", "oracle", "--table", str(tmp_path / TABLE_NAME)]
+    argv += ["--json"]
     argv += ["--strategies", "local,random", "--budgets", "30", "--seeds", "3", "--workers", "1"]
     assert bench.main(argv) == 0
     report = json.loads(capsys.readouterr().out)

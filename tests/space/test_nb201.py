@@ -31,9 +31,9 @@ from blockqnn.space.nb201 import (
     START,
     Cell,
     NB201Space,
-    load_table,
     make_space,
 )
+from blockqnn.space.nb201_table import load_table
 
 TABLE = Path(__file__).parents[3] / "shared/data/nats-tss-200epoch-accuracy.csv.gz"
 EXAMPLE = (
@@ -375,8 +375,13 @@ def test_table_rejects_files(tmp_path: Path) -> None:
     with pytest.raises(BlockQNNError, match="empty"):
         load_table(empty)
     header = [h for h in HEADER if h != "CIFAR100TestAccuracy200Epochs"]
+    lacking = _write(tmp_path / "cols.csv", [_row(CELL_A)[:1] + _row(CELL_A)[2:]], header=header)
     with pytest.raises(BlockQNNError, match="no column 'CIFAR100TestAccuracy200Epochs'"):
-        load_table(_write(tmp_path / "cols.csv", [], header=header))
+        TableEvaluator(str(lacking), "cifar100")
+    with pytest.raises(BlockQNNError, match="no column 'ArchitectureString'"):
+        load_table(_write(tmp_path / "arch.csv", [], header=HEADER[:3]))
+    with pytest.raises(BlockQNNError, match="no accuracy column"):
+        load_table(_write(tmp_path / "acc.csv", [], header=HEADER[3:]))
     bad_gz = tmp_path / "bad.csv.gz"
     bad_gz.write_bytes(b"\x1f\x8b" + b"\x00junk" * 20)
     with pytest.raises(BlockQNNError, match=f"table {re.escape(str(bad_gz))}: cannot read it"):

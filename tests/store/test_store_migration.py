@@ -26,7 +26,7 @@ from blockqnn.errors import BlockQNNError
 from blockqnn.evaluate.result import EvalResult
 from blockqnn.evaluate.synthetic import SyntheticEvaluator
 from blockqnn.reward import make_reward, score
-from blockqnn.settings.config import AgentConfig, Config
+from blockqnn.settings.config import LEVERS_OFF, AgentConfig, Config
 from blockqnn.space.nsc.space import NSCSpace
 from blockqnn.store.db import APPLICATION_ID, DB_NAME, LOCK_NAME, SCHEMA_VERSION, Store
 from blockqnn.strategy.qlearning import QLearningAgent
@@ -51,6 +51,7 @@ V2_CONFIG_KEYS = {
         "on_repeat",
         "population_size",
         "sample_size",
+        *LEVERS_OFF,  # added later still: a version-1 config lacks them too
     ),
 }
 # The version-1 agent section's values: the paper's constants (that release's defaults).
@@ -100,6 +101,7 @@ def paper_agent() -> QLearningAgent:
         NSCSpace(MAX_DEPTH),
         budget=BUDGET,
         seed=SEED,
+        config=AgentConfig(preset="paper"),
         alpha=0.01,
         gamma=1.0,
         q_init=0.5,
@@ -118,7 +120,7 @@ def v1_snapshot(agent: QLearningAgent) -> dict[str, Any]:
     state = agent.state_dict()
     assert all(row[3] == 0 for row in state["q"])  # fixed alpha counts nothing: no loss
     state["q"] = [row[:3] for row in state["q"]]
-    for key in ("space", "q_init_mode", "alpha_mode", "on_repeat"):
+    for key in ("space", "q_init_mode", "alpha_mode", "on_repeat", *LEVERS_OFF):
         del state["settings"][key]
     assert set(state["settings"]) == V1_SNAPSHOT_SETTINGS
     return state
@@ -382,10 +384,11 @@ def test_v1_snapshot_resumes_a_paper_agent_exactly() -> None:
 def test_v1_snapshot_is_refused_by_an_agent_with_other_modes() -> None:
     state = v1_snapshot(paper_agent())
     space = NSCSpace(MAX_DEPTH)
-    ours = QLearningAgent(space, budget=BUDGET, seed=SEED, q_init_mode="mean")
+    paper = AgentConfig(preset="paper")
+    ours = QLearningAgent(space, budget=BUDGET, seed=SEED, config=paper, q_init_mode="mean")
     with pytest.raises(BlockQNNError, match=r"q_init_mode = 'fixed' differs .* 'mean'"):
         ours.load_state_dict(state)
-    explore = QLearningAgent(space, budget=BUDGET, seed=SEED, on_repeat="explore")
+    explore = QLearningAgent(space, budget=BUDGET, seed=SEED, config=paper, on_repeat="explore")
     with pytest.raises(BlockQNNError, match="on_repeat = 'allow' differs"):
         explore.load_state_dict(state)
 

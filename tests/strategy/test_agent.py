@@ -26,6 +26,8 @@ from blockqnn.strategy import (
 
 ONE_CONV = Block.parse("1,1,3,0,0; 2,7,0,0,0")
 
+PAPER = AgentConfig(preset="paper")  # the update rule and greedy walk as the paper has them
+
 
 def _agents(seed: int = 0) -> list[Strategy]:
     return [QLearningAgent(budget=200, seed=seed), RandomAgent(seed=seed, budget=200)]
@@ -86,7 +88,7 @@ def test_make_strategy() -> None:
 
 @pytest.mark.parametrize(("shaping", "first"), [(True, 0.875), (False, 0.625)])
 def test_update_rule_golden(shaping: bool, first: float) -> None:
-    agent = QLearningAgent(alpha=0.5, gamma=1.0, q_init=0.5, reward_shaping=shaping)
+    agent = QLearningAgent(config=PAPER, alpha=0.5, gamma=1.0, q_init=0.5, reward_shaping=shaping)
     agent.tell(ONE_CONV, 1.0)
     conv, terminal = (1, 1, 3, 0, 0), (2, 7, 0, 0, 0)
     # Last step first: 0.5 * 0.5 + 0.5 * (R + 0); the terminal has no successor.
@@ -98,14 +100,14 @@ def test_update_rule_golden(shaping: bool, first: float) -> None:
 
 def test_greedy_follows_the_learned_path_and_breaks_ties_at_random() -> None:
     greedy = [(0.0, 1)]
-    fresh = QLearningAgent(schedule=greedy, seed=4)
+    fresh = QLearningAgent(schedule=greedy, seed=4, config=PAPER)
     assert fresh.epsilon == 0.0
     firsts = {fresh.ask().layers[0] for _ in range(40)}  # all Q equal: random ties
     assert len(firsts) > 3
     fresh.tell(ONE_CONV, -5.0)  # now the 3x3 conv is worse than the 7 unvisited first layers
     firsts = {fresh.ask().layers[0] for _ in range(40)}
     assert len(firsts) > 3 and ONE_CONV.layers[0] not in firsts
-    agent = QLearningAgent(schedule=greedy, alpha=1.0, seed=4)
+    agent = QLearningAgent(schedule=greedy, alpha=1.0, seed=4, config=PAPER)
     best = Block.parse("1,1,3,0,0; 2,1,3,1,0; 3,5,0,1,2")
     agent.tell(best, 5.0)
     assert [agent.ask() for _ in range(3)] == [best] * 3
@@ -121,7 +123,7 @@ def test_schedule_scaling() -> None:
 
 
 def test_epsilon_advances_with_distinct_blocks_told_and_stays_after_the_budget() -> None:
-    agent = QLearningAgent(budget=4, schedule=[(1.0, 1), (0.5, 1)], replay_size=0)
+    agent = QLearningAgent(budget=4, schedule=[(1.0, 1), (0.5, 1)], replay_size=0, config=PAPER)
     blocks = [Block.parse(f"1,1,{k},0,0") for k in (1, 3, 5)] + [Block.parse("1,2,3,0,0")]
     seen = []
     for block in [blocks[0], blocks[0], blocks[1], blocks[2], blocks[3], blocks[3]]:
@@ -136,7 +138,7 @@ def test_epsilon_advances_with_distinct_blocks_told_and_stays_after_the_budget()
 
 
 def test_isomorphic_relabeling_is_the_same_block_for_the_clock() -> None:
-    agent = QLearningAgent(budget=4, schedule=[(1.0, 1), (0.5, 1)], replay_size=0)
+    agent = QLearningAgent(budget=4, schedule=[(1.0, 1), (0.5, 1)], replay_size=0, config=PAPER)
     agent.tell(Block.parse("1,1,3,0,0; 2,1,5,0,0; 3,5,0,1,2"), 0.5)
     agent.tell(Block.parse("1,1,5,0,0; 2,1,3,0,0; 3,5,0,2,1"), 0.5)  # same graph
     assert agent.epsilon == 1.0
@@ -146,7 +148,7 @@ def test_isomorphic_relabeling_is_the_same_block_for_the_clock() -> None:
 
 def test_replay_after_each_iteration() -> None:
     def make(replay: int) -> QLearningAgent:
-        return QLearningAgent(iteration_size=2, replay_size=replay, seed=1)
+        return QLearningAgent(iteration_size=2, replay_size=replay, seed=1, config=PAPER)
 
     with_replay, without = make(3), make(0)
     blocks = [ONE_CONV, Block.parse("1,2,3,0,0; 2,1,1,1,0")]

@@ -40,6 +40,7 @@ _OVERRIDES = {
     "dataset": ("data", "dataset"),
     "train_samples": ("data", "train_samples"),
     "table": ("data", "table"),
+    "fidelity": ("data", "fidelity"),
     "budget": ("search", "budget"),
     "space": ("search", "space"),
     "agent": ("search", "agent"),
@@ -84,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", help=f"search space: {', '.join(SPACES.names())}")
     parser.add_argument(
         "--table", type=PATH, metavar="FILE", help="nb201: the accuracy table (CSV[.gz])"
+    )
+    parser.add_argument(
+        "--fidelity", type=INT, help="nb201: reward the table accuracy after 12 or 200 epochs"
     )
     parser.add_argument("--agent", help=f"search strategy: {', '.join(STRATEGIES.names())}")
     parser.add_argument("--reward", help=f"reward: {', '.join(REWARDS.names())}")

@@ -94,6 +94,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if info["top"]:
         console.print(_top_table(info))
+        pick = info["top"][0]
+        if "final_accuracy" in pick:
+            console.print(
+                f"pick (best reward): trial {pick['id']}, final accuracy "
+                f"{pick['final_accuracy']:.4f}",
+                markup=False,
+            )
     for failure in info["recent_failures"]:
         console.print(f"failed trial {failure['id']}: {failure['error']}", markup=False)
     return 0
@@ -106,10 +113,12 @@ def _top_table(info: dict[str, Any]) -> Any:
     nsc = info["space"] == "nsc"
     cost = any(t["flops"] for t in info["top"])  # table-scored spaces measure no FLOPs
     timed = any("latency_ms" in t for t in info["top"])  # runs with a latency measured
+    final = any("final_accuracy" in t for t in info["top"])  # proxy-rewarded runs
     what = "block (NSC)" if nsc else "candidate"
     table = Table(title="best blocks" if nsc else "best candidates")
     extra = [*(["MFLOPs"] if cost else []), *(["latency ms"] if timed else [])]
-    for name in ("trial", "reward", "accuracy", *extra, what):
+    finals = ["final accuracy"] if final else []
+    for name in ("trial", "reward", "accuracy", *finals, *extra, what):
         table.add_column(name, justify="left" if name == what else "right")
     for t in info["top"]:
         flops = [f"{(t['flops'] or 0) / 1e6:.2f}"] if cost else []
@@ -118,6 +127,7 @@ def _top_table(info: dict[str, Any]) -> Any:
             str(t["id"]),
             f"{t['reward']:.4f}",
             f"{t['accuracy']:.4f}",
+            *([_fraction(t.get("final_accuracy"))] if final else []),
             *flops,
             *latency,
             t["candidate"],
@@ -129,6 +139,7 @@ def trial_json(t: Any, space: str = "nsc") -> dict[str, Any]:
     """One trial of a top list, as `status --json` and `search --json` print it. `nsc`
     repeats `candidate` in runs of the nsc space, for scripts written before other spaces."""
     from blockqnn.final.pick import trial_latency
+    from blockqnn.report.trials import final_accuracy
 
     out = {"id": t.id, "candidate": t.candidate}
     if space == "nsc":
@@ -144,11 +155,18 @@ def trial_json(t: Any, space: str = "nsc") -> dict[str, Any]:
     latency = trial_latency(t)
     if latency is not None:  # only runs that measure it (`[reward] latency_device`)
         out["latency_ms"] = latency
+    final = final_accuracy(t)
+    if final is not None:  # rewarded by a proxy (`[data] fidelity`), judged by this
+        out["final_accuracy"] = final
     return out
 
 
 def _ms(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _fraction(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _info_items(info: dict[str, Any]) -> list[str]:

@@ -78,9 +78,12 @@ def _print_table(run_dir: str, names: list[str], rows: list[dict[str, Any]]) -> 
         console.print(f"{run_dir}: no trials yet", markup=False)
         return
     info = [n for n in names if n.startswith("info.")]
+    final = [n for n in names if n == "metric.final_accuracy"]  # proxy-rewarded runs
     errors = any(row["error"] for row in rows)
     table = Table(title=f"{len(rows)} trials (all columns: --csv or --json)")
-    for name in ("trial", "status", "reward", "accuracy", *info, "reuse of"):
+    for name in ("trial", "status", "reward", "accuracy", *(["final accuracy"] * len(final))):
+        table.add_column(name, justify="right")
+    for name in (*info, "reuse of"):
         table.add_column(name, justify="right")
     table.add_column("candidate", overflow="fold")
     if errors:
@@ -91,6 +94,7 @@ def _print_table(run_dir: str, names: list[str], rows: list[dict[str, Any]]) -> 
             row["status"],
             _short(row["reward"], ".4f"),
             _short(row["accuracy"], ".4f"),
+            *(_short(row[n], ".4f") for n in final),
             *(_short(row[n], "g") for n in info),
             _short(row["reuse_of"]),
         ]

@@ -28,6 +28,7 @@ from blockqnn.report.data import (
     rolling_size,
     stage_means,
 )
+from blockqnn.report.trials import final_accuracy
 from blockqnn.store.db import FAILED, TrialRecord
 from blockqnn.train.threads import cpu_name
 
@@ -164,6 +165,12 @@ def _local_time(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(seconds))
 
 
+def _final(trial: Any) -> str:
+    """'final accuracy X, ' for a pick scored on a proxy whose final accuracy is recorded."""
+    value = final_accuracy(trial)
+    return "" if value is None else f"final accuracy {_num(value, '.4f')}, "
+
+
 def header(run: RunSummary) -> str:
     c = run.counts
     cfg = run.config
@@ -194,7 +201,8 @@ def header(run: RunSummary) -> str:
             "-"
             if best is None
             else f"reward {_num(best.reward, '.4f')}, accuracy {_num(best.accuracy, '.4f')}, "
-            f"<code>{_e(best.candidate)}</code>",
+            + _final(best)
+            + f"<code>{_e(best.candidate)}</code>",
         ),
         ("evaluated on", _e(", ".join(run.devices) or "-")),
         ("hosts", _e(", ".join(hosts) or "-")),

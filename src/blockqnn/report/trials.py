@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from blockqnn.evaluate.table import FINAL_METRIC
 from blockqnn.store.db import REUSED, Store, TrialRecord
 
 HEAD = ("id", "status", "candidate", "hash", "reward", "accuracy", "flops", "params", "density")
@@ -56,6 +57,13 @@ INFO = "info."  # prefix of the strategy's info keys
 def _metrics(t: TrialRecord) -> dict[str, Any]:
     metrics = (t.result or {}).get("metrics") or {}
     return metrics if isinstance(metrics, dict) else {}
+
+
+def final_accuracy(t: TrialRecord) -> float | None:
+    """The trial's final (e.g. NAS-Bench-201 200-epoch) accuracy when its result records one
+    beside a proxy reward (`[data] fidelity`), else None."""
+    value = _metrics(t).get(FINAL_METRIC)
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def columns(trials: Sequence[TrialRecord]) -> list[str]:

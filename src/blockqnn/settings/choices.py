@@ -17,6 +17,8 @@ TTA_MODES = ("auto", "flip", "none")  # test-time augmentation of the final test
 # where latency is measured: PyTorch on the CPU or the GPU, or ONNX Runtime on the CPU
 LATENCY_RUNTIMES = ("cpu", "cuda", "onnxruntime")
 LATENCY_PLACES = ("worker", "master")  # who measures: each evaluating worker, or the search
+# nb201: training epochs whose table accuracy rewards a cell (12: the proxy, 200: the final)
+FIDELITIES = (12, 200)
 
 
 def either(choices: tuple[str, ...]) -> str:

@@ -31,6 +31,7 @@ from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH, check_settings, check_te
 from blockqnn.settings.choices import (
     AUGMENTS,
     COMPILE_MODES,
+    FIDELITIES,
     LATENCY_PLACES,
     LATENCY_RUNTIMES,
     PRECISIONS,
@@ -135,7 +136,12 @@ class DataConfig:
     # digits | cifar10 | cifar100 | a folder | a .npz file; for the nb201 space the table's
     # column: cifar10 | cifar100 | imagenet16-120
     dataset: str = "digits"
-    table: str = ""  # nb201 space: the accuracy table (CSV or .csv.gz)
+    # nb201 space: the accuracy table (CSV or .csv.gz; several files joined by os.pathsep,
+    # e.g. the 200- and 12-epoch tables, are joined on their cells)
+    table: str = ""
+    # nb201 space: the table accuracy after this many epochs is the reward (12: BlockQNN's
+    # early-stop proxy; 200: the final training); the 200-epoch one is recorded beside it
+    fidelity: int = 200
     data_dir: str = ""  # where cifar archives are, or are downloaded to; "" = the cache
     cache_dir: str = ""  # decoded-array cache; "" = $BLOCKQNN_CACHE, else ~/.cache/blockqnn
     train_samples: int = 0  # class-balanced subset of the training split; 0 = all
@@ -146,6 +152,10 @@ class DataConfig:
         if not self.dataset:
             raise BlockQNNError("data.dataset: empty; name a dataset")
         _validate("data", self)
+        if self.fidelity not in FIDELITIES:
+            raise BlockQNNError(
+                f"data.fidelity = {self.fidelity}: choose one of {', '.join(map(str, FIDELITIES))}"
+            )
 
 
 # [agent] presets: `paper` keeps every constant of BlockQNN (and MetaQNN where it is silent)
@@ -162,49 +172,90 @@ _PAPER_AGENT: dict[str, Any] = {
     "alpha_mode": "fixed",
     "on_repeat": "allow",
 }
+# Levers added after runs were stored (`[agent]` keys a stored config may lack): off, as the
+# releases before them behaved; the paper has none of them.
+LEVERS_OFF: dict[str, Any] = {
+    "explore_share": 0.0,
+    "ucb": 0.0,
+    "state": "last",
+    "replay": "uniform",
+    "explore_per": "step",
+}
+_PAPER_AGENT.update(LEVERS_OFF)
 AGENT_PRESETS: dict[str, dict[str, Any]] = {
     "paper": _PAPER_AGENT,
-    # the paper and two departures, each measured (see the fields' comments)
-    "blockqnn": {**_PAPER_AGENT, "alpha_mode": "visits", "on_repeat": "explore"},
+    # the paper and four departures, measured (docs/benchmarks.md, "Q-learning's levers")
+    "blockqnn": {
+        **_PAPER_AGENT,
+        "alpha_mode": "max",
+        "on_repeat": "explore",
+        "explore_share": 0.2,
+        "replay": "ranked",
+    },
 }
+
+
+# A preset field left unset reads its preset's value (`AgentConfig.__post_init__`), so the
+# preset is resolved however the section is made: `AgentConfig(preset="paper")`, TOML, CLI.
+_FROM_PRESET: Any = None
 
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """The strategies' settings and the NSC space's size. Defaults are the `blockqnn` preset;
-    `preset = "paper"` restores the paper's constants (see AGENT_PRESETS)."""
+    """The strategies' settings and the NSC space's size, every default of the agents in one
+    place: the strategies' constructors read this section (or `AgentConfig()`). Fields listed
+    in AGENT_PRESETS default to the `preset`'s value; keys given beside it override it."""
 
     preset: str = "blockqnn"  # "blockqnn" (ours, measured) or "paper"
     max_depth: int = DEFAULT_MAX_DEPTH  # (choice) layer indices 1..max_depth, last terminal
-    alpha: float = 0.01  # (paper) Q-learning rate; with alpha_mode "visits", its floor
-    gamma: float = 1.0  # (paper) discount
-    q_init: float = 0.5  # (MetaQNN) initial Q value; with q_init_mode "mean", before any reward
-    replay_size: int = 128  # (choice; MetaQNN 100-128) blocks replayed after each iteration
-    # (paper) distinct blocks per replay iteration; 0 = budget / 178 (at least 4, at most 64),
-    # as many iterations as the paper's schedule (measured: no clear gain once alpha_mode is
-    # "visits", so the paper's value stays)
-    iteration_size: int = 64
-    reward_shaping: bool = True  # (paper) every step gets R / T instead of 0 (measured: helps)
-    # (paper) what unvisited pairs read: "fixed" = q_init; "mean" = the mean reward told so
-    # far (measured: no gain, a loss at small budgets with a fixed alpha)
-    q_init_mode: str = "fixed"
-    # (choice; paper "fixed") "visits": each pair learns at max(alpha, 1 / its updates), the
-    # sample mean of its targets until then; with alpha = 0.01 alone a few hundred blocks
-    # leave every Q-value near q_init (measured: the largest gain of all)
-    alpha_mode: str = "visits"
-    # (choice; paper "allow") "explore": a walk that rebuilds a block already told explores
-    # one random step of it instead (up to 20 tries); "allow": propose it again (measured:
-    # 20-60x fewer reused proposals, the same rewards)
-    on_repeat: str = "explore"
+    alpha: float = _FROM_PRESET  # (paper 0.01) Q-learning rate; alpha_mode "visits": its floor
+    gamma: float = _FROM_PRESET  # (paper 1.0) discount
+    # (MetaQNN 0.5) initial Q value; with q_init_mode "mean", before any reward
+    q_init: float = _FROM_PRESET
+    # (choice; MetaQNN 100-128: 128) blocks replayed after each iteration
+    replay_size: int = _FROM_PRESET
+    # (paper 64) distinct blocks per replay iteration; 0 = budget / 178 (at least 4, at most
+    # 64), as many iterations as the paper's schedule
+    iteration_size: int = _FROM_PRESET
+    reward_shaping: bool = _FROM_PRESET  # (paper true) every step gets R / T instead of 0
+    # (paper "fixed") what unvisited pairs read: "fixed" = q_init; "mean" = the mean reward
+    # told so far (measured: no gain, a loss at small budgets with a fixed alpha)
+    q_init_mode: str = _FROM_PRESET
+    # (paper "fixed") "visits": each pair learns at max(alpha, 1 / its updates), the sample
+    # mean of its targets until then; with alpha = 0.01 alone a few hundred blocks leave
+    # every Q-value near q_init (measured: the largest gain of all); "max": a pair's first
+    # target, then the best target so far (the greedy walk rebuilds the best block found)
+    alpha_mode: str = _FROM_PRESET
+    # (paper "allow") "explore": a walk that rebuilds a block already told explores one
+    # random step of it instead (up to 20 tries); "allow": propose it again
+    on_repeat: str = _FROM_PRESET
+    # (choice; paper 0 = the schedule's own 95/178) the share of the budget at epsilon 1,
+    # then the paper's decay stages over the rest
+    explore_share: float = _FROM_PRESET
+    # (choice; paper 0) count bonus on greedy steps: Q + ucb sqrt(ln(1 + N(s)) / (1 + n(s, a)))
+    ucb: float = _FROM_PRESET
+    # (choice; paper "last") the Q-table's state: "last" step, or the whole "prefix" so far
+    state: str = _FROM_PRESET
+    # (choice; paper "uniform") replay draws: "uniform", or "ranked" (the i-th best: 1 / i)
+    replay: str = _FROM_PRESET
+    # (choice; paper "step") epsilon is each "step"'s chance to be random, or a "block"'s
+    # chance to be the greedy walk with one random step (a mutation of it)
+    explore_per: str = _FROM_PRESET
     population_size: int = 20  # (choice) regularized evolution: candidates alive at once
     sample_size: int = 5  # (choice) regularized evolution: tournament size
 
     def __post_init__(self) -> None:
-        _validate("agent", self)
         _choice(self, "preset", tuple(AGENT_PRESETS))
+        for key, value in AGENT_PRESETS[self.preset].items():
+            if getattr(self, key) is _FROM_PRESET:
+                object.__setattr__(self, key, value)
+        _validate("agent", self)
         _choice(self, "q_init_mode", ("fixed", "mean"))
-        _choice(self, "alpha_mode", ("fixed", "visits"))
+        _choice(self, "alpha_mode", ("fixed", "visits", "max"))
         _choice(self, "on_repeat", ("allow", "explore"))
+        _choice(self, "state", ("last", "prefix"))
+        _choice(self, "replay", ("uniform", "ranked"))
+        _choice(self, "explore_per", ("step", "block"))
         if self.sample_size > self.population_size:
             raise BlockQNNError(
                 f"agent.sample_size = {self.sample_size}: must not exceed population_size "
@@ -289,6 +340,16 @@ class Config:
     def from_dict(cls, data: dict[str, Any]) -> Config:
         """Build and validate from nested dicts; unknown sections or keys are refused."""
         return merge(cls(), data)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> Config:
+        """A config a run saved: `[agent]` levers that its release predates (absent from a
+        saved section, which holds every key of its time) read as off, as that run had
+        them, not as today's preset sets them."""
+        agent = data.get("agent")
+        if isinstance(agent, dict) and agent:
+            data = {**data, "agent": {**LEVERS_OFF, **agent}}
+        return cls.from_dict(data)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Config:

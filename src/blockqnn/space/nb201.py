@@ -1,8 +1,8 @@
-"""The NAS-Bench-201 cell space as a decision process, and its tabular evaluator.
+"""The NAS-Bench-201 cell space as a decision process.
 
-Owns: `Cell` (the benchmark's 6-edge cell, its notation and its canonical identity),
-`NB201Space` (the `Space` protocol: one action per edge) and the accuracy table read from a
-CSV (`load_table`, `Table`); `blockqnn.evaluate.table` scores a cell by looking it up. Must not
+Owns: `Cell` (the benchmark's 6-edge cell, its notation and its canonical identity) and
+`NB201Space` (the `Space` protocol: one action per edge); `blockqnn.space.nb201_table` reads
+the accuracy table and `blockqnn.evaluate.table` scores a cell by looking it up. Must not
 import torch, build or train networks, or know the strategies: a search on this space costs
 a dictionary lookup per candidate.
 
@@ -33,18 +33,11 @@ benchmark trained and reports as distinct architectures.
 
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
-import io
-import math
-import os
 import random
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path as FilePath
 from typing import TYPE_CHECKING, Any
 
 from blockqnn.errors import BlockQNNError, clip
@@ -61,9 +54,6 @@ __all__ = [
     "START",
     "Cell",
     "NB201Space",
-    "Table",
-    "column_of",
-    "load_table",
     "make_space",
 ]
 
@@ -75,13 +65,13 @@ START: State = (0, 0)
 
 _OP_INDEX = {op: k for k, op in enumerate(OPS)}
 
-# Dataset name -> the table's column of test accuracies (percent) after 200 epochs.
+# Dataset name -> the table's column of test accuracies (percent) after 200 epochs
+# (`blockqnn.space.nb201_table` reads the table, other training lengths too).
 DATASETS: dict[str, str] = {
     "cifar10": "CIFAR10TestAccuracy200Epochs",
     "cifar100": "CIFAR100TestAccuracy200Epochs",
     "imagenet16-120": "ImageNetTestAccuracy200Epochs",
 }
-ARCH_COLUMN = "ArchitectureString"
 
 
 # ----- the cell ---------------------------------------------------------------------------
@@ -325,148 +315,3 @@ class NB201Space:
 def make_space(config: Config) -> NB201Space:
     """The registry's factory; the space has no settings, so `config` is unused."""
     return NB201Space()
-
-
-# ----- the accuracy table -----------------------------------------------------------------
-
-
-def column_of(dataset: str) -> str:
-    column = DATASETS.get(dataset.lower()) if isinstance(dataset, str) else None
-    if column is None:
-        raise BlockQNNError(
-            f"dataset {dataset!r:.40} is not in the NAS-Bench-201 table; "
-            f"use one of: {', '.join(DATASETS)}"
-        )
-    return column
-
-
-class Table:
-    """Test accuracies (percent) of NAS-Bench-201 cells on each of `DATASETS`."""
-
-    def __init__(self, path: str, accuracies: dict[tuple[str, ...], dict[str, float]]) -> None:
-        self.path = path
-        # ops -> (accuracy per column): lookups key on the tuple, no text is formatted.
-        self.rows = accuracies
-        self._optimum: dict[str, float] = {}
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __contains__(self, cell: object) -> bool:
-        return isinstance(cell, Cell) and cell.ops in self.rows
-
-    def __repr__(self) -> str:
-        return f"Table({self.path!r}, {len(self)} cells)"
-
-    def accuracy(self, cell: Cell, dataset: str) -> float:
-        """`cell`'s test accuracy in percent; `BlockQNNError` if the table lacks it."""
-        column = column_of(dataset)
-        row = self.rows.get(cell.ops)
-        if row is None:
-            raise BlockQNNError(f"table {self.path}: no row for the cell {cell}")
-        return row[column]
-
-    def optimum(self, dataset: str) -> float:
-        """The best accuracy in the table (percent), e.g. 94.37 for cifar10."""
-        column = column_of(dataset)
-        if column not in self._optimum:
-            self._optimum[column] = max(row[column] for row in self.rows.values())
-        return self._optimum[column]
-
-
-# (resolved path, mtime_ns, size) -> Table: building evaluators again in one process (the
-# search makes one per worker) reads the file once.
-_TABLES: dict[tuple[str, int, int], Table] = {}
-
-
-def load_table(path: str | os.PathLike[str]) -> Table:
-    """Read a CSV (plain or gzip, told by its magic bytes) of NAS-Bench-201 accuracies.
-
-    Needs the `DATASETS` columns and `ArchitectureString`; other columns are ignored. Every
-    problem raises a one-line `BlockQNNError` naming the file (and the line, for a row).
-    """
-    file = FilePath(path)
-    name = str(path)
-    try:
-        stat = file.stat()
-    except OSError:
-        raise BlockQNNError(f"table {name}: no such file") from None
-    if not file.is_file():
-        raise BlockQNNError(f"table {name}: not a file")
-    key = (str(file.resolve()), stat.st_mtime_ns, stat.st_size)
-    cached = _TABLES.get(key)
-    if cached is not None:
-        return cached
-    table = _read_table(file, name)
-    _TABLES[key] = table
-    return table
-
-
-def _read_text(file: FilePath, name: str) -> str:
-    try:
-        with file.open("rb") as raw:
-            data = raw.read()
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise BlockQNNError(f"table {name}: not UTF-8 text (nor gzip-compressed text)") from None
-    except (OSError, EOFError, zlib.error) as exc:
-        raise BlockQNNError(f"table {name}: cannot read it ({exc})") from None
-
-
-def _read_table(file: FilePath, name: str) -> Table:
-    reader = csv.reader(io.StringIO(_read_text(file, name), newline=""))
-    try:
-        header = next(reader, None)
-        if header is None:
-            raise BlockQNNError(f"table {name}: empty (no header line)")
-        header = [h.strip() for h in header]
-        where: dict[str, int] = {}
-        for column in (*DATASETS.values(), ARCH_COLUMN):
-            if column not in header:
-                raise BlockQNNError(
-                    f"table {name}: no column {column!r} (has {', '.join(header)[:80]})"
-                )
-            where[column] = header.index(column)
-        accuracies: dict[tuple[str, ...], dict[str, float]] = {}
-        first_line: dict[tuple[str, ...], int] = {}
-        for row in reader:
-            line = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue  # blank lines, e.g. a trailing one
-            if len(row) != len(header):
-                raise BlockQNNError(
-                    f"table {name} line {line}: {len(row)} fields, the header has {len(header)}"
-                )
-            try:
-                cell = Cell.parse(row[where[ARCH_COLUMN]])
-            except BlockQNNError as exc:
-                raise BlockQNNError(f"table {name} line {line}: {ARCH_COLUMN}: {exc}") from None
-            if cell.ops in first_line:
-                raise BlockQNNError(
-                    f"table {name} line {line}: the architecture {cell} repeats line "
-                    f"{first_line[cell.ops]}"
-                )
-            first_line[cell.ops] = line
-            accuracies[cell.ops] = {
-                column: _percent(row[where[column]], column, f"table {name} line {line}")
-                for column in DATASETS.values()
-            }
-    except csv.Error as exc:
-        raise BlockQNNError(f"table {name} line {reader.line_num}: not CSV ({exc})") from None
-    if not accuracies:
-        raise BlockQNNError(f"table {name}: no rows after the header")
-    return Table(name, accuracies)
-
-
-def _percent(text: str, column: str, where: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise BlockQNNError(f"{where}: {column} = {_clip(text, 30)} is not a number") from None
-    if not math.isfinite(value):
-        raise BlockQNNError(f"{where}: {column} = {text.strip()} is not finite")
-    if not 0.0 <= value <= 100.0:
-        raise BlockQNNError(f"{where}: {column} = {value} is not a percentage in [0, 100]")
-    return value

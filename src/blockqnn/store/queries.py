@@ -127,7 +127,7 @@ def read_config(c: sqlite3.Connection) -> Config:
     data = decode(read_meta(c).get("config"), "the stored config")
     if not isinstance(data, dict):
         raise damaged("the stored config is not a JSON object")
-    return Config.from_dict(data)
+    return Config.from_saved(data)
 
 
 def select_trials(c: sqlite3.Connection, status: str | None = None) -> list[TrialRecord]:

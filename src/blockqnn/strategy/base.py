@@ -26,9 +26,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import fields, replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from blockqnn.errors import BlockQNNError
+from blockqnn.settings.config import AgentConfig
 from blockqnn.space.base import Space
 
 PAPER_BUDGET = 11_392  # (paper) 178 iterations x 64 blocks
@@ -94,6 +96,21 @@ def scale_schedule(schedule: Sequence[tuple[float, int]], budget: int) -> list[t
     return stages
 
 
+def explore_stages(
+    schedule: Sequence[tuple[float, int]], budget: int, share: float
+) -> list[tuple[float, int]]:
+    """The schedule's stages for `budget` blocks: scaled as they are (`share` 0), or the
+    first `share` of the budget at epsilon 1 and the schedule's stages below epsilon 1
+    scaled to the rest (the paper's decay, started earlier at small budgets)."""
+    if share <= 0:
+        return scale_schedule(schedule, budget)
+    explore = min(budget, round(budget * share))
+    decay = [(eps, n) for eps, n in schedule if eps < 1.0]
+    if explore == budget or not decay or sum(n for _, n in decay) <= 0:
+        return [(1.0, budget)]
+    return [(1.0, explore), *scale_schedule(decay, budget - explore)]
+
+
 def replay_iteration(iteration_size: int, budget: int) -> int:
     """Distinct blocks per replay iteration: `iteration_size`, or with 0 the budget split
     into as many iterations as the paper's schedule has (178), at least 4 and at most 64."""
@@ -113,6 +130,18 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise BlockQNNError(f"{name} = {value!r}: must be an integer >= {minimum}")
     return value
+
+
+def agent_settings(config: AgentConfig | None, overrides: dict[str, Any]) -> AgentConfig:
+    """The `[agent]` section a strategy is built with: `config` (default `AgentConfig()`,
+    what the CLI and TOML give) with `overrides` applied and checked by it."""
+    base = AgentConfig() if config is None else config
+    if not overrides:
+        return base
+    unknown = sorted(set(overrides) - {f.name for f in fields(AgentConfig)})
+    if unknown:
+        raise BlockQNNError(f"{unknown[0]}: not an agent setting")
+    return replace(base, **overrides)
 
 
 def check_schedule(schedule: Any) -> tuple[tuple[float, int], ...]:

@@ -27,19 +27,12 @@ The paper's loop, adapted to asynchronous ask/tell (choices where it is silent):
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from blockqnn.errors import BlockQNNError
+from blockqnn.settings.config import AgentConfig
 from blockqnn.space.base import Space
-from blockqnn.strategy.base import PAPER_BUDGET, BaseAgent, check_int, check_reward
-
-if TYPE_CHECKING:
-    from blockqnn.settings.config import AgentConfig
-
-# (choice) Defaults: candidates alive at once, and the tournament size (`AgentConfig` has
-# the same values: the config must not import the strategies).
-POPULATION_SIZE = 20
-SAMPLE_SIZE = 5
+from blockqnn.strategy.base import PAPER_BUDGET, BaseAgent, agent_settings, check_reward
 
 
 class RegularizedEvolution(BaseAgent):
@@ -59,21 +52,20 @@ class RegularizedEvolution(BaseAgent):
         self,
         space: Space | None = None,
         budget: int = PAPER_BUDGET,
-        population_size: int = POPULATION_SIZE,
-        sample_size: int = SAMPLE_SIZE,
         seed: int = 0,
+        config: AgentConfig | None = None,
+        **overrides: Any,
     ) -> None:
+        """`config` (default `AgentConfig()`) gives the population and tournament sizes;
+        `overrides` are `AgentConfig` fields that replace its values (checked by it)."""
+        settings = agent_settings(config, overrides)
         if space is None:
             from blockqnn.space.nsc.space import NSCSpace
 
-            space = NSCSpace()
+            space = NSCSpace(settings.max_depth)
         super().__init__(space, budget, seed)
-        self.population_size = check_int("population_size", population_size, 1)
-        self.sample_size = check_int("sample_size", sample_size, 1)
-        if self.sample_size > self.population_size:
-            raise BlockQNNError(
-                f"sample_size = {sample_size}: must not exceed population_size = {population_size}"
-            )
+        self.population_size = settings.population_size
+        self.sample_size = settings.sample_size
         # (candidate, reward), oldest first. Members are the space's own value of their path,
         # so a snapshot's text reads back to equal candidates (exact resume).
         self._population: deque[tuple[Any, float]] = deque()
@@ -121,15 +113,13 @@ class RegularizedEvolution(BaseAgent):
     def from_config(
         cls, space: Space, budget: int, seed: int, config: AgentConfig
     ) -> RegularizedEvolution:
-        """Evolution with the `[agent]` section's population and tournament sizes (a config
-        object without them, e.g. a plug-in's, gets the defaults)."""
-        return cls(
-            space,
-            budget=budget,
-            population_size=getattr(config, "population_size", POPULATION_SIZE),
-            sample_size=getattr(config, "sample_size", SAMPLE_SIZE),
-            seed=seed,
-        )
+        """Evolution with the `[agent]` section's population and tournament sizes (a plug-in's
+        section without them gets the defaults)."""
+        if not isinstance(config, AgentConfig):
+            names = ("population_size", "sample_size")
+            sizes = {k: getattr(config, k) for k in names if hasattr(config, k)}
+            return cls(space, budget=budget, seed=seed, **sizes)
+        return cls(space, budget=budget, seed=seed, config=config)
 
     def state_dict(self) -> dict[str, Any]:
         out = self._base_state()

@@ -22,31 +22,42 @@ Choices, where the paper is silent:
   (MetaQNN).
 - One `random.Random` drives sampling, tie breaking and replay, so a run is a pure function
   of the seed and the sequence of calls; its state is part of the snapshot.
+
+Levers beyond the paper (`AgentConfig`; the `paper` preset turns every one off):
+`explore_share` (the share of the budget at epsilon 1, then the paper's decay stages),
+`ucb` (a count bonus c sqrt(ln(1 + N(s)) / (1 + n(s, a))) on greedy steps, n counting
+distinct blocks told through the pair), `state` ("prefix": the Q-table's state is the whole
+path so far, not its last step), `explore_per` ("block": epsilon is the chance that a
+block explores, by one random step of the greedy walk, not each step's chance) and `replay`
+("ranked": draws favour the best blocks,
+P(i) ~ 1 / rank, as rank-based prioritized replay).
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from blockqnn.errors import BlockQNNError
+from blockqnn.settings.config import LEVERS_OFF, AgentConfig
 from blockqnn.space.base import Action, Path, Space, State, parse_path_rows, path_text
 from blockqnn.strategy.base import (
     DEFAULT_SCHEDULE,
     PAPER_BUDGET,
     BaseAgent,
-    check_int,
+    agent_settings,
     check_reward,
     check_schedule,
+    explore_stages,
     replay_iteration,
-    scale_schedule,
 )
 
-if TYPE_CHECKING:
-    from blockqnn.settings.config import AgentConfig
-
+# The Q-table's state: the space's state (its last step), or with `state = "prefix"` the
+# steps so far.
+Key = tuple[Any, ...]
 
 REPEAT_TRIES = 20  # on_repeat "explore": walks tried before a repeated block is proposed
 
@@ -66,64 +77,61 @@ class QLearningAgent(BaseAgent):
 
     kind = "qlearning"
     # Version-1 snapshots have no modes: that release always ran the paper's.
+    # Snapshots without the levers were made before them: those releases ran them off.
     SNAPSHOT_DEFAULTS: ClassVar[dict[str, Any]] = {
         **BaseAgent.SNAPSHOT_DEFAULTS,
         "q_init_mode": "fixed",
         "alpha_mode": "fixed",
         "on_repeat": "allow",
+        **LEVERS_OFF,
     }
 
     def __init__(
         self,
         space: Space | None = None,
         budget: int = PAPER_BUDGET,
-        alpha: float = 0.01,
-        gamma: float = 1.0,
-        q_init: float = 0.5,
-        replay_size: int = 128,
-        iteration_size: int = 64,
-        reward_shaping: bool = True,
-        schedule: Sequence[tuple[float, int]] = DEFAULT_SCHEDULE,
         seed: int = 0,
-        q_init_mode: str = "fixed",
-        alpha_mode: str = "fixed",
-        on_repeat: str = "allow",
+        config: AgentConfig | None = None,
+        schedule: Sequence[tuple[float, int]] = DEFAULT_SCHEDULE,
+        **overrides: Any,
     ) -> None:
+        """`config` (default `AgentConfig()`, the CLI's agent) gives every constant;
+        `overrides` are `AgentConfig` fields that replace its values (checked by it)."""
+        settings = agent_settings(config, overrides)
         if space is None:
             from blockqnn.space.nsc.space import NSCSpace
 
-            space = NSCSpace()
+            space = NSCSpace(settings.max_depth)
         super().__init__(space, budget, seed)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
-            raise BlockQNNError(f"alpha = {alpha!r}: must be in (0, 1]")
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma <= 1:
-            raise BlockQNNError(f"gamma = {gamma!r}: must be in [0, 1]")
-        if (
-            isinstance(q_init, bool)
-            or not isinstance(q_init, (int, float))
-            or not math.isfinite(q_init)
-        ):
-            raise BlockQNNError(f"q_init = {q_init!r}: must be a finite number")
-        self.alpha = float(alpha)
-        self.gamma = float(gamma)
-        self.q_init = float(q_init)
-        self.replay_size = check_int("replay_size", replay_size, 0)
-        self.iteration_size = check_int("iteration_size", iteration_size, 0)
-        self._iteration = replay_iteration(iteration_size, self.budget)
-        self.reward_shaping = bool(reward_shaping)
-        self.q_init_mode = _check_mode("q_init_mode", q_init_mode, ("fixed", "mean"))
-        self.alpha_mode = _check_mode("alpha_mode", alpha_mode, ("fixed", "visits"))
-        self.on_repeat = _check_mode("on_repeat", on_repeat, ("allow", "explore"))
+        self.alpha = float(settings.alpha)
+        self.gamma = float(settings.gamma)
+        self.q_init = float(settings.q_init)
+        self.replay_size = settings.replay_size
+        self.iteration_size = settings.iteration_size
+        self._iteration = replay_iteration(self.iteration_size, self.budget)
+        self.reward_shaping = bool(settings.reward_shaping)
+        self.q_init_mode = settings.q_init_mode
+        self.alpha_mode = settings.alpha_mode
+        self.on_repeat = settings.on_repeat
+        self.explore_share = float(settings.explore_share)
+        self.ucb = float(settings.ucb)
+        self.state = settings.state
+        self.replay = settings.replay
+        self.explore_per = settings.explore_per
+        self._prefix = self.state == "prefix"
         self.schedule = check_schedule(schedule)
-        stages = scale_schedule(self.schedule, self.budget)
+        stages = self.stages()
         self._epsilons = [eps for eps, _ in stages]
         self._stage_ends: list[int] = []
         for _, n in stages:
             self._stage_ends.append((self._stage_ends[-1] if self._stage_ends else 0) + n)
         # Q-table: state -> {action -> q}; absent pairs read q_init. Keys are the space's
         # shared tuples, so an entry costs a dict slot and a float.
-        self._q: dict[State, dict[Action, float]] = {}
-        self._n: dict[State, dict[Action, int]] = {}  # updates per pair (alpha_mode "visits")
+        self._q: dict[Key, dict[Action, float]] = {}
+        self._n: dict[Key, dict[Action, int]] = {}  # updates per pair (alpha_mode "visits")
+        # distinct blocks told through each pair, and their sum per state (ucb > 0)
+        self._count: dict[Key, dict[Action, int]] = {}
+        self._count_total: dict[Key, int] = {}
         # Replay memory: distinct paths in the order first told, their latest reward, and
         # their NSC text (made once here, so that a snapshot after every tell stays cheap).
         self._paths: list[Path] = []
@@ -144,16 +152,33 @@ class QLearningAgent(BaseAgent):
         return {"epsilon": self.epsilon}
 
     def stages(self) -> list[tuple[float, int]]:
-        """The schedule as (epsilon, blocks) for this budget."""
-        return scale_schedule(self.schedule, self.budget)
+        """The schedule as (epsilon, blocks) for this budget: the paper's stages scaled to
+        it, or with `explore_share` that share at epsilon 1 and the decay over the rest."""
+        return explore_stages(self.schedule, self.budget, self.explore_share)
+
+    def _key(self, path: Sequence[Action]) -> Key:
+        """The Q-table's state after the steps `path`: its last step (the paper's), or with
+        `state = "prefix"` the whole path so far."""
+        if self._prefix:
+            return tuple(path)
+        return path[-1] if path else self.space.start
 
     # ----- ask and tell -------------------------------------------------------------------
 
     def ask(self) -> Any:
         epsilon = self.epsilon
-        path = self._walk(epsilon, -1)
+        if self.explore_per == "block" and epsilon < 1.0:
+            # epsilon is the chance that a block explores, by one random step of the greedy
+            # walk (a mutation of it), rather than each step's chance
+            explores = self._rng.random() < epsilon
+            path = self._walk(0.0, -1)
+            if explores:
+                path = self._walk(0.0, self._rng.randrange(len(path)))
+            epsilon = 0.0
+        else:
+            path = self._walk(epsilon, -1)
         candidate = self.space.to_candidate(path)
-        if self.on_repeat == "explore" and epsilon < 1.0:
+        if self.on_repeat == "explore" and self.epsilon < 1.0:
             # A greedy walk that rebuilds a block already told teaches nothing new (its
             # stored reward is told again); explore one step of it instead, at a random
             # position, and follow the policy from there.
@@ -174,7 +199,7 @@ class QLearningAgent(BaseAgent):
         while True:
             actions = space.actions(state)
             explore = len(path) == forced or rng.random() < epsilon
-            state = rng.choice(actions) if explore else self._greedy(state, actions)
+            state = rng.choice(actions) if explore else self._greedy(self._key(path), actions)
             path.append(state)
             if space.is_terminal(state):
                 return tuple(path)
@@ -185,8 +210,11 @@ class QLearningAgent(BaseAgent):
             return self._total / len(self._rewards)
         return self.q_init
 
-    def _greedy(self, state: State, actions: tuple[Action, ...]) -> Action:
-        """An action of highest Q, ties broken uniformly with the agent's RNG."""
+    def _greedy(self, state: Key, actions: tuple[Action, ...]) -> Action:
+        """An action of highest Q (plus the count bonus with `ucb`), ties broken uniformly
+        with the agent's RNG."""
+        if self.ucb > 0:
+            return self._optimistic(state, actions)
         row = self._q.get(state)
         if not row:
             return self._rng.choice(actions)
@@ -196,6 +224,26 @@ class QLearningAgent(BaseAgent):
             best = q_init
         ties = [a for a in actions if row.get(a, q_init) == best]
         return ties[0] if len(ties) == 1 else self._rng.choice(ties)
+
+    def _optimistic(self, state: Key, actions: tuple[Action, ...]) -> Action:
+        """argmax Q(s, a) + ucb sqrt(ln(1 + N(s)) / (1 + n(s, a))) (UCB1's bonus, counting
+        distinct blocks): pairs the memory rarely went through look better than their Q."""
+        row = self._q.get(state, {})
+        counts = self._count.get(state, {})
+        q_init = self._default()
+        scale = self.ucb * math.sqrt(math.log1p(self._count_total.get(state, 0)))
+        scores = [row.get(a, q_init) + scale / math.sqrt(1 + counts.get(a, 0)) for a in actions]
+        best = max(scores)
+        ties = [a for a, v in zip(actions, scores, strict=True) if v == best]
+        return ties[0] if len(ties) == 1 else self._rng.choice(ties)
+
+    def _remember(self, path: Path) -> None:
+        """Count a distinct block's pairs (the ucb bonus's n and N)."""
+        for t in range(len(path)):
+            key = self._key(path[:t])
+            row = self._count.setdefault(key, {})
+            row[path[t]] = row.get(path[t], 0) + 1
+            self._count_total[key] = self._count_total.get(key, 0) + 1
 
     def tell(self, candidate: Any, reward: float) -> None:
         value = check_reward(reward)
@@ -208,6 +256,7 @@ class QLearningAgent(BaseAgent):
             self._rewards.append(value)
             self._texts.append(path_text(path))
             self._total += value
+            self._remember(path)
         else:
             self._total += value - self._rewards[where]
             self._rewards[where] = value
@@ -218,8 +267,9 @@ class QLearningAgent(BaseAgent):
             if len(self._hashes) % self._iteration == 0:
                 self._replay()
 
-    def _max_q(self, state: State, q_init: float) -> float:
-        row = self._q.get(state)
+    def _max_q(self, key: Key, state: State, q_init: float) -> float:
+        """max_a Q(key, a) over the actions of the space's `state`."""
+        row = self._q.get(key)
         if not row:
             return q_init
         best = max(row.values())
@@ -231,34 +281,48 @@ class QLearningAgent(BaseAgent):
         """One Q-learning pass over `path`, from the terminal back to the first layer."""
         alpha, gamma, q_init = self.alpha, self.gamma, self._default()
         visits = self.alpha_mode == "visits"
+        best = self.alpha_mode == "max"
         steps = len(path)
         shaped = reward / steps if self.reward_shaping else 0.0
         target_next = 0.0  # after the terminal nothing follows
         start = self.space.start
+        prefix = self._prefix
         for t in range(steps - 1, -1, -1):
             state = path[t - 1] if t > 0 else start
+            key = path[:t] if prefix else state
             action = path[t]
             r = reward if t == steps - 1 else shaped
-            row = self._q.get(state)
+            row = self._q.get(key)
             if row is None:
-                row = self._q[state] = {}
+                row = self._q[key] = {}
             rate = alpha
             if visits:  # the sample mean of the targets until 1/n falls below alpha
-                counts = self._n.setdefault(state, {})
+                counts = self._n.setdefault(key, {})
                 n = counts[action] = counts.get(action, 0) + 1
                 rate = max(alpha, 1.0 / n)
-            row[action] = (1 - rate) * row.get(action, q_init) + rate * (r + gamma * target_next)
+            target = r + gamma * target_next
+            old = row.get(action)
+            if best:  # the first target, then the best so far (the greedy walk: the best block)
+                row[action] = target if old is None else max(old, target)
+            else:
+                row[action] = (1 - rate) * (q_init if old is None else old) + rate * target
             if t > 0:
-                target_next = self._max_q(state, q_init)
+                target_next = self._max_q(key, state, q_init)
 
     def _replay(self) -> None:
-        """Replay `replay_size` uniform draws (with replacement) from the memory."""
+        """Replay `replay_size` draws (with replacement) from the memory: uniform, or with
+        `replay = "ranked"` the i-th best block with weight 1 / i."""
         n = len(self._paths)
         if n == 0:
             return
-        randrange = self._rng.randrange
-        for _ in range(self.replay_size):
-            i = randrange(n)
+        if self.replay == "ranked":
+            order = sorted(range(n), key=lambda i: -self._rewards[i])
+            weights = list(itertools.accumulate(1.0 / (r + 1) for r in range(n)))
+            drawn = self._rng.choices(order, cum_weights=weights, k=self.replay_size)
+        else:
+            randrange = self._rng.randrange
+            drawn = [randrange(n) for _ in range(self.replay_size)]
+        for i in drawn:
             self._update(self._paths[i], self._rewards[i])
 
     # ----- inspection ---------------------------------------------------------------------
@@ -282,7 +346,8 @@ class QLearningAgent(BaseAgent):
         path: list[Action] = []
         state = self.space.start
         while not path or not self.space.is_terminal(state):
-            values = [(self.q_value(state, a), a) for a in self.space.actions(state)]
+            key = self._key(path)
+            values = [(self.q_value(key, a), a) for a in self.space.actions(state)]
             best = max(q for q, _ in values)
             state = next(a for q, a in values if q == best)
             path.append(state)
@@ -303,6 +368,11 @@ class QLearningAgent(BaseAgent):
             "q_init_mode": self.q_init_mode,
             "alpha_mode": self.alpha_mode,
             "on_repeat": self.on_repeat,
+            "explore_share": self.explore_share,
+            "ucb": self.ucb,
+            "state": self.state,
+            "replay": self.replay,
+            "explore_per": self.explore_per,
         }
 
     @classmethod
@@ -310,26 +380,13 @@ class QLearningAgent(BaseAgent):
         cls, space: Space, budget: int, seed: int, config: AgentConfig
     ) -> QLearningAgent:
         """An agent with the `[agent]` section's settings (the paper's schedule)."""
-        return cls(
-            space,
-            budget=budget,
-            alpha=config.alpha,
-            gamma=config.gamma,
-            q_init=config.q_init,
-            replay_size=config.replay_size,
-            iteration_size=config.iteration_size,
-            reward_shaping=config.reward_shaping,
-            seed=seed,
-            q_init_mode=config.q_init_mode,
-            alpha_mode=config.alpha_mode,
-            on_repeat=config.on_repeat,
-        )
+        return cls(space, budget=budget, seed=seed, config=config)
 
     def state_dict(self) -> dict[str, Any]:
         out = self._base_state()
         counts = self._n
         out["q"] = [
-            [list(state), list(action), q, counts.get(state, {}).get(action, 0)]
+            [_plain(state), list(action), q, counts.get(state, {}).get(action, 0)]
             for state, row in self._q.items()
             for action, q in row.items()
         ]
@@ -356,14 +413,17 @@ class QLearningAgent(BaseAgent):
         self._paths, self._rewards, self._texts, self._where = paths, rewards, texts, where
         self._total = sum(rewards)
         self._hashes = hashes
+        self._count, self._count_total = {}, {}
+        for path in paths:  # the memory holds every distinct block: the ucb counts
+            self._remember(path)
 
     def _read_q(
         self, rows: Any
-    ) -> tuple[dict[State, dict[Action, float]], dict[State, dict[Action, int]]]:
+    ) -> tuple[dict[Key, dict[Action, float]], dict[Key, dict[Action, int]]]:
         if not isinstance(rows, list):
             raise BlockQNNError("agent snapshot: q must be a list of [state, action, q, n] rows")
-        q: dict[State, dict[Action, float]] = {}
-        visits: dict[State, dict[Action, int]] = {}
+        q: dict[Key, dict[Action, float]] = {}
+        visits: dict[Key, dict[Action, int]] = {}
         space = self.space
         for n, entry in enumerate(rows):
             # Version-1 snapshots hold [state, action, q]: no visit counts (alpha was fixed).
@@ -373,9 +433,12 @@ class QLearningAgent(BaseAgent):
             count = entry[3] if len(entry) == 4 else 0
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise BlockQNNError(f"agent snapshot: q row {n} count {count!r} is not a count")
-            state = space.intern(raw_state) if isinstance(raw_state, list) else None
+            key = self._read_state(raw_state)
+            state = key  # the space's state the pair acts from
+            if self._prefix and key is not None:
+                state = key[-1] if key else space.start
             action = space.intern(raw_action) if isinstance(raw_action, list) else None
-            if state is None or action is None or not space.is_action(state, action):
+            if key is None or action is None or not space.is_action(state, action):
                 raise BlockQNNError(
                     f"agent snapshot: q row {n} ({raw_state}, {raw_action}) is not a valid "
                     f"state and action of the search space {self.space!r}"
@@ -384,10 +447,26 @@ class QLearningAgent(BaseAgent):
                 raise BlockQNNError(f"agent snapshot: q row {n} value {value!r} is not a number")
             if not math.isfinite(value):
                 raise BlockQNNError(f"agent snapshot: q row {n} value {value} is not finite")
-            q.setdefault(state, {})[action] = float(value)
+            q.setdefault(key, {})[action] = float(value)
             if count:
-                visits.setdefault(state, {})[action] = count
+                visits.setdefault(key, {})[action] = count
         return q, visits
+
+    def _read_state(self, raw: Any) -> Any:
+        """A snapshot's state: the space's state, or with `state = "prefix"` a valid path so
+        far (a list of steps); None if it is not one."""
+        if not isinstance(raw, list):
+            return None
+        if not self._prefix:
+            return self.space.intern(raw)
+        steps, state = [], self.space.start
+        for step in raw:
+            action = self.space.intern(step) if isinstance(step, list) else None
+            if action is None or not self.space.is_action(state, action):
+                return None
+            steps.append(action)
+            state = action
+        return tuple(steps)
 
     def _read_memory(self, rows: Any) -> tuple[list[Path], list[float], list[str], dict[Path, int]]:
         if not isinstance(rows, list):
@@ -411,10 +490,9 @@ class QLearningAgent(BaseAgent):
         return paths, rewards, [path_text(p) for p in paths], where
 
 
-def _check_mode(name: str, value: Any, options: tuple[str, ...]) -> str:
-    if value not in options:
-        raise BlockQNNError(f"{name} = {value!r}: choose one of {', '.join(options)}")
-    return str(value)
+def _plain(state: Key) -> list[Any]:
+    """A state as JSON lists: a step's numbers, or a prefix's steps."""
+    return [list(v) if isinstance(v, tuple) else v for v in state]
 
 
 def make_strategy(space: Space, budget: int, seed: int, config: AgentConfig) -> QLearningAgent:
