@@ -58,6 +58,10 @@ _OVERRIDES = {
     "threads": ("train", "threads"),
     "filters": ("network", "filters"),
     "cache": ("search", "cache"),
+    "stop_after": ("search", "stop_after"),
+    "stop_quantile": ("search", "stop_quantile"),
+    "prescreen": ("search", "prescreen"),
+    "prescreen_score": ("search", "prescreen_score"),
     "blocks_per_stage": ("network", "blocks_per_stage"),
 }
 # where the search runs, not what it searches: a resume may change them too
@@ -108,6 +112,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--blocks-per-stage", type=int, help="blocks per stage N while searching (paper: 2)"
     )
     parser.add_argument("--threads", help=THREADS_HELP)
+    parser.add_argument(
+        "--stop-after", type=int, help="early termination: epochs before a weak one stops (0 off)"
+    )
+    parser.add_argument("--stop-quantile", type=float, help="early termination: the quantile")
+    parser.add_argument("--prescreen", type=int, help="proposals per trained block (1 = off)")
+    parser.add_argument("--prescreen-score", help="params, synflow or jacob_cov")
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: the best available)")
     parser.add_argument("--top", type=int, default=5, help="blocks in the final table")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
