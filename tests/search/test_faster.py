@@ -217,3 +217,23 @@ def test_prescreen_picks_the_largest_network_with_params(tmp_path: Path) -> None
         for t in s.trials():
             assert t.result is not None
             assert t.info["prescreen"]["score"] == t.result["params"]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--epochs", "3", "--stop-after", "3"],
+        ["--stop-quantile", "1.5"],
+        ["--prescreen", "0"],
+        ["--prescreen-score", "zico"],
+    ],
+)
+def test_search_refuses_bad_faster_settings_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    from blockqnn.cli import main
+
+    assert main(["search", "--run-dir", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "search." in err
+    assert not (tmp_path / "run").exists()
