@@ -60,6 +60,10 @@ _OVERRIDES = {
     "threads": ("train", "threads"),
     "filters": ("network", "filters"),
     "cache": ("search", "cache"),
+    "stop_after": ("search", "stop_after"),
+    "stop_quantile": ("search", "stop_quantile"),
+    "prescreen": ("search", "prescreen"),
+    "prescreen_score": ("search", "prescreen_score"),
     "blocks_per_stage": ("network", "blocks_per_stage"),
 }
 # where the search runs, not what it searches: a resume may change them too
@@ -121,6 +125,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_latency_arguments(parser)
     _add_growth_arguments(parser)
+    _add_faster_arguments(parser)
+
+
+def _add_faster_arguments(parser: argparse.ArgumentParser) -> None:
+    """Early termination and the zero-cost pre-screen (both off by default)."""
+    parser.add_argument(
+        "--stop-after", type=INT, help="early termination: epochs before a weak one stops (0 off)"
+    )
+    parser.add_argument("--stop-quantile", type=FLOAT, help="early termination: the quantile")
+    parser.add_argument("--prescreen", type=INT, help="proposals per trained block (1 = off)")
+    parser.add_argument("--prescreen-score", help="params, synflow or jacob_cov")
 
 
 def _add_latency_arguments(parser: argparse.ArgumentParser) -> None:

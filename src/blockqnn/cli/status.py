@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def status(run_dir: str, top: int = 5) -> dict[str, Any]:
     """The run's state as a JSON-safe dict (the `--json` output), from the report's summary."""
     from blockqnn.report.data import read_run
+    from blockqnn.report.faster import faster_summary
     from blockqnn.store.db import FAILED
 
     run = read_run(run_dir, top)
@@ -49,6 +50,8 @@ def status(run_dir: str, top: int = 5) -> dict[str, Any]:
         "elapsed_seconds": round(run.elapsed, 3),
         "evaluations_per_hour": round(run.evaluations_per_hour or 0.0, 2),
         "top": [trial_json(t, run.space) for t in run.top],
+        # early termination and the pre-screen (`blockqnn.report.faster`); null when off
+        "faster": faster_summary(run.trials),
         # the latest failed evaluations with their errors, newest last
         "recent_failures": [
             {"id": t.id, "candidate": t.candidate, "error": t.error}
@@ -92,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
         f"{info['evaluations_per_hour']:.1f} evaluations/hour",
         markup=False,
     )
+    if info["faster"] is not None:
+        from blockqnn.report.faster import faster_text
+
+        console.print("faster search: " + faster_text(info["faster"]), markup=False)
     if info["top"]:
         console.print(_top_table(info))
         pick = info["top"][0]

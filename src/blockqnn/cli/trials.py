@@ -7,7 +7,8 @@ Examples:
 
 Columns: id, status, candidate, hash, reward, accuracy, flops, params, density, then
 metric.NAME for every extra metric of the results (e.g. metric.flops_ref), info.KEY for
-every key of the strategy's info at ask time (e.g. info.epsilon), then reuse_of, attempts,
+every key of the strategy's info at ask time (e.g. info.epsilon; info.prescreen, a JSON
+object, with the pre-screen), then reuse_of, attempts,
 lost, worker, error, created, started, finished (ISO 8601, UTC) and train_seconds (empty for
 reused trials: they trained nothing). A value a trial lacks is empty (null in JSON).
 
@@ -77,13 +78,14 @@ def _print_table(run_dir: str, names: list[str], rows: list[dict[str, Any]]) -> 
     if not rows:
         console.print(f"{run_dir}: no trials yet", markup=False)
         return
-    info = [n for n in names if n.startswith("info.")]
+    info = [n for n in names if n.startswith("info.") and n != "info.prescreen"]
     final = [n for n in names if n == "metric.final_accuracy"]  # proxy-rewarded runs
+    stops = ["metric.stopped_at"] if "metric.stopped_at" in names else []  # early termination
     errors = any(row["error"] for row in rows)
     table = Table(title=f"{len(rows)} trials (all columns: --csv or --json)")
     for name in ("trial", "status", "reward", "accuracy", *(["final accuracy"] * len(final))):
         table.add_column(name, justify="right")
-    for name in (*info, "reuse of"):
+    for name in (*info, *stops, "reuse of"):
         table.add_column(name, justify="right")
     table.add_column("candidate", overflow="fold")
     if errors:
@@ -95,7 +97,7 @@ def _print_table(run_dir: str, names: list[str], rows: list[dict[str, Any]]) -> 
             _short(row["reward"], ".4f"),
             _short(row["accuracy"], ".4f"),
             *(_short(row[n], ".4f") for n in final),
-            *(_short(row[n], "g") for n in info),
+            *(_short(row[n], "g") for n in [*info, *stops]),
             _short(row["reuse_of"]),
         ]
         cells += [row["candidate"]] + ([row["error"]] if errors else [])

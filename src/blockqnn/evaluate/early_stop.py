@@ -25,19 +25,21 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from blockqnn.errors import BlockQNNError
+from blockqnn.evaluate.gate import Gate
 from blockqnn.evaluate.result import STATUS_OK, EvalResult
 from blockqnn.settings.config import Config
 from blockqnn.space.nsc.block import Block
 from blockqnn.space.nsc.builder import Network
 from blockqnn.space.nsc.cost import network_cost, reference_flops
 from blockqnn.train.devices import describe_device, resolve_device, too_large
-from blockqnn.train.loop import fit
+from blockqnn.train.loop import EpochInfo, fit
 from blockqnn.train.recipe import Recipe, should_compile
 
 if TYPE_CHECKING:
@@ -81,6 +83,13 @@ class Evaluator:
 
     def evaluate(self, block: Block) -> EvalResult:
         """Train `block`'s search-time network and measure it; failures become results."""
+        return self.evaluate_gated(block, None)
+
+    def evaluate_gated(self, block: Block, gate: Gate | None) -> EvalResult:
+        """`evaluate`, validating after `gate.epoch` epochs too: the metric
+        `partial_accuracy` is that accuracy and, when the gate stops the candidate there,
+        `stopped_at` is the epoch and `accuracy` the partial one (the master predicts the
+        full figure, `blockqnn.search.terminate`)."""
         cost = network_cost(block, self.network_config)
         reason = too_large(cost.params, self.device)
         if reason:  # priced before it is built: allocating it could take the host down
@@ -96,7 +105,8 @@ class Evaluator:
         where = "CUDA"
         for batch_size in (recipe.batch_size, half):
             try:
-                return self._run(block, replace(recipe, batch_size=batch_size))
+                sized = replace(recipe, batch_size=batch_size)
+                return self._run(block, sized) if gate is None else self._run(block, sized, gate)
             except torch.cuda.OutOfMemoryError:
                 where = "CUDA"
             except (MemoryError, RuntimeError) as exc:
@@ -113,7 +123,7 @@ class Evaluator:
             batch_size=half,
         )
 
-    def _run(self, block: Block, recipe: Recipe) -> EvalResult:
+    def _run(self, block: Block, recipe: Recipe, gate: Gate | None = None) -> EvalResult:
         t0 = time.perf_counter()
         cost = network_cost(block, self.network_config)
         epochs = self.config.train.epochs
@@ -125,7 +135,16 @@ class Evaluator:
         torch.manual_seed(recipe.seed)  # every candidate starts from the same seed
         model = Network(block, self.network_config)
         build_seconds = time.perf_counter() - t0
-        fitted = fit(model, self.data, recipe, epochs=epochs, eval_split="val")
+        partial: dict[str, float] = {}
+        fitted = fit(
+            model,
+            self.data,
+            recipe,
+            epochs=epochs,
+            eval_split="val",
+            eval_at=(gate.epoch,) if gate is not None else (),
+            on_epoch=None if gate is None else _gate_hook(gate, partial),
+        )
         common: dict[str, Any] = {
             "flops": cost.flops,
             "params": cost.params,
@@ -138,7 +157,7 @@ class Evaluator:
             "device": self.device_name,
             "mode": fitted.mode,
             "batch_size": fitted.batch_size,
-            "metrics": {"flops_ref": float(self.flops_ref)},
+            "metrics": {"flops_ref": float(self.flops_ref), **partial},
         }
         if not fitted.ok or fitted.accuracy is None:
             return EvalResult.failed(fitted.error or "no accuracy measured", **common)
@@ -149,6 +168,22 @@ class Evaluator:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _gate_hook(gate: Gate, partial: dict[str, float]) -> Callable[[EpochInfo], bool]:
+    """`fit`'s epoch callback for a gate: records the accuracy at the gate's epoch in
+    `partial` and stops training there when the gate says so."""
+
+    def on_epoch(info: EpochInfo) -> bool:
+        if info.epoch != gate.epoch or info.accuracy is None:
+            return False
+        partial["partial_accuracy"] = info.accuracy
+        if gate.stops(info.accuracy) and info.epoch < info.epochs:
+            partial["stopped_at"] = float(info.epoch)
+            return True
+        return False
+
+    return on_epoch
 
 
 def _host_out_of_memory(exc: BaseException) -> bool:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import replace
 from typing import Any
 
+from blockqnn.evaluate.gate import Gate
 from blockqnn.evaluate.result import EvalResult
 from blockqnn.settings.config import Config
 from blockqnn.space.nsc.block import Block
@@ -44,6 +46,26 @@ class SyntheticEvaluator:
         self.fail_digits = fail_digits
         self.with_cost = with_cost
         self._ref = reference_flops(config.network) if with_cost else 1
+
+    def evaluate_gated(self, block: Block, gate: Gate) -> EvalResult:
+        """`evaluate` with early termination (`blockqnn.evaluate.gate`): the partial
+        accuracy at `gate.epoch` is 0.8 x the full one, so a line predicts it exactly."""
+        full = self.evaluate(block)
+        if not full.ok:
+            return full
+        partial = 0.8 * full.accuracy
+        metrics = {**full.metrics, "partial_accuracy": partial}
+        if not gate.stops(partial):
+            return replace(full, metrics=metrics)
+        metrics["stopped_at"] = float(gate.epoch)
+        share = gate.epoch / max(full.epochs, 1)
+        return replace(
+            full,
+            accuracy=partial,
+            epochs=gate.epoch,
+            train_seconds=full.train_seconds * share,
+            metrics=metrics,
+        )
 
     def evaluate(self, block: Block) -> EvalResult:
         started = time.time()

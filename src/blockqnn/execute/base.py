@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
+from blockqnn.evaluate.gate import Job, split_job, unwrap
 from blockqnn.evaluate.result import EvalResult
 from blockqnn.settings.config import Config
 from blockqnn.settings.registry import resolve
@@ -72,12 +73,31 @@ def evaluate_safely(evaluator: Evaluating, candidate: Any) -> EvalResult:
     with the exception as its error (and logged), so the search goes on and says so. Ctrl-C
     and SIGTERM (not `Exception`s) still stop the search."""
     try:
-        return evaluator.evaluate(candidate)
+        return run_job(evaluator, candidate)
     except Exception as exc:
         lines = str(exc).strip().splitlines()
         reason = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:300]
         log.warning("the evaluation of %s raised %s", str(candidate)[:200], reason)
         return EvalResult.failed(f"the evaluator raised {reason}")
+
+
+def run_job(evaluator: Evaluating, job: Any) -> EvalResult:
+    """Evaluate a candidate or a `Job`: a job's gate goes to the evaluator's
+    `evaluate_gated(candidate, gate)` where it has one (the early-stop evaluator); others
+    train the candidate in full, unaware of the gate."""
+    candidate, gate = unwrap(job)
+    gated = getattr(evaluator, "evaluate_gated", None)
+    if gate is not None and gated is not None:
+        result: EvalResult = gated(candidate, gate)
+        return result
+    return evaluator.evaluate(candidate)
+
+
+def parse_job(space: Space, text: str) -> Any:
+    """The candidate (or `Job`) a worker received as text (`blockqnn.evaluate.gate`)."""
+    candidate_text, gate = split_job(text)
+    candidate = space.parse(candidate_text)
+    return candidate if gate is None else Job(candidate, gate)
 
 
 def load_data(config: Config) -> Any:

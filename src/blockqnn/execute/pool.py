@@ -52,7 +52,7 @@ from typing import Any
 
 from blockqnn.errors import BlockQNNError
 from blockqnn.evaluate.result import EvalResult
-from blockqnn.execute.base import EvaluatorSpec, Finished, WorkerLost
+from blockqnn.execute.base import EvaluatorSpec, Finished, WorkerLost, parse_job, run_job
 from blockqnn.train import threads as threads_module
 
 MAX_START_FAILURES_PER_SLOT = 3  # workers dying before they are ready this often: a bug
@@ -175,7 +175,7 @@ def _worker_main(conn: Connection, parent_pid: int, device: str, threads: int) -
             return
         trial_id, text = message
         try:
-            result = evaluator.evaluate(space.parse(text)).to_dict()
+            result = run_job(evaluator, parse_job(space, text)).to_dict()
         except Exception:
             import traceback
 

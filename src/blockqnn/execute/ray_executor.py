@@ -23,7 +23,13 @@ from typing import Any
 
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.evaluate.result import EvalResult
-from blockqnn.execute.base import EvaluatorSpec, Finished, WorkerLost, evaluate_safely
+from blockqnn.execute.base import (
+    EvaluatorSpec,
+    Finished,
+    WorkerLost,
+    evaluate_safely,
+    parse_job,
+)
 
 CONNECT_TIMEOUT_S = 5.0  # an --address that does not answer in this long is unreachable
 MAX_START_FAILURES_PER_SLOT = 3  # actors failing to start this often (per slot) is a bug
@@ -49,7 +55,7 @@ class _EvalActor:
         return self._name
 
     def evaluate(self, text: str) -> dict[str, Any]:
-        return evaluate_safely(self._evaluator, self._space.parse(text)).to_dict()
+        return evaluate_safely(self._evaluator, parse_job(self._space, text)).to_dict()
 
 
 class _Slot:

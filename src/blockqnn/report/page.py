@@ -28,6 +28,7 @@ from blockqnn.report.data import (
     rolling_size,
     stage_means,
 )
+from blockqnn.report.faster import faster_summary, faster_text
 from blockqnn.report.trials import final_accuracy
 from blockqnn.store.db import FAILED, TrialRecord
 from blockqnn.train.threads import cpu_name
@@ -204,12 +205,19 @@ def header(run: RunSummary) -> str:
             + _final(best)
             + f"<code>{_e(best.candidate)}</code>",
         ),
+        *_faster_row(run),
         ("evaluated on", _e(", ".join(run.devices) or "-")),
         ("hosts", _e(", ".join(hosts) or "-")),
         ("started", "-" if created is None else _e(_local_time(float(created)))),
         ("report written", _e(_local_time(run.read_at))),
     ]
     return f'<div class="wide"><table class="summary">\n{_rows(pairs)}\n</table></div>'
+
+
+def _faster_row(run: RunSummary) -> list[tuple[str, str]]:
+    """Early termination and the pre-screen, when the run used them."""
+    summary = faster_summary(run.trials)
+    return [] if summary is None else [("faster search", _e(faster_text(summary)))]
 
 
 def info_text(info: dict[str, Any]) -> str:

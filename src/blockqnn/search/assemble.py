@@ -22,6 +22,7 @@ from blockqnn.execute import EvaluatorSpec, Executor, make_executor
 from blockqnn.execute.base import default_evaluator
 from blockqnn.reward import make_reward
 from blockqnn.search.parts import RunParts, WarmTrial
+from blockqnn.search.prescreen import Screener
 from blockqnn.search.resume import Opening, check_trials, scheduled
 from blockqnn.search.warm import load_warm_start
 from blockqnn.settings.config import Config
@@ -76,6 +77,7 @@ def assemble(opening: Opening, factories: Factories) -> RunParts:
         config = _with_data_shape(config, spec)
     spec, meter = _with_latency(config, spec)
     reward = make_reward(config)
+    screener = make_screener(config, space, spec)  # a bad score name or space: refused here
     cache = open_cache(config)  # a bad cache folder is refused here: nothing started yet
     try:
         executor = factories.executor(spec)  # may raise BlockQNNError: nothing written
@@ -85,8 +87,23 @@ def assemble(opening: Opening, factories: Factories) -> RunParts:
         raise
     fprint = fingerprint(config, evaluator_name(spec))
     return RunParts(
-        config, space, strategy, seq, reward, executor, cache, meter, fprint, warm, progress
-    )
+        config, space, strategy, seq, reward, executor, cache, meter, fprint, warm, progress,
+        screener,
+    )  # fmt: skip
+
+
+def make_screener(config: Config, space: Space, spec: EvaluatorSpec) -> Screener | None:
+    """The free pre-screen, scoring in this process (the master) on the run's data; None
+    when `[search] prescreen` is 1."""
+    s = config.search
+    if s.prescreen <= 1:
+        return None
+    if space.name != "nsc":
+        raise BlockQNNError(f"search.prescreen = {s.prescreen}: the pre-screen scores NSC blocks")
+    from blockqnn.evaluate.zero_cost import ZeroCostScorer
+
+    data = spec.load_data() if s.prescreen_score != "params" else None
+    return Screener(s.prescreen, ZeroCostScorer(config, data), s.prescreen_score)
 
 
 def _warm_trials(opening: Opening, space: Space) -> list[WarmTrial]:

@@ -50,10 +50,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from blockqnn.errors import clip
+from blockqnn.evaluate.gate import Job
 from blockqnn.evaluate.result import EvalResult
 from blockqnn.execute import WorkerLost
 from blockqnn.reward import FAILED_REWARD, score
 from blockqnn.search.parts import RunParts
+from blockqnn.search.terminate import STOPPED_AT, Terminator
 from blockqnn.store.db import (
     COMPLETE,
     FAILED,
@@ -156,6 +158,8 @@ class Search:
         self.cache = cache if cache is not None and cache.enabled else None
         self._cached: set[int] = set()  # trials of this session whose result is the cache's
         self._warm = 0
+        self.terminator = Terminator.for_config(parts.config)  # None: early termination off
+        self.screener = parts.screener  # None: pre-screen off
 
     # ----- the loop -------------------------------------------------------------------------
 
@@ -204,6 +208,8 @@ class Search:
             if t.ask_seq > 0:  # warm-start trials were never asked: no strategy info
                 self._info = t.info
             if t.status in TRAINED:
+                if self.terminator is not None and t.result is not None:
+                    self.terminator.note(EvalResult.from_dict(t.result))
                 self._known[t.hash] = t
                 self._trained += 1
                 self._failed += t.status == FAILED
@@ -235,9 +241,10 @@ class Search:
 
     def _ask(self) -> None:
         info = dict(self.agent.info())
-        block = self.agent.ask()
-        self._seq += 1
-        ask_seq = self._seq
+        if self.screener is not None:
+            block, ask_seq, info["prescreen"] = self.screener.screen(self._ask_one)
+        else:
+            block, ask_seq = self._ask_one()
         self._info = info
         h = block.hash
         source = self._known.get(h)
@@ -268,9 +275,15 @@ class Search:
             self._pending[trial_id] = block
             self._finish(trial_id, hit.result, hit.source)
 
+    def _ask_one(self) -> tuple[Any, int]:
+        block = self.agent.ask()
+        self._seq += 1
+        return block, self._seq
+
     def _submit(self, trial_id: int, block: Any) -> None:
         self._pending[trial_id] = block
-        self.executor.submit(trial_id, block)
+        gate = self.terminator.gate() if self.terminator is not None else None
+        self.executor.submit(trial_id, block if gate is None else Job(block, gate))
 
     def _finish(self, trial_id: int, outcome: EvalResult | WorkerLost, worker: str) -> None:
         block = self._pending.pop(trial_id)
@@ -285,6 +298,9 @@ class Search:
         if self.latency is not None:
             outcome = self.latency.apply(block, outcome)
         assert isinstance(outcome, EvalResult)
+        if self.terminator is not None:
+            outcome = self.terminator.complete(outcome)
+            self.terminator.note(outcome)
         outcome, reward = self._score(outcome)
         tell_seq = self._tell(block, reward)
         duplicates = self._waiting.pop(block.hash, [])
@@ -293,7 +309,8 @@ class Search:
         del self._inflight[block.hash]
         record = self.store.trial(trial_id)
         self._known[block.hash] = record
-        if self.cache is not None and trial_id not in self._cached:
+        stopped = STOPPED_AT in outcome.metrics  # depends on this run's threshold: not cached
+        if self.cache is not None and trial_id not in self._cached and not stopped:
             run = str(self.store.run_dir.resolve())
             self.cache.put(block.hash, self.parts.fingerprint, outcome, run, trial_id)
         self._trained += 1

@@ -13,6 +13,7 @@ from typing import Any
 from blockqnn.evaluate.latency import LatencyMeter
 from blockqnn.execute.base import Executor
 from blockqnn.reward import Reward
+from blockqnn.search.prescreen import Screener
 from blockqnn.settings.config import Config
 from blockqnn.space.base import Space
 from blockqnn.store.cache import EvalCache
@@ -46,3 +47,4 @@ class RunParts:
     fingerprint: str  # the evaluation settings' key in the cache
     warm: tuple[WarmTrial, ...] = ()  # told before the first ask (new runs)
     progress: tuple[Any, ...] | None = None  # the stored calls `seq` reflects (resume)
+    screener: Screener | None = None  # the free pre-screen (`[search] prescreen` > 1)

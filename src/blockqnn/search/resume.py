@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from blockqnn.errors import BlockQNNError, clip
+from blockqnn.search.prescreen import replayed_asks
 from blockqnn.settings.config import Config, merge
 from blockqnn.space.base import Space
 from blockqnn.store.db import Store, TrialRecord, damaged
@@ -114,26 +115,31 @@ def restore_agent(store: Store, agent: Strategy, space: Space) -> int:
     if snap is not None:
         agent.load_state_dict(snap.state)
         seq = snap.seq
-    events: list[tuple[int, bool, TrialRecord]] = []
+    events: list[tuple[int, bool, TrialRecord | None]] = []
     for t in store.trials():
         if t.ask_seq > seq:
             events.append((t.ask_seq, True, t))
+        # the pre-screen's losers: asked, never told (`blockqnn.search.prescreen`)
+        events.extend((s, True, None) for s in replayed_asks(t.info) if s > seq)
         if t.tell_seq is not None and t.tell_seq > seq:
             events.append((t.tell_seq, False, t))
-    for position, is_ask, t in sorted(events, key=lambda e: e[0]):
+    for position, is_ask, trial in sorted(events, key=lambda e: e[0]):
         seq = position
+        if trial is None:
+            agent.ask()
+            continue
         if not is_ask:
-            assert t.reward is not None
-            agent.tell(space.parse(t.candidate), t.reward)
+            assert trial.reward is not None
+            agent.tell(space.parse(trial.candidate), trial.reward)
             continue
         candidate = agent.ask()
-        if candidate.hash != t.hash:
+        if candidate.hash != trial.hash:
             log.warning(
                 "trial %d: the restored agent proposed %s, the store recorded %s; "
                 "continuing with the recorded candidate",
-                t.id,
+                trial.id,
                 candidate,
-                t.candidate,
+                trial.candidate,
             )
     return seq
 

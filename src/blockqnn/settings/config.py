@@ -267,6 +267,7 @@ class AgentConfig:
 # the dataset and, on a GPU, a CUDA context (~0.5 GB), and 256 already means 32 per GPU on
 # an 8-GPU machine. A Ray cluster may hold more slots, but not millions.
 MAX_LOCAL_WORKERS = 256
+PRESCREEN_SCORES = ("params", "synflow", "jacob_cov")  # blockqnn.evaluate.zero_cost
 
 
 @dataclass(frozen=True)
@@ -293,9 +294,21 @@ class SearchSettings:
     # the evaluation cache shared by runs (blockqnn.store.cache): a folder, "" = the user cache
     # folder ($XDG_CACHE_HOME/blockqnn, else ~/.cache/blockqnn), "off" = no cache
     cache: str = ""
+    # (choice, off until measured: benchmarks/faster.py) early termination inside the early
+    # stop: after `stop_after` epochs (0 = off) a candidate whose validation accuracy is below
+    # the `stop_quantile` quantile of earlier candidates' at that epoch stops
+    # (blockqnn.search.terminate); must be below train.epochs
+    stop_after: int = 0
+    stop_quantile: float = 0.5
+    # (choice, off until measured) a free pre-screen: the strategy proposes `prescreen`
+    # candidates (1 = off), a zero-cost score ranks them and only the best is trained
+    # (blockqnn.search.prescreen): "params", "synflow" or "jacob_cov"
+    prescreen: int = 1
+    prescreen_score: str = "params"
 
     def __post_init__(self) -> None:
         _validate("search", self)
+        _choice(self, "prescreen_score", PRESCREEN_SCORES)
         _registered(self, "space", SPACES)
         _registered(self, "agent", STRATEGIES)
         _registered(self, "executor", EXECUTORS)
@@ -329,6 +342,13 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def __post_init__(self) -> None:
+        k, epochs = self.search.stop_after, self.train.epochs
+        if k and k >= epochs:  # stopping at the last epoch would save nothing
+            raise BlockQNNError(
+                f"search.stop_after = {k}: must be below train.epochs = {epochs} (0 = off)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

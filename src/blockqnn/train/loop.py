@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -218,6 +218,11 @@ def _accuracy(
     return int(correct.item()) / len(x)
 
 
+def _evaluates_at(done: int, epochs: int, every: int, at: Collection[int]) -> bool:
+    """Whether the accuracy is measured after `done` epochs: the last, every k-th, or asked."""
+    return done == epochs or bool(every and done % every == 0) or done in at
+
+
 def fit(
     model: nn.Module,
     data: DeviceData,
@@ -226,6 +231,7 @@ def fit(
     epochs: int,
     eval_split: str | None = "val",
     eval_every: int = 0,
+    eval_at: Collection[int] = (),
     on_epoch: Callable[[EpochInfo], bool | None] | None = None,
     start_epoch: int = 0,
     resume: Mapping[str, Any] | None = None,
@@ -233,7 +239,8 @@ def fit(
     """Train `model` in place on `data.x_train` for epochs `start_epoch` .. `epochs - 1`.
 
     The model is moved to `data.device`. `eval_split` ("val", "test" or None) is measured
-    after the last epoch and, with `eval_every = k > 0`, after every k-th epoch. `on_epoch`
+    after the last epoch, with `eval_every = k > 0` after every k-th epoch, and after each
+    epoch count in `eval_at` (early termination validates at one epoch only). `on_epoch`
     is called after each completed epoch; returning True stops training (not an error).
     `resume` is an `EpochInfo.checkpoint()`: its model and optimiser states are loaded and
     training goes on after its epoch. Same seed, same device and thread count -> the same
@@ -252,7 +259,7 @@ def fit(
             break
         done = epoch + 1
         epoch_acc = None
-        if eval_split and (done == epochs or (eval_every and done % eval_every == 0)):
+        if eval_split and _evaluates_at(done, epochs, eval_every, eval_at):
             epoch_acc, seconds = _evaluate(run, eval_split)
             acc, acc_epoch, eval_seconds = epoch_acc, done, eval_seconds + seconds
         if on_epoch is not None:
