@@ -85,7 +85,7 @@ def test_placement_refuses_what_cannot_run(args: Any, message: str) -> None:
         (["--workers", "2", "--gpus-per-trial", "0.3"], "must divide one GPU evenly"),
         (
             ["--workers", "2", "--gpus-per-trial", "nan"],
-            "search.gpus_per_trial = nan: must be a finite number",
+            "argument --gpus-per-trial: not a finite number",
         ),
     ],
 )
@@ -93,7 +93,11 @@ def test_bad_worker_settings_exit_2_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
 ) -> None:
     run = tmp_path / "run"
-    assert main(["search", "--run-dir", str(run), "--budget", "2", *flags]) == 2
+    try:
+        code = main(["search", "--run-dir", str(run), "--budget", "2", *flags])
+    except SystemExit as exc:  # a value refused while the arguments are parsed
+        code = exc.code
+    assert code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not run.exists()

@@ -102,6 +102,8 @@ def test_both_ends_of_a_closed_range_are_accepted(key: str) -> None:
             overrides["search"]["executor"] = "ray"
         if key == "search.gpus_per_trial":  # the local executor runs one GPU per evaluation
             overrides["search"]["executor"] = "ray"
+        if key == "search.stop_after":  # must be below the early-stop epochs
+            overrides["train"] = {"epochs": int(value) + 1}
         merge(Config(), overrides)
 
 

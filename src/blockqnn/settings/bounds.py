@@ -114,7 +114,7 @@ SETTINGS: dict[str, Range] = {
     "search.gpus_per_trial": Range(0.0, 1024.0),
     "search.cpus_per_trial": Range(0.0, 4096.0),
     "search.max_attempts": integers(1, 100),
-    "search.stop_after": integers(0, MAX_EPOCHS),  # 0 = off; must be below train.epochs
+    "search.stop_after": integers(0, MAX_EPOCHS - 1),  # 0 = off; must be below train.epochs
     "search.stop_quantile": Range(0.0, 1.0, open_low=True, open_high=True),
     "search.prescreen": integers(1, 10_000),  # 1 = off
     "agent.max_depth": integers(2, MAX_DEPTH),
