@@ -37,7 +37,7 @@ from blockqnn.evaluate.result import STATUS_OK, EvalResult
 from blockqnn.settings.config import Config
 from blockqnn.space.nsc.block import Block
 from blockqnn.space.nsc.builder import Network
-from blockqnn.space.nsc.cost import network_cost, reference_flops
+from blockqnn.space.nsc.cost import Cost, network_cost, reference_flops
 from blockqnn.train.devices import describe_device, resolve_device, too_large
 from blockqnn.train.loop import EpochInfo, fit
 from blockqnn.train.recipe import Recipe, should_compile
@@ -106,7 +106,7 @@ class Evaluator:
         for batch_size in (recipe.batch_size, half):
             try:
                 sized = replace(recipe, batch_size=batch_size)
-                return self._run(block, sized) if gate is None else self._run(block, sized, gate)
+                return self._run(block, sized, cost, gate)
             except torch.cuda.OutOfMemoryError:
                 where = "CUDA"
             except (MemoryError, RuntimeError) as exc:
@@ -123,9 +123,8 @@ class Evaluator:
             batch_size=half,
         )
 
-    def _run(self, block: Block, recipe: Recipe, gate: Gate | None = None) -> EvalResult:
+    def _run(self, block: Block, recipe: Recipe, cost: Cost, gate: Gate | None) -> EvalResult:
         t0 = time.perf_counter()
-        cost = network_cost(block, self.network_config)
         epochs = self.config.train.epochs
         images = len(self.data.x_train)
         compile_ = should_compile(
