@@ -30,6 +30,7 @@ from dataclasses import fields, replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from blockqnn.errors import BlockQNNError
+from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH
 from blockqnn.settings.config import AgentConfig
 from blockqnn.space.base import Space
 
@@ -130,6 +131,15 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise BlockQNNError(f"{name} = {value!r}: must be an integer >= {minimum}")
     return value
+
+
+def space_or_nsc(space: Space | None, max_depth: int = DEFAULT_MAX_DEPTH) -> Space:
+    """`space`, or BlockQNN's own NSC space when a strategy is built without one."""
+    if space is not None:
+        return space
+    from blockqnn.space.nsc.space import NSCSpace
+
+    return NSCSpace(max_depth)
 
 
 def agent_settings(config: AgentConfig | None, overrides: dict[str, Any]) -> AgentConfig:

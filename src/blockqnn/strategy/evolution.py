@@ -32,7 +32,13 @@ from typing import Any
 from blockqnn.errors import BlockQNNError
 from blockqnn.settings.config import AgentConfig
 from blockqnn.space.base import Space
-from blockqnn.strategy.base import PAPER_BUDGET, BaseAgent, agent_settings, check_reward
+from blockqnn.strategy.base import (
+    PAPER_BUDGET,
+    BaseAgent,
+    agent_settings,
+    check_reward,
+    space_or_nsc,
+)
 
 
 class RegularizedEvolution(BaseAgent):
@@ -59,10 +65,7 @@ class RegularizedEvolution(BaseAgent):
         """`config` (default `AgentConfig()`) gives the population and tournament sizes;
         `overrides` are `AgentConfig` fields that replace its values (checked by it)."""
         settings = agent_settings(config, overrides)
-        if space is None:
-            from blockqnn.space.nsc.space import NSCSpace
-
-            space = NSCSpace(settings.max_depth)
+        space = space_or_nsc(space, settings.max_depth)
         super().__init__(space, budget, seed)
         self.population_size = settings.population_size
         self.sample_size = settings.sample_size

@@ -53,6 +53,7 @@ from blockqnn.strategy.base import (
     check_schedule,
     explore_stages,
     replay_iteration,
+    space_or_nsc,
 )
 
 # The Q-table's state: the space's state (its last step), or with `state = "prefix"` the
@@ -98,10 +99,7 @@ class QLearningAgent(BaseAgent):
         """`config` (default `AgentConfig()`, the CLI's agent) gives every constant;
         `overrides` are `AgentConfig` fields that replace its values (checked by it)."""
         settings = agent_settings(config, overrides)
-        if space is None:
-            from blockqnn.space.nsc.space import NSCSpace
-
-            space = NSCSpace(settings.max_depth)
+        space = space_or_nsc(space, settings.max_depth)
         super().__init__(space, budget, seed)
         self.alpha = float(settings.alpha)
         self.gamma = float(settings.gamma)

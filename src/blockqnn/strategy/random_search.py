@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from blockqnn.space.base import Space
-from blockqnn.strategy.base import PAPER_BUDGET, BaseAgent, check_reward
+from blockqnn.strategy.base import PAPER_BUDGET, BaseAgent, check_reward, space_or_nsc
 
 if TYPE_CHECKING:
     from blockqnn.settings.config import AgentConfig
@@ -27,10 +27,7 @@ class RandomAgent(BaseAgent):
     def __init__(
         self, space: Space | None = None, seed: int = 0, budget: int = PAPER_BUDGET
     ) -> None:
-        if space is None:
-            from blockqnn.space.nsc.space import NSCSpace
-
-            space = NSCSpace()
+        space = space_or_nsc(space)
         super().__init__(space, budget, seed)
 
     def ask(self) -> Any:
