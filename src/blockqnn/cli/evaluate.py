@@ -124,9 +124,9 @@ def _check_dataset(name: str) -> None:
     as the loader would refuse it, but before torch and numpy are imported."""
     from pathlib import Path
 
-    from blockqnn.errors import BlockQNNError, clip
+    from blockqnn.settings.datasets import BUILTIN_DATASETS, missing_dataset
 
-    if name in ("digits", "cifar10", "cifar100"):
+    if name in BUILTIN_DATASETS:
         return
     path = Path(name).expanduser()
     try:
@@ -134,14 +134,7 @@ def _check_dataset(name: str) -> None:
             return  # what it holds is checked by the loader
     except OSError:
         return  # e.g. a name too long for the file system: the loader says so
-    if path.suffix.lower() == ".npz":
-        raise BlockQNNError(f"dataset file {clip(name)} does not exist")
-    if "/" in name or "\\" in name or name.startswith("."):
-        raise BlockQNNError(f"dataset folder {clip(name)} does not exist")
-    raise BlockQNNError(
-        f"unknown dataset {clip(name, quote=True)} (valid: digits, cifar10, cifar100, "
-        "a folder with train/ and test/, or a .npz file)"
-    )
+    raise missing_dataset(name)
 
 
 def _evaluate(config: Any, block: Any, device: str) -> Any:

@@ -28,6 +28,7 @@ from blockqnn.data.local import Raw, load_folder, load_npz_dataset
 from blockqnn.data.splits import balanced_subset, channel_stats, stratified_split, val_count
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.settings.config import DataConfig
+from blockqnn.settings.datasets import BUILTIN_DATASETS, missing_dataset
 
 __all__ = [
     "BUILTIN",
@@ -39,7 +40,7 @@ __all__ = [
     "load_arrays",
 ]
 
-BUILTIN = ("digits", "cifar10", "cifar100")
+BUILTIN = BUILTIN_DATASETS
 DIGITS_TEST_FRACTION = 0.2  # digits has no official test split: this much is held out as one
 DIGITS_TEST_SEED = 0  # fixed, not config.seed: the test split must not change between runs
 
@@ -96,14 +97,7 @@ def _load_raw(config: DataConfig, download: bool) -> Raw:
                 "test/)"
             )
         return load_npz_dataset(path)
-    if path.suffix.lower() == ".npz":
-        raise BlockQNNError(f"dataset file {clip(name)} does not exist")
-    if "/" in name or "\\" in name or name.startswith("."):
-        raise BlockQNNError(f"dataset folder {clip(name)} does not exist")
-    raise BlockQNNError(
-        f"unknown dataset {clip(name, quote=True)} (valid: {', '.join(BUILTIN)}, "
-        "a folder with train/ and test/, or a .npz file)"
-    )
+    raise missing_dataset(name)
 
 
 def load_arrays(config: DataConfig, download: bool = True) -> DataArrays:
