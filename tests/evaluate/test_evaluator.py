@@ -90,11 +90,11 @@ def _oom(times: int, evaluator: Evaluator, monkeypatch: pytest.MonkeyPatch) -> l
     real_run = evaluator._run
     tried: list[int] = []
 
-    def run(block: Block, recipe: Any) -> Any:
+    def run(block: Block, recipe: Any, cost: Any, gate: Any) -> Any:
         tried.append(recipe.batch_size)
         if len(tried) <= times:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
-        return real_run(block, recipe)
+        return real_run(block, recipe, cost, gate)
 
     monkeypatch.setattr(evaluator, "_run", run)
     return tried
