@@ -323,6 +323,9 @@ def test_bad_input_is_one_line_and_exit_2(
     assert "no completed trials" in _bad([str(tmp_path / "fresh")], capsys)
     assert "--baseline" in _bad([str(runs[0]), "--baseline", str(tmp_path / "empty")], capsys)
     assert "is a directory" in _bad([str(runs[0]), "--out", str(tmp_path)], capsys)
+    fifo = tmp_path / "pipe.html"
+    os.mkfifo(fifo)  # refused before rendering, never opened (opening would block)
+    assert "is a FIFO" in _bad([str(runs[0]), "--out", str(fifo)], capsys)
     assert "--top = 0" in _bad([str(runs[0]), "--top", "0"], capsys)
     assert not (tmp_path / "allfail" / "report.html").exists()
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from blockqnn.errors import BlockQNNError
-from blockqnn.files import write_atomic
+from blockqnn.files import check_output, write_atomic
 from blockqnn.report.data import (
     RunSummary,
     Stage,
@@ -108,8 +108,7 @@ def write_report(
     """Write the report (default `RUN_DIR/report.html`) atomically: a reader never sees half
     a page. Returns the path written."""
     path = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
-    if path.is_dir():  # checked before the (slow) rendering too
-        raise BlockQNNError(f"--out {path}: is a directory")
+    check_output(path, "--out")  # a directory, FIFO or device: refused before the slow rendering
     text = render_report(run_dir, baseline, top_k)  # fails before anything is written
     write_atomic(path, text, "--out")
     return path
