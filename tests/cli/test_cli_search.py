@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,21 @@ def test_resume_refuses_changes_and_bad_clusters_unchanged(
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert _snapshot(finished_run) == before
+
+
+def test_resume_of_a_ray_run_without_ray_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from blockqnn.settings.config import Config, merge
+
+    run = tmp_path / "ray-run"
+    Store.create(run, merge(Config(), {"search": {"executor": "ray"}})).close()
+    before = _snapshot(run)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    assert main(["search", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'blockqnn[ray]'" in err and err.count("\n") == 1
+    assert _snapshot(run) == before
 
 
 def test_resume_of_a_finished_run_is_a_no_op(

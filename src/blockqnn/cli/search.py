@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     from blockqnn.search import SearchStalled, Terminated, run_search
 
     run_dir, config, overrides = _resolve(args)
-    _require_ray(config.search.executor if config else overrides["search"].get("executor"))
+    _require_ray(_executor(run_dir, config, overrides))
     out = sys.stderr if args.json else sys.stdout
     display = SearchDisplay(out, run_dir)
     try:
@@ -290,6 +290,22 @@ def _finish(args: argparse.Namespace, summary: Any, run_dir: str, out: Any) -> i
         )
         return 1
     return 0
+
+
+def _executor(run_dir: str, config: Any, overrides: dict[str, dict[str, Any]]) -> str | None:
+    """The executor this session will use: the config's, or on a resume the flag's, else the
+    stored run's (None when the run cannot be read: the search then says why)."""
+    if config is not None:
+        return str(config.search.executor)
+    if overrides["search"].get("executor"):
+        return str(overrides["search"]["executor"])
+    from blockqnn.store.db import Store
+
+    try:
+        with Store.open(run_dir, readonly=True) as store:
+            return str(store.config().search.executor)
+    except (BlockQNNError, OSError):
+        return None
 
 
 def _require_ray(executor: str | None) -> None:
