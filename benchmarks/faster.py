@@ -14,9 +14,17 @@ search` loop, the early-stop trainer, the local executor, one process after anot
   score (params, synflow, jacob_cov; computed afterwards on the same blocks);
 - the pre-screen's overhead: its seconds per proposal against one evaluation's seconds.
 
+The pre-screen saves training only by training fewer blocks: each trained block is the best
+of `--prescreen` proposals, so its settings ("prescreen", "both") train `--screened-budget`
+blocks (default half of `--budget`) and the question is whether their pick is as good.
+
+Each finished search leaves `bench.json` in its run folder (`--keep`); `--from-runs` builds
+the table from such a folder without searching, e.g. from a run cut short.
+
     python benchmarks/faster.py                         # digits: 5 seeds x 64 blocks
     python benchmarks/faster.py --seeds 1 --budget 8 --epochs 2 --stop-after 1
-    python benchmarks/faster.py --dataset DIR --train-samples 5000 --epochs 12 --stop-after 4
+    python benchmarks/faster.py --task cifar10 --train-samples 3000 --val-size 1000 \
+        --epochs 3 --stop-after 1 --threads 1 --keep runs/faster-cifar10
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
+from benchmarks.learning import reduced_cifar  # noqa: E402  (the same reduced CIFAR-10)
 from benchmarks.strategies import ci95  # noqa: E402  (the strategies benchmark's interval)
 
 SETTINGS = ("plain", "terminate", "prescreen", "both")
@@ -43,11 +52,14 @@ SCORES = ("params", "synflow", "jacob_cov")
 def base_config(args: argparse.Namespace) -> Any:
     from blockqnn.settings.config import Config, merge
 
+    if args.task == "cifar10":
+        return merge(Config(), reduced_cifar(args))
     base = Config.from_toml(ROOT / "examples" / "digits.toml")
     data: dict[str, Any] = {"train_samples": args.train_samples}
     if args.dataset:
         data["dataset"] = args.dataset
-    return merge(base, {"data": data, "train": {"epochs": args.epochs}})
+    train = {"epochs": args.epochs, "threads": args.threads}
+    return merge(base, {"data": data, "train": train})
 
 
 def search_config(args: argparse.Namespace, setting: str, seed: int) -> Any:
@@ -57,14 +69,15 @@ def search_config(args: argparse.Namespace, setting: str, seed: int) -> Any:
     if setting in ("plain", "terminate", "both"):  # plain: validates at k, never stops
         search.update(stop_after=args.stop_after, stop_quantile=args.quantile)
     if setting in ("prescreen", "both"):
-        search.update(prescreen=args.prescreen, prescreen_score=args.score)
+        search.update(
+            prescreen=args.prescreen, prescreen_score=args.score, budget=screened_budget(args)
+        )
     return merge(base_config(args), {"search": search})
 
 
 def run_setting(args: argparse.Namespace, setting: str, seed: int, where: Path) -> dict[str, Any]:
     """One search; its trained trials and its training seconds."""
     from blockqnn.search import run_search, terminate
-    from blockqnn.store.db import TRAINED, Store
 
     run_dir = where / f"{setting}-{seed}"
     never = setting == "plain"
@@ -76,9 +89,32 @@ def run_setting(args: argparse.Namespace, setting: str, seed: int, where: Path) 
     finally:
         terminate.MIN_COMPLETED = saved_min
     wall = time.perf_counter() - start
+    (run_dir / "bench.json").write_text(
+        json.dumps({"setting": setting, "seed": seed, "wall": wall})
+    )
+    return load_run(run_dir)
+
+
+def screened_budget(args: argparse.Namespace) -> int:
+    return int(args.screened_budget or max(1, args.budget // 2))
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    """A finished search of this benchmark: its setting, seed, trained trials and wall time."""
+    from blockqnn.store.db import TRAINED, Store
+
+    run = json.loads((run_dir / "bench.json").read_text())
     with Store.open(run_dir, readonly=True) as store:
-        trained = [t for t in store.trials() if t.status in TRAINED and t.result]
-    return {"setting": setting, "seed": seed, "trials": trained, "wall": wall}
+        run["trials"] = [t for t in store.trials() if t.status in TRAINED and t.result]
+    return dict(run)
+
+
+def finished_runs(where: Path) -> list[dict[str, Any]]:
+    """The finished searches kept in `where`, only seeds every setting finished."""
+    runs = [load_run(p.parent) for p in sorted(where.glob("*/bench.json"))]
+    seeds = {r["seed"] for r in runs}
+    full = {s for s in seeds if {r["setting"] for r in runs if r["seed"] == s} >= set(SETTINGS)}
+    return [r for r in runs if r["seed"] in full]
 
 
 def final_accuracy(args: argparse.Namespace, candidate: str, data: Any) -> float:
@@ -142,6 +178,8 @@ def summarise(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
             "test_accuracy": statistics.fmean(tests),
             "test_accuracy_ci95": ci95(tests),
             "stopped": stopped,
+            "blocks": statistics.fmean(len(r["trials"]) for r in mine),
+            "seeds": len(mine),
             "wall_seconds": sum(r["wall"] for r in mine),
         }
     plain = rows["plain"]
@@ -177,10 +215,14 @@ def _interval(c: dict[str, Any] | None) -> str:
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"{'setting':<10} {'train s':>12} {'ratio':>6} {'stopped':>7} {'pick test acc':>18}")
+    print(
+        f"{'setting':<10} {'seeds':>5} {'blocks':>6} {'train s':>12} {'ratio':>6} "
+        f"{'stopped':>7} {'pick test acc':>18}"
+    )
     for setting, row in result["settings"].items():
         print(
-            f"{setting:<10} {row['train_seconds']:>7.1f} ±{row['train_seconds_ci95']:>4.1f} "
+            f"{setting:<10} {row['seeds']:>5} {row['blocks']:>6.0f} "
+            f"{row['train_seconds']:>7.1f} ±{row['train_seconds_ci95']:>4.1f} "
             f"{row['seconds_ratio']:>6.2f} {row['stopped']:>7} "
             f"{row['test_accuracy']:>10.4f} ±{row['test_accuracy_ci95']:.4f}"
         )
@@ -204,21 +246,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prescreen", type=int, default=4)
     parser.add_argument("--score", default="params", choices=SCORES)
     parser.add_argument("--final-epochs", type=int, default=10)
-    parser.add_argument("--dataset", default="", help="a CIFAR-10 image folder (default digits)")
-    parser.add_argument("--train-samples", type=int, default=0)
+    parser.add_argument("--screened-budget", type=int, default=0, help="default: budget / 2")
+    parser.add_argument("--task", choices=("digits", "cifar10"), default="digits")
+    parser.add_argument("--dataset", default="", help="digits task: another image folder")
+    parser.add_argument("--train-samples", type=int, default=0, help="cifar10: 3000")
+    parser.add_argument("--val-size", type=int, default=1000, help="cifar10")
+    parser.add_argument("--threads", default="auto", help="[train] threads of every search")
     parser.add_argument("--keep", default="", help="keep the runs in this directory")
+    parser.add_argument("--from-runs", default="", help="summarise the runs kept here")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(1)
-    where = Path(args.keep or tempfile.mkdtemp(prefix="blockqnn-faster-"))
-    where.mkdir(parents=True, exist_ok=True)
-    runs = [
-        run_setting(args, setting, seed, where)
-        for seed in range(args.seeds)
-        for setting in SETTINGS
-    ]
+    if args.task == "cifar10" and not args.train_samples:
+        args.train_samples = 3000
+    if args.from_runs:
+        runs = finished_runs(Path(args.from_runs))
+        if not runs:
+            print(f"faster: no seed finished every setting in {args.from_runs}", file=sys.stderr)
+            return 2
+    else:
+        where = Path(args.keep or tempfile.mkdtemp(prefix="blockqnn-faster-"))
+        where.mkdir(parents=True, exist_ok=True)
+        runs = [
+            run_setting(args, setting, seed, where)
+            for seed in range(args.seeds)
+            for setting in SETTINGS
+        ]
     result = {
         "args": vars(args),
         "settings": summarise(args, runs),

@@ -23,6 +23,7 @@ operation (docs/benchmarks.md, threads). Set threads through the config, never t
     python benchmarks/learning.py --seeds 1 --budget 6 --epochs 1 --train-samples 1000 \\
         --val-size 200 --final-epochs 1                      # a smoke run, a few minutes
     python benchmarks/learning.py --task digits --seeds 3    # the demo's settings
+    python benchmarks/learning.py --from-rows runs/learning-cifar10/rows.jsonl  # a cut run
 """
 
 from __future__ import annotations
@@ -58,31 +59,36 @@ def unpack(archive: Path = ARCHIVE, where: Path = UNPACKED) -> Path:
     return where
 
 
+def reduced_cifar(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides of the reduced CIFAR-10 task: `--train-samples` training and
+    `--val-size` validation images, F = 8, N = 1, `--epochs` early-stop epochs, `--threads`."""
+    return {
+        "data": {
+            "dataset": str(unpack()),
+            "train_samples": args.train_samples + args.val_size,
+            "val_size": float(args.val_size),
+        },
+        "network": {"filters": 8, "blocks_per_stage": 1},
+        "train": {
+            "epochs": args.epochs,
+            "batch_size": 128,
+            "lr_step_epochs": max(args.epochs, 1),
+            # [train] threads, not torch.set_num_threads: the search applies it when it starts
+            "threads": args.threads,
+        },
+    }
+
+
 def make_config(args: argparse.Namespace, agent: str, seed: int) -> Any:
     from blockqnn.settings.config import Config, merge
 
     search = {"agent": agent, "budget": args.budget, "seed": seed, "cache": "off"}
-    # [train] threads, not torch.set_num_threads: the search applies its setting when it starts
     overrides: dict[str, Any] = {"search": search, "train": {"threads": args.threads}}
     if args.preset and agent == "qlearning":
         overrides["agent"] = {"preset": args.preset}
     if args.task == "digits":
         return merge(Config.from_toml(ROOT / "examples" / "digits.toml"), overrides)
-    overrides.update(
-        data={
-            "dataset": str(unpack()),
-            "train_samples": args.train_samples + args.val_size,
-            "val_size": float(args.val_size),
-        },
-        network={"filters": 8, "blocks_per_stage": 1},
-        train={
-            "epochs": args.epochs,
-            "batch_size": 128,
-            "lr_step_epochs": max(args.epochs, 1),
-            "threads": args.threads,
-        },
-    )
-    return merge(Config(), overrides)
+    return merge(merge(Config(), reduced_cifar(args)), overrides)
 
 
 def run_one(args: argparse.Namespace, agent: str, seed: int, where: Path) -> dict[str, Any]:
@@ -145,6 +151,42 @@ def describe(run: dict[str, Any], stages: list[tuple[Any, list[int]]]) -> dict[s
     }
 
 
+def search_rows(args: argparse.Namespace, names: list[str], where: Path) -> list[dict[str, Any]]:
+    """Every seed's searches, described; each finished seed appended to `where/rows.jsonl`."""
+    start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    for seed in range(args.seeds):
+        runs = {name: run_one(args, name, seed, where) for name in names}
+        first = runs.get("qlearning", runs[names[0]])
+        stages = stage_positions(first["epsilons"])
+        done = [describe(runs[name], stages) for name in names]
+        rows += done
+        with (where / "rows.jsonl").open("a") as out:  # complete seeds survive a cut run
+            out.writelines(json.dumps(row) + "\n" for row in done)
+        print(f"seed {seed} done, {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Mean and 95% interval over seeds of each figure; Q-learning's seeds above random's."""
+    summary: dict[str, Any] = {
+        name: {
+            key: {
+                "mean": statistics.fmean(r[key] for r in rows if r["agent"] == name),
+                "ci95": ci95([r[key] for r in rows if r["agent"] == name]),
+            }
+            for key in ("last_quarter_mean", "best_reward", "pick_test_accuracy")
+        }
+        for name in names
+    }
+    if {"qlearning", "random"} <= set(names):
+        by_seed = {(r["agent"], r["seed"]): r["last_quarter_mean"] for r in rows}
+        seeds = sorted({r["seed"] for r in rows})
+        above = sum(by_seed[("qlearning", s)] > by_seed[("random", s)] for s in seeds)
+        summary["qlearning_last_quarter_above_random"] = {"seeds": above, "of": len(seeds)}
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=("cifar10", "digits"), default="cifar10")
@@ -158,31 +200,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="auto", help="[train] threads of every search")
     parser.add_argument("--preset", default="", help="[agent] preset of the Q-learning runs")
     parser.add_argument("--keep", default="", help="keep the runs in this directory")
+    parser.add_argument("--from-rows", default="", help="summarise a run's rows.jsonl instead")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if args.task == "cifar10" and not ARCHIVE.is_file():
-        print(f"learning: {ARCHIVE} not found", file=sys.stderr)
-        return 2
-    where = Path(args.keep or tempfile.mkdtemp(prefix="blockqnn-learning-"))
-    where.mkdir(parents=True, exist_ok=True)
     names = args.strategies.split(",")
     start = time.perf_counter()
-    rows = []
-    for seed in range(args.seeds):
-        runs = {name: run_one(args, name, seed, where) for name in names}
-        first = runs.get("qlearning", runs[names[0]])
-        stages = stage_positions(first["epsilons"])
-        rows += [describe(runs[name], stages) for name in names]
-    summary = {
-        name: {
-            key: {
-                "mean": statistics.fmean(r[key] for r in rows if r["agent"] == name),
-                "ci95": ci95([r[key] for r in rows if r["agent"] == name]),
-            }
-            for key in ("last_quarter_mean", "best_reward", "pick_test_accuracy")
-        }
-        for name in names
-    }
+    if args.from_rows:
+        lines = Path(args.from_rows).read_text().splitlines()
+        rows = [json.loads(line) for line in lines if line.strip()]
+        where = Path(args.from_rows).parent
+    elif args.task == "cifar10" and not ARCHIVE.is_file():
+        print(f"learning: {ARCHIVE} not found", file=sys.stderr)
+        return 2
+    else:
+        where = Path(args.keep or tempfile.mkdtemp(prefix="blockqnn-learning-"))
+        where.mkdir(parents=True, exist_ok=True)
+        rows = search_rows(args, names, where)
+    summary = summarise(rows, names)
     report = {
         "task": args.task,
         "settings": {k: v for k, v in vars(args).items() if k not in ("json", "keep")},
@@ -195,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(
-        f"{args.task}, budget {args.budget}, {args.seeds} seeds, "
+        f"{args.task}, budget {args.budget}, {len(rows) // len(names)} seeds, "
         f"{report['wall_seconds']:.0f} s wall; runs in {where}"
     )
     print(f"{'strategy':>10} {'seed':>4} {'last quarter':>12} {'best':>7} {'pick test':>9}  stages")
@@ -212,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
             f"+- {s['last_quarter_mean']['ci95']:.4f}  best {s['best_reward']['mean']:.4f}  "
             f"pick test {s['pick_test_accuracy']['mean']:.4f} "
             f"+- {s['pick_test_accuracy']['ci95']:.4f}"
+        )
+    if "qlearning_last_quarter_above_random" in summary:
+        above = summary["qlearning_last_quarter_above_random"]
+        print(
+            f"Q-learning's last quarter above random's in {above['seeds']} of {above['of']} seeds"
         )
     return 0
 
