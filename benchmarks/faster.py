@@ -103,10 +103,10 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     """A finished search of this benchmark: its setting, seed, trained trials and wall time."""
     from blockqnn.store.db import TRAINED, Store
 
-    run = json.loads((run_dir / "bench.json").read_text())
+    run: dict[str, Any] = json.loads((run_dir / "bench.json").read_text())
     with Store.open(run_dir, readonly=True) as store:
         run["trials"] = [t for t in store.trials() if t.status in TRAINED and t.result]
-    return dict(run)
+    return run
 
 
 def finished_runs(where: Path) -> list[dict[str, Any]]:

@@ -82,13 +82,16 @@ def reduced_cifar(args: argparse.Namespace) -> dict[str, Any]:
 def make_config(args: argparse.Namespace, agent: str, seed: int) -> Any:
     from blockqnn.settings.config import Config, merge
 
+    if args.task == "digits":  # the demo's settings, at this benchmark's threads
+        digits = Config.from_toml(ROOT / "examples" / "digits.toml")
+        base = merge(digits, {"train": {"threads": args.threads}})
+    else:
+        base = merge(Config(), reduced_cifar(args))
     search = {"agent": agent, "budget": args.budget, "seed": seed, "cache": "off"}
-    overrides: dict[str, Any] = {"search": search, "train": {"threads": args.threads}}
+    overrides: dict[str, Any] = {"search": search}
     if args.preset and agent == "qlearning":
         overrides["agent"] = {"preset": args.preset}
-    if args.task == "digits":
-        return merge(Config.from_toml(ROOT / "examples" / "digits.toml"), overrides)
-    return merge(merge(Config(), reduced_cifar(args)), overrides)
+    return merge(base, overrides)
 
 
 def run_one(args: argparse.Namespace, agent: str, seed: int, where: Path) -> dict[str, Any]:
