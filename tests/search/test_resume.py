@@ -60,6 +60,19 @@ def _wait_for(run: Path, proc: subprocess.Popen[str], n: int) -> list[TrialRecor
     raise AssertionError(f"{n} trials not reached")
 
 
+def _wait_for_running(run: Path, proc: subprocess.Popen[str]) -> None:
+    """Until a trial is in flight: right after a trial is recorded the search may not yet
+    have started the next one, and a signal then leaves nothing to interrupt."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with Store.open(run, readonly=True) as s:
+            if s.counts()["running"]:
+                return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    raise AssertionError("no trial started")
+
+
 def _trace(run: Path) -> list[tuple[str, str, float | None]]:
     with Store.open(run, readonly=True) as s:
         return [(t.candidate, t.status, t.reward) for t in s.trials()]
@@ -102,6 +115,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = _start([*NEW, "--run-dir", str(run)], seconds=0.2)
     _wait_for(run, proc, 2)
+    _wait_for_running(run, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -119,6 +133,7 @@ def test_sigterm_stops_like_ctrl_c_and_resumes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = _start([*NEW, "--run-dir", str(run)], seconds=0.2)
     _wait_for(run, proc, 2)
+    _wait_for_running(run, proc)
     proc.send_signal(signal.SIGTERM)  # what a cluster scheduler sends before a kill
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
