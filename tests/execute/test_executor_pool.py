@@ -133,6 +133,19 @@ def test_one_worker_stays_in_process_and_more_are_processes() -> None:
     assert all(not _alive(pid) for pid in pids)
 
 
+@pytest.mark.parametrize("handler", [signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler])
+def test_starting_workers_leaves_the_callers_ctrl_c_handler(handler: Any) -> None:
+    """Workers are started with SIGINT ignored; the master's handler comes back as it was
+    (SIG_DFL included, which is 0 and so easy to lose to a truthiness test)."""
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        pool = PoolExecutor(synthetic_spec(_config(2, 1)), CPU2[:1])
+        pool.shutdown()
+        assert signal.getsignal(signal.SIGINT) == handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_two_workers_evaluate_two_candidates_at_once(tmp_path: Path) -> None:
     summary = run_search(
         tmp_path / "run",
@@ -248,8 +261,12 @@ def _raising_factory(config: Config, data: Any, device: str | None) -> Any:
 
 # ----- the master as a real process: kill -9, Ctrl-C, resume -------------------------------------
 
+# The driver restores Ctrl-C's default first: a shell that starts the test run in the
+# background (`cmd &` without job control) ignores SIGINT, and the child would inherit that.
 DRIVER = """
+import signal
 import sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import blockqnn.execute.base as ex
 from blockqnn.execute.synthetic import synthetic_spec
 seconds = float(sys.argv[1])

@@ -18,8 +18,12 @@ from blockqnn.store.db import Store, TrialRecord
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
+# The driver restores Ctrl-C's default first: a shell that starts the test run in the
+# background (`cmd &` without job control) ignores SIGINT, and the child would inherit that.
 DRIVER = """
+import signal
 import sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import blockqnn.execute.base as ex
 from blockqnn.evaluate.synthetic import SyntheticEvaluator
 ex.default_evaluator = lambda c, d, dev: SyntheticEvaluator(c, seconds=float(sys.argv[1]))

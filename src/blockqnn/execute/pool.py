@@ -311,8 +311,10 @@ class PoolExecutor:
             process.start()
         finally:
             if main_thread:
-                # None: a handler installed outside Python; Python's own is the best guess
-                signal.signal(signal.SIGINT, previous or signal.default_int_handler)
+                # None: a handler installed outside Python; Python's own is the best guess.
+                # Not `previous or ...`: SIG_DFL is 0, and a caller's SIG_DFL must stay.
+                restore = signal.default_int_handler if previous is None else previous
+                signal.signal(signal.SIGINT, restore)
         self._processes.append(process)
         theirs.close()
         return _Worker(slot, process, ours, placement)
