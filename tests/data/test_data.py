@@ -83,6 +83,11 @@ def test_train_samples_and_val_size() -> None:
     assert np.array_equal(np.bincount(frac.y_val), [3] * 10)
     with pytest.raises(BlockQNNError, match="leaves no training images"):
         load_arrays(DataConfig(dataset="digits", train_samples=100, val_size=100))
+    # a fraction that rounds to every image is refused the same way, before any training
+    with pytest.raises(BlockQNNError, match=r"0\.999 \(100 images\): leaves no training"):
+        load_arrays(DataConfig(dataset="digits", train_samples=100, val_size=0.999))
+    one_left = load_arrays(DataConfig(dataset="digits", train_samples=100, val_size=0.99))
+    assert len(one_left.x_train) == 1
     with pytest.raises(BlockQNNError, match="whole number"):
         load_arrays(DataConfig(dataset="digits", val_size=2.5))
 

@@ -79,15 +79,17 @@ def val_count(val_size: float, n_train: int) -> int:
         )
         return max(1, auto)
     if val_size < 1:
-        return max(1, round(val_size * n_train))
-    if val_size != int(val_size):
+        count = max(1, round(val_size * n_train))
+        shown = f"{val_size:g} ({count} images)"
+    elif val_size != int(val_size):
         raise BlockQNNError(f"data.val_size = {val_size}: a count (>= 1) must be a whole number")
-    if val_size >= n_train:
+    else:
+        count, shown = int(val_size), str(int(val_size))
+    if count >= n_train:  # a fraction near 1 rounds up to every image too
         raise BlockQNNError(
-            f"data.val_size = {int(val_size)}: leaves no training images "
-            f"(the training split has {n_train})"
+            f"data.val_size = {shown}: leaves no training images (the training split has {n_train})"
         )
-    return int(val_size)
+    return count
 
 
 def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
