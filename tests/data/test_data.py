@@ -206,6 +206,27 @@ def test_an_rgb_file_of_gray_pixels_is_grayscale(tmp_path: Path) -> None:
     assert data.input_shape == (1, 4, 6)
 
 
+def test_wide_grayscale_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    """16-bit PNGs and [0, 1] float TIFFs: Pillow's convert("L") would clip them at 255."""
+    ramp = np.arange(24).reshape(4, 6)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            folder = tmp_path / split / c
+            folder.mkdir(parents=True)
+            Image.fromarray((ramp * 2849).astype(np.uint16)).save(folder / "0.png")  # I;16
+            Image.fromarray((ramp / 23).astype(np.float32)).save(folder / "1.tif")  # F
+    data = load_arrays(DataConfig(dataset=str(tmp_path), cache_dir=str(tmp_path / "c")))
+    assert data.input_shape == (1, 4, 6)
+    expected = np.rint(ramp * 2849 * 255 / 65535), np.rint(ramp / 23 * 255)
+    for img in data.x_test:
+        assert any(np.array_equal(img[0], e) for e in expected)
+    assert {int(v) for img in data.x_test for v in img.ravel()} >= {0, 255}
+
+    Image.fromarray(np.full((4, 6), 2.0, np.float32)).save(tmp_path / "test" / "a" / "hot.tif")
+    with pytest.raises(BlockQNNError, match=r"hot.tif: a float image .* \[0, 1\]"):
+        load_arrays(DataConfig(dataset=str(tmp_path), cache_dir=str(tmp_path / "c")))
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

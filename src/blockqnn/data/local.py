@@ -36,8 +36,10 @@ from blockqnn.data.cache import load_npz, save_npz
 from blockqnn.data.npz_sizes import check_declared_sizes, check_label_range
 from blockqnn.errors import BlockQNNError
 
-_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"})
-CACHE_FORMAT = 2  # bump when the decoded layout changes; old cache files are then rebuilt
+_GRAY_MODES = frozenset({"1", "L", "LA", "La"})
+# Pillow's convert("L") clips these at 255 instead of scaling, so they are scaled here.
+_WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+CACHE_FORMAT = 3  # bump when the decoding changes; old cache files are then rebuilt
 
 
 class Raw(NamedTuple):
@@ -123,12 +125,27 @@ def _decode_image(path: str) -> np.ndarray:
 
     with Image.open(path) as img:
         img.load()
+        if img.mode in _WIDE_GRAY_MODES:
+            return _wide_gray_to_uint8(np.asarray(img), img.mode)
         if img.mode in _GRAY_MODES:
             return np.asarray(img if img.mode == "L" else img.convert("L"))
         rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
         return np.ascontiguousarray(rgb[..., 0])  # a gray image saved as RGB
     return rgb
+
+
+def _wide_gray_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit (mode I;16*, or I holding 16-bit values as older Pillows open 16-bit PNGs) and
+    float images in [0, 1] (mode F) scaled to 0-255, rounded; other ranges are refused, since
+    scaling each image by its own range would make the pixels of a data set incomparable."""
+    if mode == "F":
+        if not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            raise ValueError("a float image (mode F) must hold values in [0, 1]")
+        return np.rint(a * 255).astype(np.uint8)
+    if a.min() < 0 or a.max() > 65535:
+        raise ValueError(f"a {mode} image must hold 16-bit values (0 to 65535)")
+    return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
 def _to_gray(rgb: np.ndarray) -> np.ndarray:
