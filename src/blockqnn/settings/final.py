@@ -114,7 +114,7 @@ FINAL_RECIPES: dict[str, FinalSettings] = {
 # epochs take hours there on one GPU). Unless --epochs is given, a smaller data set trains
 # for proportionally fewer epochs, but never fewer than FEWEST_EPOCHS: 30 epochs of the paper
 # recipe on digits (1,438 images) take about 2-3 minutes on a 2-core CPU where 300 took 23,
-# and a multistep schedule still gets its two lr steps (at 15 and 22).
+# and a multistep schedule still gets its two lr steps (after 15 and 23 epochs).
 RECIPE_IMAGES = 50_000
 FEWEST_EPOCHS = 30
 
