@@ -50,3 +50,9 @@ def test_importing_the_package_does_not_import_torch() -> None:
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="make_agent"):
         blockqnn.make_agent  # noqa: B018 (the stale name of make_strategy)
+
+
+def test_dir_lists_the_lazy_names_too() -> None:
+    """Tab completion shows `build_network` before anything imported it."""
+    assert {"build_network", "load_model", "QLearningAgent"} <= set(dir(blockqnn))
+    assert "Any" not in dir(blockqnn)

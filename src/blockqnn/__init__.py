@@ -50,3 +50,8 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    """The public names, the lazy ones included, for tab completion and `dir(blockqnn)`."""
+    return sorted(__all__)
