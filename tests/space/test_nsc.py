@@ -33,6 +33,10 @@ def test_parse_example_and_canonical_text() -> None:
         "1,1,3,0,0; 2,1,5,0,0; 3,5,0,1,2",  # the terminal is optional
         "[[1,1,3,0,0],[2,1,5,0,0],[3,5,0,1,2],[4,7,0,0,0]]",
         "[(1,1,3,0,0), (2,1,5,0,0), (3,5,0,1,2), (4,7,0,0,0)]",
+        "[ [1,1,3,0,0], [2,1,5,0,0], [3,5,0,1,2], [4,7,0,0,0] ]",
+        "[\n  [\n    1,\n    1,\n    3,\n    0,\n    0\n  ],\n  [2,1,5,0,0], [3,5,0,1,2]\n]",
+        "((1,1,3,0,0), (2,1,5,0,0), (3,5,0,1,2), (4,7,0,0,0))",  # a Python tuple of tuples
+        "(1,1,3,0,0; 2,1,5,0,0; 3,5,0,1,2; 4,7,0,0,0)",  # surrounding parentheses
     ],
 )
 def test_equivalent_spellings(text: str) -> None:
@@ -45,6 +49,13 @@ def test_json_round_trip() -> None:
     assert Block.from_json(data) == block
     assert Block.from_json(json.dumps(data)) == block
     assert data[-1] == [4, 7, 0, 0, 0]
+    assert Block.parse(json.dumps(data, indent=2)) == block  # pretty-printed JSON too
+
+
+def test_booleans_are_not_layer_values() -> None:
+    """True == 1 in Python, but `str(block)` must parse back: a bool is refused."""
+    with pytest.raises(BlockQNNError, match="not a list of integers"):
+        Block.from_tuples([(True, 1, 3, False, False)])
 
 
 @given(blocks())

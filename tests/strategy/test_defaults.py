@@ -13,6 +13,7 @@ from blockqnn.settings.config import AGENT_PRESETS, AgentConfig
 from blockqnn.space.nsc.space import NSCSpace
 from blockqnn.store.db import Store
 from blockqnn.strategy import QLearningAgent
+from blockqnn.strategy.base import agent_settings
 
 
 def test_a_preset_is_resolved_when_the_section_is_built_in_python() -> None:
@@ -20,6 +21,20 @@ def test_a_preset_is_resolved_when_the_section_is_built_in_python() -> None:
     assert all(getattr(paper, k) == v for k, v in AGENT_PRESETS["paper"].items())
     assert AgentConfig(preset="paper", alpha_mode="visits").alpha_mode == "visits"
     assert AgentConfig() == AgentConfig(preset="blockqnn")
+
+
+def test_a_preset_given_to_an_agent_as_a_keyword_sets_its_constants() -> None:
+    """`QLearningAgent(preset="paper")` is the paper's agent, as `config=AgentConfig(preset=
+    "paper")` is; switching a config's preset does not keep the old preset's values."""
+    levers = ("alpha", "alpha_mode", "on_repeat", "explore_share", "replay", "explore_per")
+    for name in AGENT_PRESETS:
+        expected = AgentConfig(preset=name)
+        assert agent_settings(None, {"preset": name}) == expected
+        assert agent_settings(AgentConfig(preset="paper"), {"preset": name}) == expected
+        agent = QLearningAgent(seed=0, budget=100, preset=name)
+        assert all(getattr(agent, k) == getattr(expected, k) for k in levers)
+    beside = agent_settings(None, {"preset": "paper", "ucb": 0.05})
+    assert beside == AgentConfig(preset="paper", ucb=0.05)  # keys beside the preset win
 
 
 def test_the_library_agent_proposes_what_the_cli_search_proposes(

@@ -3,11 +3,13 @@ state "prefix", replay "ranked", explore_per "block"): what each one changes."""
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
 import pytest
 
+from blockqnn import Block
 from blockqnn.settings.config import AgentConfig
 from blockqnn.space.nb201 import NB201Space
 from blockqnn.strategy import QLearningAgent
@@ -98,3 +100,23 @@ def test_explore_per_block_leaves_most_blocks_greedy() -> None:
 
     assert 0.35 < greedy_share("block") < 0.65  # epsilon is a block's chance to explore
     assert greedy_share("step") < 0.1  # each of the 6 steps': 0.5^6 stay greedy
+
+
+def test_a_snapshot_restores_the_mean_reward_to_the_last_bit() -> None:
+    """q_init_mode "mean": the running sum (0.1 + 0.2, then 0.1 replaced by 0.7) is 0.9 where
+    sum([0.7, 0.2]) is 0.8999999999999999; the restored agent must read the live one's mean."""
+
+    def agent() -> QLearningAgent:
+        return QLearningAgent(budget=100, seed=0, q_init_mode="mean")
+
+    x, y, z = (Block.parse(t) for t in ("1,1,3,0,0", "1,1,5,0,0", "1,4,0,0,0; 2,1,3,1,0"))
+    live = agent()
+    live.tell(x, 0.1)
+    live.tell(y, 0.2)
+    live.tell(x, 0.7)  # told again with a new reward
+    restored = agent()
+    restored.load_state_dict(json.loads(json.dumps(live.state_dict())))
+    assert restored._default() == live._default()
+    live.tell(z, 0.3)
+    restored.tell(z, 0.3)
+    assert restored.state_dict() == live.state_dict()

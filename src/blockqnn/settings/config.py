@@ -395,11 +395,20 @@ def merge(config: Config, overrides: dict[str, Any]) -> Config:
     return replace(config, **updated)
 
 
+def preset_first(values: dict[str, Any]) -> dict[str, Any]:
+    """[agent] `values` that name a preset, with its fields beneath them: the preset sets
+    every field it lists, and the keys given beside it override it. A changed preset must
+    not keep the fields the old one filled in (`replace` passes every field along)."""
+    preset = values.get("preset")
+    if isinstance(preset, str) and preset in AGENT_PRESETS:
+        return {**AGENT_PRESETS[preset], **values}
+    return values
+
+
 def _update(section: T, values: dict[str, Any], name: str) -> T:
     known = {f.name: f for f in fields(section)}  # type: ignore[arg-type]
-    preset = values.get("preset") if name == "agent" else None
-    if isinstance(preset, str) and preset in AGENT_PRESETS:  # the preset first, then the rest
-        values = {**AGENT_PRESETS[preset], **values}
+    if name == "agent":
+        values = preset_first(values)
     for key in values:
         if key not in known:
             raise BlockQNNError(

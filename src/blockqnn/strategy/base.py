@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from blockqnn.errors import BlockQNNError
 from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH
-from blockqnn.settings.config import AgentConfig
+from blockqnn.settings.config import AgentConfig, preset_first
 from blockqnn.space.base import Space
 
 PAPER_BUDGET = 11_392  # (paper) 178 iterations x 64 blocks
@@ -151,7 +151,7 @@ def agent_settings(config: AgentConfig | None, overrides: dict[str, Any]) -> Age
     unknown = sorted(set(overrides) - {f.name for f in fields(AgentConfig)})
     if unknown:
         raise BlockQNNError(f"{unknown[0]}: not an agent setting")
-    return replace(base, **overrides)
+    return replace(base, **preset_first(overrides))
 
 
 def check_schedule(schedule: Any) -> tuple[tuple[float, int], ...]:

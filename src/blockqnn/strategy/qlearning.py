@@ -391,6 +391,9 @@ class QLearningAgent(BaseAgent):
         out["memory"] = [
             [text, reward] for text, reward in zip(self._texts, self._rewards, strict=True)
         ]
+        # the running sum as it was added up: sum(memory) can differ in the last bit, and the
+        # restored agent must read the same mean (q_init_mode "mean") as the live one
+        out["reward_total"] = self._total
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -402,6 +405,9 @@ class QLearningAgent(BaseAgent):
             paths, rewards, texts, where = self._read_memory(state.get("memory"))
             # The memory holds every block told, so it rebuilds the schedule's clock.
             hashes = {self.space.to_candidate(p).hash for p in paths}
+            total = float(state.get("reward_total", sum(rewards)))  # older snapshots: the sum
+            if not math.isfinite(total):
+                raise ValueError(f"reward_total {total}")
         except BlockQNNError:
             raise
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
@@ -409,7 +415,7 @@ class QLearningAgent(BaseAgent):
         self._asked, self._told, self._rng = asked, told, rng
         self._q, self._n = q, n
         self._paths, self._rewards, self._texts, self._where = paths, rewards, texts, where
-        self._total = sum(rewards)
+        self._total = total
         self._hashes = hashes
         self._count, self._count_total = {}, {}
         for path in paths:  # the memory holds every distinct block: the ucb counts

@@ -119,7 +119,9 @@ def check_layer(values: tuple[int, ...], position: int, max_depth: int) -> Layer
             f"layer {position}: expected 5 integers (index,type,kernel,pred1,pred2), "
             f"got {len(values)}"
         )
-    if not all(isinstance(v, int) and -VALUE_LIMIT < v < VALUE_LIMIT for v in values):
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise BlockQNNError(f"layer {position}: {clip(values)} is not a list of integers")
+    if not all(-VALUE_LIMIT < v < VALUE_LIMIT for v in values):
         raise BlockQNNError(f"layer {position}: values out of range (layers are small integers)")
     index, type_code, kernel, pred1, pred2 = values
     where = f"layer {index}"
@@ -207,13 +209,15 @@ def _parse_text(text: str) -> list[tuple[int, ...]]:
     stripped = text.strip()
     if not stripped:
         raise BlockQNNError("empty block: no layers given")
-    if stripped.startswith("[["):
+    if re.match(r"\[\s*\[", stripped):  # JSON, pretty-printed or not
         return _from_json_list(_loads(stripped))
+    if stripped[0] == "(" and stripped[-1] == ")" and "(" not in stripped[1:-1]:
+        stripped = stripped[1:-1]  # "(1,1,3,0,0; 2,7,0,0,0)": surrounding parentheses
     groups = re.findall(r"\(([^()]*)\)", stripped)
     if groups:  # "(1,1,3,0,0), (2,...)" or "[(...); (...)]": one layer per parenthesis
         chunks = [re.sub(r"\s", "", g) for g in groups]
         rest = re.sub(r"\(([^()]*)\)", "", stripped)
-        if re.sub(r"[\s;,\[\]]", "", rest):
+        if re.sub(r"[\s;,\[\]]", "", rest) not in ("", "()"):  # "((...), (...))": a tuple
             raise BlockQNNError(
                 f"malformed block text outside parentheses: {clip(rest.strip(), quote=True)}"
             )
