@@ -169,6 +169,27 @@ def test_warm_start_refuses_other_settings_unless_told(tmp_path: Path) -> None:
         assert all(t.reuse_of is None for t in s.trials() if t.status == REUSED)
 
 
+def test_an_early_stopped_source_result_is_told_but_not_taken_as_exact(tmp_path: Path) -> None:
+    """A stopped candidate's accuracy is a prediction under the source's threshold: a run
+    without early termination trains that block again if it is proposed."""
+    source = _run(tmp_path / "src", _config(30, agent="random", seed=5, stop_after=2, cache="off"))
+    with Store.open(source, readonly=True) as s:
+        stopped = {t.hash for t in s.trials(COMPLETE) if "stopped_at" in t.result["metrics"]}
+    assert stopped  # the threshold stopped some
+    run = tmp_path / "new"
+    run_search(
+        run, _config(30, agent="random", seed=5, cache="off"), spec=_spec, warm_start=[source]
+    )
+    with Store.open(run, readonly=True) as s:
+        trials = s.trials()
+    warm = {t.id: t for t in trials if is_warm(t)}
+    assert all(t.info["exact"] is (t.hash not in stopped) for t in warm.values())
+    reused = [t for t in trials if t.status == REUSED and not is_warm(t)]
+    assert reused  # the same seed proposes the source's blocks again
+    assert not [t for t in reused if t.reuse_of in warm and warm[t.reuse_of].hash in stopped]
+    assert {t.hash for t in trials if t.trained} & stopped  # those were trained instead
+
+
 def test_warm_start_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     table = write_nb201_table(tmp_path / "t.csv.gz")
     nb = ["--space", "nb201", "--table", str(table), "--dataset", "cifar10", "--budget", "4"]
@@ -227,6 +248,28 @@ def test_a_second_identical_search_takes_every_result_from_the_cache(tmp_path: P
     assert all(w.startswith(f"cache: {(tmp_path / 'one').resolve()} trial ") for w in sources)
     other = merge(config, {"train": {"epochs": 3}})  # other settings: trained again
     assert run_search(tmp_path / "three", other, spec=_spec).cached == 0
+
+
+def test_a_data_file_of_the_same_name_elsewhere_or_rewritten_is_other_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run stores the data's absolute path, and the cache keys what the file holds:
+    `d.npz` in another folder, or rewritten, never takes the first file's results."""
+    config = _config(4, cache=str(tmp_path / "cache"), agent="random")
+    config = merge(config, {"data": {"dataset": "d.npz"}})
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "d.npz").write_bytes(b"data of " + name.encode())
+    monkeypatch.chdir(tmp_path / "a")
+    assert run_search(tmp_path / "one", config, spec=_spec).cached == 0
+    with Store.open(tmp_path / "one", readonly=True) as s:
+        assert s.config().data.dataset == str(tmp_path / "a" / "d.npz")
+    assert run_search(tmp_path / "two", config, spec=_spec).cached == 4  # the same file
+    monkeypatch.chdir(tmp_path / "b")
+    assert run_search(tmp_path / "three", config, spec=_spec).cached == 0  # another file
+    monkeypatch.chdir(tmp_path / "a")
+    (tmp_path / "a" / "d.npz").write_bytes(b"new data, regenerated")
+    assert run_search(tmp_path / "four", config, spec=_spec).cached == 0  # rewritten
 
 
 def test_no_cache_reads_and_writes_nothing(tmp_path: Path) -> None:

@@ -40,6 +40,23 @@ def test_create_saves_the_resolved_config(tmp_path: Path) -> None:
         assert r.trials() == []
 
 
+def test_a_deleted_runs_write_ahead_log_is_not_replayed_into_a_new_run(tmp_path: Path) -> None:
+    """Deleting only blockqnn.sqlite of a killed run leaves its -wal: SQLite would apply the
+    old run's trials to a new database of that name, so the folder is refused as it is."""
+    run = tmp_path / "run"
+    old = Store.create(run, CONFIG)  # held open, as by a killed search: the log stays
+    old.acquire()
+    old.begin_session()
+    old.add_trial(A, {}, ask_seq=1)
+    (run / DB_NAME).unlink()
+    left = sorted(p.name for p in run.iterdir())
+    assert f"{DB_NAME}-wal" in left
+    with pytest.raises(BlockQNNError, match=r"holds blockqnn.sqlite-wal, left by a run whose"):
+        Store.create(run, CONFIG)
+    assert sorted(p.name for p in run.iterdir()) == left
+    old.close()
+
+
 def test_a_dir_holding_a_run_is_refused_unchanged(tmp_path: Path) -> None:
     Store.create(tmp_path / "run", CONFIG).close()
     before = (tmp_path / "run" / DB_NAME).read_bytes()

@@ -119,6 +119,12 @@ def _list_folder(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[str,
     return classes, files, digest.hexdigest()
 
 
+def folder_fingerprint(root: Path) -> str:
+    """What a folder data set holds, as its cache keys it: each image's name, size and
+    modification time (checks the folder's layout as the loader does)."""
+    return _list_folder(root.resolve())[2]
+
+
 def _decode_image(path: str) -> np.ndarray:
     """One image as uint8 (H, W) for grayscale or (H, W, 3) for colour."""
     from PIL import Image

@@ -25,7 +25,7 @@ from blockqnn.search.parts import RunParts, WarmTrial
 from blockqnn.search.prescreen import Screener
 from blockqnn.search.resume import Opening, check_trials, scheduled
 from blockqnn.search.warm import load_warm_start
-from blockqnn.settings.config import Config
+from blockqnn.settings.config import Config, with_absolute_paths
 from blockqnn.space.base import Space, make_space
 from blockqnn.store.cache import EvalCache, cache_dir_for, callable_name, fingerprint
 from blockqnn.store.cache import latency_cache as open_latency_cache
@@ -61,7 +61,9 @@ class Factories:
 def assemble(opening: Opening, factories: Factories) -> RunParts:
     """Every part of the run `opening` describes, each built once (see the module docstring).
     Raises `BlockQNNError` for bad input before anything is written or any worker starts."""
-    config = opening.config
+    # A new run stores its data's paths absolute: a resume from another folder, a warm start
+    # and the shared cache must not take another file of the same relative name for it.
+    config = opening.config if opening.resume else with_absolute_paths(opening.config)
     space = make_space(config)
     strategy = factories.make_strategy(scheduled(config, opening.schedule_budget), space)
     seq, progress = 0, None
@@ -111,8 +113,9 @@ def _warm_trials(opening: Opening, space: Space) -> list[WarmTrial]:
         return []
     sources = opening.warm_start
     return load_warm_start(
-        sources, opening.config, space, opening.directory, opening.warm_start_any
-    )
+        sources, with_absolute_paths(opening.config), space, opening.directory,
+        opening.warm_start_any,
+    )  # fmt: skip
 
 
 def _check_budget(config: Config, space: Space) -> None:

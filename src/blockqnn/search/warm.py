@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from blockqnn.errors import BlockQNNError, clip
+from blockqnn.evaluate.result import EvalResult
 from blockqnn.search.parts import WarmTrial
-from blockqnn.settings.config import Config
+from blockqnn.search.terminate import STOPPED_AT
+from blockqnn.settings.config import Config, with_absolute_paths
 from blockqnn.space.base import Space
 from blockqnn.store.cache import setting_differences
 from blockqnn.store.db import COMPLETE, Store, TrialRecord
@@ -49,7 +51,10 @@ def load_warm_start(
                     f"search's space ({exc})"
                 ) from None
             seen.add(t.hash)
-            out.append(WarmTrial(candidate, t, name, exact=exact))
+            # an early-stopped result is a prediction under the source's threshold: told to
+            # the strategy, but trained again if proposed (the cache keeps none either)
+            stopped = STOPPED_AT in EvalResult.from_dict(t.result).metrics
+            out.append(WarmTrial(candidate, t, name, exact=exact and not stopped))
     return out
 
 
@@ -65,7 +70,7 @@ def _read_source(
             f"--warm-start {clip(str(source))} searched the {theirs.search.space!r} space, "
             f"this search {config.search.space!r}: its candidates cannot be told"
         )
-    differ = setting_differences(config, theirs)
+    differ = setting_differences(config, with_absolute_paths(theirs))  # older runs: relative
     if differ and not accept_any:
         raise BlockQNNError(
             f"--warm-start {clip(str(source))} was evaluated with other settings: "

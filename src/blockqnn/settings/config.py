@@ -22,6 +22,7 @@ Names of spaces, strategies, rewards and executors are checked against
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +37,7 @@ from blockqnn.settings.choices import (
     LATENCY_RUNTIMES,
     PRECISIONS,
 )
+from blockqnn.settings.datasets import BUILTIN_DATASETS
 from blockqnn.settings.network import NetworkConfig as NetworkConfig  # a section of Config
 from blockqnn.settings.registry import EXECUTORS, REWARDS, SPACES, STRATEGIES, Registry
 from blockqnn.settings.threads import parse as parse_threads
@@ -156,6 +158,28 @@ class DataConfig:
             raise BlockQNNError(
                 f"data.fidelity = {self.fidelity}: choose one of {', '.join(map(str, FIDELITIES))}"
             )
+
+
+def with_absolute_paths(config: Config) -> Config:
+    """`config` with its data set (when it names an existing file or folder, not a built-in
+    name), tables and data folders made absolute, as a new run stores them."""
+    d = config.data
+
+    def absolute(path: str) -> str:
+        return os.path.abspath(path) if path else path
+
+    dataset = d.dataset
+    if dataset not in BUILTIN_DATASETS and os.path.exists(dataset):
+        dataset = absolute(dataset)
+    table = os.pathsep.join(absolute(t) for t in d.table.split(os.pathsep)) if d.table else ""
+    data = replace(
+        d,
+        dataset=dataset,
+        table=table,
+        data_dir=absolute(d.data_dir),
+        cache_dir=absolute(d.cache_dir),
+    )
+    return config if data == d else replace(config, data=data)
 
 
 # [agent] presets: `paper` keeps every constant of BlockQNN (and MetaQNN where it is silent)

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.evaluate.result import EvalResult
-from blockqnn.settings.config import Config
+from blockqnn.settings.config import Config, DataConfig
+from blockqnn.settings.datasets import BUILTIN_DATASETS
 
 if TYPE_CHECKING:
     from blockqnn.evaluate.latency import Latency
@@ -78,10 +79,32 @@ def evaluation_settings(config: Config) -> dict[str, Any]:
     return out
 
 
+def data_identity(data: DataConfig) -> str:
+    """What the data set and tables at the config's paths hold, as far as is cheap to know:
+    a file's size and modification time, a folder's images' (as its array cache keys them).
+    Empty for the built-in data sets, whose archives are checksum-verified."""
+    from blockqnn.data.local import folder_fingerprint  # numpy: only where a folder is used
+
+    parts = []
+    paths = [data.dataset] if data.dataset not in BUILTIN_DATASETS else []
+    paths += [t for t in data.table.split(os.pathsep) if t]
+    for path in map(Path, paths):
+        if path.is_dir():
+            parts.append(folder_fingerprint(path))
+        elif path.is_file():
+            st = path.stat()
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+    return ";".join(parts)
+
+
 def fingerprint(config: Config, evaluator: str = "") -> str:
-    """SHA-256 of `evaluation_settings` (and of `evaluator`, the name of an evaluator other
-    than the space's own): equal fingerprints, interchangeable results."""
+    """SHA-256 of `evaluation_settings`, of what the data paths hold (a file regenerated at
+    the same path is other data) and of `evaluator`, the name of an evaluator other than the
+    space's own: equal fingerprints, interchangeable results."""
     settings = evaluation_settings(config)
+    identity = data_identity(config.data)
+    if identity:  # absent for built-in data: their runs' fingerprints stay as they were
+        settings["data.identity"] = identity
     if evaluator:  # a replaced evaluator (a test's, a benchmark's) never shares real results
         settings["evaluator"] = evaluator
     text = json.dumps(settings, sort_keys=True)

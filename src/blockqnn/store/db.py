@@ -136,6 +136,13 @@ class Store:
             )
         if directory.exists() and not directory.is_dir():
             raise BlockQNNError(f"--run-dir {directory} is a file, not a directory")
+        # SQLite would replay a deleted run's write-ahead log onto the new database
+        leftover = [n for n in (f"{DB_NAME}-wal", f"{DB_NAME}-shm") if (directory / n).exists()]
+        if leftover:
+            raise BlockQNNError(
+                f"{directory} holds {leftover[0]}, left by a run whose {DB_NAME} was deleted: "
+                "remove it or choose another --run-dir"
+            )
         made = not directory.exists()
         try:
             directory.mkdir(parents=True, exist_ok=True)
