@@ -296,6 +296,29 @@ def test_a_damaged_cache_is_set_aside_with_a_warning(
     cache.close()
 
 
+def test_a_busy_cache_is_skipped_for_the_run_never_set_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache another search holds locked past the wait is fine: the run goes without it,
+    and the file (other searches' results) stays where it is."""
+    folder = tmp_path / "cache"
+    run_search(tmp_path / "one", _config(4, cache=str(folder)), spec=_spec)
+    monkeypatch.setattr("blockqnn.store.cache.BUSY_TIMEOUT", 0.1)
+    holder = sqlite3.connect(folder / CACHE_FILE, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing, for longer than the wait
+    try:
+        summary = run_search(tmp_path / "two", _config(4, cache=str(folder)), spec=_spec)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert summary.trained == 4 and summary.cached == 0
+    assert "evaluation cache disabled for this run: database is locked" in caplog.text
+    assert not list(folder.glob("*.damaged-*"))
+    cache = EvalCache.open(folder)
+    assert cache.count() == 4  # the first run's results, untouched
+    cache.close()
+
+
 def test_a_cache_path_that_is_a_file_exits_2_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

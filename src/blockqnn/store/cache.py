@@ -50,6 +50,7 @@ LATENCY_FILE = "latency.sqlite"  # measured latencies, beside the evaluations
 CACHE_SCHEMA = 1
 CACHE_APPLICATION_ID = 0x4251434E  # "BQCN": marks the SQLite file as a blockqnn cache
 OFF = "off"
+BUSY_TIMEOUT = 30.0  # seconds to wait for another search's write to the cache
 # Keys that do not decide a result: where files live, how many CPU threads train, and what
 # is read from the data itself (the data keys decide it; runs before blockqnn recorded
 # their data's shape stored the default there).
@@ -196,25 +197,35 @@ class EvalCache:
         path = directory / CACHE_FILE
         try:
             return cls(path, _connect(path))
-        except (sqlite3.DatabaseError, _NotACache) as exc:
-            aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-            log.warning(
-                "the evaluation cache %s is damaged (%s): set aside as %s, starting a new one",
-                path,
-                clip(str(exc)),
-                aside.name,
-            )
-            try:
-                for suffix in ("", "-wal", "-shm"):
-                    side = Path(str(path) + suffix)
-                    if side.exists():
-                        os.replace(side, Path(str(aside) + suffix))
-                return cls(path, _connect(path))
-            except (OSError, sqlite3.Error, _NotACache) as again:
-                log.warning("evaluation cache disabled: %s", clip(str(again)))
+        except sqlite3.OperationalError as exc:
+            if _unavailable(exc):  # busy, read-only, unopenable: the file may be fine
+                log.warning("evaluation cache disabled for this run: %s", clip(str(exc)))
                 return cls(path, None)
+            return cls._set_aside(path, exc)
+        except (sqlite3.DatabaseError, _NotACache) as exc:
+            return cls._set_aside(path, exc)
         except OSError as exc:
             log.warning("evaluation cache disabled: %s", clip(str(exc)))
+            return cls(path, None)
+
+    @classmethod
+    def _set_aside(cls, path: Path, exc: Exception) -> EvalCache:
+        """A damaged cache file renamed aside (never deleted), and a new one started."""
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        log.warning(
+            "the evaluation cache %s is damaged (%s): set aside as %s, starting a new one",
+            path,
+            clip(str(exc)),
+            aside.name,
+        )
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                side = Path(str(path) + suffix)
+                if side.exists():
+                    os.replace(side, Path(str(aside) + suffix))
+            return cls(path, _connect(path))
+        except (OSError, sqlite3.Error, _NotACache) as again:
+            log.warning("evaluation cache disabled: %s", clip(str(again)))
             return cls(path, None)
 
     def get(self, candidate_hash: str, fprint: str) -> CacheHit | None:
@@ -271,7 +282,7 @@ class _NotACache(Exception):
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT)
     try:
         # Checked and created under the write lock: two searches starting on a new cache at
         # once must not see each other's half-made file as a foreign one.
@@ -296,6 +307,19 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+# SQLite's codes for a file that is fine but cannot be used now (Python 3.11+ names them)
+_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_READONLY", "SQLITE_CANTOPEN",
+                "SQLITE_IOERR", "SQLITE_FULL", "SQLITE_PERM")  # fmt: skip
+_UNAVAILABLE_WORDS = ("locked", "readonly", "unable to open", "disk i/o", "full")  # Python 3.10
+
+
+def _unavailable(exc: sqlite3.OperationalError) -> bool:
+    name = getattr(exc, "sqlite_errorname", None)
+    if name is not None:
+        return name.startswith(_UNAVAILABLE)
+    return any(word in str(exc).lower() for word in _UNAVAILABLE_WORDS)
 
 
 def _tables(conn: sqlite3.Connection) -> list[str]:
