@@ -19,8 +19,10 @@ from blockqnn.evaluate.result import EvalResult
 from blockqnn.execute.synthetic import synthetic_spec
 from blockqnn.search import run_search
 from blockqnn.settings.config import Config, merge
+from blockqnn.space.base import make_space
 from blockqnn.store.cache import CACHE_FILE, EvalCache, default_cache_dir, fingerprint
 from blockqnn.store.db import COMPLETE, REUSED, Store, is_warm
+from blockqnn.strategy import make_strategy
 
 
 def _config(budget: int, **search: Any) -> Config:
@@ -148,6 +150,40 @@ def test_a_warm_started_run_resumes_exactly(tmp_path: Path) -> None:
         )
     run_search(stopped, None, spec=_spec)
     assert _trace(stopped) == _trace(straight)
+
+
+def test_a_run_stopped_while_telling_its_warm_start_tells_it_on_resume(tmp_path: Path) -> None:
+    """The run exists before its warm-start trials are recorded (one transaction): a stop
+    in between leaves no trial, and the resume tells the recorded warm start as a new run."""
+    source = _run(tmp_path / "src", _config(16, cache="off"))
+    config = _config(8, cache="off", seed=1)
+    told = {"n": 0}
+
+    def interrupted(c: Config) -> Any:
+        strategy = make_strategy(
+            c.search.agent, make_space(c), c.search.budget, c.search.seed, c.agent
+        )
+        tell = strategy.tell
+
+        def stop_at_the_tenth(block: Any, reward: float) -> None:
+            told["n"] += 1
+            if told["n"] == 10:  # Ctrl-C while the warm trials are told
+                raise KeyboardInterrupt
+            tell(block, reward)
+
+        strategy.tell = stop_at_the_tenth  # type: ignore[method-assign]
+        return strategy
+
+    stopped = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        run_search(stopped, config, spec=_spec, warm_start=[source], agent_factory=interrupted)
+    with Store.open(stopped, readonly=True) as s:
+        assert s.trials() == []
+    run_search(stopped, None, spec=_spec)
+    straight = tmp_path / "straight"
+    run_search(straight, config, spec=_spec, warm_start=[source])
+    assert _trace(stopped) == _trace(straight)
+    assert any(status == REUSED and "warm_start" in info for _, status, _, info in _trace(stopped))
 
 
 def test_warm_start_refuses_other_settings_unless_told(tmp_path: Path) -> None:

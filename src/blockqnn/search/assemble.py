@@ -70,8 +70,7 @@ def assemble(opening: Opening, factories: Factories) -> RunParts:
     warm: tuple[WarmTrial, ...] = ()
     if opening.resume:
         seq, progress = check_trials(opening.directory, space, strategy)
-    else:
-        warm = tuple(_warm_trials(opening, space))
+    warm = tuple(_warm_trials(opening, space))  # a resume: only one stopped before telling it
     if not opening.resume or opening.extended:
         _check_budget(config, space)
     spec = factories.make_spec(config, space).with_data()  # the data is read here, once

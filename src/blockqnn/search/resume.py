@@ -83,7 +83,12 @@ def _open_existing(directory: Path, overrides: dict[str, Any] | None) -> Opening
             raise BlockQNNError(f"{directory} is in use by another running search")
         existing.sessions()  # verified: a damaged session row is refused here
         stored = existing.config().search.budget
-        return Opening(directory, config, True, stored, existing.schedule_budget())
+        # a run stopped before its warm start was recorded (it holds no trial yet) tells it
+        # now: the warm-start trials are written in one transaction, all or none
+        runs, accept_any = existing.warm_start_request() if not existing.trials() else ((), False)
+        return Opening(
+            directory, config, True, stored, existing.schedule_budget(), runs, accept_any
+        )
 
 
 def check_trials(directory: Path, space: Space, strategy: Strategy) -> tuple[int, tuple[Any, ...]]:

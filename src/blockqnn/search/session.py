@@ -87,7 +87,7 @@ def _lock(opening: Opening, config: Config) -> Store:
     written without it; a new run's store is created with `config` (its data's shape)."""
     if opening.resume:
         return Store.open(opening.directory, acquire=True)
-    store = Store.create(opening.directory, config)
+    store = Store.create(opening.directory, config, opening.warm_start, opening.warm_start_any)
     store.acquire()
     return store
 

@@ -107,6 +107,7 @@ __all__ = [
     "damaged",
 ]
 SCHEDULE_BUDGET = "schedule_budget"  # meta key: the first budget of an extended run
+WARM_START = "warm_start"  # meta key: the warm-start runs asked for at creation (JSON)
 
 
 class Store:
@@ -123,10 +124,18 @@ class Store:
     # ----- opening --------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, run_dir: str | Path, config: Config) -> Store:
+    def create(
+        cls,
+        run_dir: str | Path,
+        config: Config,
+        warm_start: Sequence[str | Path] = (),
+        warm_start_any: bool = False,
+    ) -> Store:
         """Start a new run in `run_dir` (created if needed). A directory that already holds a
         run is refused, untouched; one that cannot be written (permissions, a read-only file
-        system, a full disk) is refused with its reason and left as it was."""
+        system, a full disk) is refused with its reason and left as it was. The warm-start
+        runs asked for are recorded with it, so a resume can still tell them if the search
+        stopped before it had (`warm_start_request`)."""
         directory = Path(run_dir)
         path = directory / DB_NAME
         if path.exists():
@@ -149,7 +158,8 @@ class Store:
         except OSError as exc:
             raise BlockQNNError(f"cannot create run dir {directory}: {os_reason(exc)}") from None
         try:
-            build(directory, config)
+            request = {"runs": [str(Path(r).resolve()) for r in warm_start], "any": warm_start_any}
+            build(directory, config, {WARM_START: json.dumps(request)} if warm_start else None)
         finally:
             if made and not path.exists():  # refused: leave no empty run dir behind
                 with contextlib.suppress(OSError):
@@ -206,6 +216,15 @@ class Store:
     def meta(self) -> dict[str, str]:
         """The run's meta rows (schema version, creation time, config JSON), verified."""
         return read_meta(self._conn)
+
+    def warm_start_request(self) -> tuple[tuple[str, ...], bool]:
+        """The warm-start runs the run was created with (absolute), and whether results of
+        other settings were accepted; none for runs started without (or before this)."""
+        raw = self.meta().get(WARM_START)
+        if raw is None:
+            return (), False
+        request = json.loads(raw)
+        return tuple(request["runs"]), bool(request["any"])
 
     def config(self) -> Config:
         """The resolved config the run was started with."""

@@ -58,7 +58,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def build(directory: Path, config: Config) -> None:
+def build(directory: Path, config: Config, meta: dict[str, str] | None = None) -> None:
     """Write a new store at `directory/DB_NAME` through a temporary file and a link; a
     failure leaves nothing (BlockQNNError naming a full disk or an unwritable place)."""
     path = directory / DB_NAME
@@ -67,7 +67,7 @@ def build(directory: Path, config: Config) -> None:
     try:
         check_writable(directory)
         remove_stale_temps(directory)
-        _fill(tmp, config)
+        _fill(tmp, config, meta or {})
         try:
             os.link(tmp, path)  # fails if another process created the run meanwhile
         except FileExistsError:
@@ -85,7 +85,7 @@ def build(directory: Path, config: Config) -> None:
         journal.unlink(missing_ok=True)
 
 
-def _fill(tmp: Path, config: Config) -> None:
+def _fill(tmp: Path, config: Config, extra: dict[str, str]) -> None:
     from blockqnn import __version__
 
     tmp.unlink(missing_ok=True)
@@ -99,6 +99,7 @@ def _fill(tmp: Path, config: Config) -> None:
             "created": repr(time.time()),
             "blockqnn_version": __version__,
             "config": json.dumps(config.to_dict(), sort_keys=True),
+            **extra,
         }
         conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
         seal_meta(conn)
