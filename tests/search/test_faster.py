@@ -237,3 +237,22 @@ def test_search_refuses_bad_faster_settings_with_exit_2(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "search." in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_gate_reaches_an_evaluator_wrapped_to_measure_latency() -> None:
+    """With latency measured on the workers, each evaluator is a `LatencyEvaluator`: the
+    gate must pass through it, or `--stop-after` silently trains everything in full."""
+    from dataclasses import replace
+
+    from blockqnn.evaluate.latency import LatencyEvaluator
+    from blockqnn.execute.base import run_job
+
+    class Meter:
+        def apply(self, candidate: Any, result: EvalResult) -> EvalResult:
+            return replace(result, metrics={**result.metrics, "latency_ms": 1.0})
+
+    wrapped = LatencyEvaluator(SyntheticEvaluator(_config(4, stop_after=2)), Meter())
+    stopped = run_job(wrapped, Job(BLOCK, Gate(2, below=1.0)))
+    assert stopped.metrics["stopped_at"] == 2.0 and stopped.metrics["latency_ms"] == 1.0
+    full = run_job(wrapped, BLOCK)
+    assert "partial_accuracy" not in full.metrics and full.metrics["latency_ms"] == 1.0

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from blockqnn.errors import BlockQNNError, clip
+from blockqnn.evaluate.gate import Gate
 from blockqnn.evaluate.result import STATUS_FAILED, EvalResult
 from blockqnn.evaluate.shape import data_shape
 from blockqnn.settings.choices import LATENCY_RUNTIMES
@@ -406,6 +407,14 @@ class LatencyEvaluator:
     def evaluate(self, candidate: Any) -> EvalResult:
         # the master computes the reward from these metrics (`blockqnn.reward.score`)
         return self.meter.apply(candidate, self.inner.evaluate(candidate))
+
+    def evaluate_gated(self, candidate: Any, gate: Gate | None) -> EvalResult:
+        """The early-termination gate passed on to the inner evaluator where it takes one
+        (`blockqnn.execute.base.run_job` finds this method), the latency added after."""
+        gated = getattr(self.inner, "evaluate_gated", None)
+        if gate is None or gated is None:
+            return self.evaluate(candidate)
+        return self.meter.apply(candidate, gated(candidate, gate))
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ Life cycle:
   returned as `WorkerLost` and a fresh worker takes the slot. Workers that keep dying before
   they are ready (`MAX_START_FAILURES_PER_SLOT`) are a broken setup: `RuntimeError`.
 - A worker whose evaluator cannot be built reports why: `BlockQNNError` (bad input) or
-  `RuntimeError`; an evaluation that raises (a bug: evaluators return failed results for bad
-  candidates) is re-raised in the master with the worker's traceback.
+  `RuntimeError`; an evaluation that raises is a failed result naming the exception
+  (`evaluate_safely`, as in process and on Ray), so one bad candidate cannot wedge the run.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from typing import Any
 
 from blockqnn.errors import BlockQNNError
 from blockqnn.evaluate.result import EvalResult
-from blockqnn.execute.base import EvaluatorSpec, Finished, WorkerLost, parse_job, run_job
+from blockqnn.execute.base import EvaluatorSpec, Finished, WorkerLost, evaluate_safely, parse_job
 from blockqnn.train import threads as threads_module
 
 MAX_START_FAILURES_PER_SLOT = 3  # workers dying before they are ready this often: a bug
@@ -175,13 +175,14 @@ def _worker_main(conn: Connection, parent_pid: int, device: str, threads: int) -
             return
         trial_id, text = message
         try:
-            result = run_job(evaluator, parse_job(space, text)).to_dict()
-        except Exception:
+            job = parse_job(space, text)
+        except Exception:  # the master sent what this space cannot read: a bug
             import traceback
 
             conn.send(("crashed", trial_id, traceback.format_exc()))
             continue
-        conn.send(("result", trial_id, result))
+        # an evaluator that raises is a failed trial, as in process and on Ray
+        conn.send(("result", trial_id, evaluate_safely(evaluator, job).to_dict()))
 
 
 # ----- the master's side ---------------------------------------------------------------------
@@ -377,8 +378,8 @@ class PoolExecutor:
             raise RuntimeError(f"a local worker could not build its evaluator: {message[2]}")
         if kind == "crashed":
             raise RuntimeError(
-                f"trial {message[1]}: the evaluation raised in worker {w.name} (a bug: "
-                f"failing candidates are results, not exceptions):\n{message[2]}"
+                f"trial {message[1]}: worker {w.name} could not read its candidate (a bug):"
+                f"\n{message[2]}"
             )
         raise RuntimeError(f"unexpected message from worker {w.name}: {kind!r}")
 
