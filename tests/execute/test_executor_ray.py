@@ -5,6 +5,7 @@ sleep), so the tests exercise scheduling and fault tolerance, not training."""
 from __future__ import annotations
 
 import itertools
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,23 @@ def _check_every_trial_once(store: Store, budget: int) -> None:
 
 def test_local_ray_two_workers(tmp_path: Path) -> None:
     assert not ray.is_initialized()
-    summary = run_search(
-        tmp_path / "run", _config(budget=6, workers=2), spec=lambda c: synthetic_spec(c, 0.2)
-    )
+
+    def stop(signum: int, frame: Any) -> None:  # the CLI's orderly stop, as a stand-in
+        raise AssertionError("not sent")
+
+    handlers: list[Any] = []
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        summary = run_search(
+            tmp_path / "run",
+            _config(budget=6, workers=2),
+            spec=lambda c: synthetic_spec(c, 0.2),
+            on_event=lambda event: handlers.append(signal.getsignal(signal.SIGTERM)),
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert summary.trained == 6
+    assert handlers and all(h is stop for h in handlers)  # ray.init's own was undone
     assert not ray.is_initialized()  # the executor started Ray, and stopped it
     with Store.open(tmp_path / "run", readonly=True) as store:
         _check_every_trial_once(store, 6)

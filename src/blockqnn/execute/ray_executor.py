@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -195,6 +197,20 @@ def _lost_errors(ray: Any) -> tuple[type[BaseException], ...]:
 
 
 def _connect(ray: Any, address: str, workers: int, cpus_per_trial: float) -> None:
+    """`ray.init`, keeping the caller's SIGTERM and SIGINT handlers: Ray installs its own
+    (`sys.exit` on SIGTERM), which would skip the search's orderly stop (exit 143, trials in
+    flight marked interrupted) that schedulers rely on."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _init(ray, address, workers, cpus_per_trial)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in handlers.items():
+                if handler is not None and signal.getsignal(signum) is not handler:
+                    signal.signal(signum, handler)
+
+
+def _init(ray: Any, address: str, workers: int, cpus_per_trial: float) -> None:
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     if not address:
         num_cpus = max(1, int(-(-workers * cpus_per_trial // 1)))
