@@ -167,3 +167,31 @@ def test_trial_statuses_are_the_stored_strings() -> None:
     assert {"failed": 3}[FAILED] == 3 and {FAILED: 3}["failed"] == 3
     assert f"{FAILED}" == "failed" and str(FAILED) == "failed"
     assert json.dumps([FAILED]) == '["failed"]'
+
+
+def test_a_readers_lock_probe_never_turns_a_search_away(tmp_path: Path) -> None:
+    """`status` and the dashboard probe the writer lock with a brief shared lock; a search
+    taking the lock at that instant waits it out instead of calling the run in use."""
+    import threading
+
+    from blockqnn.store.rundir import held, take_lock
+
+    (tmp_path / "lock").touch()
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            held(tmp_path)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        for _ in range(300):
+            take_lock(tmp_path).close()
+    finally:
+        stop.set()
+        prober.join()
+    holder = take_lock(tmp_path)  # a search that holds it is still refused
+    with pytest.raises(BlockQNNError, match="in use by another running search"):
+        take_lock(tmp_path)
+    holder.close()

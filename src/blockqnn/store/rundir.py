@@ -14,6 +14,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -21,6 +22,7 @@ from blockqnn.errors import BlockQNNError, clip
 
 DB_NAME = "blockqnn.sqlite"
 LOCK_NAME = "lock"
+LOCK_PATIENCE_S = 0.25  # how long taking the writer lock waits out a reader's probe
 
 
 def check_writable(run_dir: str | Path) -> None:
@@ -49,13 +51,20 @@ def take_lock(run_dir: Path) -> TextIO:
         raise BlockQNNError(
             f"run dir {clip(str(run_dir))} is not writable ({LOCK_NAME}: {exc.strerror})"
         ) from None
-    if fcntl is not None:
+    if fcntl is None:
+        return handle
+    # A reader's `held` probe holds a shared lock for microseconds: retry past it, so that
+    # `status` or the dashboard polling the run never turns a search away.
+    deadline = time.monotonic() + LOCK_PATIENCE_S
+    while True:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
         except OSError:
-            handle.close()
-            raise BlockQNNError(f"{run_dir} is in use by another running search") from None
-    return handle
+            if time.monotonic() >= deadline:
+                handle.close()
+                raise BlockQNNError(f"{run_dir} is in use by another running search") from None
+            time.sleep(0.005)
 
 
 def write_failure(exc: BaseException) -> str:
