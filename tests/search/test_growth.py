@@ -226,6 +226,22 @@ def test_an_early_stopped_source_result_is_told_but_not_taken_as_exact(tmp_path:
     assert {t.hash for t in trials if t.trained} & stopped  # those were trained instead
 
 
+def test_a_later_sources_exact_result_replaces_an_earlier_inexact_one(tmp_path: Path) -> None:
+    other = _run(tmp_path / "other", merge(_config(6, cache="off"), {"train": {"epochs": 3}}))
+    same = _run(tmp_path / "same", _config(6, cache="off"))  # the same seed: the same blocks
+    run = tmp_path / "new"
+    run_search(
+        run, _config(4, cache="off"), spec=_spec, warm_start=[other, same], warm_start_any=True
+    )
+    with Store.open(same, readonly=True) as s:
+        exact = {t.hash for t in s.trials(COMPLETE)}
+    with Store.open(run, readonly=True) as s:
+        warm = [t for t in s.trials() if is_warm(t)]
+    assert exact and {t.hash for t in warm} >= exact
+    assert all(t.info["exact"] and t.info["warm_start"] == str(same.resolve())
+               for t in warm if t.hash in exact)  # fmt: skip
+
+
 def test_warm_start_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     table = write_nb201_table(tmp_path / "t.csv.gz")
     nb = ["--space", "nb201", "--table", str(table), "--dataset", "cifar10", "--budget", "4"]

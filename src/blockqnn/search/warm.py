@@ -28,11 +28,13 @@ def load_warm_start(
     accept_any: bool = False,
 ) -> list[WarmTrial]:
     """The completed trials of the runs `sources`, parsed in `space` (this run's), first of
-    each hash only. Refuses (BlockQNNError, nothing read is changed) a source that is not a
-    run, is this run, searched another space, or (unless `accept_any`) evaluated with other
-    settings than `config`'s, naming the settings that differ."""
+    each hash only, unless a later one is exact where the first was not (evaluated with other
+    settings, or early-stopped): the exact one takes its place. Refuses (BlockQNNError,
+    nothing read is changed) a source that is not a run, is this run, searched another space,
+    or (unless `accept_any`) evaluated with other settings than `config`'s, naming the
+    settings that differ."""
     here = Path(run_dir).resolve()
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # hash -> its place in `out`
     out: list[WarmTrial] = []
     for source in sources:
         path = Path(source)
@@ -41,8 +43,11 @@ def load_warm_start(
         trials, exact = _read_source(source, config, accept_any)
         name = str(path.resolve())
         for t in trials:
-            if t.hash in seen or t.result is None:
+            if t.result is None:
                 continue
+            place = seen.get(t.hash)
+            if place is not None and (out[place].exact or not exact):
+                continue  # the first copy stays, unless a later source's is exact
             try:
                 candidate = space.parse(t.candidate)
             except BlockQNNError as exc:
@@ -50,11 +55,15 @@ def load_warm_start(
                     f"--warm-start {clip(str(source))}: trial {t.id} does not fit this "
                     f"search's space ({exc})"
                 ) from None
-            seen.add(t.hash)
             # an early-stopped result is a prediction under the source's threshold: told to
             # the strategy, but trained again if proposed (the cache keeps none either)
             stopped = STOPPED_AT in EvalResult.from_dict(t.result).metrics
-            out.append(WarmTrial(candidate, t, name, exact=exact and not stopped))
+            warm = WarmTrial(candidate, t, name, exact=exact and not stopped)
+            if place is None:
+                seen[t.hash] = len(out)
+                out.append(warm)
+            elif warm.exact:
+                out[place] = warm
     return out
 
 
