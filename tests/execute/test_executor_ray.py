@@ -72,6 +72,20 @@ def test_unreachable_address_is_bad_input(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+def test_an_evaluator_the_actors_cannot_build_is_bad_input(tmp_path: Path) -> None:
+    """As with worker processes: the actor's one-line reason, before the run is created,
+    not Ray's restarts ending in a traceback."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    config = merge(_config(budget=2, workers=1), {"train": {"epochs": 1}})
+    with pytest.raises(BlockQNNError, match=r"^device 'cuda': CUDA is not available"):
+        run_search(tmp_path / "run", config, device="cuda")
+    assert not (tmp_path / "run").exists()
+    assert not ray.is_initialized()
+
+
 def test_node_lost_mid_search_reruns_its_trial(tmp_path: Path) -> None:
     from ray.cluster_utils import Cluster
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -99,12 +100,13 @@ class RayExecutor:
                 num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_restarts=0
             )(_EvalActor)
             self._pool = [self._new_slot() for _ in range(workers)]
+            self._start_failures = 0
+            self._first_started()  # bad input (a device, a table) refused before the run
         except BaseException:
             self.shutdown()
             raise
         self._queue: deque[tuple[int, str]] = deque()
         self._running: dict[Any, _Slot] = {}  # evaluate() ref -> slot
-        self._start_failures = 0
 
     def _new_slot(self) -> _Slot:
         actor = self._cls.remote(self._spec_ref, self._data_ref)
@@ -146,6 +148,12 @@ class RayExecutor:
             if done or (deadline is not None and time.monotonic() >= deadline):
                 return done
 
+    def _first_started(self) -> None:
+        """Wait for one actor to start: an evaluator that cannot be built from the settings
+        (`BlockQNNError` in the actor) is bad input, said before anything is written."""
+        ready, _ = self._ray.wait([s.ready_ref for s in self._pool], num_returns=1)
+        self._started(ready[0])
+
     def _started(self, ref: Any) -> None:
         ray = self._ray
         slot = next(s for s in self._pool if s.ready_ref == ref)
@@ -153,6 +161,9 @@ class RayExecutor:
             slot.name = ray.get(ref)
             slot.ready_ref = None
         except _lost_errors(ray) as exc:
+            bad_input = re.search(r"BlockQNNError: (.+)", str(exc))
+            if bad_input:  # the actor's constructor refused the settings: no retry helps
+                raise BlockQNNError(bad_input.group(1).strip()) from None
             self._start_failures += 1
             if self._start_failures > MAX_START_FAILURES_PER_SLOT * self.slots:
                 raise RuntimeError(f"Ray workers keep failing to start: {exc}") from exc
