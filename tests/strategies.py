@@ -53,8 +53,9 @@ def blocks(draw: st.DrawFn, max_depth: int = DEFAULT_MAX_DEPTH) -> Block:
 
 
 def relabel(block: Block, rng: random.Random) -> Block:
-    """The same graph with layers renumbered by a random topological order and add/concat
-    operands possibly swapped."""
+    """The same network with layers renumbered by a random topological order and the
+    operands of add and concat possibly swapped (not those of an ordered concat, whose
+    order decides the network: `Block.ordered_concats`)."""
     layers = {layer.index: layer for layer in block.layers}
     placed: dict[int, int] = {0: 0}
     order: list[int] = []
@@ -68,7 +69,8 @@ def relabel(block: Block, rng: random.Random) -> Block:
         layer = layers[old]
         preds = [placed[p] for p in layer.preds]
         if len(preds) == 2:
-            rng.shuffle(preds)
+            if old not in block.ordered_concats:
+                rng.shuffle(preds)
         else:
             preds.append(0)
         rows.append((placed[old], int(layer.type), layer.kernel, preds[0], preds[1]))

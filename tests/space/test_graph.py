@@ -9,7 +9,7 @@ import pytest
 from tests.strategies import random_rows, relabel
 
 from blockqnn import Block
-from blockqnn.space.nsc.graph import canonical_form, refine
+from blockqnn.space.nsc.graph import canonical_form, hash_form, refine
 
 
 def test_relabelings_of_random_blocks_share_the_hash() -> None:
@@ -19,6 +19,29 @@ def test_relabelings_of_random_blocks_share_the_hash() -> None:
         twin = relabel(block, rng)
         assert twin.hash == block.hash, (str(block), str(twin))
         assert twin.canonical() == block.canonical()
+
+
+# Two width-matched concats summed by an add: which operand comes first decides which
+# channels are summed, so A ([conv1 + conv5, conv3 + pool]) and B ([conv1 + pool,
+# conv3 + conv5]) are different networks although their graphs are isomorphic.
+ORDERED_A = "1,1,1,0,0; 2,1,3,0,0; 3,1,5,0,0; 4,2,3,0,0; 5,6,0,1,2; 6,6,0,3,4; 7,5,0,5,6"
+ORDERED_B = "1,1,1,0,0; 2,1,3,0,0; 3,2,3,0,0; 4,1,5,0,0; 5,6,0,1,2; 6,6,0,3,4; 7,5,0,5,6"
+
+
+def test_a_concat_whose_operand_order_decides_the_network_is_ordered() -> None:
+    a, b = Block.parse(ORDERED_A), Block.parse(ORDERED_B)
+    assert a.ordered_concats == b.ordered_concats == {5, 6}
+    assert a.hash != b.hash
+    assert a.canonical().hash == a.hash and b.canonical().hash == b.hash
+    assert str(b.canonical()).startswith(
+        "1,1,1,0,0; 2,1,3,0,0; 3,1,5,0,0; 4,2,3,0,0; 5,6,0,1,2; 6,6,0,4,3"
+    )
+    # the class representative keeps the hash it always had (stored runs and caches)
+    assert a.hash == hash_form(canonical_form(a.labels, a.edges))
+    # a concat feeding a convolution or the projected output is commutative as before
+    plain = Block.parse("1,1,3,0,0; 2,2,3,0,0; 3,6,0,1,2; 4,1,3,3,0")
+    assert not plain.ordered_concats
+    assert plain.hash == Block.parse("1,1,3,0,0; 2,2,3,0,0; 3,6,0,2,1; 4,1,3,3,0").hash
 
 
 def test_canonical_block_is_a_fixed_point() -> None:

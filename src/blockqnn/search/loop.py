@@ -207,23 +207,26 @@ class Search:
         for t in self.store.trials():
             if t.ask_seq > 0:  # warm-start trials were never asked: no strategy info
                 self._info = t.info
+            # the hash by this release's rules: a run stored before concats whose operand
+            # order decides the network were told apart holds the older hash for those
+            candidate = self.space.parse(t.candidate)
+            h = candidate.hash
             if t.status in TRAINED:
                 if self.terminator is not None and t.result is not None:
                     self.terminator.note(EvalResult.from_dict(t.result))
-                self._known[t.hash] = t
+                self._known[h] = t
                 self._trained += 1
                 self._failed += t.status == FAILED
                 self._note_best(t)
             elif t.status == QUEUED and t.reuse_of is None:
                 self._queue.append(t.id)
-                self._inflight[t.hash] = t.id
+                self._inflight[h] = t.id
             elif t.status == QUEUED:
-                candidate = self.space.parse(t.candidate)
-                self._waiting.setdefault(t.hash, []).append((t.id, candidate))
+                self._waiting.setdefault(h, []).append((t.id, candidate))
             elif is_warm(t):
                 self._warm += 1
                 if t.info.get("exact") is True:  # its result is this run's: not trained again
-                    self._known.setdefault(t.hash, t)
+                    self._known.setdefault(h, t)
             else:
                 self._reused += 1
 

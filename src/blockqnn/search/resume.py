@@ -26,6 +26,7 @@ from blockqnn.search.prescreen import replayed_asks
 from blockqnn.settings.config import Config, merge
 from blockqnn.space.base import Space
 from blockqnn.store.db import Store, TrialRecord, damaged
+from blockqnn.store.opening import read_warm_start
 from blockqnn.store.rundir import DB_NAME, check_writable
 from blockqnn.strategy.base import Strategy
 
@@ -85,7 +86,9 @@ def _open_existing(directory: Path, overrides: dict[str, Any] | None) -> Opening
         stored = existing.config().search.budget
         # a run stopped before its warm start was recorded (it holds no trial yet) tells it
         # now: the warm-start trials are written in one transaction, all or none
-        runs, accept_any = existing.warm_start_request() if not existing.trials() else ((), False)
+        runs, accept_any = (
+            read_warm_start(existing.meta()) if not existing.trials() else ((), False)
+        )
         return Opening(
             directory, config, True, stored, existing.schedule_budget(), runs, accept_any
         )
@@ -138,7 +141,7 @@ def restore_agent(store: Store, agent: Strategy, space: Space) -> int:
             agent.tell(space.parse(trial.candidate), trial.reward)
             continue
         candidate = agent.ask()
-        if candidate.hash != trial.hash:
+        if str(candidate) != trial.candidate and candidate.hash != trial.hash:
             log.warning(
                 "trial %d: the restored agent proposed %s, the store recorded %s; "
                 "continuing with the recorded candidate",

@@ -103,6 +103,8 @@ def fingerprint(config: Config, evaluator: str = "") -> str:
     the same path is other data) and of `evaluator`, the name of an evaluator other than the
     space's own: equal fingerprints, interchangeable results."""
     settings = evaluation_settings(config)
+    if config.search.space == "nsc":  # results stored before ordered concats had their own
+        settings["space.hash"] = "ordered concats"  # hash may be another network's: unused
     identity = data_identity(config.data)
     if identity:  # absent for built-in data: their runs' fingerprints stay as they were
         settings["data.identity"] = identity

@@ -50,7 +50,7 @@ from blockqnn.evaluate.result import EvalResult
 from blockqnn.files import os_reason
 from blockqnn.settings.config import Config
 from blockqnn.space.base import Candidate
-from blockqnn.store.opening import build, connect_writer
+from blockqnn.store.opening import build, check_new_run_dir, connect_writer, warm_start_meta
 from blockqnn.store.queries import (
     AgentState,
     TrialRecord,
@@ -107,7 +107,6 @@ __all__ = [
     "damaged",
 ]
 SCHEDULE_BUDGET = "schedule_budget"  # meta key: the first budget of an extended run
-WARM_START = "warm_start"  # meta key: the warm-start runs asked for at creation (JSON)
 
 
 class Store:
@@ -135,31 +134,17 @@ class Store:
         run is refused, untouched; one that cannot be written (permissions, a read-only file
         system, a full disk) is refused with its reason and left as it was. The warm-start
         runs asked for are recorded with it, so a resume can still tell them if the search
-        stopped before it had (`warm_start_request`)."""
+        stopped before it had (`blockqnn.store.opening.read_warm_start`)."""
         directory = Path(run_dir)
         path = directory / DB_NAME
-        if path.exists():
-            raise BlockQNNError(
-                f"{directory} already holds a run; continue it with --resume {directory} "
-                "or choose another --run-dir"
-            )
-        if directory.exists() and not directory.is_dir():
-            raise BlockQNNError(f"--run-dir {directory} is a file, not a directory")
-        # SQLite would replay a deleted run's write-ahead log onto the new database
-        leftover = [n for n in (f"{DB_NAME}-wal", f"{DB_NAME}-shm") if (directory / n).exists()]
-        if leftover:
-            raise BlockQNNError(
-                f"{directory} holds {leftover[0]}, left by a run whose {DB_NAME} was deleted: "
-                "remove it or choose another --run-dir"
-            )
+        check_new_run_dir(directory)
         made = not directory.exists()
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BlockQNNError(f"cannot create run dir {directory}: {os_reason(exc)}") from None
         try:
-            request = {"runs": [str(Path(r).resolve()) for r in warm_start], "any": warm_start_any}
-            build(directory, config, {WARM_START: json.dumps(request)} if warm_start else None)
+            build(directory, config, warm_start_meta(warm_start, warm_start_any))
         finally:
             if made and not path.exists():  # refused: leave no empty run dir behind
                 with contextlib.suppress(OSError):
@@ -216,15 +201,6 @@ class Store:
     def meta(self) -> dict[str, str]:
         """The run's meta rows (schema version, creation time, config JSON), verified."""
         return read_meta(self._conn)
-
-    def warm_start_request(self) -> tuple[tuple[str, ...], bool]:
-        """The warm-start runs the run was created with (absolute), and whether results of
-        other settings were accepted; none for runs started without (or before this)."""
-        raw = self.meta().get(WARM_START)
-        if raw is None:
-            return (), False
-        request = json.loads(raw)
-        return tuple(request["runs"]), bool(request["any"])
 
     def config(self) -> Config:
         """The resolved config the run was started with."""

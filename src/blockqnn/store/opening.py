@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -56,6 +57,44 @@ def _alive(pid: int) -> bool:
     except (PermissionError, OverflowError):
         return True  # another user's process (or an impossible number): leave its file
     return True
+
+
+WARM_START = "warm_start"  # meta key: the warm-start runs asked for at creation (JSON)
+
+
+def check_new_run_dir(directory: Path) -> None:
+    """Refuse a directory that holds a run, is a file, or holds a deleted run's log (SQLite
+    would replay its trials onto the new database)."""
+    if (directory / DB_NAME).exists():
+        raise BlockQNNError(
+            f"{directory} already holds a run; continue it with --resume {directory} "
+            "or choose another --run-dir"
+        )
+    if directory.exists() and not directory.is_dir():
+        raise BlockQNNError(f"--run-dir {directory} is a file, not a directory")
+    leftover = [n for n in (f"{DB_NAME}-wal", f"{DB_NAME}-shm") if (directory / n).exists()]
+    if leftover:
+        raise BlockQNNError(
+            f"{directory} holds {leftover[0]}, left by a run whose {DB_NAME} was deleted: "
+            "remove it or choose another --run-dir"
+        )
+
+
+def warm_start_meta(runs: Sequence[str | Path], accept_any: bool) -> dict[str, str]:
+    """The meta row recording the warm-start runs a new run was asked for (none: no row)."""
+    if not runs:
+        return {}
+    request = {"runs": [str(Path(r).resolve()) for r in runs], "any": accept_any}
+    return {WARM_START: json.dumps(request)}
+
+
+def read_warm_start(meta: dict[str, str]) -> tuple[tuple[str, ...], bool]:
+    """The warm-start runs and `accept_any` a run's meta records; none before this row."""
+    raw = meta.get(WARM_START)
+    if raw is None:
+        return (), False
+    request = json.loads(raw)
+    return tuple(request["runs"]), bool(request["any"])
 
 
 def build(directory: Path, config: Config, meta: dict[str, str] | None = None) -> None:

@@ -29,8 +29,7 @@ Levers beyond the paper (`AgentConfig`; the `paper` preset turns every one off):
 distinct blocks told through the pair), `state` ("prefix": the Q-table's state is the whole
 path so far, not its last step), `explore_per` ("block": epsilon is the chance that a
 block explores, by one random step of the greedy walk, not each step's chance) and `replay`
-("ranked": draws favour the best blocks,
-P(i) ~ 1 / rank, as rank-based prioritized replay).
+("ranked": draws favour the best blocks, P(i) ~ 1 / rank, as rank-based prioritized replay).
 """
 
 from __future__ import annotations
@@ -391,9 +390,7 @@ class QLearningAgent(BaseAgent):
         out["memory"] = [
             [text, reward] for text, reward in zip(self._texts, self._rewards, strict=True)
         ]
-        # the running sum as it was added up: sum(memory) can differ in the last bit, and the
-        # restored agent must read the same mean (q_init_mode "mean") as the live one
-        out["reward_total"] = self._total
+        out["reward_total"] = self._total  # as added up: sum(memory) may differ in the last bit
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -405,9 +402,7 @@ class QLearningAgent(BaseAgent):
             paths, rewards, texts, where = self._read_memory(state.get("memory"))
             # The memory holds every block told, so it rebuilds the schedule's clock.
             hashes = {self.space.to_candidate(p).hash for p in paths}
-            total = float(state.get("reward_total", sum(rewards)))  # older snapshots: the sum
-            if not math.isfinite(total):
-                raise ValueError(f"reward_total {total}")
+            total = check_reward(state.get("reward_total", sum(rewards)))  # older: the sum
         except BlockQNNError:
             raise
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:

@@ -1,9 +1,10 @@
 """Network Structure Code: the layer tuple, the validated block and its text and JSON forms.
 
-Owns: the seven layer types and their kernel and predecessor rules, `Layer`, `Block`, parsing,
-canonical text and the isomorphism-invariant hash (its graph, as labels and edges, goes to
-`blockqnn.space.nsc.graph`). Must not import torch: everything here is pure logic that the
-agent, the store and the cost model share.
+Owns: the seven layer types and their kernel and predecessor rules, `Layer`, `Block`, its
+channel plan (`plan_block`: widths and 1x1 projections, which the cost model and the builder
+read), canonical text and the isomorphism-invariant hash (its graph, as labels and edges, goes
+to `blockqnn.space.nsc.graph`; text is read by `blockqnn.space.nsc.text`). Must not import
+torch: everything here is pure logic that the agent, the store and the cost model share.
 
 A block is a list of layers `(index, type, kernel, pred1, pred2)`; index 0 is the block's
 input, layers are numbered 1, 2, ... and an optional terminal layer (type 7) closes the block.
@@ -13,9 +14,7 @@ has at most D - 1 computing layers.
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import cached_property
 from typing import Any
@@ -23,12 +22,9 @@ from typing import Any
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH, MAX_DEPTH
 from blockqnn.space.nsc.graph import canonical_encoding, canonical_form, canonical_order, hash_form
+from blockqnn.space.nsc.text import MAX_DIGITS, json_rows, loads, parse_rows
 
-# Layer values are small: index and predecessors below MAX_DEPTH, types 1-7, kernels 0-5.
-# Anything beyond this many digits is refused before Python converts it (conversion of a
-# 4,301-digit number is itself an error, and a slow one below that).
-MAX_DIGITS = 9
-VALUE_LIMIT = 10**MAX_DIGITS
+VALUE_LIMIT = 10**MAX_DIGITS  # layer values are small (`blockqnn.space.nsc.text`)
 
 
 class LayerType(IntEnum):
@@ -157,10 +153,6 @@ def check_layer(values: tuple[int, ...], position: int, max_depth: int) -> Layer
     return Layer(index, ltype, kernel, pred1, pred2)
 
 
-# ASCII digits only: `\d` would also take full-width and other scripts' digits ("１").
-_INTEGER = re.compile(r"^-?[0-9]+$")
-
-
 def check_depth(max_depth: int) -> None:
     """`max_depth` must be an integer in [2, MAX_DEPTH]: the agent's actions grow with its
     square, and no layer of a valid block can lie beyond it."""
@@ -170,94 +162,43 @@ def check_depth(max_depth: int) -> None:
         raise BlockQNNError(f"max_depth = {clip(max_depth)}: must be in [2, {MAX_DEPTH}]")
 
 
-def _json_depth(text: str) -> int:
-    """How deeply `[` and `{` nest in `text` (strings cannot occur in a block: not tracked)."""
-    depth = deepest = 0
-    for char in text:
-        if char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
+@dataclass(frozen=True)
+class BlockPlan:
+    """Widths and projections of one block instance with `c_in` input and `c` stage width."""
+
+    c_in: int
+    c: int
+    widths: tuple[int, ...]  # widths[i]: channels of node i (0 = input)
+    # per layer index: the operand positions (0 or 1) of an add that get a 1x1 projection to c
+    add_projections: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    output_width: int = 0  # channels of the concatenated unconsumed layers
+    output_projection: bool = True  # a 1x1 conv back to c after the output concat
 
 
-def _loads(text: str) -> Any:
-    """`json.loads` of a block's JSON form, refusing what cannot be one before decoding it:
-    nesting deeper than a list of lists (json would recurse into a RecursionError) and
-    integers too long to be layer values (Python refuses to convert over 4,300 digits)."""
-    if _json_depth(text) > 2:
-        raise BlockQNNError(
-            "malformed JSON block: nested more deeply than a list of 5-integer lists"
-        )
-    if re.search(rf"[0-9]{{{MAX_DIGITS + 1}}}", text):
-        raise BlockQNNError("malformed JSON block: a number too large for a layer value")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BlockQNNError(f"malformed JSON block: {exc.msg}") from None
-    except (ValueError, RecursionError) as exc:
-        raise BlockQNNError(f"malformed JSON block: {clip(str(exc))}") from None
-
-
-MAX_TEXT = 100_000  # characters of a block's text: a 64-layer block in any form needs ~3,000
-
-
-def _parse_text(text: str) -> list[tuple[int, ...]]:
-    if len(text) > MAX_TEXT:
-        raise BlockQNNError(f"block text of {len(text):,} characters: a block needs far fewer")
-    stripped = text.strip()
-    if not stripped:
-        raise BlockQNNError("empty block: no layers given")
-    if re.match(r"\[\s*\[", stripped):  # JSON, pretty-printed or not
-        return _from_json_list(_loads(stripped))
-    if stripped[0] == "(" and stripped[-1] == ")" and "(" not in stripped[1:-1]:
-        stripped = stripped[1:-1]  # "(1,1,3,0,0; 2,7,0,0,0)": surrounding parentheses
-    groups = re.findall(r"\(([^()]*)\)", stripped)
-    if groups:  # "(1,1,3,0,0), (2,...)" or "[(...); (...)]": one layer per parenthesis
-        chunks = [re.sub(r"\s", "", g) for g in groups]
-        rest = re.sub(r"\(([^()]*)\)", "", stripped)
-        if re.sub(r"[\s;,\[\]]", "", rest) not in ("", "()"):  # "((...), (...))": a tuple
-            raise BlockQNNError(
-                f"malformed block text outside parentheses: {clip(rest.strip(), quote=True)}"
-            )
-    else:
-        chunks = re.sub(r"[\[\]\s]", "", stripped).split(";")
-        if len(chunks) > 1 and chunks[-1] == "":
-            chunks.pop()  # a trailing separator is harmless
-    if len(chunks) > MAX_DEPTH:  # the terminal is at index MAX_DEPTH at the latest
-        raise BlockQNNError(f"{len(chunks)} layers: a block has at most {MAX_DEPTH}")
-    rows: list[tuple[int, ...]] = []
-    for position, chunk in enumerate(chunks, start=1):
-        if not chunk:
-            raise BlockQNNError(f"layer {position}: empty (two ';' in a row?)")
-        parts = chunk.split(",")
-        if not all(_INTEGER.match(p) for p in parts):
-            raise BlockQNNError(
-                f"layer {position}: {clip(chunk, quote=True)} is not a list of integers"
-            )
-        if any(len(p.lstrip("-")) > MAX_DIGITS for p in parts):
-            raise BlockQNNError(
-                f"layer {position}: {clip(chunk, quote=True)} holds a number too large for a "
-                "layer value"
-            )
-        rows.append(tuple(int(p) for p in parts))
-    return rows
-
-
-def _from_json_list(data: Any) -> list[tuple[int, ...]]:
-    if not isinstance(data, list) or not data:
-        raise BlockQNNError("a JSON block must be a non-empty list of 5-integer lists")
-    if len(data) > MAX_DEPTH:
-        raise BlockQNNError(f"{len(data)} layers: a block has at most {MAX_DEPTH}")
-    rows = []
-    for position, row in enumerate(data, start=1):
-        if not isinstance(row, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in row
-        ):
-            raise BlockQNNError(f"layer {position}: {clip(row)} is not a list of integers")
-        rows.append(tuple(row))
-    return rows
+def plan_block(block: Block, c_in: int, c: int) -> BlockPlan:
+    """Lay out channel widths. Convs produce `c`; pooling and identity keep their input's;
+    concat sums; an add of unequal widths projects each operand not already `c` to `c`."""
+    widths = [c_in]
+    add_proj: dict[int, tuple[int, ...]] = {}
+    for layer in block.layers:
+        t = layer.type
+        if t is LayerType.CONV:
+            widths.append(c)
+        elif t in (LayerType.MAX_POOL, LayerType.AVG_POOL, LayerType.IDENTITY):
+            widths.append(widths[layer.pred1])
+        elif t is LayerType.CONCAT:
+            widths.append(widths[layer.pred1] + widths[layer.pred2])
+        elif t is LayerType.ADD:
+            w1, w2 = widths[layer.pred1], widths[layer.pred2]
+            if w1 == w2:
+                widths.append(w1)
+            else:
+                add_proj[layer.index] = tuple(i for i, w in enumerate((w1, w2)) if w != c)
+                widths.append(c)
+    out_width = sum(widths[i] for i in block.outputs)
+    # A single unconsumed layer that already has the stage width needs no projection.
+    needs_proj = not (len(block.outputs) == 1 and out_width == c)
+    return BlockPlan(c_in, c, tuple(widths), add_proj, out_width, needs_proj)
 
 
 @dataclass(frozen=True)
@@ -312,14 +253,14 @@ class Block:
         """Parse NSC text (`1,1,3,0,0; 2,7,0,0,0`) or a JSON list of 5-lists."""
         if not isinstance(text, str):
             raise BlockQNNError(f"a block must be given as text, not {type(text).__name__}")
-        return cls.from_tuples(_parse_text(text), max_depth)
+        return cls.from_tuples(parse_rows(text), max_depth)
 
     @classmethod
     def from_json(cls, data: str | list[list[int]], max_depth: int = DEFAULT_MAX_DEPTH) -> Block:
         """Read the JSON form: a list of 5-lists, or its text."""
         if isinstance(data, str):
-            data = _loads(data)
-        return cls.from_tuples(_from_json_list(data), max_depth)
+            data = loads(data)
+        return cls.from_tuples(json_rows(data), max_depth)
 
     # ----- forms --------------------------------------------------------------------------
 
@@ -371,22 +312,94 @@ class Block:
         return ("in", *(f"{int(la.type)}:{la.kernel}" for la in self.layers), "out")
 
     @cached_property
+    def ordered_concats(self) -> frozenset[int]:
+        """The concats whose operand order decides the network: their channels reach, through
+        pooling, identity and concat only, an add operand that gets no 1x1 projection (it
+        sums channel i with channel i) or the block's output unprojected (the next block's
+        input). Anywhere else a convolution or projection absorbs the order. Taken over input
+        widths below, equal to and above the stage's, as every block instance has one."""
+        consumers: dict[int, list[tuple[Layer, int]]] = {}
+        for layer in self.layers:
+            for position, p in enumerate(layer.preds):
+                consumers.setdefault(p, []).append((layer, position))
+        plans = [plan_block(self, c_in, 4) for c_in in (2, 4, 8)]
+
+        def order_matters(plan: Any, output_counts: bool) -> dict[int, bool]:
+            matters: dict[int, bool] = {}
+            for v in range(len(self.layers), -1, -1):  # consumers come later: known already
+                matters[v] = (
+                    output_counts and v in self.outputs and not plan.output_projection
+                ) or any(
+                    (c.type is LayerType.ADD and pos not in plan.add_projections.get(c.index, ()))
+                    or (c.type not in (LayerType.CONV, LayerType.ADD) and matters[c.index])
+                    for c, pos in consumers.get(v, ())
+                )
+            return matters
+
+        # the output's order reaches the next block's input: it counts where that does
+        output_counts = any(order_matters(plan, False)[0] for plan in plans)
+        ordered: set[int] = set()
+        for plan in plans:
+            matters = order_matters(plan, output_counts)
+            ordered.update(
+                la.index for la in self.layers if la.type is LayerType.CONCAT and matters[la.index]
+            )
+        return frozenset(ordered)
+
+    def _ordered_graph(self) -> tuple[list[str], list[tuple[int, int]]]:
+        """The block graph with each ordered concat's operands through a first and a second
+        port node, so that isomorphism keeps their order."""
+        labels = list(self.labels)
+        edges = [e for e in self.edges if e[1] not in self.ordered_concats]
+        for index in sorted(self.ordered_concats):
+            for position, p in enumerate(self.layers[index - 1].preds):
+                port = len(labels)
+                labels.append(f"port{position}")
+                edges += [(p, port), (port, index)]
+        return labels, edges
+
+    @cached_property
     def hash(self) -> str:
-        """Isomorphism-invariant identity: equal for the same graph numbered differently."""
-        return hash_form(canonical_form(self.labels, self.edges))
+        """Isomorphism-invariant identity: equal for the same graph numbered differently.
+        Add and concat count as commutative, except an ordered concat (`ordered_concats`):
+        a block whose operand order differs from its class representative's (`canonical`)
+        hashes its ordered graph instead, so the two networks never share a hash."""
+        unordered = hash_form(canonical_form(self.labels, self.edges))
+        if not self.ordered_concats or self._as_representative():
+            return unordered
+        return hash_form("ordered " + canonical_form(*self._ordered_graph()))
+
+    def _as_representative(self) -> bool:
+        """Whether the ordered concats read their operands as the class representative's do."""
+        rep = self._representative()
+        return canonical_form(*self._ordered_graph()) == canonical_form(*rep._ordered_graph())
+
+    def _representative(self) -> Block:
+        _, ranks = canonical_encoding(self.labels, self.edges)
+        return self._renumbered(ranks, keep=frozenset())
 
     def canonical(self) -> Block:
-        """The representative of this block's isomorphism class (same `hash`, same text
-        for every numbering of the same graph): nodes renumbered in canonical order, add and
-        concat reading their predecessors in ascending order."""
-        _, ranks = canonical_encoding(self.labels, self.edges)
+        """The representative of this block's class (same `hash`, same text for every
+        numbering of the same graph): nodes renumbered in canonical order, add and concat
+        reading their predecessors in ascending order; a block whose ordered concats read
+        them otherwise keeps that order (its ordered graph's representative)."""
+        if not self.ordered_concats or self._as_representative():
+            return self._representative()
+        _, ranks = canonical_encoding(*self._ordered_graph())
+        return self._renumbered(ranks, keep=self.ordered_concats)
+
+    def _renumbered(self, ranks: list[int], keep: frozenset[int]) -> Block:
+        """Layers placed in canonical order by `ranks`; the predecessors of add and concat
+        sorted, except those of the layers in `keep`."""
         by_index = {layer.index: layer for layer in self.layers}
         placed = canonical_order({i: layer.preds for i, layer in by_index.items()}, ranks)
         new_index = {0: 0, **{old: new for new, old in enumerate(placed, start=1)}}
         layers = []
         for old in placed:
             layer = by_index[old]
-            ps = sorted(new_index[q] for q in layer.preds)
+            ps = [new_index[q] for q in layer.preds]
+            if old not in keep:
+                ps.sort()
             pred1, pred2 = (ps[0], ps[1]) if len(ps) == 2 else (ps[0], 0)
             layers.append(Layer(new_index[old], layer.type, layer.kernel, pred1, pred2))
         return Block(tuple(layers), self.max_depth)

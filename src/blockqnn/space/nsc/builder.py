@@ -1,7 +1,7 @@
 """Block -> `torch.nn.Module`, and the stacking of blocks into a whole network.
 
 Owns: the layer modules (pre-activation conv, stride-1 pooling, add, concat), `BlockModule`
-and `build_network`. Widths and projections come from `blockqnn.space.nsc.cost.plan_block`,
+and `build_network`. Widths and projections come from `blockqnn.space.nsc.block.plan_block`,
 so the cost model counts exactly what is built here. Must not know about training.
 """
 
@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from blockqnn.settings.config import NetworkConfig
-from blockqnn.space.nsc.block import Block, LayerType
-from blockqnn.space.nsc.cost import plan_block
+from blockqnn.space.nsc.block import Block, LayerType, plan_block
 
 
 class PreActConv(nn.Module):

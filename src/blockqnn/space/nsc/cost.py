@@ -1,8 +1,8 @@
 """The network layout of a block and its cost, computed from the spec alone.
 
-Owns: `BlockPlan` (the width of every
-layer and where 1x1 projections go), and params / FLOPs / density. The builder reads the same
-plan, so the counted network and the built one cannot drift apart. Must not import torch or
+Owns: params / FLOPs / density, counted on the block's `BlockPlan` (the width of every layer
+and where 1x1 projections go, `blockqnn.space.nsc.block`), which the builder reads too, so
+the counted network and the built one cannot drift apart. Must not import torch or
 need a GPU: the search uses this to price candidates before training them.
 
 Counting convention (that of `torch.utils.flop_counter.FlopCounterMode` at batch 1): forward
@@ -13,50 +13,11 @@ activations and pooling not counted. Params are every trainable tensor element
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from blockqnn.settings.config import NetworkConfig
-from blockqnn.space.nsc.block import Block, LayerType
-
-
-@dataclass(frozen=True)
-class BlockPlan:
-    """Widths and projections of one block instance with `c_in` input and `c` stage width."""
-
-    c_in: int
-    c: int
-    widths: tuple[int, ...]  # widths[i]: channels of node i (0 = input)
-    # per layer index: the operand positions (0 or 1) of an add that get a 1x1 projection to c
-    add_projections: dict[int, tuple[int, ...]] = field(default_factory=dict)
-    output_width: int = 0  # channels of the concatenated unconsumed layers
-    output_projection: bool = True  # a 1x1 conv back to c after the output concat
-
-
-def plan_block(block: Block, c_in: int, c: int) -> BlockPlan:
-    """Lay out channel widths. Convs produce `c`; pooling and identity keep their input's;
-    concat sums; an add of unequal widths projects each operand not already `c` to `c`."""
-    widths = [c_in]
-    add_proj: dict[int, tuple[int, ...]] = {}
-    for layer in block.layers:
-        t = layer.type
-        if t is LayerType.CONV:
-            widths.append(c)
-        elif t in (LayerType.MAX_POOL, LayerType.AVG_POOL, LayerType.IDENTITY):
-            widths.append(widths[layer.pred1])
-        elif t is LayerType.CONCAT:
-            widths.append(widths[layer.pred1] + widths[layer.pred2])
-        elif t is LayerType.ADD:
-            w1, w2 = widths[layer.pred1], widths[layer.pred2]
-            if w1 == w2:
-                widths.append(w1)
-            else:
-                add_proj[layer.index] = tuple(i for i, w in enumerate((w1, w2)) if w != c)
-                widths.append(c)
-    out_width = sum(widths[i] for i in block.outputs)
-    # A single unconsumed layer that already has the stage width needs no projection.
-    needs_proj = not (len(block.outputs) == 1 and out_width == c)
-    return BlockPlan(c_in, c, tuple(widths), add_proj, out_width, needs_proj)
+from blockqnn.space.nsc.block import Block, LayerType, plan_block
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ hands it those (a block's graph: node 0 the input, 1..n its layers, n+1 the outp
 
 How it works. The block is a DAG: node 0 is the input, nodes 1..n the computing layers,
 node n+1 the output (fed by every unconsumed layer). Each node is labelled by its type and
-kernel; predecessor order does not matter (add and concat are commutative, the output concat
-is followed by a 1x1 projection). The canonical form is computed by individualisation-
-refinement, the method of graph-canonisation tools such as nauty:
+kernel; predecessor order does not matter (add is commutative, a concat feeding a convolution
+or the projected output is too). Where a concat's operand order does decide the network,
+`Block` passes its operands through two labelled port nodes, so the order is in the graph.
+The canonical form is computed by individualisation-refinement, the method of
+graph-canonisation tools such as nauty:
 
 1. Colour refinement (1-dimensional Weisfeiler-Lehman on in- and out-neighbours) splits nodes
    into classes until stable. Colours are ranks of sorted signatures, so they never depend on

@@ -18,12 +18,15 @@ action itself. From a state with index i the next layer has index j = i + 1 and 
 
 The valid actions depend only on j, so they are built once per index and shared.
 
-Add and concat are commutative: (a, b) and (b, a) are the same graph (same `Block.hash`, the
-builder sums or concatenates into a 1x1 projection). Keeping both orders would double those
-actions, bias uniform sampling towards two-input layers and split the Q evidence of one graph
-over two table entries, so only pred1 < pred2 is an action. A block written with pred1 > pred2
-(e.g. told from the store) maps to its sorted path by `path_of`; every valid block is thus
-producible up to that order, i.e. every valid block's hash is.
+Add is commutative, and so is a concat whose channels meet a convolution or the projected
+output: (a, b) and (b, a) are the same graph (same `Block.hash`). Keeping both orders would
+double those actions, bias uniform sampling towards two-input layers and split the Q evidence
+of one graph over two table entries, so only pred1 < pred2 is an action. A block written with
+pred1 > pred2 (e.g. told from the store) maps to its sorted path by `path_of`; every valid
+block is thus producible up to that order. The exception is a concat whose operand order
+decides the network (`Block.ordered_concats`: its channels are summed unprojected by an add):
+the space produces it in the orders that sorted numberings give, which include its class
+representative's (`Block.canonical`), not in every order.
 """
 
 from __future__ import annotations
