@@ -67,10 +67,9 @@ def assemble(opening: Opening, factories: Factories) -> RunParts:
     space = make_space(config)
     strategy = factories.make_strategy(scheduled(config, opening.schedule_budget), space)
     seq, progress = 0, None
-    warm: tuple[WarmTrial, ...] = ()
     if opening.resume:
         seq, progress = check_trials(opening.directory, space, strategy)
-    warm = tuple(_warm_trials(opening, space))  # a resume: only one stopped before telling it
+    warm = tuple(_warm_trials(opening, config, space))  # a resume: only one stopped before
     if not opening.resume or opening.extended:
         _check_budget(config, space)
     spec = factories.make_spec(config, space).with_data()  # the data is read here, once
@@ -107,14 +106,11 @@ def make_screener(config: Config, space: Space, spec: EvaluatorSpec) -> Screener
     return Screener(s.prescreen, ZeroCostScorer(config, data), s.prescreen_score)
 
 
-def _warm_trials(opening: Opening, space: Space) -> list[WarmTrial]:
+def _warm_trials(opening: Opening, config: Config, space: Space) -> list[WarmTrial]:
     if not opening.warm_start:
         return []
     sources = opening.warm_start
-    return load_warm_start(
-        sources, with_absolute_paths(opening.config), space, opening.directory,
-        opening.warm_start_any,
-    )  # fmt: skip
+    return load_warm_start(sources, config, space, opening.directory, opening.warm_start_any)
 
 
 def _check_budget(config: Config, space: Space) -> None:

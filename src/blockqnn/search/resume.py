@@ -26,8 +26,8 @@ from blockqnn.search.prescreen import replayed_asks
 from blockqnn.settings.config import Config, merge
 from blockqnn.space.base import Space
 from blockqnn.store.db import Store, TrialRecord, damaged
-from blockqnn.store.opening import read_warm_start
-from blockqnn.store.rundir import DB_NAME, check_writable
+from blockqnn.store.opening import check_new_run_dir, read_warm_start
+from blockqnn.store.rundir import check_writable
 from blockqnn.strategy.base import Strategy
 
 log = logging.getLogger("blockqnn.search.resume")
@@ -70,8 +70,7 @@ def open_run(
     for source in warm_start:  # named before "holds a run", the message it would get
         if Path(source).resolve() == directory.resolve():
             raise BlockQNNError(f"--warm-start {clip(str(source))} is this run itself")
-    if (directory / DB_NAME).exists():
-        Store.create(directory, config)  # raises: the dir holds a run; nothing changed
+    check_new_run_dir(directory)  # a run, a file, a deleted run's log: refused, unchanged
     budget = config.search.budget
     return Opening(directory, config, False, budget, budget, tuple(warm_start), warm_start_any)
 
@@ -86,9 +85,8 @@ def _open_existing(directory: Path, overrides: dict[str, Any] | None) -> Opening
         stored = existing.config().search.budget
         # a run stopped before its warm start was recorded (it holds no trial yet) tells it
         # now: the warm-start trials are written in one transaction, all or none
-        runs, accept_any = (
-            read_warm_start(existing.meta()) if not existing.trials() else ((), False)
-        )
+        empty = not any(existing.counts().values())
+        runs, accept_any = read_warm_start(existing.meta()) if empty else ((), False)
         return Opening(
             directory, config, True, stored, existing.schedule_budget(), runs, accept_any
         )

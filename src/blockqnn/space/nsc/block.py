@@ -318,6 +318,9 @@ class Block:
         sums channel i with channel i) or the block's output unprojected (the next block's
         input). Anywhere else a convolution or projection absorbs the order. Taken over input
         widths below, equal to and above the stage's, as every block instance has one."""
+        types = {layer.type for layer in self.layers}
+        if LayerType.CONCAT not in types or LayerType.ADD not in types:
+            return frozenset()  # only an add's unprojected sum makes an order matter
         consumers: dict[int, list[tuple[Layer, int]]] = {}
         for layer in self.layers:
             for position, p in enumerate(layer.preds):
@@ -337,10 +340,11 @@ class Block:
             return matters
 
         # the output's order reaches the next block's input: it counts where that does
-        output_counts = any(order_matters(plan, False)[0] for plan in plans)
+        inner = [order_matters(plan, False) for plan in plans]
+        if any(matters[0] for matters in inner):
+            inner = [order_matters(plan, True) for plan in plans]
         ordered: set[int] = set()
-        for plan in plans:
-            matters = order_matters(plan, output_counts)
+        for matters in inner:
             ordered.update(
                 la.index for la in self.layers if la.type is LayerType.CONCAT and matters[la.index]
             )
@@ -359,20 +363,26 @@ class Block:
         return labels, edges
 
     @cached_property
+    def _ordered_form(self) -> str:
+        return canonical_form(*self._ordered_graph())
+
+    @cached_property
+    def _as_representative(self) -> bool:
+        """Whether the block reads its ordered concats' operands as its class representative
+        does (always, without ordered concats)."""
+        if not self.ordered_concats:
+            return True
+        return self._ordered_form == self._representative()._ordered_form
+
+    @cached_property
     def hash(self) -> str:
         """Isomorphism-invariant identity: equal for the same graph numbered differently.
         Add and concat count as commutative, except an ordered concat (`ordered_concats`):
         a block whose operand order differs from its class representative's (`canonical`)
         hashes its ordered graph instead, so the two networks never share a hash."""
-        unordered = hash_form(canonical_form(self.labels, self.edges))
-        if not self.ordered_concats or self._as_representative():
-            return unordered
-        return hash_form("ordered " + canonical_form(*self._ordered_graph()))
-
-    def _as_representative(self) -> bool:
-        """Whether the ordered concats read their operands as the class representative's do."""
-        rep = self._representative()
-        return canonical_form(*self._ordered_graph()) == canonical_form(*rep._ordered_graph())
+        if self._as_representative:
+            return hash_form(canonical_form(self.labels, self.edges))
+        return hash_form("ordered " + self._ordered_form)
 
     def _representative(self) -> Block:
         _, ranks = canonical_encoding(self.labels, self.edges)
@@ -383,7 +393,7 @@ class Block:
         numbering of the same graph): nodes renumbered in canonical order, add and concat
         reading their predecessors in ascending order; a block whose ordered concats read
         them otherwise keeps that order (its ordered graph's representative)."""
-        if not self.ordered_concats or self._as_representative():
+        if self._as_representative:
             return self._representative()
         _, ranks = canonical_encoding(*self._ordered_graph())
         return self._renumbered(ranks, keep=self.ordered_concats)
