@@ -140,6 +140,22 @@ def test_onnxruntime_measures(tmp_path: Path) -> None:
     assert result.median_ms > 0 and result.batch_median_ms > 0 and "onnxruntime" in result.device
 
 
+def test_a_network_too_large_to_time_fails_before_it_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import blockqnn.space.nsc.builder as builder
+    import blockqnn.train.devices as devices
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("built a network that cannot fit")
+
+    monkeypatch.setattr(devices, "device_memory", lambda device: 1 << 16)  # a 64 KiB host
+    monkeypatch.setattr(builder, "Network", never)
+    network = latency.deployment_network(_config(tmp_path), (1, 8, 8), 10)
+    with pytest.raises(LatencyError, match=r"^network too large: its [\d,]+ parameters need"):
+        latency.measure(BLOCK, network, LatencySettings("cpu", warmup=1, repeats=3))
+
+
 def test_a_failed_measurement_is_a_failed_metric_never_an_exception(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

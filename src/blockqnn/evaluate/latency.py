@@ -215,9 +215,16 @@ def measure(block: Block, network: NetworkConfig, settings: LatencySettings) -> 
     import torch
 
     from blockqnn.space.nsc.builder import Network
+    from blockqnn.space.nsc.cost import network_cost
+    from blockqnn.train.devices import too_large
 
+    device = torch.device("cuda" if settings.runtime == "cuda" else "cpu")
     t0 = time.perf_counter()
     try:
+        # priced before it is built: allocating it could take the host (or the master) down
+        reason = too_large(network_cost(block, network).params, device, timing=True)
+        if reason:
+            raise LatencyError(f"network too large: {reason}")
         with _threads(settings):
             torch.manual_seed(0)
             model = Network(block, network).eval()
@@ -228,7 +235,6 @@ def measure(block: Block, network: NetworkConfig, settings: LatencySettings) -> 
                 run_at = _onnx_runner(model, shape, settings.threads)
                 sync = None
             else:
-                device = torch.device("cuda" if settings.runtime == "cuda" else "cpu")
                 model = model.to(device)
                 sync = torch.cuda.synchronize if device.type == "cuda" else None
                 run_at = _torch_runner(model, shape, device)
@@ -236,6 +242,8 @@ def measure(block: Block, network: NetworkConfig, settings: LatencySettings) -> 
                 medians[batch] = spread(
                     _timings(run_at(batch), settings.warmup, settings.repeats, sync)
                 )
+    except LatencyError:
+        raise
     except Exception as exc:  # any cause (OOM, an exporter or runtime error): a failed metric
         lines = str(exc).strip().splitlines()
         first = lines[0] if lines else ""

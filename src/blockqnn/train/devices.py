@@ -87,6 +87,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 # cannot train there; trying would fail inside the allocator, or, where the kernel
 # overcommits, in the out-of-memory killer.
 TRAINING_BYTES_PER_PARAM = 16
+# Timing one untrained network holds its fp32 weights and, for ONNX Runtime, the exported
+# copy beside them.
+TIMING_BYTES_PER_PARAM = 8
 
 
 def device_memory(device: torch.device) -> int | None:
@@ -99,13 +102,15 @@ def device_memory(device: torch.device) -> int | None:
         return None
 
 
-def too_large(params: int, device: torch.device) -> str:
-    """Why a network of `params` parameters cannot be trained on `device`; "" if it may."""
+def too_large(params: int, device: torch.device, timing: bool = False) -> str:
+    """Why a network of `params` parameters cannot be trained (or, with `timing`, timed)
+    on `device`; "" if it may."""
     memory = device_memory(device)
-    need = params * TRAINING_BYTES_PER_PARAM
+    need = params * (TIMING_BYTES_PER_PARAM if timing else TRAINING_BYTES_PER_PARAM)
     if memory is None or need <= memory:
         return ""
     return (
-        f"its {params:,} parameters need {need / 2**30:,.1f} GiB to train, more than the "
-        f"{memory / 2**30:,.1f} GiB of {describe_device(device)}"
+        f"its {params:,} parameters need {need / 2**30:,.1f} GiB to "
+        f"{'time' if timing else 'train'}, more than the {memory / 2**30:,.1f} GiB of "
+        f"{describe_device(device)}"
     )
