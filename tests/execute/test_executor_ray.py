@@ -62,6 +62,21 @@ def test_local_ray_two_workers(tmp_path: Path) -> None:
         assert any(b.started < a.finished for a, b in itertools.pairwise(trials))
 
 
+@pytest.mark.parametrize(
+    ("cpus", "gpus", "needs_data", "threads"),
+    [(2.0, 0.0, True, 2), (0.5, 0.0, True, 1), (0.0, 0.0, True, 1), (2.0, 1.0, True, None),
+     (2.0, 0.0, False, None)],
+)  # fmt: skip
+def test_an_actor_training_on_the_cpu_uses_the_cores_it_reserved(
+    cpus: float, gpus: float, needs_data: bool, threads: int | None
+) -> None:
+    from blockqnn.execute.base import EvaluatorSpec
+    from blockqnn.execute.ray_executor import actor_threads
+
+    config = merge(Config(), {"search": {"cpus_per_trial": cpus, "gpus_per_trial": gpus}})
+    assert actor_threads(EvaluatorSpec(config, needs_data=needs_data)) == threads
+
+
 def test_unreachable_address_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(BlockQNNError, match=r"cannot reach a Ray cluster at 127\.0\.0\.1:1"):
         run_search(

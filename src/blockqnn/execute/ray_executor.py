@@ -38,18 +38,27 @@ CONNECT_TIMEOUT_S = 5.0  # an --address that does not answer in this long is unr
 MAX_START_FAILURES_PER_SLOT = 3  # actors failing to start this often (per slot) is a bug
 
 
+def actor_threads(spec: EvaluatorSpec) -> int | None:
+    """The torch threads of an actor that trains on the CPU: the cores Ray reserved for it,
+    one where it reserved a fraction of a core (or none: actors packed onto shared cores
+    must not each spin a thread per core); None for GPU training and for evaluators that
+    need no data (table look-ups do not train: torch is not imported)."""
+    search = spec.config.search
+    if not spec.needs_data or search.gpus_per_trial > 0:
+        return None
+    return max(1, int(search.cpus_per_trial))
+
+
 class _EvalActor:
     """A worker process: builds the evaluator (data on its device) once, then evaluates."""
 
     def __init__(self, spec: EvaluatorSpec, data: Any) -> None:
-        search = spec.config.search
-        # CPU-only training: use exactly the cores Ray reserved for this actor (evaluators
-        # that need no data, e.g. table look-ups, do not train: torch is not imported).
-        if spec.needs_data and search.gpus_per_trial == 0 and search.cpus_per_trial >= 1:
+        count = actor_threads(spec)
+        if count is not None:
             from blockqnn.train import threads
 
             # the trainer applies it; a search's --threads does not reach the cluster
-            threads.choose(str(int(search.cpus_per_trial)), override=True)
+            threads.choose(str(count), override=True)
         self._evaluator = spec.build(data)
         self._space = spec.space()
         self._name = f"{socket.gethostname()}:{os.getpid()}"
