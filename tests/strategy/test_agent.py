@@ -23,6 +23,7 @@ from blockqnn.strategy import (
     make_strategy,
     scale_schedule,
 )
+from blockqnn.strategy.evolution import RegularizedEvolution
 
 ONE_CONV = Block.parse("1,1,3,0,0; 2,7,0,0,0")
 
@@ -79,6 +80,11 @@ def test_make_strategy() -> None:
     assert q.budget == 300
     r = make_strategy("random", space, budget=300, seed=2, config=config)
     assert isinstance(r, RandomAgent) and r.space == NSCSpace(6)
+    # the built-in agents take (space, budget, seed) in one order, positionally too
+    for agent_class in (QLearningAgent, RandomAgent, RegularizedEvolution):
+        positional, named = agent_class(space, 300, 2), agent_class(space, seed=2, budget=300)
+        assert positional.budget == 300, agent_class
+        assert [positional.ask() for _ in range(5)] == [named.ask() for _ in range(5)]
     with pytest.raises(BlockQNNError, match=r"unknown strategy 'annealing'.*qlearning"):
         make_strategy("annealing", space, budget=300, seed=2, config=config)
 

@@ -25,7 +25,7 @@ class RandomAgent(BaseAgent):
     kind = "random"
 
     def __init__(
-        self, space: Space | None = None, seed: int = 0, budget: int = PAPER_BUDGET
+        self, space: Space | None = None, budget: int = PAPER_BUDGET, seed: int = 0
     ) -> None:
         space = space_or_nsc(space)
         super().__init__(space, budget, seed)
