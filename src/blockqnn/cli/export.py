@@ -16,12 +16,13 @@ from blockqnn.cli.args import PATH
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from blockqnn.settings.choices import EXPORT_FORMATS
     from blockqnn.settings.threads import HELP as THREADS_HELP
 
     parser.add_argument(
         "checkpoint", type=PATH, metavar="CHECKPOINT", help="model file from blockqnn train"
     )
-    parser.add_argument("--format", choices=("torchscript", "onnx"), required=True)
+    parser.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     parser.add_argument(
         "--out", type=PATH, required=True, metavar="FILE", help="where to write the export"
     )

@@ -34,6 +34,7 @@ from torch import nn
 
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.files import check_output, write_atomic
+from blockqnn.settings.choices import EXPORT_FORMATS
 from blockqnn.settings.config import NetworkConfig
 from blockqnn.space.nsc.block import Block
 from blockqnn.space.nsc.builder import Network
@@ -263,9 +264,6 @@ def load_model(path: str | Path) -> DeployModel:
     >>> logits = model(images)  # float images in [0, 1], (B, C, H, W)  # doctest: +SKIP
     """
     return model_from_payload(read_payload(path), str(path))
-
-
-EXPORT_FORMATS = ("torchscript", "onnx")
 
 
 def export_model(model: DeployModel, fmt: str, out: str | Path, batch: int = 2) -> dict[str, Any]:

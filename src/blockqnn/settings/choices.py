@@ -17,6 +17,7 @@ TTA_MODES = ("auto", "flip", "none")  # test-time augmentation of the final test
 # where latency is measured: PyTorch on the CPU or the GPU, or ONNX Runtime on the CPU
 LATENCY_RUNTIMES = ("cpu", "cuda", "onnxruntime")
 LATENCY_PLACES = ("worker", "master")  # who measures: each evaluating worker, or the search
+EXPORT_FORMATS = ("torchscript", "onnx")  # what `blockqnn export` writes
 # nb201: training epochs whose table accuracy rewards a cell (12: the proxy, 200: the final)
 FIDELITIES = (12, 200)
 
