@@ -152,3 +152,56 @@ def test_sigterm_stops_like_ctrl_c_and_resumes(tmp_path: Path) -> None:
     _, err = proc.communicate()
     assert proc.returncode == 0, err
     assert len(_trained(run)) == BUDGET
+
+
+# The evaluator kills its own process, as the out-of-memory killer takes a search whose
+# candidate needs more than the machine has, on the first block it trains and on that block
+# every time again.
+KILLER = """
+import os
+import signal
+import sys
+from pathlib import Path
+import blockqnn.execute.base as ex
+from blockqnn.evaluate.synthetic import SyntheticEvaluator
+
+class Killer(SyntheticEvaluator):
+    def evaluate(self, candidate):
+        mark = Path(sys.argv[1])
+        if not mark.exists():
+            mark.write_text(candidate.hash)
+        if mark.read_text() == candidate.hash:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().evaluate(candidate)
+
+ex.default_evaluator = lambda c, d, dev: Killer(c)
+ex.load_data = lambda c: None
+from blockqnn.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_block_that_kills_the_search_process_fails_after_max_attempts(
+    tmp_path: Path,
+) -> None:
+    run, mark = tmp_path / "run", tmp_path / "mark"
+    args = [*NEW, "--run-dir", str(run)]
+    for attempt in range(1, 4):  # max_attempts = 3: killed three times, then a failed trial
+        proc = subprocess.run(
+            [sys.executable, "-c", KILLER, str(mark), *args], capture_output=True, text=True
+        )
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        with Store.open(run, readonly=True) as s:
+            (running,) = s.trials("running")
+            assert running.attempts == attempt and running.lost == attempt - 1
+        args = ["search", "--resume", str(run)]
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, str(mark), *args], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    with Store.open(run, readonly=True) as s:
+        trials = s.trials()
+    killer = trials[0]
+    assert killer.status == "failed" and killer.hash == mark.read_text()
+    assert killer.error.startswith("worker lost 3 times; last: the search process died")
+    assert sum(t.trained for t in trials) == BUDGET

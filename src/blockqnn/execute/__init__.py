@@ -9,6 +9,7 @@ evaluator for tests and benchmarks.
 from __future__ import annotations
 
 from blockqnn.execute.base import (
+    IN_PROCESS,
     Evaluating,
     EvaluatorSpec,
     Executor,
@@ -26,6 +27,7 @@ def make_executor(spec: EvaluatorSpec) -> Executor:
 
 
 __all__ = [
+    "IN_PROCESS",
     "Evaluating",
     "EvaluatorSpec",
     "Executor",

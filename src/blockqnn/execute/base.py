@@ -48,6 +48,11 @@ class WorkerLost:
     reason: str
 
 
+# the worker of an evaluation run in the search process itself (`LocalExecutor`, whose
+# `in_process` is True): a trial left running there died with the search
+IN_PROCESS = "local"
+
+
 class Finished(NamedTuple):
     trial_id: int
     outcome: EvalResult | WorkerLost

@@ -13,7 +13,13 @@ from collections import deque
 from typing import Any
 
 from blockqnn.errors import BlockQNNError
-from blockqnn.execute.base import EvaluatorSpec, Executor, Finished, evaluate_safely
+from blockqnn.execute.base import (
+    IN_PROCESS,
+    EvaluatorSpec,
+    Executor,
+    Finished,
+    evaluate_safely,
+)
 
 
 class LocalExecutor:
@@ -25,6 +31,7 @@ class LocalExecutor:
     """
 
     slots = 1
+    in_process = True  # a trial this runs dies with the search (`IN_PROCESS`)
 
     def __init__(self, spec: EvaluatorSpec) -> None:
         from blockqnn.train import threads
@@ -45,7 +52,7 @@ class LocalExecutor:
             return []
         trial_id, candidate = self._queue.popleft()
         result = evaluate_safely(self._evaluator, candidate)
-        return [Finished(trial_id, result, "local")]
+        return [Finished(trial_id, result, IN_PROCESS)]
 
     def shutdown(self) -> None:
         self._queue.clear()

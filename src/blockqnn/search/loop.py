@@ -27,7 +27,10 @@ Rules, where the paper leaves the choice to us:
   run records the same blocks, in the same order, as an uninterrupted one.
 - Stopping (Ctrl-C, or SIGTERM turned into `Terminated` by the CLI): in-flight trials become
   `interrupted`; resume queues them again (their `attempts` count each start). A master
-  killed with kill -9 leaves them `running`, treated the same way on resume.
+  killed with kill -9 leaves them `running`, treated the same way on resume, except a trial
+  the local executor ran in the search process itself: the search died with it (the
+  out-of-memory killer, or a kill), which counts as its worker lost, so a network that
+  takes the machine's memory fails after `max_attempts` instead of killing every resume.
 - An evaluation that raises, or whose result cannot be stored (a FLOP count beyond SQLite's
   64-bit integers, metrics that are not numbers), is a failed trial with the reason as its
   error: a stuck `running` trial would crash every resume the same way.
@@ -52,7 +55,7 @@ from typing import Any
 from blockqnn.errors import clip
 from blockqnn.evaluate.gate import Job
 from blockqnn.evaluate.result import EvalResult
-from blockqnn.execute import WorkerLost
+from blockqnn.execute import IN_PROCESS, WorkerLost
 from blockqnn.reward import FAILED_REWARD, score
 from blockqnn.search.parts import RunParts
 from blockqnn.search.terminate import STOPPED_AT, Terminator
@@ -71,6 +74,7 @@ from blockqnn.store.db import (
 MAX_REUSE_STREAK = 10_000  # asks in a row that all hit known blocks: the agent has converged
 SNAPSHOT_EVERY = 20  # tells between agent snapshots; resume replays at most this many
 POLL_SECONDS = 1.0  # how long one executor wait lasts before the loop looks again
+CRASHED = "the search process died while training it (killed, e.g. out of memory)"
 INT64 = 2**63 - 1  # SQLite's INTEGER: a larger count cannot be stored
 
 __all__ = [
@@ -158,6 +162,8 @@ class Search:
         self.cache = cache if cache is not None and cache.enabled else None
         self._cached: set[int] = set()  # trials of this session whose result is the cache's
         self._warm = 0
+        # a running trial's worker when it runs in this process (a crash of ours is its loss)
+        self._here = IN_PROCESS if getattr(self.executor, "in_process", False) else ""
         self.terminator = Terminator.for_config(parts.config)  # None: early termination off
         self.screener = parts.screener  # None: pre-screen off
 
@@ -169,6 +175,8 @@ class Search:
         self._load()
         self._emit("start", None)
         try:
+            for trial_id in sorted(self._pending):  # trials that took the search down, lost
+                self._finish(trial_id, WorkerLost(CRASHED), IN_PROCESS)
             while True:
                 self._fill()
                 if not self._pending:
@@ -203,7 +211,13 @@ class Search:
         self.store.add_warm(rows, self._state())
 
     def _load(self) -> None:
-        self.store.recover()  # running / interrupted (a stop or a crash) -> queued
+        # a trial that was training in a search process that died: its worker is lost
+        crashed = [t for t in self.store.trials(RUNNING) if t.worker == IN_PROCESS]
+        doomed = {t.id for t in crashed if t.lost + 1 >= self.max_attempts}
+        for t in crashed:
+            if t.id not in doomed:
+                self.store.requeue(t.id, CRASHED, lost=True)
+        self.store.recover(keep=doomed)  # running / interrupted (a stop or a crash) -> queued
         for t in self.store.trials():
             if t.ask_seq > 0:  # warm-start trials were never asked: no strategy info
                 self._info = t.info
@@ -218,6 +232,9 @@ class Search:
                 self._trained += 1
                 self._failed += t.status == FAILED
                 self._note_best(t)
+            elif t.id in doomed:  # failed by `run`, once every trial is loaded
+                self._pending[t.id] = candidate
+                self._inflight[h] = t.id
             elif t.status == QUEUED and t.reuse_of is None:
                 self._queue.append(t.id)
                 self._inflight[h] = t.id
@@ -235,7 +252,7 @@ class Search:
         while len(self._pending) < self.executor.slots:
             if self._queue:
                 trial = self.store.trial(self._queue.popleft())
-                self.store.start(trial.id)
+                self.store.start(trial.id, self._here)
                 self._submit(trial.id, self.space.parse(trial.candidate))
                 continue
             if self._trained + len(self._pending) >= self.budget:
@@ -267,7 +284,7 @@ class Search:
         else:
             self._streak = 0
             hit = self.cache.get(h, self.parts.fingerprint) if self.cache is not None else None
-            worker = hit.source if hit is not None else ""
+            worker = hit.source if hit is not None else self._here
             trial_id = self.store.add_trial(block, info, RUNNING, ask_seq=ask_seq, worker=worker)
             self._inflight[h] = trial_id
             if hit is None:

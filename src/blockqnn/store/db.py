@@ -41,7 +41,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -405,17 +405,12 @@ class Store:
                 c.execute("UPDATE trials SET status = ? WHERE id = ?", (INTERRUPTED, trial_id))
                 seal(c, "trials", trial_id)
 
-    def recover(self) -> list[int]:
-        """After a stop or a crash: running and interrupted trials become queued again.
-        Returns their ids."""
+    def recover(self, keep: Collection[int] = ()) -> list[int]:
+        """After a stop or a crash: running and interrupted trials become queued again,
+        except those in `keep`. Returns their ids."""
         with self._tx() as c:
-            ids = [
-                r[0]
-                for r in c.execute(
-                    "SELECT id FROM trials WHERE status IN (?, ?) ORDER BY id",
-                    (RUNNING, INTERRUPTED),
-                )
-            ]
+            query = "SELECT id FROM trials WHERE status IN (?, ?) ORDER BY id"
+            ids = [r[0] for r in c.execute(query, (RUNNING, INTERRUPTED)) if r[0] not in keep]
             for trial_id in ids:
                 c.execute("UPDATE trials SET status = ? WHERE id = ?", (QUEUED, trial_id))
                 seal(c, "trials", trial_id)
