@@ -106,6 +106,40 @@ def check_output(path: Path, what: str) -> None:
         )
 
 
+def check_replace(path: Path, what: str, kind: str, is_kind: Callable[[Path], bool]) -> None:
+    """`check_output`, and an existing file is replaced only where it is empty or `is_kind`
+    (an earlier report, diagram or export of this command): any other file, such as a run's
+    store or the model being exported, is refused with nothing written."""
+    check_output(path, what)
+    try:
+        if path.stat().st_size == 0 or is_kind(path):
+            return
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BlockQNNError(f"{what} {clip(str(path))}: cannot read: {os_reason(exc)}") from None
+    raise BlockQNNError(
+        f"{what} {clip(str(path))}: exists and is not {kind}; not replacing it (remove it or "
+        "choose another path)"
+    )
+
+
+def starts_with(*prefixes: bytes) -> Callable[[Path], bool]:
+    """A test that a file's first bytes (leading white space and case aside) are one of
+    `prefixes`: how `check_replace` knows an HTML page or an SVG drawing."""
+
+    def test(path: Path) -> bool:
+        with path.open("rb") as f:
+            head = f.read(256).lstrip().lower()
+        return head.startswith(prefixes)
+
+    return test
+
+
+HTML = starts_with(b"<!doctype html", b"<html")
+SVG = starts_with(b"<?xml", b"<svg")
+
+
 def current_umask() -> int:
     """This process's umask, read without changing it where Linux shows it (os.umask can only
     be read by setting it, which races with other threads creating files)."""
@@ -146,7 +180,9 @@ def write_with(path: str | Path, write: Callable[[BinaryIO], None], what: str = 
     """Write `path` through a temp file beside it, fsync and a rename; `write` fills the open
     file. Any error (a full disk mid-write included) removes the temp file; an OSError is
     one line naming the cause ("disk full", "permission denied"), the old file untouched."""
-    target = Path(path)
+    # through a symlink: the file it names is replaced and the link kept (a rename onto the
+    # link would replace the link with a plain file and leave its target as it was)
+    target = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
     fd, tmp = temp_beside(target, what)
     try:
         with os.fdopen(fd, "wb") as f:

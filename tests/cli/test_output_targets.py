@@ -147,3 +147,59 @@ def test_train_files_are_never_written_over_a_non_regular_file(
     argv = ["train", "--block", BLOCK, "--dataset", "digits", "--epochs", "1", "--out", str(out)]
     argv += ["--recipe", "fast", "--filters", "4", "--train-samples", "50"]
     _refused(capsys, argv, target)
+
+
+def _refused_file(capsys: pytest.CaptureFixture[str], argv: list[str], target: Path) -> str:
+    """`_refused` for a regular file: its bytes are what they were."""
+    before = target.read_bytes()
+    err = _refused(capsys, argv, target)
+    assert target.read_bytes() == before and "exists and is not" in err, err
+    return err
+
+
+def test_an_output_replaces_an_earlier_one_of_its_kind_and_nothing_else(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], run_dir: Path, model_file: Path
+) -> None:
+    store = run_dir / "blockqnn.sqlite"
+    _refused_file(capsys, ["report", str(run_dir), "--out", str(store)], store)
+    _refused_file(capsys, ["show", BLOCK, "--svg", str(store)], store)
+    for fmt in ("torchscript", "onnx"):  # the model being exported, or the other format
+        argv = ["export", str(model_file), "--format", fmt, "--out"]
+        _refused_file(capsys, [*argv, str(model_file)], model_file)
+        other = tmp_path / f"other.{fmt}"
+        assert main([*argv, str(tmp_path / f"{fmt}.export")]) == 0
+        assert main([*argv, str(tmp_path / f"{fmt}.export")]) == 0  # an earlier export
+        other.write_text("<html>")
+        _refused_file(capsys, [*argv, str(other)], other)
+    for argv in (["report", str(run_dir), "--out"], ["show", BLOCK, "--svg"]):
+        page = tmp_path / "page"
+        page.write_bytes(b"")  # empty: nothing to lose
+        assert main([*argv, str(page)]) == 0
+        assert main([*argv, str(page)]) == 0  # an earlier page or drawing
+    capsys.readouterr()
+
+
+def test_an_output_through_a_symlink_replaces_the_file_it_names(tmp_path: Path) -> None:
+    real = tmp_path / "real.svg"
+    real.write_text("<svg>old</svg>")
+    link = tmp_path / "link.svg"
+    link.symlink_to(real)
+    assert main(["show", BLOCK, "--svg", str(link), "--json"]) == 0
+    assert link.is_symlink() and "old" not in real.read_text()
+
+
+def test_a_full_disk_under_stdout_is_one_line_and_exit_2() -> None:
+    import subprocess
+    import sys
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "blockqnn", "show", BLOCK, "--json"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "blockqnn show: error: cannot write the output: disk full\n"

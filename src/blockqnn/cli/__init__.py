@@ -132,6 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout at /dev/null so that the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # what no command turned into its own message: stdout on a full disk
+        from blockqnn.files import os_reason
+
+        where = clip(str(exc.filename)) if exc.filename else "cannot write the output"
+        print(f"blockqnn {args.command}: error: {where}: {os_reason(exc)}", file=sys.stderr)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush too
+        return 2
     return code
 
 

@@ -90,9 +90,10 @@ def run(args: argparse.Namespace) -> int:
     cost = network_cost(block, config)
     latency = _latency(args, block, config) if args.latency is not None else None
     if args.svg:
-        from blockqnn.files import write_atomic
+        from blockqnn.files import SVG, check_replace, write_atomic
         from blockqnn.space.draw import block_svg
 
+        check_replace(Path(args.svg), "--svg", "an SVG drawing", SVG)
         write_atomic(Path(args.svg), block_svg(block, title=block.hash[:12]), "--svg")
     if args.json:
         _print_json(args, block, config, priced, cost, latency)

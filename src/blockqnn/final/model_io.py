@@ -26,6 +26,7 @@ import re
 import struct
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from blockqnn.errors import BlockQNNError, clip
-from blockqnn.files import check_output, write_atomic
+from blockqnn.files import check_replace, write_atomic
 from blockqnn.settings.choices import EXPORT_FORMATS
 from blockqnn.settings.config import NetworkConfig
 from blockqnn.space.nsc.block import Block
@@ -280,7 +281,9 @@ def export_model(model: DeployModel, fmt: str, out: str | Path, batch: int = 2) 
     probe = torch.rand(batch + 1, *shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(probe)
-    check_output(target, "--out")  # before the (slow) export
+    # before the (slow) export; an earlier export of this format may be replaced, nothing else
+    kind = "a TorchScript export" if fmt == "torchscript" else "an ONNX export"
+    check_replace(target, "--out", kind, _is_export(fmt))
     # Exported into memory and written through write_atomic: torch's C++ file writer aborts
     # the interpreter on a full disk and leaves its temp file behind.
     buffer = io.BytesIO()
@@ -293,6 +296,28 @@ def export_model(model: DeployModel, fmt: str, out: str | Path, batch: int = 2) 
         raise RuntimeError(f"exported {fmt} model disagrees with PyTorch (max |diff| {diff})")
     write_atomic(target, buffer.getvalue(), "--out")
     return {"format": fmt, "path": str(target), "max_abs_diff": diff, "checked_with": checker}
+
+
+def _is_export(fmt: str) -> Callable[[Path], bool]:
+    """A test that a file is a TorchScript archive (its zip holds code, which a checkpoint's
+    does not) or an ONNX model, as `fmt` says."""
+
+    def torchscript(path: Path) -> bool:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return any("/code/" in name for name in archive.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return False
+
+    def onnx_model(path: Path) -> bool:
+        import onnx
+
+        try:
+            return len(onnx.load(str(path), load_external_data=False).graph.node) > 0
+        except Exception:  # any decoding error: not an ONNX model
+            return False
+
+    return torchscript if fmt == "torchscript" else onnx_model
 
 
 def _require_onnx() -> None:

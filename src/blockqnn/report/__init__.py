@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from blockqnn.errors import BlockQNNError
-from blockqnn.files import check_output, write_atomic
+from blockqnn.files import HTML, check_replace, write_atomic
 from blockqnn.report.data import (
     RunSummary,
     Stage,
@@ -108,7 +108,8 @@ def write_report(
     """Write the report (default `RUN_DIR/report.html`) atomically: a reader never sees half
     a page. Returns the path written."""
     path = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
-    check_output(path, "--out")  # a directory, FIFO or device: refused before the slow rendering
+    # a directory, FIFO, device or a file that is no HTML page: refused before the rendering
+    check_replace(path, "--out", "an HTML page", HTML)
     text = render_report(run_dir, baseline, top_k)  # fails before anything is written
     write_atomic(path, text, "--out")
     return path
