@@ -75,3 +75,29 @@ def test_an_interrupted_training_says_how_to_continue(
         "blockqnn train: interrupted; run the same command again to resume from the last "
         "finished epoch"
     )
+
+
+def test_a_run_searched_on_a_subset_trains_its_final_network_on_the_whole_set(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from blockqnn.evaluate.result import EvalResult
+    from blockqnn.settings.config import Config, merge
+    from blockqnn.space.nsc.block import Block
+    from blockqnn.store.db import Store
+
+    run = tmp_path / "run"
+    with Store.create(run, merge(Config(), {"data": {"train_samples": 100}})) as store:
+        store.acquire()
+        trial = store.add_trial(Block.parse("1,1,3,0,0"), {})
+        store.finish(trial, EvalResult("ok", accuracy=0.5, reward=0.5), 0.5, "w", 1)
+    seen: list[int] = []
+
+    def spy(block: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(data.train_samples)
+        raise KeyboardInterrupt  # the data is all this test needs
+
+    monkeypatch.setattr(final, "train_final", spy)
+    argv = ["train", str(run), "--filters", "4", "--epochs", "1"]
+    main([*argv, "--out", str(tmp_path / "a")])
+    main([*argv, "--out", str(tmp_path / "b"), "--train-samples", "50"])
+    assert seen == [0, 50]

@@ -47,7 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dataset", type=PATH, help="dataset (default: the run's)")
     parser.add_argument("--data-dir", type=PATH, help="where cifar archives are")
-    parser.add_argument("--train-samples", type=INT, help="class-balanced subset (quick runs)")
+    parser.add_argument(
+        "--train-samples",
+        type=INT,
+        help="class-balanced subset (quick runs); default: the whole training set, also for "
+        "a run that searched on a subset",
+    )
     parser.add_argument("--out", type=PATH, required=True, metavar="DIR", help="training folder")
     parser.add_argument(
         "--recipe", choices=tuple(FINAL_RECIPES), default="paper", help="the starting settings"
@@ -167,9 +172,11 @@ def _choose_block(args: argparse.Namespace) -> tuple[Any, Any]:
 def _data_and_network(args: argparse.Namespace, config: Any) -> tuple[Any, Any]:
     """The run's (or default) data and network settings with the flags given applied."""
     data = config.data
-    overrides: dict[str, Any] = {}
+    # the whole training set unless --train-samples says otherwise: a search's subset (a
+    # speed setting for scoring candidates) is not the final network's data
+    overrides: dict[str, Any] = {"train_samples": 0}
     if args.dataset:
-        overrides = {"dataset": args.dataset, "data_dir": args.data_dir or ""}
+        overrides.update(dataset=args.dataset, data_dir=args.data_dir or "")
     elif args.data_dir:
         overrides["data_dir"] = args.data_dir
     if args.train_samples is not None:
