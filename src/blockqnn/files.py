@@ -4,21 +4,24 @@ and the one check of a path the user gave.
 Owns: the temp-file-and-rename pattern every output uses (diagrams, reports, model files,
 exports), so a reader or a kill never sees half a file; the refusal to replace an existing
 target that is not a regular file (a device, a folder, a FIFO, or a symlink to one: renaming
-over `/dev/null` breaks the machine); the words for why a write failed ("disk full",
-"permission denied"); and `check_path`, the length, loop and existence checks of a user's
-path. An unwritable or unusable path is bad input (exit 2), never a traceback. Must not know
-what is written.
+over `/dev/null` breaks the machine) or, where the caller asks (`check_replace`), a file of
+another kind; the words for why a write failed ("disk full", "permission denied");
+`check_path`, the length, loop and existence checks of a user's path; and `lock_file`, one
+writer at a time (`lock_folder` too). An unwritable or unusable path is bad input (exit 2), never a
+traceback. Must not know what is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 from blockqnn.errors import BlockQNNError, clip
 
@@ -138,6 +141,55 @@ def starts_with(*prefixes: bytes) -> Callable[[Path], bool]:
 
 HTML = starts_with(b"<!doctype html", b"<html")
 SVG = starts_with(b"<?xml", b"<svg")
+
+
+def lock_file(path: Path, unwritable: str, busy: str, patience_s: float = 0.0) -> TextIO:
+    """An exclusive lock on `path` (created), held by the returned handle until it is
+    closed: one writer at a time (`lock_folder` too). Another holder for `patience_s` is
+    `BlockQNNError(busy)`; a file that cannot be opened is `unwritable (name: reason)`."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
+        fcntl = None  # type: ignore[assignment]
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 - held until close()
+    except OSError as exc:
+        raise BlockQNNError(f"{unwritable} ({path.name}: {os_reason(exc)})") from None
+    if fcntl is None:
+        return handle
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except OSError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                raise BlockQNNError(busy) from None
+            time.sleep(0.005)
+
+
+@contextlib.contextmanager
+def lock_folder(path: Path, busy: str) -> Iterator[None]:
+    """An exclusive lock on the folder `path` itself while the block runs, so it leaves no
+    file behind; another holder is `BlockQNNError(busy)`."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise BlockQNNError(f"{clip(str(path))}: cannot open: {os_reason(exc)}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise BlockQNNError(busy) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def current_umask() -> int:

@@ -48,6 +48,25 @@ def test_train_checkpoint_and_load(tmp_path: Path) -> None:
     assert again.test_accuracy == result.test_accuracy
 
 
+def test_a_folder_one_training_writes_is_refused_to_a_second(tmp_path: Path) -> None:
+    from blockqnn.files import lock_folder
+
+    out = tmp_path / "final"
+    out.mkdir()
+    busy = pytest.raises(BlockQNNError, match=r"another training is writing this folder")
+    with lock_folder(out, "busy"), busy:  # a training in another process holds it
+        train_final(BLOCK, DATA, NET, FAST, out, device="cpu")
+    assert not any(out.iterdir())  # nothing of it written
+    train_final(BLOCK, DATA, NET, FAST, out, device="cpu")  # the lock is gone with its holder
+
+
+def test_a_finished_folder_moved_elsewhere_reports_where_it_is(tmp_path: Path) -> None:
+    out = tmp_path / "final"
+    train_final(BLOCK, DATA, NET, FAST, out, device="cpu")
+    moved = out.rename(tmp_path / "moved")
+    assert train_final(BLOCK, DATA, NET, FAST, moved, device="cpu").out == str(moved)
+
+
 def test_resume_continues_to_the_same_weights(tmp_path: Path) -> None:
     straight = tmp_path / "straight"
     train_final(BLOCK, DATA, NET, replace_epochs(3), straight, device="cpu")

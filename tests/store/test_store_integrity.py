@@ -31,7 +31,6 @@ from tests.store.test_store_migration import build_v1_run
 import blockqnn.execute.base as ex
 import blockqnn.store.db as store_module
 import blockqnn.store.opening as opening_module
-import blockqnn.store.rundir as rundir
 import blockqnn.store.schema as store_schema
 from blockqnn.cli import main
 from blockqnn.evaluate.synthetic import SyntheticEvaluator
@@ -344,7 +343,9 @@ def test_a_lock_file_that_cannot_be_opened_is_not_writable(
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(rundir, "open", refuse, raising=False)
+    import blockqnn.files as files  # where the lock file is opened
+
+    monkeypatch.setattr(files, "open", refuse, raising=False)
     with pytest.raises(store_module.BlockQNNError, match="is not writable"):
         Store.open(run, acquire=True)
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from blockqnn.errors import BlockQNNError, clip
-from blockqnn.files import make_dir
+from blockqnn.files import lock_folder, make_dir
 from blockqnn.final.recipe import final_recipe
 from blockqnn.settings.bounds import MAX_TOP, check, integers
 from blockqnn.settings.config import Config, DataConfig, NetworkConfig
@@ -175,23 +175,29 @@ def train_final(
     finished = out_dir / MODEL
     if finished.is_file():
         return _finished_result(finished, identity, out_dir)
-    resume = _checkpoint_resume(out_dir / CHECKPOINT, identity, settings.epochs, out_dir)
     dev = resolve_device(device)
     planned = network_cost(block, net_cfg)
     reason = too_large(planned.params, dev)
     if reason:  # refused before it is built: allocating it could take the host down
         raise BlockQNNError(f"the network is too large for this device: {reason}")
     make_dir(out_dir, "--out")
-    start = int(resume["epoch"]) if resume else 0
-    if on_start is not None:
-        on_start(
-            TrainingPlan(
-                net_cfg, planned.params, planned.flops, settings.epochs, start,
-                len(arrays.x_train), recipe_epochs,
-            )
-        )  # fmt: skip
-    job = _Job(block, arrays, net_cfg, settings, data.dataset, out_dir, identity)
-    return _train(job, dev, resume, progress)
+    shown = clip(str(out_dir))
+    # one training per folder: two would write the same checkpoint and history
+    busy = f"--out {shown}: another training is writing this folder; wait for it to end, or "
+    with lock_folder(out_dir, busy + "give another --out"):
+        if finished.is_file():  # the other training finished while this one loaded its data
+            return _finished_result(finished, identity, out_dir)
+        resume = _checkpoint_resume(out_dir / CHECKPOINT, identity, settings.epochs, out_dir)
+        start = int(resume["epoch"]) if resume else 0
+        if on_start is not None:
+            on_start(
+                TrainingPlan(
+                    net_cfg, planned.params, planned.flops, settings.epochs, start,
+                    len(arrays.x_train), recipe_epochs,
+                )
+            )  # fmt: skip
+        job = _Job(block, arrays, net_cfg, settings, data.dataset, out_dir, identity)
+        return _train(job, dev, resume, progress)
 
 
 def _train(
@@ -298,8 +304,8 @@ def _finished_result(finished: Path, identity: dict[str, Any], out_dir: Path) ->
             f"--out {out_dir}: holds a finished training of other settings "
             f"({_difference(stored, identity)}; {_start_over(out_dir)})"
         )
-    try:
-        return FinalResult(**metrics["result"])
+    try:  # where the folder is now (it may have been moved or copied since)
+        return replace(FinalResult(**metrics["result"]), out=str(out_dir))
     except (KeyError, TypeError):
         raise BlockQNNError(f"{finished}: damaged model file (no training result)") from None
 

@@ -14,11 +14,11 @@ import os
 import shutil
 import sqlite3
 import tempfile
-import time
 from pathlib import Path
 from typing import TextIO
 
 from blockqnn.errors import BlockQNNError, clip
+from blockqnn.files import lock_file
 
 DB_NAME = "blockqnn.sqlite"
 LOCK_NAME = "lock"
@@ -40,31 +40,16 @@ def check_writable(run_dir: str | Path) -> None:
 
 
 def take_lock(run_dir: Path) -> TextIO:
-    """Take the run's writer lock (`DIR/lock`); the open handle holds it until closed."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
-        fcntl = None  # type: ignore[assignment]
-    try:
-        handle = open(run_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held until close()
-    except OSError as exc:
-        raise BlockQNNError(
-            f"run dir {clip(str(run_dir))} is not writable ({LOCK_NAME}: {exc.strerror})"
-        ) from None
-    if fcntl is None:
-        return handle
-    # A reader's `held` probe holds a shared lock for microseconds: retry past it, so that
-    # `status` or the dashboard polling the run never turns a search away.
-    deadline = time.monotonic() + LOCK_PATIENCE_S
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return handle
-        except OSError:
-            if time.monotonic() >= deadline:
-                handle.close()
-                raise BlockQNNError(f"{run_dir} is in use by another running search") from None
-            time.sleep(0.005)
+    """Take the run's writer lock (`DIR/lock`); the open handle holds it until closed. A
+    reader's `held` probe holds a shared lock for microseconds: waited out for
+    `LOCK_PATIENCE_S`, so that `status` or the dashboard polling the run never turns a
+    search away."""
+    return lock_file(
+        run_dir / LOCK_NAME,
+        f"run dir {clip(str(run_dir))} is not writable",
+        f"{run_dir} is in use by another running search",
+        LOCK_PATIENCE_S,
+    )
 
 
 def write_failure(exc: BaseException) -> str:
