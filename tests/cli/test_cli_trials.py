@@ -98,6 +98,21 @@ def test_columns_are_the_union_of_keys_and_missing_values_are_empty() -> None:
     assert all(list(row) == names for row in rows)
 
 
+def test_a_cache_hit_trained_nothing_in_this_run(tmp_path: Path) -> None:
+    from blockqnn.report.data import read_run
+
+    config = merge(Config(), {"search": {"budget": 2}, "data": {"cache_dir": str(tmp_path)}})
+    cache = {"search": {"cache": str(tmp_path / "cache")}}
+    for name in ("first", "second"):  # the second run finds both results in the cache
+        run_search(tmp_path / name, merge(config, cache), spec=lambda c: synthetic_spec(c, 0.01))
+    first, second = _trials(tmp_path / "first"), _trials(tmp_path / "second")
+    assert all(t.worker.startswith("cache: ") for t in second)
+    _, rows = trial_rows(second)
+    assert [row["train_seconds"] for row in rows] == [None, None]
+    assert trial_rows(first)[1][0]["train_seconds"] == first[0].result["train_seconds"] > 0
+    assert read_run(tmp_path / "second").median_train_seconds is None
+
+
 def test_json_is_a_list_of_objects_with_the_csv_columns(
     runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

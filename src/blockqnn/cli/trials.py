@@ -8,9 +8,9 @@ Examples:
 Columns: id, status, candidate, hash, reward, accuracy, flops, params, density, then
 metric.NAME for every extra metric of the results (e.g. metric.flops_ref), info.KEY for
 every key of the strategy's info at ask time (e.g. info.epsilon; info.prescreen, a JSON
-object, with the pre-screen), then reuse_of, attempts,
-lost, worker, error, created, started, finished (ISO 8601, UTC) and train_seconds (empty for
-reused trials: they trained nothing). A value a trial lacks is empty (null in JSON).
+object, with the pre-screen), then reuse_of, attempts, lost, worker, error, created, started,
+finished (ISO 8601, UTC) and train_seconds (empty for reused trials and evaluation-cache
+hits: they trained nothing). A value a trial lacks is empty (null in JSON).
 
 Reads the run's store only (safe while the search runs); never changes it.
 """

@@ -79,7 +79,7 @@ def faster_summary(trials: Sequence[TrialRecord]) -> dict[str, Any] | None:
         return None
     out: dict[str, Any] = {
         "stopped": len(stopped),
-        "train_seconds": sum(float((t.result or {}).get("train_seconds", 0.0)) for t in trained),
+        "train_seconds": sum(t.train_seconds or 0.0 for t in trained),  # cache hits: none
         "saved_seconds": sum(float(_metrics(t).get("saved_seconds", 0.0)) for t in stopped),
         "partial_vs_reward": correlation(
             [_metrics(t)["partial_accuracy"] for t in partial], [t.reward or 0.0 for t in partial]

@@ -17,8 +17,9 @@ Times (created, started, finished) are ISO 8601 in UTC to the millisecond,
 `2026-12-04T18:27:11.123Z`: what spreadsheets and `pd.to_datetime` read as they are. A value
 a trial lacks is None (an empty CSV field): e.g. the metrics of a trial still running, or
 `info.epsilon` of trials from a strategy without one. Reused trials carry the metrics of the
-trial they reuse (`reuse_of`) but trained nothing: their `train_seconds` is None, so summing
-the column gives the training time actually spent.
+trial they reuse (`reuse_of`), and trials whose result came from the evaluation cache (their
+`worker` is `cache: RUN trial N`) that trial's, but neither trained anything: their
+`train_seconds` is None, so summing the column gives the training time actually spent.
 
 Example:
     >>> import csv, io, subprocess  # doctest: +SKIP
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from blockqnn.evaluate.table import FINAL_METRIC
-from blockqnn.store.db import REUSED, Store, TrialRecord
+from blockqnn.store.db import Store, TrialRecord
 
 HEAD = ("id", "status", "candidate", "hash", "reward", "accuracy", "flops", "params", "density")
 TAIL = (
@@ -100,8 +101,7 @@ def trial_rows(trials: Sequence[TrialRecord]) -> tuple[list[str], list[dict[str,
             row[INFO + key] = value
         for name in TAIL[:-1]:
             row[name] = iso_time(getattr(t, name)) if name in TIMES else getattr(t, name)
-        if t.result is not None and t.status != REUSED:
-            row["train_seconds"] = t.result.get("train_seconds")
+        row["train_seconds"] = t.train_seconds
         rows.append(row)
     return names, rows
 

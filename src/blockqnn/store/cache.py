@@ -39,6 +39,7 @@ from blockqnn.errors import BlockQNNError, clip
 from blockqnn.evaluate.result import EvalResult
 from blockqnn.settings.config import Config, DataConfig
 from blockqnn.settings.datasets import BUILTIN_DATASETS
+from blockqnn.store.schema import CACHE_WORKER
 
 if TYPE_CHECKING:
     from blockqnn.evaluate.latency import Latency
@@ -177,7 +178,7 @@ class CacheHit:
     @property
     def source(self) -> str:
         """What the trial's `worker` records: where the result came from."""
-        return f"cache: {self.run} trial {self.trial}"
+        return f"{CACHE_WORKER}{self.run} trial {self.trial}"
 
 
 class EvalCache:

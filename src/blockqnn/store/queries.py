@@ -17,10 +17,12 @@ from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH
 from blockqnn.settings.config import Config
 from blockqnn.space.nsc.block import Block
 from blockqnn.store.schema import (
+    CACHE_WORKER,
     COMPLETE,
     CONTENT,
     FAILED,
     META_CHECKSUM,
+    REUSED,
     STATUSES,
     TRAINED,
     TRIAL_COLUMNS,
@@ -68,6 +70,15 @@ class TrialRecord:
     @property
     def trained(self) -> bool:
         return self.status in TRAINED
+
+    @property
+    def train_seconds(self) -> float | None:
+        """The training this run spent on it: None for a trial that trained nothing here
+        (reused, or its result copied from the evaluation cache) or is not finished."""
+        if self.result is None or self.status == REUSED or self.worker.startswith(CACHE_WORKER):
+            return None
+        seconds = self.result.get("train_seconds")
+        return float(seconds) if isinstance(seconds, (int, float)) else None
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}

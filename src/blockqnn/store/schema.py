@@ -50,6 +50,7 @@ REUSED = TrialStatus.REUSED
 INTERRUPTED = TrialStatus.INTERRUPTED
 STATUSES = tuple(TrialStatus)
 TRAINED = (COMPLETE, FAILED)  # what the budget counts
+CACHE_WORKER = "cache: "  # how the `worker` of a trial whose result is the cache's begins
 
 # The columns of `trials` as readers see them (`TrialRecord`'s fields, in order).
 TRIAL_COLUMNS = (
