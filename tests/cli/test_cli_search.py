@@ -115,6 +115,22 @@ def test_resume_of_a_finished_run_is_a_no_op(
         assert store.counts()["trained"] == 4
 
 
+def test_top_sets_the_blocks_listed_after_the_search_and_in_its_json(
+    finished_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    resume = ["search", "--resume", str(finished_run)]
+    assert main([*resume, "--top", "2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["top"]) == 2
+    assert main([*resume, "--top", "3"]) == 0
+    table = capsys.readouterr().out
+    assert "best blocks" in table and "reused" in table
+    with Store.open(finished_run, readonly=True) as store:
+        listed = [t for t in store.trials() if f" {t.candidate}" in table]
+    assert len(listed) == 3
+    assert main([*resume, "--top", "-1"]) == 2
+    assert "--top" in capsys.readouterr().err
+
+
 def test_bad_input_exits_2_with_one_line(
     tmp_path: Path, synthetic: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

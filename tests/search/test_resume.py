@@ -116,14 +116,14 @@ def test_kill_9_at_several_points_then_resume(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path) -> None:
-    run = tmp_path / "run"
+    run = tmp_path / "my run"  # the resume command printed must work as pasted
     proc = _start([*NEW, "--run-dir", str(run)], seconds=0.2)
     _wait_for(run, proc, 2)
     _wait_for_running(run, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    assert f"--resume {run}" in err and "Traceback" not in err
+    assert f"--resume '{run}'\n" in err and "Traceback" not in err
     with Store.open(run, readonly=True) as s:
         counts = s.counts()
         assert counts["interrupted"] == 1 and counts["running"] == 0

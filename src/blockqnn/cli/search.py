@@ -218,7 +218,9 @@ def _sigterm_stops() -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     """Start or resume a search and print its result, or how to continue it."""
     from blockqnn.search import SearchStalled, Terminated, run_search
+    from blockqnn.settings.bounds import MAX_TOP, check, integers
 
+    check("--top", args.top, integers(0, MAX_TOP))  # before the search, not after it
     run_dir, config, overrides = _resolve(args)
     _require_ray(_executor(run_dir, config, overrides))
     out = sys.stderr if args.json else sys.stdout
@@ -238,7 +240,8 @@ def run(args: argparse.Namespace) -> int:
         display.close()
         how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(
-            f"blockqnn search: {how}; continue with: blockqnn search --resume {run_dir}",
+            f"blockqnn search: {how}; continue with: blockqnn search --resume "
+            f"{shlex.quote(str(run_dir))}",
             file=sys.stderr,
         )
         return 143 if isinstance(exc, Terminated) else 130
@@ -272,10 +275,15 @@ def _resolve(args: argparse.Namespace) -> tuple[str, Any, dict[str, dict[str, An
 
 def _finish(args: argparse.Namespace, summary: Any, run_dir: str, out: Any) -> int:
     """Print the finished search's result (JSON, or the table and what to run next)."""
+    from blockqnn.store.db import Store
+
+    with Store.open(run_dir, readonly=True) as store:  # the --top best, not the summary's 10
+        top, space = store.top(args.top), store.config().search.space
     if args.json:
-        print(json.dumps(_summary_json(summary, run_dir), indent=2))
+        rows = [trial_json(t, space) for t in top]
+        print(json.dumps(_summary_json(summary, run_dir, rows), indent=2))
     elif summary.top:
-        _print_top(summary.top[: args.top], summary, out)
+        _print_top(top, summary, out)
         for line in growth_lines(summary):
             print(line, file=out)
         for line in learning_summary(run_dir):
@@ -335,11 +343,7 @@ def growth_lines(summary: Any) -> list[str]:
     return lines
 
 
-def _summary_json(summary: Any, run_dir: str) -> dict[str, Any]:
-    from blockqnn.store.db import Store
-
-    with Store.open(run_dir, readonly=True) as store:
-        space = store.config().search.space
+def _summary_json(summary: Any, run_dir: str, top: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "run_dir": run_dir,
         "trained": summary.trained,
@@ -348,7 +352,7 @@ def _summary_json(summary: Any, run_dir: str) -> dict[str, Any]:
         "cached": summary.cached,
         "saved_seconds": summary.saved_seconds,
         "warm": summary.warm,
-        "top": [trial_json(t, space) for t in summary.top],
+        "top": top,
     }
 
 
@@ -363,6 +367,8 @@ def _print_top(top: list[Any], summary: Any, out: Any) -> None:
         f"{count(summary.trained, 'block')} trained ({summary.failed} failed), "
         f"{summary.reused} reused"
     )
+    if not top:  # --top 0
+        return
     table = Table(title="best blocks")
     for name in ("trial", "reward", "accuracy", "MFLOPs", "params", "candidate"):
         table.add_column(name, justify="left" if name == "candidate" else "right")
