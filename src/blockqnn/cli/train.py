@@ -45,14 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-depth", type=INT, default=DEFAULT_MAX_DEPTH, help="depth limit of --block"
     )
-    parser.add_argument("--dataset", type=PATH, help="dataset (default: the run's)")
-    parser.add_argument("--data-dir", type=PATH, help="where cifar archives are")
-    parser.add_argument(
-        "--train-samples",
-        type=INT,
-        help="class-balanced subset (quick runs); default: the whole training set, also for "
-        "a run that searched on a subset",
-    )
+    _add_data_arguments(parser)
     parser.add_argument("--out", type=PATH, required=True, metavar="DIR", help="training folder")
     parser.add_argument(
         "--recipe", choices=tuple(FINAL_RECIPES), default="paper", help="the starting settings"
@@ -93,6 +86,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=INT)
     parser.add_argument("--threads", help=THREADS_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", type=PATH, help="dataset (default: the run's)")
+    parser.add_argument("--data-dir", type=PATH, help="where cifar archives are")
+    parser.add_argument(
+        "--train-samples",
+        type=INT,
+        help="class-balanced subset (quick runs); default: the whole training set, also for "
+        "a run that searched on a subset",
+    )
 
 
 def _add_pick_arguments(parser: argparse.ArgumentParser) -> None:
