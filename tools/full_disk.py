@@ -35,7 +35,8 @@ def tmpfs(size_mb: int) -> Iterator[Path]:
 def fill(where: Path) -> Path:
     """Fill the file system until a write fails; returns the filler file."""
     filler = where / "filler"
-    with open(filler, "wb") as f, contextlib.suppress(OSError):
+    # suppress outside open: closing the file flushes its buffer, which fails on a full disk
+    with contextlib.suppress(OSError), open(filler, "wb") as f:
         while True:
             f.write(b"\0" * 65536)
             f.flush()

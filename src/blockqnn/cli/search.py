@@ -12,7 +12,8 @@ Examples:
 
 The settings come from the TOML `--config` (every section optional), then the flags. The run
 directory keeps the resolved config, every trial and the agent: `--resume DIR` continues a
-stopped or killed search (only where it runs - executor, workers, GPUs, address - may change).
+stopped or killed search (only where it runs - executor, workers, GPUs, address, threads,
+the evaluation cache - may change).
 Ctrl-C stops cleanly (exit 130) and leaves a resumable run; so does SIGTERM (exit 143), what
 cluster schedulers send before they kill a job: the trials in flight are recorded
 interrupted, the workers stopped, the session closed, and the resume command printed.
