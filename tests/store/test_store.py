@@ -135,6 +135,52 @@ def test_requeue_interrupt_and_recover(store: Store) -> None:
     assert {t.status for t in store.trials()} == {"queued"}
 
 
+class _InterruptedAfter:
+    """A connection on which Ctrl-C is handled as the given statement returns (the signal
+    arrived while SQLite ran it), or raising `error` instead of running it."""
+
+    def __init__(self, conn: sqlite3.Connection, sql: str, error: BaseException) -> None:
+        self._conn, self._sql, self._error = conn, sql, error
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == self._sql and isinstance(self._error, sqlite3.Error):
+            raise self._error
+        cursor = self._conn.execute(sql, *args)
+        if sql == self._sql:
+            raise self._error
+        return cursor
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+
+def test_a_ctrl_c_as_a_transaction_begins_leaves_none_open(store: Store) -> None:
+    conn = store._conn
+    store._conn = _InterruptedAfter(conn, "BEGIN IMMEDIATE", KeyboardInterrupt())  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        store.add_trial(A, info={})
+    store._conn = conn
+    assert not conn.in_transaction
+    trial = store.add_trial(B, info={})  # the stop's own writes still work
+    store.interrupt([trial])
+    store.end_session("interrupted")
+    assert [t.candidate for t in store.trials()] == [str(B)]
+
+
+def test_a_session_whose_commit_failed_is_not_ended_later(tmp_path: Path) -> None:
+    s = Store.create(tmp_path / "run", CONFIG)
+    s.acquire()
+    conn = s._conn
+    full = sqlite3.OperationalError("database or disk is full")
+    s._conn = _InterruptedAfter(conn, "COMMIT", full)  # type: ignore[assignment]
+    with pytest.raises(BlockQNNError, match="is full"):
+        s.begin_session()
+    s._conn = conn
+    assert not s.in_session and not conn.in_transaction
+    s.end_session("failed")  # nothing to end: no traceback for a row that was rolled back
+    assert s.sessions() == []
+
+
 def test_one_writer_at_a_time(store: Store, tmp_path: Path) -> None:
     other = Store.open(tmp_path / "run")
     with pytest.raises(BlockQNNError, match="in use"):

@@ -256,7 +256,9 @@ class Store:
                 (os.getpid(), socket.gethostname(), now, now),
             )
             assert cur.lastrowid is not None
-            self._session = cur.lastrowid
+            session = cur.lastrowid
+            seal(c, "sessions", session)
+        self._session = session  # once committed: a failed COMMIT (disk full) leaves no row
 
     @property
     def in_session(self) -> bool:
@@ -425,8 +427,8 @@ class Store:
         self._writable()
         c = self._conn
         try:
-            c.execute("BEGIN IMMEDIATE")
-            try:
+            try:  # BEGIN inside: a Ctrl-C handled as it returns must not leave it open
+                c.execute("BEGIN IMMEDIATE")
                 yield c
                 if self._session is not None:
                     c.execute(
@@ -434,11 +436,11 @@ class Store:
                         (time.time(), self._session),
                     )
                     seal(c, "sessions", self._session)
+                c.execute("COMMIT")
             except BaseException:
                 if c.in_transaction:  # SQLite rolls back itself on a full disk (SQLITE_FULL)
                     c.execute("ROLLBACK")
                 raise
-            c.execute("COMMIT")
         except sqlite3.Error as exc:
             problem = store_write_error(exc, self.run_dir)
             if problem is None:
