@@ -360,3 +360,32 @@ def test_counts_of_one_are_singular(
     out = capsys.readouterr().out
     assert "at epsilon 0.1 (1 block): it" in out and "holds only 1 trained block," in out
     assert "1 blocks" not in out
+
+
+def test_a_stop_says_how_to_continue_from_where_it_came(
+    finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    import blockqnn.cli.search as search_cli
+    import blockqnn.search as search
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    real = search.run_search
+    monkeypatch.setattr(search, "run_search", stopped)
+    new = tmp_path / "new"  # stopped while loading its data: no run was stored
+    assert main(["search", "--run-dir", str(new), "--budget", "4", "--dataset", "digits"]) == 130
+    assert "nothing was stored; run the same command again" in capsys.readouterr().err
+    # an extension stopped before its budget was saved: the hint must carry it
+    assert main(["search", "--resume", str(finished_run), "--budget", "9"]) == 130
+    assert capsys.readouterr().err.endswith(f"--resume {finished_run} --budget 9\n")
+    monkeypatch.setattr(search, "run_search", real)
+
+    def interrupted(*args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_cli, "_finish", interrupted)  # Ctrl-C as the result prints
+    assert main(["search", "--resume", str(finished_run)]) == 130
+    err = capsys.readouterr().err
+    assert f"the search had finished: blockqnn status {finished_run}" in err

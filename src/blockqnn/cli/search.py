@@ -240,18 +240,35 @@ def run(args: argparse.Namespace) -> int:
     except (Terminated, KeyboardInterrupt) as exc:
         display.close()
         how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(
-            f"blockqnn search: {how}; continue with: blockqnn search --resume "
-            f"{shlex.quote(str(run_dir))}",
-            file=sys.stderr,
-        )
+        print(f"blockqnn search: {how}; {_how_to_continue(args, run_dir)}", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except SearchStalled as exc:
         display.close()
         print(f"blockqnn search: stopped: {exc}", file=sys.stderr)
         return 1
     display.close()
-    return _finish(args, summary, run_dir, out)
+    try:
+        return _finish(args, summary, run_dir, out)
+    except KeyboardInterrupt:  # while the result is printed: the search itself is complete
+        print(
+            f"blockqnn search: interrupted; the search had finished: blockqnn status "
+            f"{shlex.quote(str(run_dir))}",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _how_to_continue(args: argparse.Namespace, run_dir: str) -> str:
+    """The command that continues a stopped search: none when it stopped before its run was
+    stored, and an extension's --budget, which a stop may have come before it was saved."""
+    from pathlib import Path
+
+    from blockqnn.store.db import DB_NAME
+
+    if not (Path(run_dir) / DB_NAME).exists():
+        return "nothing was stored; run the same command again to start it"
+    extend = f" --budget {args.budget}" if args.resume and args.budget is not None else ""
+    return f"continue with: blockqnn search --resume {shlex.quote(str(run_dir))}{extend}"
 
 
 def _resolve(args: argparse.Namespace) -> tuple[str, Any, dict[str, dict[str, Any]]]:
