@@ -148,25 +148,15 @@ def lock_file(path: Path, unwritable: str, busy: str, patience_s: float = 0.0) -
     closed: one writer at a time (`lock_folder` too). Another holder for `patience_s` is
     `BlockQNNError(busy)`; a file that cannot be opened is `unwritable (name: reason)`."""
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
-        fcntl = None  # type: ignore[assignment]
-    try:
         handle = open(path, "a+")  # noqa: SIM115 - held until close()
     except OSError as exc:
         raise BlockQNNError(f"{unwritable} ({path.name}: {os_reason(exc)})") from None
-    if fcntl is None:
-        return handle
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return handle
-        except OSError:
-            if time.monotonic() >= deadline:
-                handle.close()
-                raise BlockQNNError(busy) from None
-            time.sleep(0.005)
+    try:
+        _flock(handle.fileno(), busy, patience_s)
+    except BlockQNNError:
+        handle.close()
+        raise
+    return handle
 
 
 @contextlib.contextmanager
@@ -174,22 +164,32 @@ def lock_folder(path: Path, busy: str) -> Iterator[None]:
     """An exclusive lock on the folder `path` itself while the block runs, so it leaves no
     file behind; another holder is `BlockQNNError(busy)`."""
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
-        yield
-        return
-    try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
         raise BlockQNNError(f"{clip(str(path))}: cannot open: {os_reason(exc)}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise BlockQNNError(busy) from None
+        _flock(fd, busy, 0.0)
         yield
     finally:
         os.close(fd)
+
+
+def _flock(fd: int, busy: str, patience_s: float) -> None:
+    """Take an exclusive flock on `fd`, retrying for `patience_s`; `BlockQNNError(busy)` if
+    another holder keeps it. No-op where there is no fcntl (not POSIX)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
+        return
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise BlockQNNError(busy) from None
+            time.sleep(0.005)
 
 
 def current_umask() -> int:
