@@ -7,12 +7,12 @@ took when they were trained (saved), and both runs' wall times (process start to
 
     python benchmarks/cache.py --budget 64 --epochs 3 --filters 8          # minutes
     python benchmarks/cache.py --budget 2 --epochs 1 --filters 4 --train-samples 200  # check
+    python benchmarks/cache.py --json                                      # one JSON object
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -22,8 +22,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import at_least, dumps  # noqa: E402
 from blockqnn.store.db import Store  # noqa: E402  (this checkout's, without installing)
+from blockqnn.store.schema import CACHE_WORKER  # noqa: E402
 
 
 def _search(run: Path, cache: Path, args: argparse.Namespace) -> float:
@@ -47,7 +50,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         second = _search(folder / "second", folder / "cache", args)
         with Store.open(folder / "second", readonly=True) as store:
             trained = [t for t in store.trials() if t.trained]
-        hits = [t for t in trained if t.worker.startswith("cache: ")]
+        hits = [t for t in trained if t.worker.startswith(CACHE_WORKER)]
         seconds = ("build_seconds", "train_seconds", "eval_seconds")
         saved = sum(float((t.result or {}).get(k, 0.0)) for t in hits for k in seconds)
     return {
@@ -65,13 +68,30 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--budget", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--filters", type=int, default=8)
-    parser.add_argument("--train-samples", type=int, default=0)
+    parser.add_argument("--budget", type=at_least(1), default=64)
+    parser.add_argument("--epochs", type=at_least(1), default=3)
+    parser.add_argument("--filters", type=at_least(1), default=8)
+    parser.add_argument("--train-samples", type=at_least(0), default=0, help="0 = all")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args), indent=2))
+    try:
+        result = measure(args)
+    except subprocess.CalledProcessError as exc:  # the search said why on stderr
+        print(f"cache: a search exited with {exc.returncode}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(dumps(result))
+        return 0
+    r = result
+    print(
+        f"evaluation cache: {r['dataset']}, budget {r['budget']}; the second, identical search\n"
+        f"  cache hits      {r['cache_hits']} of {r['trained']} trained trials "
+        f"({r['hit_rate']:.0%})\n"
+        f"  training saved  {r['saved_training_seconds']:.1f} s\n"
+        f"  wall time       {r['first_wall_seconds']:.1f} s first, "
+        f"{r['second_wall_seconds']:.1f} s second"
+    )
     return 0
 
 

@@ -42,8 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
+from benchmarks.common import at_least, dumps  # noqa: E402
 from benchmarks.learning import reduced_cifar  # noqa: E402  (the same reduced CIFAR-10)
 from benchmarks.strategies import ci95  # noqa: E402  (the strategies benchmark's interval)
+from blockqnn.errors import BlockQNNError  # noqa: E402
 
 SETTINGS = ("plain", "terminate", "prescreen", "both")
 SCORES = ("params", "synflow", "jacob_cov")
@@ -109,9 +111,12 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     return run
 
 
-def finished_runs(where: Path) -> list[dict[str, Any]]:
-    """The finished searches kept in `where`, only seeds every setting finished."""
+def finished_runs(where: Path, seeds_below: int | None = None) -> list[dict[str, Any]]:
+    """The finished searches kept in `where`, only seeds every setting finished (and, given
+    `seeds_below`, only seeds 0 .. seeds_below - 1)."""
     runs = [load_run(p.parent) for p in sorted(where.glob("*/bench.json"))]
+    if seeds_below is not None:
+        runs = [r for r in runs if r["seed"] < seeds_below]
     seeds = {r["seed"] for r in runs}
     full = {s for s in seeds if {r["setting"] for r in runs if r["seed"] == s} >= set(SETTINGS)}
     return [r for r in runs if r["seed"] in full]
@@ -238,15 +243,19 @@ def print_table(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--budget", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=3, help="early-stop epochs")
-    parser.add_argument("--stop-after", type=int, default=1)
+    parser.add_argument(
+        "--seeds", type=at_least(1), default=None, help="5; with --from-runs: all kept ones"
+    )
+    parser.add_argument("--budget", type=at_least(1), default=64)
+    parser.add_argument("--epochs", type=at_least(1), default=3, help="early-stop epochs")
+    parser.add_argument("--stop-after", type=at_least(1), default=1)
     parser.add_argument("--quantile", type=float, default=0.5)
-    parser.add_argument("--prescreen", type=int, default=4)
+    parser.add_argument("--prescreen", type=at_least(2), default=4)
     parser.add_argument("--score", default="params", choices=SCORES)
-    parser.add_argument("--final-epochs", type=int, default=10)
-    parser.add_argument("--screened-budget", type=int, default=0, help="default: budget / 2")
+    parser.add_argument("--final-epochs", type=at_least(1), default=10)
+    parser.add_argument(
+        "--screened-budget", type=at_least(0), default=0, help="default: budget / 2"
+    )
     parser.add_argument("--task", choices=("digits", "cifar10"), default="digits")
     parser.add_argument("--dataset", default="", help="digits task: another image folder")
     parser.add_argument("--train-samples", type=int, default=0, help="cifar10: 3000")
@@ -259,11 +268,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.task == "cifar10" and not args.train_samples:
         args.train_samples = 3000
     if args.from_runs:
-        runs = finished_runs(Path(args.from_runs))
+        runs = finished_runs(Path(args.from_runs), args.seeds)
         if not runs:
             print(f"faster: no seed finished every setting in {args.from_runs}", file=sys.stderr)
             return 2
+        args.seeds = len({r["seed"] for r in runs})
     else:
+        args.seeds = args.seeds or 5
+        try:  # every setting's config, before any search: a bad value is one line
+            for setting in SETTINGS:
+                search_config(args, setting, 0)
+        except BlockQNNError as exc:
+            print(f"faster: {exc}", file=sys.stderr)
+            return 2
         where = Path(args.keep or tempfile.mkdtemp(prefix="blockqnn-faster-"))
         where.mkdir(parents=True, exist_ok=True)
         runs = [
@@ -278,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "prescreen_overhead": prescreen_overhead(runs),
     }
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(dumps(result))
     else:
         print_table(result)
     return 0

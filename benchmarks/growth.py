@@ -25,7 +25,6 @@ Intervals are 95% (mean +- t * std / sqrt(n), as benchmarks/strategies.py).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import at_least, dumps
 from benchmarks.strategies import DEFAULT_TABLE, _Problem, ci95
 from blockqnn.strategy import make_strategy
 from blockqnn.strategy.qlearning import QLearningAgent
@@ -115,11 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("question", choices=("extend", "warm"))
     parser.add_argument("--table", default=str(DEFAULT_TABLE))
     parser.add_argument("--dataset", default="cifar10")
-    parser.add_argument("--budget", type=int, default=100)
-    parser.add_argument("--extend-to", type=int, default=200)
-    parser.add_argument("--seeds", type=int, default=50)
+    parser.add_argument("--budget", type=at_least(1), default=100)
+    parser.add_argument("--extend-to", type=at_least(2), default=200, help="> --budget")
+    parser.add_argument("--seeds", type=at_least(1), default=50)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.question == "extend" and args.extend_to <= args.budget:
+        parser.error(f"--extend-to {args.extend_to}: must exceed --budget {args.budget}")
     if not Path(args.table).is_file():
         print(f"growth: table {args.table} not found (--table FILE)", file=sys.stderr)
         return 2
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": rows,
     }
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(dumps(report))
         return 0
     print(f"nb201 {args.dataset} {args.question}, budget {args.budget}, {args.seeds} seeds")
     for mode, figures in rows.items():

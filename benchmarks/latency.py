@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import platform
 import random
 import statistics
@@ -43,6 +42,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the checkout
+
+from benchmarks.common import dumps
 from blockqnn.evaluate.latency import LatencySettings, measure, spread
 from blockqnn.final.pick import trial_latency
 from blockqnn.settings.config import Config, NetworkConfig, merge
@@ -143,7 +145,8 @@ def part_c(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
     base = merge(
         Config(),
         {
-            "search": {"budget": args.budget, "seed": args.seed},
+            # no evaluation cache: each search trains and times every block it proposes
+            "search": {"budget": args.budget, "seed": args.seed, "cache": "off"},
             "data": {"dataset": "digits", "cache_dir": str(cache)},
             "network": {"filters": 8, "blocks_per_stage": 1},
             "train": {"epochs": 3, "batch_size": 64},
@@ -201,8 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as cache:  # (c) measures every block afresh
             out["c"] = part_c(args, Path(cache))
     if args.json:
-        json.dump(out, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print(dumps(out))
         return 0
     f, n = args.filters, args.blocks_per_stage
     print(f"{args.runtime}, {args.threads} thread(s), F = {f}, N = {n}, batch 1")

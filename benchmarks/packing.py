@@ -36,18 +36,23 @@ from typing import Any
 
 from blockqnn.search import SearchEvent, run_search
 from blockqnn.settings.config import Config, merge
+from blockqnn.store.schema import CACHE_WORKER
 
 
-def _config(args: argparse.Namespace, workers: int) -> Config:
+def _config(args: argparse.Namespace, workers: int, threads: int = 0) -> Config:
+    train: dict[str, Any] = {"epochs": args.epochs, "batch_size": args.batch_size}
+    if threads:  # the setting the trainer applies before every fit (train.threads)
+        train["threads"] = str(threads)
     return merge(
         Config(),
         {
+            # no evaluation cache: every run trains its blocks (the same blocks in each run)
             "search": {"budget": args.budget, "agent": "random", "seed": args.seed,
-                       "workers": workers},
+                       "workers": workers, "cache": "off"},
             "data": {"dataset": args.dataset, "train_samples": args.train_samples,
                      "cache_dir": args.cache_dir},
             "network": {"filters": args.filters, "blocks_per_stage": args.blocks_per_stage},
-            "train": {"epochs": args.epochs, "batch_size": args.batch_size},
+            "train": train,
         },
     )  # fmt: skip
 
@@ -55,31 +60,15 @@ def _config(args: argparse.Namespace, workers: int) -> Config:
 def measure(args: argparse.Namespace, workers: int, threads: int = 0) -> dict[str, Any]:
     """One search with `workers` workers: its rates and what it ran on. `threads` > 0 (one
     in-process worker only) limits torch to that many threads for this run."""
-    import torch
-
-    saved = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
-    if threads:  # the trainer keeps an OMP_NUM_THREADS it finds (trainer.configure_threads)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        torch.set_num_threads(threads)
-    try:
-        return _measure(args, workers)
-    finally:
-        if threads:
-            if saved[0] is None:
-                os.environ.pop("OMP_NUM_THREADS", None)
-            else:
-                os.environ["OMP_NUM_THREADS"] = saved[0]
-            torch.set_num_threads(saved[1])
-
-
-def _measure(args: argparse.Namespace, workers: int) -> dict[str, Any]:
     stamps: list[float] = []
     devices: set[str] = set()
     modes: set[str] = set()
+    cached: list[bool] = []
 
     def on_event(e: SearchEvent) -> None:
         if e.kind in ("complete", "failed") and e.trial is not None:
             stamps.append(time.perf_counter())
+            cached.append(e.trial.worker.startswith(CACHE_WORKER))
             result = e.trial.result or {}
             devices.add(str(result.get("device", "")))
             modes.add(str(result.get("mode", "")))
@@ -88,7 +77,7 @@ def _measure(args: argparse.Namespace, workers: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         summary = run_search(
-            Path(tmp) / "run", _config(args, workers), device=device, on_event=on_event
+            Path(tmp) / "run", _config(args, workers, threads), device=device, on_event=on_event
         )
         total = time.perf_counter() - t0
     k = min(workers, len(stamps) - 1)
@@ -99,6 +88,7 @@ def _measure(args: argparse.Namespace, workers: int) -> dict[str, Any]:
         "end_to_end_per_hour": len(stamps) / total * 3600,
         "seconds": total,
         "evaluations": len(stamps),
+        "from_cache": sum(cached),  # results this run did not train: none with the cache off
         "failed": summary.failed,
         "devices": sorted(devices),
         "modes": sorted(modes),

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import multiprocessing
 import os
@@ -45,6 +44,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the checkout
+
+from benchmarks.common import at_least, dumps, int_list
 from blockqnn.errors import BlockQNNError
 from blockqnn.settings.config import Config, merge
 from blockqnn.settings.registry import STRATEGIES
@@ -61,21 +63,13 @@ DEFAULT_TABLE = DATA / "nats-tss-200epoch-accuracy.csv.gz"
 PROXY_TABLE = DATA / "nats-tss-12epoch-cifar10.csv.gz"  # joined with the 200-epoch one
 DEFAULT_STRATEGIES = ("qlearning", "random", "evolution")
 MAX_REUSE_STREAK = 10_000  # as the search loop: a strategy proposing only known candidates
-# t(0.975, df) for small samples; beyond 30 the normal 1.96 is close enough.
-_T975 = {
-    1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26,
-    10: 2.23, 11: 2.20, 12: 2.18, 13: 2.16, 14: 2.14, 15: 2.13, 16: 2.12, 17: 2.11,
-    18: 2.10, 19: 2.09, 20: 2.09, 24: 2.06, 29: 2.05,
-}  # fmt: skip
 
 
 def t975(n: int) -> float:
-    df = n - 1
-    if df < 1:
-        return math.nan
-    if df >= 30:
-        return 1.96
-    return _T975.get(df) or _T975[max(k for k in _T975 if k <= df)]
+    """Student's t at 0.975 for a sample of `n` (scipy's: scikit-learn installs it)."""
+    from scipy.stats import t  # type: ignore[import-untyped, unused-ignore]
+
+    return float(t.ppf(0.975, n - 1)) if n >= 2 else math.nan
 
 
 def ci95(values: list[float]) -> float:
@@ -282,8 +276,9 @@ def _plot(path: Path, groups: dict[tuple[str, int], list[dict[str, Any]]], title
     plt.close(fig)
 
 
-def _parse_settings(items: list[str]) -> dict[str, Any]:
-    """`key=value` pairs for `[agent]`, values read as TOML scalars (numbers, true, strings)."""
+def _parse_settings(items: list[str], preset: str = "") -> dict[str, Any]:
+    """`key=value` pairs for `[agent]`, values read as TOML scalars (numbers, true, quoted
+    strings), else as the bare string; checked as a config's `[agent]` table."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
@@ -292,9 +287,14 @@ def _parse_settings(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--agent-set {item!r}: expected KEY=VALUE")
-        out[key] = tomllib.loads(f"v = {value}")["v"]
+        if not sep or not key.strip():
+            raise BlockQNNError(f"--agent-set {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:  # a bare word: preset=fast
+            out[key.strip()] = value
+    if preset:
+        out["preset"] = preset
     merge(Config(), {"agent": out})  # validates names and types
     return out
 
@@ -313,14 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", default="", help="nb201: the table file(s), os.pathsep-joined")
     parser.add_argument("--dataset", default="cifar10", help="nb201: the accuracy column")
     parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES))
-    parser.add_argument("--budgets", default="32,100,300,1000")
-    parser.add_argument("--seeds", type=int, default=100)
-    parser.add_argument("--max-depth", type=int, default=10, help="nsc: the space's depth")
+    parser.add_argument("--budgets", type=int_list(1), default="32,100,300,1000")
+    parser.add_argument("--seeds", type=at_least(1), default=100)
+    parser.add_argument("--max-depth", type=at_least(1), default=10, help="nsc: the depth")
     parser.add_argument("--preset", default="", help="[agent] preset for every strategy")
     parser.add_argument(
         "--agent-set", action="append", default=[], metavar="KEY=VALUE", help="[agent] setting"
     )
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=at_least(1), default=os.cpu_count() or 1)
     parser.add_argument("--png", default="", help="where to draw best-so-far curves")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -335,12 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.space == "nb201" and missing:
         print(f"strategies: table {missing[0]} not found (--table FILE)", file=sys.stderr)
         return 2
-    settings = _parse_settings(args.agent_set)
-    if args.preset:
-        settings["preset"] = args.preset
-    budgets = [int(b) for b in args.budgets.split(",")]
+    budgets: list[int] = args.budgets
     names = args.strategies.split(",")
     try:
+        settings = _parse_settings(args.agent_set, args.preset)
         for name in names:
             STRATEGIES.check(name)
     except BlockQNNError as exc:
@@ -383,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": rows,
     }
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(dumps(report))
         return 0
     opt = "unknown" if _PROBLEM.optimum is None else f"{_PROBLEM.optimum:.4f}"
     print(

@@ -108,11 +108,14 @@ def measure(args: argparse.Namespace, busy: int) -> list[dict[str, Any]]:
         rates: dict[str, list[float]] = {s: [] for s in SETTINGS}
         for _ in range(args.repeats):
             for s in SETTINGS:
-                torch.set_num_threads(counts[s])
+                # the trainer sets torch's threads from the setting in force before every
+                # fit (threads.configure_threads): choose the count there, as --threads would
+                threads.choose(str(counts[s]), override=True)
                 if not rates[s]:  # the first fit at a thread count: untimed warm-up
                     _rate(data, recipe, config, 1)
                 rates[s].append(_rate(data, recipe, config, args.epochs))
     finally:
+        threads.reset()
         for p in burners:
             p.kill()
             p.join()

@@ -1,0 +1,92 @@
+"""The benchmark scripts' command lines: a bad count is a usage error (exit 2, one line naming
+it), not a traceback; `--json` is strict JSON (an interval of one seed is null, not NaN);
+the mean's interval uses Student's t for every sample size."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import faster, growth, strategies
+from benchmarks.common import dumps
+from benchmarks.strategies import ci95, t975
+
+NSC = ["--space", "nsc", "--synthetic", "--workers", "1", "--max-depth", "4"]
+
+
+@pytest.mark.parametrize(
+    ("main", "argv", "named"),
+    [
+        (strategies.main, [*NSC, "--seeds", "0"], "--seeds"),
+        (strategies.main, [*NSC, "--budgets", "8,0"], "--budgets"),
+        (strategies.main, [*NSC, "--budgets", "x"], "--budgets"),
+        (growth.main, ["extend", "--budget", "100", "--extend-to", "100"], "--extend-to"),
+        (growth.main, ["warm", "--seeds", "-1"], "--seeds"),
+        (faster.main, ["--seeds", "0"], "--seeds"),
+    ],
+)
+def test_bad_counts_are_usage_errors(
+    main: Any, argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert named in err[-1] and "error" in err[-1], err
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("=1", "expected KEY=VALUE"), ("nope=1", "agent.nope"), ("preset=fast", "preset")],
+)
+def test_bad_agent_settings_exit_2(
+    setting: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert strategies.main([*NSC, "--agent-set", setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_one_seed_json_is_strict_and_bare_words_are_strings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = [*NSC, "--seeds", "1", "--budgets", "6", "--strategies", "qlearning", "--json"]
+    assert strategies.main([*argv, "--agent-set", "preset=paper"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert report["agent_settings"] == {"preset": "paper"}
+    row = report["results"][0]
+    assert row["seeds"] == 1 and row["best_ci95"] is None and row["best_mean"] > 0
+
+
+def test_dumps_turns_non_finite_figures_into_null() -> None:
+    text = dumps({"a": [math.nan, 1.0, (math.inf,)], "b": {"c": -math.inf}}, indent=None)
+    assert json.loads(text) == {"a": [None, 1.0, [None]], "b": {"c": None}}
+
+
+def test_interval_uses_students_t_beyond_30() -> None:
+    assert t975(2) == pytest.approx(12.706, abs=1e-3)
+    assert t975(31) == pytest.approx(2.042, abs=1e-3)  # the normal 1.96 was used from 31
+    assert t975(101) == pytest.approx(1.984, abs=1e-3)
+    assert math.isnan(t975(1)) and math.isnan(ci95([1.0]))
+    values = [float(i % 7) for i in range(40)]
+    sd = (sum((v - sum(values) / 40) ** 2 for v in values) / 39) ** 0.5
+    assert ci95(values) == pytest.approx(2.0227 * sd / 40**0.5, rel=1e-3)
+
+
+def test_from_runs_keeps_the_seeds_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for seed in range(3):
+        for setting in faster.SETTINGS:
+            (tmp_path / f"{setting}-{seed}").mkdir()
+            (tmp_path / f"{setting}-{seed}" / "bench.json").write_text(
+                json.dumps({"setting": setting, "seed": seed, "wall": 1.0})
+            )
+    monkeypatch.setattr(faster, "load_run", lambda d: json.loads((d / "bench.json").read_text()))
+    assert {r["seed"] for r in faster.finished_runs(tmp_path)} == {0, 1, 2}
+    assert {r["seed"] for r in faster.finished_runs(tmp_path, 2)} == {0, 1}
