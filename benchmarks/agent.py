@@ -95,7 +95,7 @@ def run_one(kind: str, budget: int, seed: int) -> dict[str, Any]:
             replay_ns.append(time.perf_counter_ns() - start)
 
         setattr(agent, "_replay", timed_replay)  # noqa: B010  (instance override for timing)
-    rng = random.Random(seed)
+    rng = random.Random(f"reward noise {seed}")  # not the agent's stream: Random(seed)
     ask_ms: list[float] = []
     tell_ms: list[float] = []
     block_ms: list[float] = []
