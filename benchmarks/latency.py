@@ -44,8 +44,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the checkout
 
-from benchmarks.common import dumps
-from blockqnn.evaluate.latency import LatencySettings, measure, spread
+from benchmarks.common import at_least, dumps
+from blockqnn.errors import BlockQNNError
+from blockqnn.evaluate.latency import LatencyError, LatencySettings, measure, spread
 from blockqnn.final.pick import trial_latency
 from blockqnn.settings.config import Config, NetworkConfig, merge
 from blockqnn.space.nsc.block import Block
@@ -174,20 +175,30 @@ def part_c(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="a,b,c", help="which parts: a, b, c")
-    parser.add_argument("--repeats", type=int, default=10, help="(a) measurements of one block")
-    parser.add_argument("--blocks", type=int, default=200, help="(b) random blocks")
-    parser.add_argument("--budget", type=int, default=32, help="(c) blocks per search")
+    parser.add_argument(
+        "--repeats", type=at_least(1), default=10, help="(a) measurements of one block"
+    )
+    parser.add_argument("--blocks", type=at_least(2), default=200, help="(b) random blocks")
+    parser.add_argument("--budget", type=at_least(1), default=32, help="(c) blocks per search")
     parser.add_argument("--target-ms", type=float, default=0.0, help="(c) MnasNet target")
-    parser.add_argument("--filters", type=int, default=32, help="(a, b) deployment F")
-    parser.add_argument("--blocks-per-stage", type=int, default=2, help="(a, b) deployment N")
-    parser.add_argument("--runtime", default="cpu", help="(a, b) cpu, cuda or onnxruntime")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--timed", type=int, default=20, help="timed passes per measurement")
+    parser.add_argument("--filters", type=at_least(1), default=32, help="(a, b) deployment F")
+    parser.add_argument(
+        "--blocks-per-stage", type=at_least(1), default=2, help="(a, b) deployment N"
+    )
+    parser.add_argument(
+        "--runtime", choices=("cpu", "cuda", "onnxruntime"), default="cpu", help="(a, b)"
+    )
+    parser.add_argument("--threads", type=at_least(1), default=1)
+    parser.add_argument("--warmup", type=at_least(0), default=5)
+    parser.add_argument(
+        "--timed", type=at_least(1), default=20, help="timed passes per measurement"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
+    if not parts or not parts <= {"a", "b", "c"}:
+        parser.error(f"--parts {args.parts}: a comma-separated choice of a, b, c")
     network = NetworkConfig(filters=args.filters, blocks_per_stage=args.blocks_per_stage)
     settings = LatencySettings(args.runtime, 1, args.threads, args.warmup, args.timed)
     out: dict[str, Any] = {
@@ -196,13 +207,17 @@ def main(argv: list[str] | None = None) -> int:
         "network": network.to_dict(),
         "settings": vars(args),
     }
-    if "a" in parts:
-        out["a"] = part_a(network, settings, args.repeats)
-    if "b" in parts:
-        out["b"] = part_b(network, settings, args.blocks, args.seed)
-    if "c" in parts:
-        with tempfile.TemporaryDirectory() as cache:  # (c) measures every block afresh
-            out["c"] = part_c(args, Path(cache))
+    try:  # a runtime this machine lacks (cuda, onnxruntime) or cannot run: one line
+        if "a" in parts:
+            out["a"] = part_a(network, settings, args.repeats)
+        if "b" in parts:
+            out["b"] = part_b(network, settings, args.blocks, args.seed)
+        if "c" in parts:
+            with tempfile.TemporaryDirectory() as cache:  # decoded digits, this run's own
+                out["c"] = part_c(args, Path(cache))
+    except (BlockQNNError, LatencyError) as exc:
+        print(f"latency: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(dumps(out))
         return 0

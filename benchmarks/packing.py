@@ -34,6 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the checkout
+
+from benchmarks.common import at_least, int_list
+from blockqnn.errors import BlockQNNError
 from blockqnn.search import SearchEvent, run_search
 from blockqnn.settings.config import Config, merge
 from blockqnn.store.schema import CACHE_WORKER
@@ -104,14 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (all workers on GPU 0)")
     parser.add_argument("--dataset", default="digits", help="digits, cifar10, a folder, .npz")
     parser.add_argument("--cache-dir", default="", help="decoded-array cache (default: ~)")
-    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
-    parser.add_argument("--budget", type=int, default=12, help="evaluations per run")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
-    parser.add_argument("--epochs", type=int, default=2, help="early-stop epochs")
-    parser.add_argument("--filters", type=int, default=8, help="first-stage width F")
-    parser.add_argument("--blocks-per-stage", type=int, default=1, help="N")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--train-samples", type=int, default=0, help="0 = all")
+    parser.add_argument(
+        "--workers", type=int_list(1), default="1,2", help="comma-separated worker counts"
+    )
+    parser.add_argument("--budget", type=at_least(2), default=12, help="evaluations per run")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="interleaved repeats")
+    parser.add_argument("--epochs", type=at_least(1), default=2, help="early-stop epochs")
+    parser.add_argument("--filters", type=at_least(1), default=8, help="first-stage width F")
+    parser.add_argument("--blocks-per-stage", type=at_least(1), default=1, help="N")
+    parser.add_argument("--batch-size", type=at_least(1), default=256)
+    parser.add_argument("--train-samples", type=at_least(0), default=0, help="0 = all")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
     parser.add_argument(
         "--one-thread-row",
@@ -122,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    counts = [int(w) for w in args.workers.split(",")]
+    counts: list[int] = args.workers
     if 1 not in counts:
         counts.insert(0, 1)  # the baseline, measured in the same run
     if args.budget < 2 * max(counts):
@@ -136,9 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     if one_thread:
         variants = {"1": (1, 0), "1 (1 thread)": (1, 1), **variants}
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in variants}
-    for _ in range(args.repeats):
-        for label, (k, threads) in variants.items():
-            runs[label].append(measure(args, k, threads))
+    try:  # a setting or data set blockqnn refuses: one line, before any search where it can
+        for k, threads in variants.values():
+            _config(args, k, threads)
+        for _ in range(args.repeats):
+            for label, (k, threads) in variants.items():
+                runs[label].append(measure(args, k, threads))
+    except BlockQNNError as exc:
+        print(f"packing: {exc}", file=sys.stderr)
+        return 2
     rows = []
     for label in variants:
         steady = [r["steady_per_hour"] for r in runs[label]]

@@ -31,11 +31,16 @@ import statistics
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the checkout
+
+from benchmarks.common import at_least
 from blockqnn.data import load_arrays
+from blockqnn.errors import BlockQNNError
 from blockqnn.settings.config import Config, merge
 from blockqnn.settings.threads import DEFAULT as DEFAULT_THREADS
 from blockqnn.space.nsc.builder import build_network
@@ -140,11 +145,17 @@ def measure(args: argparse.Namespace, busy: int) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--dataset", default="digits", help="any blockqnn dataset (digits)")
-    parser.add_argument("--train-samples", type=int, default=0, help="training images; 0 = all")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
-    parser.add_argument("--busy", type=int, default=1, help="competing CPU-burning processes")
+    parser.add_argument(
+        "--train-samples", type=at_least(0), default=0, help="training images; 0 = all"
+    )
+    parser.add_argument("--batch-size", type=at_least(1), default=64)
+    parser.add_argument(
+        "--epochs", type=at_least(1), default=3, help="timed epochs per measurement"
+    )
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="interleaved repeats")
+    parser.add_argument(
+        "--busy", type=at_least(0), default=1, help="competing CPU-burning processes"
+    )
     parser.add_argument(
         "--busy-kind",
         choices=("python", "torch", "torch1"),
@@ -153,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    rows = measure(args, 0) + measure(args, args.busy)
+    try:
+        rows = measure(args, 0) + measure(args, args.busy)
+    except BlockQNNError as exc:  # a data set or setting blockqnn refuses: one line
+        print(f"threads: {exc}", file=sys.stderr)
+        return 2
     report = {
         "rows": rows,
         "default": DEFAULT_THREADS,

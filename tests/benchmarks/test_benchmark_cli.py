@@ -11,9 +11,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import faster, growth, strategies
-from benchmarks.common import dumps
-from benchmarks.strategies import ci95, t975
+from benchmarks import common, faster, growth, latency, packing, strategies, threads, trainer
 
 NSC = ["--space", "nsc", "--synthetic", "--workers", "1", "--max-depth", "4"]
 
@@ -27,6 +25,12 @@ NSC = ["--space", "nsc", "--synthetic", "--workers", "1", "--max-depth", "4"]
         (growth.main, ["extend", "--budget", "100", "--extend-to", "100"], "--extend-to"),
         (growth.main, ["warm", "--seeds", "-1"], "--seeds"),
         (faster.main, ["--seeds", "0"], "--seeds"),
+        (latency.main, ["--parts", "x"], "--parts"),
+        (latency.main, ["--parts", "a", "--repeats", "0"], "--repeats"),
+        (packing.main, ["--workers", "1,x"], "--workers"),
+        (packing.main, ["--repeats", "0"], "--repeats"),
+        (threads.main, ["--busy", "-1"], "--busy"),
+        (trainer.main, ["--batch-size", "0"], "--batch-size"),
     ],
 )
 def test_bad_counts_are_usage_errors(
@@ -51,6 +55,23 @@ def test_bad_agent_settings_exit_2(
     assert len(err.splitlines()) == 1 and message in err, err
 
 
+@pytest.mark.parametrize(
+    ("main", "argv", "message"),
+    [
+        (packing.main, ["--filters", "100000"], "network.filters"),
+        (packing.main, ["--dataset", "/nonexistent", "--budget", "2", "--workers", "1",
+                        "--repeats", "1"], "/nonexistent"),
+        (threads.main, ["--dataset", "/nonexistent", "--repeats", "1"], "/nonexistent"),
+    ],
+)  # fmt: skip
+def test_settings_blockqnn_refuses_are_one_line(
+    main: Any, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
 def test_one_seed_json_is_strict_and_bare_words_are_strings(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -64,18 +85,18 @@ def test_one_seed_json_is_strict_and_bare_words_are_strings(
 
 
 def test_dumps_turns_non_finite_figures_into_null() -> None:
-    text = dumps({"a": [math.nan, 1.0, (math.inf,)], "b": {"c": -math.inf}}, indent=None)
+    text = common.dumps({"a": [math.nan, 1.0, (math.inf,)], "b": {"c": -math.inf}}, indent=None)
     assert json.loads(text) == {"a": [None, 1.0, [None]], "b": {"c": None}}
 
 
 def test_interval_uses_students_t_beyond_30() -> None:
-    assert t975(2) == pytest.approx(12.706, abs=1e-3)
-    assert t975(31) == pytest.approx(2.042, abs=1e-3)  # the normal 1.96 was used from 31
-    assert t975(101) == pytest.approx(1.984, abs=1e-3)
-    assert math.isnan(t975(1)) and math.isnan(ci95([1.0]))
+    assert strategies.t975(2) == pytest.approx(12.706, abs=1e-3)
+    assert strategies.t975(31) == pytest.approx(2.042, abs=1e-3)  # the normal 1.96 was used from 31
+    assert strategies.t975(101) == pytest.approx(1.984, abs=1e-3)
+    assert math.isnan(strategies.t975(1)) and math.isnan(strategies.ci95([1.0]))
     values = [float(i % 7) for i in range(40)]
     sd = (sum((v - sum(values) / 40) ** 2 for v in values) / 39) ** 0.5
-    assert ci95(values) == pytest.approx(2.0227 * sd / 40**0.5, rel=1e-3)
+    assert strategies.ci95(values) == pytest.approx(2.0227 * sd / 40**0.5, rel=1e-3)
 
 
 def test_from_runs_keeps_the_seeds_asked_for(
