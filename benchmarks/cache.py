@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import at_least, dumps  # noqa: E402
+from benchmarks.common import dumps  # noqa: E402
+from blockqnn.cli.args import integer  # noqa: E402
 from blockqnn.store.db import Store  # noqa: E402  (this checkout's, without installing)
 from blockqnn.store.schema import CACHE_WORKER  # noqa: E402
 
@@ -68,10 +69,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--budget", type=at_least(1), default=64)
-    parser.add_argument("--epochs", type=at_least(1), default=3)
-    parser.add_argument("--filters", type=at_least(1), default=8)
-    parser.add_argument("--train-samples", type=at_least(0), default=0, help="0 = all")
+    parser.add_argument("--budget", type=integer(1), default=64)
+    parser.add_argument("--epochs", type=integer(1), default=3)
+    parser.add_argument("--filters", type=integer(1), default=8)
+    parser.add_argument("--train-samples", type=integer(0), default=0, help="0 = all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
-"""What the benchmark scripts share on their command lines: counts checked by argparse (a bad
-one is a usage error with exit 2, not a traceback later) and strict JSON (NaN, which the mean's
-interval of a single seed is, printed as null: Python's `json` would write `NaN`, which
-other JSON readers reject)."""
+"""What the benchmark scripts share on their command lines beyond `blockqnn.cli.args`: lists of
+counts checked by argparse (a bad one is a usage error with exit 2, not a traceback later) and
+strict JSON (NaN, which the mean's interval of a single seed is, printed as null: Python's
+`json` would write `NaN`, which other JSON readers reject)."""
 
 from __future__ import annotations
 
@@ -11,26 +11,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse `type`: an integer no smaller than `minimum`."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value}: at least {minimum}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
+from blockqnn.cli.args import integer
 
 
 def int_list(minimum: int) -> Callable[[str], list[int]]:
     """An argparse `type`: comma-separated integers, each no smaller than `minimum`."""
-    one = at_least(minimum)
+    one = integer(minimum)
 
     def parse(text: str) -> list[int]:
         values = [one(part.strip()) for part in text.split(",") if part.strip()]

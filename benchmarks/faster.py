@@ -42,9 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from benchmarks.common import at_least, dumps  # noqa: E402
+from benchmarks.common import dumps  # noqa: E402
 from benchmarks.learning import reduced_cifar  # noqa: E402  (the same reduced CIFAR-10)
 from benchmarks.strategies import ci95  # noqa: E402  (the strategies benchmark's interval)
+from blockqnn.cli.args import integer  # noqa: E402
 from blockqnn.errors import BlockQNNError  # noqa: E402
 
 SETTINGS = ("plain", "terminate", "prescreen", "both")
@@ -244,18 +245,16 @@ def print_table(result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--seeds", type=at_least(1), default=None, help="5; with --from-runs: all kept ones"
+        "--seeds", type=integer(1), default=None, help="5; with --from-runs: all kept ones"
     )
-    parser.add_argument("--budget", type=at_least(1), default=64)
-    parser.add_argument("--epochs", type=at_least(1), default=3, help="early-stop epochs")
-    parser.add_argument("--stop-after", type=at_least(1), default=1)
+    parser.add_argument("--budget", type=integer(1), default=64)
+    parser.add_argument("--epochs", type=integer(1), default=3, help="early-stop epochs")
+    parser.add_argument("--stop-after", type=integer(1), default=1)
     parser.add_argument("--quantile", type=float, default=0.5)
-    parser.add_argument("--prescreen", type=at_least(2), default=4)
+    parser.add_argument("--prescreen", type=integer(2), default=4)
     parser.add_argument("--score", default="params", choices=SCORES)
-    parser.add_argument("--final-epochs", type=at_least(1), default=10)
-    parser.add_argument(
-        "--screened-budget", type=at_least(0), default=0, help="default: budget / 2"
-    )
+    parser.add_argument("--final-epochs", type=integer(1), default=10)
+    parser.add_argument("--screened-budget", type=integer(0), default=0, help="default: budget / 2")
     parser.add_argument("--task", choices=("digits", "cifar10"), default="digits")
     parser.add_argument("--dataset", default="", help="digits task: another image folder")
     parser.add_argument("--train-samples", type=int, default=0, help="cifar10: 3000")

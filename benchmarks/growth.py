@@ -32,8 +32,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import at_least, dumps
+from benchmarks.common import dumps
 from benchmarks.strategies import DEFAULT_TABLE, _Problem, ci95
+from blockqnn.cli.args import integer
 from blockqnn.strategy import make_strategy
 from blockqnn.strategy.qlearning import QLearningAgent
 
@@ -115,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("question", choices=("extend", "warm"))
     parser.add_argument("--table", default=str(DEFAULT_TABLE))
     parser.add_argument("--dataset", default="cifar10")
-    parser.add_argument("--budget", type=at_least(1), default=100)
-    parser.add_argument("--extend-to", type=at_least(2), default=200, help="> --budget")
-    parser.add_argument("--seeds", type=at_least(1), default=50)
+    parser.add_argument("--budget", type=integer(1), default=100)
+    parser.add_argument("--extend-to", type=integer(2), default=200, help="> --budget")
+    parser.add_argument("--seeds", type=integer(1), default=50)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.question == "extend" and args.extend_to <= args.budget:

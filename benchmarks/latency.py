@@ -44,7 +44,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the checkout
 
-from benchmarks.common import at_least, dumps
+from benchmarks.common import dumps
+from blockqnn.cli.args import integer
 from blockqnn.errors import BlockQNNError
 from blockqnn.evaluate.latency import LatencyError, LatencySettings, measure, spread
 from blockqnn.final.pick import trial_latency
@@ -176,23 +177,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="a,b,c", help="which parts: a, b, c")
     parser.add_argument(
-        "--repeats", type=at_least(1), default=10, help="(a) measurements of one block"
+        "--repeats", type=integer(1), default=10, help="(a) measurements of one block"
     )
-    parser.add_argument("--blocks", type=at_least(2), default=200, help="(b) random blocks")
-    parser.add_argument("--budget", type=at_least(1), default=32, help="(c) blocks per search")
+    parser.add_argument("--blocks", type=integer(2), default=200, help="(b) random blocks")
+    parser.add_argument("--budget", type=integer(1), default=32, help="(c) blocks per search")
     parser.add_argument("--target-ms", type=float, default=0.0, help="(c) MnasNet target")
-    parser.add_argument("--filters", type=at_least(1), default=32, help="(a, b) deployment F")
+    parser.add_argument("--filters", type=integer(1), default=32, help="(a, b) deployment F")
     parser.add_argument(
-        "--blocks-per-stage", type=at_least(1), default=2, help="(a, b) deployment N"
+        "--blocks-per-stage", type=integer(1), default=2, help="(a, b) deployment N"
     )
     parser.add_argument(
         "--runtime", choices=("cpu", "cuda", "onnxruntime"), default="cpu", help="(a, b)"
     )
-    parser.add_argument("--threads", type=at_least(1), default=1)
-    parser.add_argument("--warmup", type=at_least(0), default=5)
-    parser.add_argument(
-        "--timed", type=at_least(1), default=20, help="timed passes per measurement"
-    )
+    parser.add_argument("--threads", type=integer(1), default=1)
+    parser.add_argument("--warmup", type=integer(0), default=5)
+    parser.add_argument("--timed", type=integer(1), default=20, help="timed passes per measurement")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

@@ -41,8 +41,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import at_least, dumps  # noqa: E402
+from benchmarks.common import dumps  # noqa: E402
 from benchmarks.strategies import DATA, ci95  # noqa: E402  (shared data and intervals)
+from blockqnn.cli.args import integer  # noqa: E402
 
 ARCHIVE = DATA / "cifar10-jpg.tar.gz"
 UNPACKED = ROOT / ".cache" / "cifar10-jpg"  # git-ignored
@@ -194,12 +195,12 @@ def summarise(rows: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=("cifar10", "digits"), default="cifar10")
-    parser.add_argument("--seeds", type=at_least(1), default=5)
-    parser.add_argument("--budget", type=at_least(1), default=64)
-    parser.add_argument("--epochs", type=at_least(1), default=4, help="cifar10: early-stop epochs")
+    parser.add_argument("--seeds", type=integer(1), default=5)
+    parser.add_argument("--budget", type=integer(1), default=64)
+    parser.add_argument("--epochs", type=integer(1), default=4, help="cifar10: early-stop epochs")
     parser.add_argument("--train-samples", type=int, default=10_000, help="cifar10")
     parser.add_argument("--val-size", type=int, default=2_000, help="cifar10")
-    parser.add_argument("--final-epochs", type=at_least(1), default=30, help="the pick's training")
+    parser.add_argument("--final-epochs", type=integer(1), default=30, help="the pick's training")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--threads", default="auto", help="[train] threads of every search")
     parser.add_argument("--preset", default="", help="[agent] preset of the Q-learning runs")

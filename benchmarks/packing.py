@@ -36,7 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the checkout
 
-from benchmarks.common import at_least, int_list
+from benchmarks.common import int_list
+from blockqnn.cli.args import integer
 from blockqnn.errors import BlockQNNError
 from blockqnn.search import SearchEvent, run_search
 from blockqnn.settings.config import Config, merge
@@ -111,13 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int_list(1), default="1,2", help="comma-separated worker counts"
     )
-    parser.add_argument("--budget", type=at_least(2), default=12, help="evaluations per run")
-    parser.add_argument("--repeats", type=at_least(1), default=3, help="interleaved repeats")
-    parser.add_argument("--epochs", type=at_least(1), default=2, help="early-stop epochs")
-    parser.add_argument("--filters", type=at_least(1), default=8, help="first-stage width F")
-    parser.add_argument("--blocks-per-stage", type=at_least(1), default=1, help="N")
-    parser.add_argument("--batch-size", type=at_least(1), default=256)
-    parser.add_argument("--train-samples", type=at_least(0), default=0, help="0 = all")
+    parser.add_argument("--budget", type=integer(2), default=12, help="evaluations per run")
+    parser.add_argument("--repeats", type=integer(1), default=3, help="interleaved repeats")
+    parser.add_argument("--epochs", type=integer(1), default=2, help="early-stop epochs")
+    parser.add_argument("--filters", type=integer(1), default=8, help="first-stage width F")
+    parser.add_argument("--blocks-per-stage", type=integer(1), default=1, help="N")
+    parser.add_argument("--batch-size", type=integer(1), default=256)
+    parser.add_argument("--train-samples", type=integer(0), default=0, help="0 = all")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
     parser.add_argument(
         "--one-thread-row",

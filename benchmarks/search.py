@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the checkout
 
-from benchmarks.common import at_least
+from blockqnn.cli.args import integer
 from blockqnn.execute.synthetic import synthetic_spec
 from blockqnn.search import SearchEvent, run_search
 from blockqnn.settings.config import Config, merge
@@ -73,9 +73,9 @@ def _ms_per_trial(config: Config, repeats: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=at_least(2), default=200, help="trained blocks per run")
-    parser.add_argument("--repeats", type=at_least(1), default=3)
-    parser.add_argument("--scale-trials", type=at_least(3), default=10)
+    parser.add_argument("--trials", type=integer(2), default=200, help="trained blocks per run")
+    parser.add_argument("--repeats", type=integer(1), default=3)
+    parser.add_argument("--scale-trials", type=integer(3), default=10)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 

@@ -46,7 +46,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the checkout
 
-from benchmarks.common import at_least, dumps, int_list
+from benchmarks.common import dumps, int_list
+from blockqnn.cli.args import integer
 from blockqnn.errors import BlockQNNError
 from blockqnn.settings.config import Config, merge
 from blockqnn.settings.registry import STRATEGIES
@@ -314,13 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="cifar10", help="nb201: the accuracy column")
     parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES))
     parser.add_argument("--budgets", type=int_list(1), default="32,100,300,1000")
-    parser.add_argument("--seeds", type=at_least(1), default=100)
-    parser.add_argument("--max-depth", type=at_least(1), default=10, help="nsc: the depth")
+    parser.add_argument("--seeds", type=integer(1), default=100)
+    parser.add_argument("--max-depth", type=integer(1), default=10, help="nsc: the depth")
     parser.add_argument("--preset", default="", help="[agent] preset for every strategy")
     parser.add_argument(
         "--agent-set", action="append", default=[], metavar="KEY=VALUE", help="[agent] setting"
     )
-    parser.add_argument("--workers", type=at_least(1), default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=integer(1), default=os.cpu_count() or 1)
     parser.add_argument("--png", default="", help="where to draw best-so-far curves")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)

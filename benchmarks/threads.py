@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the checkout
 
-from benchmarks.common import at_least
+from blockqnn.cli.args import integer
 from blockqnn.data import load_arrays
 from blockqnn.errors import BlockQNNError
 from blockqnn.settings.config import Config, merge
@@ -146,15 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--dataset", default="digits", help="any blockqnn dataset (digits)")
     parser.add_argument(
-        "--train-samples", type=at_least(0), default=0, help="training images; 0 = all"
+        "--train-samples", type=integer(0), default=0, help="training images; 0 = all"
     )
-    parser.add_argument("--batch-size", type=at_least(1), default=64)
+    parser.add_argument("--batch-size", type=integer(1), default=64)
+    parser.add_argument("--epochs", type=integer(1), default=3, help="timed epochs per measurement")
+    parser.add_argument("--repeats", type=integer(1), default=3, help="interleaved repeats")
     parser.add_argument(
-        "--epochs", type=at_least(1), default=3, help="timed epochs per measurement"
-    )
-    parser.add_argument("--repeats", type=at_least(1), default=3, help="interleaved repeats")
-    parser.add_argument(
-        "--busy", type=at_least(0), default=1, help="competing CPU-burning processes"
+        "--busy", type=integer(0), default=1, help="competing CPU-burning processes"
     )
     parser.add_argument(
         "--busy-kind",

@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the checkout
 
-from benchmarks.common import at_least
+from blockqnn.cli.args import integer
 from blockqnn.data import DataArrays, DeviceData, load_arrays
 from blockqnn.settings.config import DataConfig, TrainConfig
 from blockqnn.space.nsc.block import Block
@@ -185,14 +185,12 @@ def spread(values: list[float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=at_least(1), default=256)
+    parser.add_argument("--batch-size", type=integer(1), default=256)
     parser.add_argument(
-        "--steps", type=at_least(1), help="timed steps (default: 8 on CPU, 200 on CUDA)"
+        "--steps", type=integer(1), help="timed steps (default: 8 on CPU, 200 on CUDA)"
     )
-    parser.add_argument("--repeats", type=at_least(1), default=3, help="interleaved repeats")
-    parser.add_argument(
-        "--workers", type=at_least(0), default=2, help="baseline DataLoader workers"
-    )
+    parser.add_argument("--repeats", type=integer(1), default=3, help="interleaved repeats")
+    parser.add_argument("--workers", type=integer(0), default=2, help="baseline DataLoader workers")
     parser.add_argument(
         "--compile",
         choices=("auto", "on", "off"),
