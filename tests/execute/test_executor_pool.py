@@ -253,6 +253,28 @@ def test_an_evaluation_that_raises_is_a_failed_trial_and_the_worker_goes_on() ->
         pool.shutdown()
 
 
+def test_a_worker_whose_master_stops_mid_trial_exits_without_a_traceback(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A master that stops while a trial trains closes its pipe: the worker's answer then
+    meets a broken pipe, which must end the worker quietly, not print a traceback."""
+    pool = PoolExecutor(synthetic_spec(_config(2, 1), 1.0), CPU2[:1])
+    try:
+        pool.submit(7, BLOCK)
+        [worker] = pool._workers
+        deadline = time.monotonic() + 60
+        while worker.trial is None and time.monotonic() < deadline:  # sent once ready
+            list(pool.wait(0.05))
+        assert worker.trial == 7
+        worker.conn.close()  # as a stopping master does, before the 1 s trial ends
+        worker.process.join(30)
+        assert worker.process.exitcode == 0
+    finally:
+        pool.shutdown()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
 def _refusing_factory(config: Config, data: Any, device: str | None) -> Any:
     raise BlockQNNError("no such accelerator")
 

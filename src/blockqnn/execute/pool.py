@@ -141,6 +141,14 @@ def _worker_main(conn: Connection, parent_pid: int, device: str, threads: int) -
     threads_module.choose(str(threads), override=True)  # the trainer's count: this share
     _watch_parent(parent_pid)
     try:
+        _serve(conn, device, threads)
+    except OSError:  # a message to a master that stopped while this worker trained
+        return
+
+
+def _serve(conn: Connection, device: str, threads: int) -> None:
+    """`_worker_main`'s work: build the evaluator from the master's data, then evaluate."""
+    try:
         blob = conn.recv_bytes()
     except (EOFError, OSError):
         return  # the master went away before sending the data
