@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from blockqnn.errors import clip
 from blockqnn.evaluate.result import STATUS_FAILED, EvalResult
 from blockqnn.settings.registry import REWARDS
 
@@ -140,11 +141,16 @@ def make_reward(config: Config) -> Reward:
 
 def score(reward: Reward, result: EvalResult) -> EvalResult:
     """`result` with its reward: `reward` of its metrics when it is ok, `FAILED_REWARD` when
-    it failed. A non-finite reward (a latency reward without a latency) makes it a failed
-    result that says so: the strategy is never told a NaN."""
+    it failed. A non-finite reward (a latency reward without a latency) or one that raises
+    (a plug-in's bug, an overflow) makes it a failed result that says so: the strategy is
+    never told a NaN, and a stored trial never crashes the search and its every resume."""
     if not result.ok:
         return replace(result, reward=FAILED_REWARD)
-    value = float(reward(result.metric_values()))
+    try:
+        value = float(reward(result.metric_values()))
+    except Exception as exc:
+        error = f"the reward raised {type(exc).__name__}: {clip(str(exc))}"
+        return replace(result, status=STATUS_FAILED, reward=FAILED_REWARD, error=error)
     if not math.isfinite(value):
         return replace(result, status=STATUS_FAILED, reward=FAILED_REWARD, error=f"reward {value}")
     return replace(result, reward=value)

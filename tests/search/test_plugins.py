@@ -230,3 +230,34 @@ def test_registering_cannot_replace_or_remove_a_builtin() -> None:
     with pytest.raises(BlockQNNError, match="'random' is built in and cannot be removed"):
         STRATEGIES.unregister("random")
     assert REWARDS.get("paper").__name__ == "PaperReward"
+
+
+class FussyReward(HalfReward):
+    """Raises on accuracies below 0.6: a plug-in's bug that some candidates meet."""
+
+    def __call__(self, metrics: Any) -> float:
+        if float(metrics["accuracy"]) < 0.6:
+            raise KeyError("latency_ms")
+        return super().__call__(metrics)
+
+
+def test_a_reward_that_raises_is_a_failed_trial_and_the_search_goes_on(
+    table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Unguarded, the exception took the search down with the trial `running`, and every
+    resume met it again."""
+    REWARDS.register("fussy", FussyReward)
+    try:
+        config = tmp_path / "fussy.toml"
+        config.write_text('[search]\nagent = "random"\nbudget = 12\n\n[reward]\nname = "fussy"\n')
+        run = tmp_path / "run"
+        assert main([*_search(run, table, "--config", str(config))]) == 0
+    finally:
+        REWARDS.unregister("fussy")
+    with Store.open(run, readonly=True) as store:
+        trained = [t for t in store.trials() if t.trained]
+    failed = [t for t in trained if t.status == "failed"]
+    assert len(trained) == 12 and failed and len(failed) < 12
+    assert {t.error for t in failed} == {"the reward raised KeyError: 'latency_ms'"}
+    assert all(t.reward == 0.0 for t in failed)
+    capsys.readouterr()
