@@ -96,4 +96,5 @@ def test_gate_stops_training_and_reports_the_partial_accuracy(
     kept = evaluator.evaluate_gated(SMALL, Gate(1, below=None))
     assert kept.ok and kept.epochs == 2 and "stopped_at" not in kept.metrics
     assert kept.metrics["partial_accuracy"] == stopped.accuracy  # same seed, same epoch 1
+    assert stopped.metrics["partial_epoch"] == kept.metrics["partial_epoch"] == 1.0
     assert "partial_accuracy" not in evaluator.evaluate(SMALL).metrics

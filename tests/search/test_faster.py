@@ -164,6 +164,31 @@ def test_search_stops_weak_candidates_and_tells_the_predicted_reward(tmp_path: P
     assert all("partial_accuracy" in (t.result or {}).get("metrics", {}) for t in trained)
 
 
+def test_a_cached_result_teaches_its_partial_accuracy_only_at_this_runs_epoch(
+    tmp_path: Path,
+) -> None:
+    """The evaluation cache's key leaves `stop_after` out: a result trained with the gate at
+    epoch 3 must not be read, at epoch 2, as an accuracy after 2 epochs."""
+    cache = str(tmp_path / "cache")
+    run_search(tmp_path / "at3", _config(16, stop_after=3, cache=cache), spec=synthetic_spec)
+    run_search(tmp_path / "at2", _config(16, stop_after=2, cache=cache), spec=synthetic_spec)
+    with Store.open(tmp_path / "at2", readonly=True) as s:
+        trained = [t for t in s.trials() if t.trained and t.result is not None]
+    hits = [t.result["metrics"] for t in trained if t.worker.startswith("cache: ")]  # type: ignore[index]
+    own = [t.result["metrics"] for t in trained if not t.worker.startswith("cache: ")]  # type: ignore[index]
+    assert hits and own
+    assert all("partial_accuracy" not in m and "partial_epoch" not in m for m in hits)
+    assert all(m["partial_epoch"] == 2.0 for m in own)
+    term = Terminator(stop_after=2, quantile=0.5, epochs=4)
+    at3 = EvalResult("ok", 0.5, metrics={"partial_accuracy": 0.4, "partial_epoch": 3.0})
+    at2 = EvalResult("ok", 0.5, metrics={"partial_accuracy": 0.4, "partial_epoch": 2.0})
+    assert term.adopt(at2) == at2 and "partial_accuracy" not in term.adopt(at3).metrics
+    term.note(at3)
+    assert term.partials == [] and term.pairs == []
+    term.note(at2)
+    assert term.partials == [0.4] and term.pairs == [(0.4, 0.5)]
+
+
 def test_resume_reruns_a_stopped_trial_in_flight(tmp_path: Path) -> None:
     config = _config(16, stop_after=2)
     run_search(tmp_path / "straight", config, spec=synthetic_spec)

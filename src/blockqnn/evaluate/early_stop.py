@@ -177,6 +177,7 @@ def _gate_hook(gate: Gate, partial: dict[str, float]) -> Callable[[EpochInfo], b
         if info.epoch != gate.epoch or info.accuracy is None:
             return False
         partial["partial_accuracy"] = info.accuracy
+        partial["partial_epoch"] = float(info.epoch)
         if gate.stops(info.accuracy) and info.epoch < info.epochs:
             partial["stopped_at"] = float(info.epoch)
             return True

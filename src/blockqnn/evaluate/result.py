@@ -44,6 +44,11 @@ class EvalResult:
     def ok(self) -> bool:
         return self.status == STATUS_OK
 
+    @property
+    def seconds(self) -> float:
+        """The evaluation's time: building, training and evaluating."""
+        return self.build_seconds + self.train_seconds + self.eval_seconds
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

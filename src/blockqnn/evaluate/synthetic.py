@@ -54,7 +54,7 @@ class SyntheticEvaluator:
         if not full.ok:
             return full
         partial = 0.8 * full.accuracy
-        metrics = {**full.metrics, "partial_accuracy": partial}
+        metrics = {**full.metrics, "partial_accuracy": partial, "partial_epoch": float(gate.epoch)}
         if not gate.stops(partial):
             return replace(full, metrics=metrics)
         metrics["stopped_at"] = float(gate.epoch)

@@ -32,6 +32,7 @@ MIN_COMPLETED = 8  # fully trained candidates before any candidate is stopped
 MIN_PAIRS = 5  # (partial, full) pairs before the line replaces the partial accuracy
 
 PARTIAL = "partial_accuracy"  # the validation accuracy after `stop_after` epochs
+PARTIAL_EPOCH = "partial_epoch"  # the epoch it was measured at (a cache hit's may differ)
 STOPPED_AT = "stopped_at"  # the epoch a stopped candidate stopped at
 PREDICTED = "predicted_accuracy"  # a stopped candidate's predicted full accuracy
 SAVED = "saved_seconds"  # a stopped candidate's training seconds not spent
@@ -94,11 +95,22 @@ class Terminator:
         below = stop_threshold(self.partials, len(self.pairs), self.quantile)
         return Gate(self.stop_after, below)
 
+    def adopt(self, result: EvalResult) -> EvalResult:
+        """A result another run trained (the evaluation cache's) as this run can learn
+        from: without its partial accuracy unless that was measured at this run's epoch k
+        (the cache's key leaves `stop_after` out; results from before the epoch was recorded
+        cannot say theirs)."""
+        if result.metrics.get(PARTIAL_EPOCH) == self.stop_after or PARTIAL not in result.metrics:
+            return result
+        metrics = {k: v for k, v in result.metrics.items() if k not in (PARTIAL, PARTIAL_EPOCH)}
+        return replace(result, metrics=metrics)
+
     def note(self, result: EvalResult) -> None:
         """Learn from a finished (or stored) result: its partial accuracy and, when it
         trained in full, its (partial, full) pair."""
         partial = result.metrics.get(PARTIAL)
-        if not result.ok or partial is None:
+        epoch = result.metrics.get(PARTIAL_EPOCH, self.stop_after)
+        if not result.ok or partial is None or epoch != self.stop_after:
             return
         self.partials.append(partial)
         if STOPPED_AT not in result.metrics:

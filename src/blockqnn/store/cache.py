@@ -249,7 +249,7 @@ class EvalCache:
             self._disable(exc)
             return None
         self.hits += 1
-        self.saved_seconds += result.build_seconds + result.train_seconds + result.eval_seconds
+        self.saved_seconds += result.seconds
         return CacheHit(result, str(row[1]), int(row[2]))
 
     def put(
