@@ -302,6 +302,22 @@ def test_a_second_identical_search_takes_every_result_from_the_cache(tmp_path: P
     assert run_search(tmp_path / "three", other, spec=_spec).cached == 0
 
 
+def test_an_extended_search_counts_the_cache_hits_of_every_session(tmp_path: Path) -> None:
+    """The summary's `cached` is out of `trained`, which counts the whole run: so must it,
+    and the training time saved with it."""
+
+    def spec(c: Config) -> Any:
+        return synthetic_spec(c, 0.01)  # each evaluation "trains" 0.01 s
+
+    config = _config(4, cache=str(tmp_path / "cache"))
+    for run in ("one", "two"):  # "two" proposes what "one" trained, extension included
+        first = run_search(tmp_path / run, config, spec=spec)
+        longer = run_search(tmp_path / run, None, spec=spec, resume_overrides={"budget": 8})
+    assert first.cached == 4
+    assert longer.cached == longer.trained == 8
+    assert longer.saved_seconds == pytest.approx(8 * 0.01)
+
+
 def test_a_data_file_of_the_same_name_elsewhere_or_rewritten_is_other_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@ duplicates, budget accounting, failures, lost workers, Ctrl-C and exact resume."
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from blockqnn.execute.synthetic import synthetic_spec
 from blockqnn.reward import FAILED_REWARD
 from blockqnn.search import run_search
 from blockqnn.settings.config import Config, merge
+from blockqnn.settings.registry import REWARDS
 from blockqnn.space.nsc.block import Block
 from blockqnn.space.nsc.space import NSCSpace
 from blockqnn.store.db import Store
@@ -258,3 +260,56 @@ def test_synthetic_evaluator_is_deterministic() -> None:
     ev = SyntheticEvaluator(Config())
     assert ev.evaluate(BLOCKS["A"]) == ev.evaluate(BLOCKS["A"])
     assert ev.evaluate(BLOCKS["A"]).accuracy != ev.evaluate(BLOCKS["B"]).accuracy
+
+
+class _Shifted:
+    """The accuracy less 0.5: a reward of exactly 0.0 for block A, below it for X."""
+
+    def __init__(self, config: Config) -> None:
+        pass
+
+    def __call__(self, metrics: Any) -> float:
+        return float(metrics["accuracy"]) - 0.5
+
+
+def test_a_best_reward_of_zero_is_not_beaten_by_a_negative_one(tmp_path: Path) -> None:
+    REWARDS.register("shifted", _Shifted)
+    try:
+        config = merge(_config(budget=2), {"reward": {"name": "shifted"}})
+        summary = run_search(
+            tmp_path / "run",
+            config,
+            agent_factory=lambda c: ScriptedAgent(["A", "X"]),
+            executor_factory=lambda spec: ScriptedExecutor(1),
+        )
+    finally:
+        REWARDS.unregister("shifted")
+    assert summary.best is not None and summary.best.reward == 0.0
+    assert NAME[summary.best.hash] == "A"
+
+
+def test_a_store_error_leaves_the_trial_in_flight_resumable_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure of the master's own (here the disk filling as a result is recorded) is not
+    the in-process trial's doing: it is resumed, never counted as a lost worker, so a good
+    block is not recorded failed after `max_attempts` such stops."""
+    config = _config(budget=3, max_attempts=3)
+    finish = Store.finish
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    for _ in range(3):
+        monkeypatch.setattr(Store, "finish", full_disk)
+        with pytest.raises(Exception, match="disk is full"):
+            new = not (tmp_path / "run").exists()
+            run_search(tmp_path / "run", config if new else None, spec=synthetic_spec)
+        with Store.open(tmp_path / "run", readonly=True) as store:
+            assert [t.status for t in store.trials()] == ["interrupted"]
+    monkeypatch.setattr(Store, "finish", finish)
+    run_search(tmp_path / "run", None, spec=synthetic_spec)
+    with Store.open(tmp_path / "run", readonly=True) as store:
+        trials = store.trials()
+    assert [t.status for t in trials] == ["complete"] * 3
+    assert trials[0].lost == 0 and trials[0].attempts == 4

@@ -25,15 +25,16 @@ Rules, where the paper leaves the choice to us:
   the interrupted one would have, up to the order in which concurrent evaluations finish.
   With one slot (the local executor) that order is fixed, and an interrupted and resumed
   run records the same blocks, in the same order, as an uninterrupted one.
-- Stopping (Ctrl-C, or SIGTERM turned into `Terminated` by the CLI): in-flight trials become
-  `interrupted`; resume queues them again (their `attempts` count each start). A master
-  killed with kill -9 leaves them `running`, treated the same way on resume, except a trial
-  the local executor ran in the search process itself: the search died with it (the
-  out-of-memory killer, or a kill), which counts as its worker lost, so a network that
-  takes the machine's memory fails after `max_attempts` instead of killing every resume.
-- An evaluation that raises, or whose result cannot be stored (a FLOP count beyond SQLite's
-  64-bit integers, metrics that are not numbers), is a failed trial with the reason as its
-  error: a stuck `running` trial would crash every resume the same way.
+- Stopping (Ctrl-C, SIGTERM turned into `Terminated` by the CLI, or an error of the
+  master's own, e.g. a full disk): in-flight trials become `interrupted`; resume queues them
+  again (their `attempts` count each start). A master killed with kill -9 leaves them
+  `running`, treated the same way on resume, except a trial the local executor ran in the
+  search process itself: the search died with it (the out-of-memory killer, or a kill),
+  which counts as its worker lost, so a network that takes the machine's memory fails after
+  `max_attempts` instead of killing every resume.
+- An evaluation or a reward that raises, or a result that cannot be stored (a FLOP count
+  beyond SQLite's 64-bit integers, metrics that are not numbers), is a failed trial with the
+  reason as its error: a stuck `running` trial would crash every resume the same way.
 - Warm start (new runs): the completed trials of earlier runs are told before the first ask,
   recorded as `reused` trials without an ask (ask_seq 0), outside the budget, in one
   transaction with a snapshot. With the same evaluation settings
@@ -45,8 +46,8 @@ Rules, where the paper leaves the choice to us:
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -70,6 +71,7 @@ from blockqnn.store.db import (
     TrialRecord,
     is_warm,
 )
+from blockqnn.store.schema import CACHE_WORKER
 
 MAX_REUSE_STREAK = 10_000  # asks in a row that all hit known blocks: the agent has converged
 SNAPSHOT_EVERY = 20  # tells between agent snapshots; resume replays at most this many
@@ -161,6 +163,7 @@ class Search:
         cache = parts.cache
         self.cache = cache if cache is not None and cache.enabled else None
         self._cached: set[int] = set()  # trials of this session whose result is the cache's
+        self._cached_before, self._saved_before = 0, 0.0  # those of earlier sessions
         self._warm = 0
         # a running trial's worker when it runs in this process (a crash of ours is its loss)
         self._here = IN_PROCESS if getattr(self.executor, "in_process", False) else ""
@@ -183,8 +186,12 @@ class Search:
                     break
                 for trial_id, outcome, worker in self.executor.wait(POLL_SECONDS):
                     self._finish(trial_id, outcome, worker)
-        except KeyboardInterrupt:
-            self.store.interrupt([t.id for t in self.store.trials(RUNNING)])
+        except BaseException:
+            # Ctrl-C, or an error of the master's own (a full disk, a stalled agent): the
+            # trials in flight are not to blame, so they are resumed, not counted as lost.
+            # Best effort: the store may be what failed, and the cause is what to report.
+            with contextlib.suppress(Exception):
+                self.store.interrupt([t.id for t in self.store.trials(RUNNING)])
             raise
         cache = self.cache
         return SearchSummary(
@@ -193,8 +200,8 @@ class Search:
             self._failed,
             self._best,
             self.store.top(10),
-            cached=len(self._cached),
-            saved_seconds=cache.saved_seconds if cache is not None else 0.0,
+            cached=self._cached_before + len(self._cached),
+            saved_seconds=self._saved_before + (cache.saved_seconds if cache is not None else 0.0),
             warm=self._warm,
         )
 
@@ -226,8 +233,12 @@ class Search:
             candidate = self.space.parse(t.candidate)
             h = candidate.hash
             if t.status in TRAINED:
-                if self.terminator is not None and t.result is not None:
-                    self.terminator.note(EvalResult.from_dict(t.result))
+                result = EvalResult.from_dict(t.result) if t.result is not None else None
+                if self.terminator is not None and result is not None:
+                    self.terminator.note(result)
+                if t.worker.startswith(CACHE_WORKER) and result is not None:
+                    self._cached_before += 1
+                    self._saved_before += result.seconds
                 self._known[h] = t
                 self._trained += 1
                 self._failed += t.status == FAILED
@@ -293,7 +304,8 @@ class Search:
             # trained before with these settings, by some run: its result, no training
             self._cached.add(trial_id)
             self._pending[trial_id] = block
-            self._finish(trial_id, hit.result, hit.source)
+            result = hit.result if self.terminator is None else self.terminator.adopt(hit.result)
+            self._finish(trial_id, result, hit.source)
 
     def _ask_one(self) -> tuple[Any, int]:
         block = self.agent.ask()
@@ -371,8 +383,10 @@ class Search:
             )
 
     def _note_best(self, t: TrialRecord) -> None:
-        better = self._best is None or (t.reward or 0.0) > (self._best.reward or -math.inf)
-        if t.status == COMPLETE and t.reward is not None and better:
+        if t.status != COMPLETE or t.reward is None:
+            return
+        best = self._best.reward if self._best is not None else None
+        if best is None or t.reward > best:
             self._best = t
 
     def _emit(self, kind: str, trial: TrialRecord | None) -> None:
