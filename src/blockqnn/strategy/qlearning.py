@@ -60,6 +60,7 @@ from blockqnn.strategy.base import (
 Key = tuple[Any, ...]
 
 REPEAT_TRIES = 20  # on_repeat "explore": walks tried before a repeated block is proposed
+REPEAT_STEP = 10  # of them one-step changes; then each explores more steps, the last all
 
 
 class QLearningAgent(BaseAgent):
@@ -178,11 +179,16 @@ class QLearningAgent(BaseAgent):
         if self.on_repeat == "explore" and self.epsilon < 1.0:
             # A greedy walk that rebuilds a block already told teaches nothing new (its
             # stored reward is told again); explore one step of it instead, at a random
-            # position, and follow the policy from there.
-            for _ in range(REPEAT_TRIES):
+            # position, and follow the policy from there. Late in a search of a small space
+            # every one-step change of the greedy block is known: then each further try
+            # explores every step with a growing chance, the last a random walk. With
+            # one-step tries only, a 5,000-block NB201 search made 386,730 repeated
+            # proposals and stopped "converged" at 4,688 trained.
+            for tries in range(REPEAT_TRIES):
                 if candidate.hash not in self._hashes:
                     break
-                path = self._walk(epsilon, self._rng.randrange(len(path)))
+                wider = (tries + 1 - REPEAT_STEP) / (REPEAT_TRIES - REPEAT_STEP)
+                path = self._walk(max(epsilon, wider), self._rng.randrange(len(path)))
                 candidate = self.space.to_candidate(path)
         self._asked += 1
         return candidate
