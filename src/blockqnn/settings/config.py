@@ -251,7 +251,8 @@ class AgentConfig:
     # target, then the best target so far (the greedy walk rebuilds the best block found)
     alpha_mode: str = _FROM_PRESET
     # (paper "allow") "explore": a walk that rebuilds a block already told explores one
-    # random step of it instead (up to 20 tries); "allow": propose it again
+    # random step of it instead (10 tries), then more steps (10 more, the last a random
+    # walk); "allow": propose it again
     on_repeat: str = _FROM_PRESET
     # (choice; paper 0 = the schedule's own 95/178) the share of the budget at epsilon 1,
     # then the paper's decay stages over the rest
