@@ -139,6 +139,12 @@ def test_empty_validation_split_is_bad_input(config: Config, arrays: DataArrays)
         Evaluator(config, empty, device="cpu")
 
 
+def test_one_training_image_is_bad_input(config: Config, arrays: DataArrays) -> None:
+    one = replace(arrays, x_train=arrays.x_train[:1], y_train=arrays.y_train[:1])
+    with pytest.raises(BlockQNNError, match=r"training split has 1 image\(s\)"):
+        Evaluator(config, one, device="cpu")
+
+
 def test_host_out_of_memory_is_a_failed_record(
     evaluator: Evaluator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

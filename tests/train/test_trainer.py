@@ -15,7 +15,7 @@ from blockqnn.errors import BlockQNNError
 from blockqnn.settings.config import DataConfig, TrainConfig
 from blockqnn.space.nsc.builder import build_network
 from blockqnn.train.devices import resolve_device, resolve_precision
-from blockqnn.train.loop import EpochInfo, accuracy, fit, make_optimizer
+from blockqnn.train.loop import EpochInfo, accuracy, fit, make_optimizer, recalibrate_batchnorm
 from blockqnn.train.optim import GraphableSGD
 from blockqnn.train.recipe import (
     EARLY_STOP_BN_IMAGES,
@@ -387,3 +387,46 @@ def test_multistep_milestones_of_short_runs() -> None:
         0.01
     )
     assert lr_at(sgd, 300, 225) == pytest.approx(0.001)
+
+
+def tiny_imagenet_size(n_train: int) -> DeviceData:
+    """`n_train` random 32x32 images of 2 classes: the ImageNet template pools them to 1x1, so
+    a BatchNorm that trained on one image would see one value per channel."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n_train + 2, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    y = torch.arange(n_train + 2) % 2
+    mean, std = torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.3)
+    return DeviceData("tiny", ("a", "b"), x[:n_train], y[:n_train], x[n_train:], y[n_train:],
+                      x[n_train:], y[n_train:], mean, std)  # fmt: skip
+
+
+def imagenet_net(data: DeviceData) -> nn.Module:
+    torch.manual_seed(0)
+    return build_network(
+        "1,1,3,0,0; 2,7,0,0,0", 2, data.input_shape, filters=4, blocks_per_stage=1,
+        template="imagenet",
+    )  # fmt: skip
+
+
+def test_a_last_batch_of_one_image_joins_the_batch_before() -> None:
+    data = tiny_imagenet_size(9)  # batches of 4: 4, 4 and 1 -> 4 and 5
+    recipe = Recipe(batch_size=4, precision="fp32", channels_last=False, bn_recalibrate=5)
+    result = fit(imagenet_net(data), data, recipe, epochs=2)
+    assert result.ok and result.images == 18 and result.accuracy is not None
+
+
+def test_recalibration_never_ends_on_one_image() -> None:
+    data = tiny_imagenet_size(9)
+    model = imagenet_net(data)
+    recalibrate_batchnorm(model, data, 5, 4, precision="fp32")  # 4 and 1 -> one batch of 5
+    recalibrate_batchnorm(model, data, 9, 1, precision="fp32")  # batch 1: taken as 2
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recalibrate_batchnorm(model, data, 1, 4, precision="fp32")  # one image: left as it was
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_one_training_image_is_refused() -> None:
+    data = tiny_imagenet_size(1)
+    recipe = Recipe(batch_size=4, precision="fp32", channels_last=False)
+    with pytest.raises(BlockQNNError, match="training split of tiny has 1 image"):
+        fit(imagenet_net(data), data, recipe, epochs=1)

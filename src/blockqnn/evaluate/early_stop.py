@@ -73,6 +73,11 @@ class Evaluator:
             raise BlockQNNError(f"data is on {data.device}, the evaluator on {self.device}")
         if len(data.x_val) == 0:
             raise BlockQNNError(f"dataset {data.name}: the validation split is empty")
+        if len(data.x_train) < 2:  # every candidate has BatchNorm, which needs 2 images
+            raise BlockQNNError(
+                f"dataset {data.name}: the training split has {len(data.x_train)} image(s), "
+                "training needs at least 2 (lower data.val_size or add images)"
+            )
         self.data: DeviceData = data
         self.network_config = replace(
             config.network, num_classes=data.num_classes, input_shape=data.input_shape

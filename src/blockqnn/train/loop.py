@@ -10,7 +10,8 @@ normalised images to logits.
 
 Speed follows airbench: the dataset stays on the device as uint8; each epoch slices batches
 out of a seeded `randperm`; every batch is augmented and normalised on the device; there is
-no DataLoader. On CUDA the step runs under bf16 autocast in channels_last, and the whole step
+no DataLoader (a last batch of one image joins the one before: BatchNorm cannot train on one
+image). On CUDA the step runs under bf16 autocast in channels_last, and the whole step
 (forward, backward, Adam) is captured once as a CUDA graph and replayed, which removes the
 kernel-launch overhead that dominates these small networks.
 When capture is not possible the loop runs eagerly and `FitResult.mode` says why. On the
@@ -142,24 +143,46 @@ def recalibrate_batchnorm(
     _recalibrate(model, data, images, batch_size, ex)
 
 
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def _steps(n: int, batch_size: int, fixed: bool) -> int:
+    """Batches of `n` images per pass. Fixed shapes (CUDA graph, compiled) drop the last
+    partial batch; otherwise a last batch of one image joins the one before, since
+    BatchNorm cannot train on one image (a 1x1 feature map gives one value per channel)."""
+    full, rest = divmod(n, batch_size)
+    if fixed or (rest == 1 and full):
+        return full
+    return full + (rest > 0)
+
+
+def _batch(i: int, steps: int, batch_size: int, n: int, fixed: bool) -> slice:
+    """The positions of batch `i` of `steps` (`_steps`): the last one takes the rest."""
+    last = i == steps - 1 and not fixed
+    return slice(i * batch_size, n if last else (i + 1) * batch_size)
+
+
 def _recalibrate(
     model: nn.Module, data: DeviceData, images: int, batch_size: int, ex: Execution
 ) -> None:
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or images <= 0:
+    norms = _batchnorms(model)
+    n = min(images, len(data.x_train))
+    if not norms or n < 2:  # BatchNorm cannot take statistics of one image: keep the averages
         return
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # None = a cumulative average over the batches that follow
     gen = torch.Generator(device=data.device).manual_seed(12345)
-    n = len(data.x_train)
-    idx = torch.randperm(n, device=data.device, generator=gen)[: min(images, n)]
+    idx = torch.randperm(len(data.x_train), device=data.device, generator=gen)[:n]
+    batch_size = max(2, batch_size)  # no gradients: a larger batch costs only memory
+    steps = _steps(n, batch_size, fixed=False)
     was_training = model.training
     model.train()
     with torch.no_grad(), ex.autocast():
-        for i in range(0, len(idx), batch_size):
-            xb = data.x_train[idx[i : i + batch_size]]
+        for i in range(steps):
+            xb = data.x_train[idx[_batch(i, steps, batch_size, n, fixed=False)]]
             if ex.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             model(data.normalize(xb))
@@ -328,6 +351,19 @@ class _Epoch:
     error: str
 
 
+def _batch_size(model: nn.Module, data: DeviceData, recipe: Recipe) -> int:
+    """The training batch: the recipe's, at most the training split (a tiny subset trains in
+    whole batches); an empty split, or one image for a network with BatchNorm, is refused."""
+    n_train = len(data.x_train)
+    if n_train == 0:
+        raise BlockQNNError(f"the training split of {data.name} is empty")
+    if n_train == 1 and _batchnorms(model):
+        raise BlockQNNError(
+            f"the training split of {data.name} has 1 image: BatchNorm needs at least 2"
+        )
+    return min(recipe.batch_size, n_train)
+
+
 def _prepare(
     model: nn.Module,
     data: DeviceData,
@@ -340,9 +376,7 @@ def _prepare(
     started = time.perf_counter()
     device = data.device
     n_train = len(data.x_train)
-    if n_train == 0:
-        raise BlockQNNError(f"the training split of {data.name} is empty")
-    batch_size = min(recipe.batch_size, n_train)  # a tiny subset trains in whole batches
+    batch_size = _batch_size(model, data, recipe)
     ex = Execution(device, resolve_precision(recipe.precision, device), recipe.channels_last)
     if device.type == "cpu":
         configure_threads()
@@ -380,9 +414,7 @@ def _prepare(
             if resume is not None:
                 load_optimizer_state(optimizer, resume["optimizer"], graphed=False)
             step = EagerStep(forward, loss_fn, optimizer, data, ex, loss_sum)
-    # A CUDA graph and a compiled network have fixed shapes: they drop the last partial batch.
-    fixed = ex.graphed or ex.compiled
-    steps = n_train // batch_size if fixed else math.ceil(n_train / batch_size)
+    steps = _steps(n_train, batch_size, fixed=ex.graphed or ex.compiled)
     setup_seconds = time.perf_counter() - started
     return _Run(
         model, data, recipe, ex, optimizer, step, batches, gen, loss_sum, batch_size, steps,
@@ -406,12 +438,13 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> _Epoch:
     lr = lr_at(recipe, epochs, epoch)
     set_lr(run.optimizer, lr)
     run.model.train()
+    fixed = run.ex.graphed or run.ex.compiled
     for i in range(run.steps):
         # cosine and warm-up change the lr every step; the others once per epoch
         if i and (recipe.schedule == "cosine" or epoch < recipe.warmup_epochs):
             lr = lr_at(recipe, epochs, epoch + i / run.steps)
             set_lr(run.optimizer, lr)
-        xb, yb = run.batches(order[i * run.batch_size : (i + 1) * run.batch_size])
+        xb, yb = run.batches(order[_batch(i, run.steps, run.batch_size, n_train, fixed)])
         finite = run.step(xb, yb)
         images += len(yb)
         if not finite:
