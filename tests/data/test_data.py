@@ -9,8 +9,10 @@ import http.server
 import io
 import os
 import pickle
+import struct
 import tarfile
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -227,10 +229,38 @@ def test_wide_grayscale_images_are_scaled_not_clipped(tmp_path: Path) -> None:
         load_arrays(DataConfig(dataset=str(tmp_path), cache_dir=str(tmp_path / "c")))
 
 
+def png_header(path: Path, width: int, height: int) -> None:
+    """A PNG that declares a size and holds no pixels: its header is all Pillow reads first."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def dds_of_unknown_format(path: Path) -> None:
+    """A DDS header whose pixel format has no flags: Pillow raises NotImplementedError."""
+    header = struct.pack("<I3I", 124, 0, 4, 4) + bytes(56) + struct.pack("<4I", 32, 0, 0, 0)
+    path.write_bytes(b"DDS " + header + bytes(36))
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
         (lambda r: None, "does not exist"),
+        # Pillow's DecompressionBombError at open, then a size no network takes before load
+        (
+            lambda r: png_header(r / "train" / "a" / "bomb.png", 10**5, 10**5),
+            "bomb.png: Image size",
+        ),
+        (
+            lambda r: png_header(r / "train" / "a" / "wide.png", 9000, 4),
+            "wide.png: 9000x4 pixels, more than the 8192",
+        ),
+        (lambda r: dds_of_unknown_format(r / "test" / "a" / "x.dds"), "x.dds: Unknown pixel"),
         (lambda r: (r / "train").mkdir(parents=True), "no test/ subfolder"),
         (lambda r: [(r / s).mkdir(parents=True) for s in ("train", "test")], "no class subfolders"),
         (lambda r: (r / "train" / "a" / "x.png").write_bytes(b"not a png"), "x.png"),

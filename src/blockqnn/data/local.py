@@ -6,10 +6,11 @@ Folder: `PATH/train/<class>/*` and `PATH/test/<class>/*`. Classes are the train 
 sorted order; test/ must hold the same classes, and no class folder of either split may be
 empty (checked before anything trains: an empty test split found after 300 epochs costs the
 run). Hidden files and files whose extension Pillow does not know are skipped; every other
-file must decode. All images must have one size. Colour: an RGB file whose three channels
-are equal is grayscale. The folder takes the majority's colour: 3 channels if most images
-have colour (a grayscale one is replicated, what Pillow's convert("RGB") does, losing
-nothing), else 1 channel, and the few colour images are converted to grayscale with
+file must decode. All images must have one size, at most `MAX_SIDE` a side (read from the
+header: a decompression bomb is refused before it is decoded). Colour: an RGB file whose
+three channels are equal is grayscale. The folder takes the majority's colour: 3 channels if
+most images have colour (a grayscale one is replicated, what Pillow's convert("RGB") does,
+losing nothing), else 1 channel, and the few colour images are converted to grayscale with
 Pillow's luma weights and a warning naming one of them (a stray RGB file should not turn a
 grayscale set into 3 channels; the warning comes with the decoding, not from the cache).
 Alpha is dropped. Decoding (~7 s for 60k 32x32 JPEGs on one core) happens once: the arrays
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import warnings
 import zipfile
 from pathlib import Path
@@ -35,11 +37,28 @@ import numpy as np
 from blockqnn.data.cache import load_npz, save_npz
 from blockqnn.data.npz_sizes import check_declared_sizes, check_label_range
 from blockqnn.errors import BlockQNNError
+from blockqnn.settings.bounds import INPUT_SIDE
 
 _GRAY_MODES = frozenset({"1", "L", "LA", "La"})
 # Pillow's convert("L") clips these at 255 instead of scaling, so they are scaled here.
 _WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 CACHE_FORMAT = 3  # bump when the decoding changes; old cache files are then rebuilt
+MAX_SIDE = int(INPUT_SIDE.high)  # a larger image could never be a network's input
+# What Pillow's plugins raise for a malformed file besides OSError (the decompression-bomb
+# error and NotImplementedError for an unsupported variant included); each names the file.
+_BAD_FILE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    NotImplementedError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    MemoryError,
+)
 
 
 class Raw(NamedTuple):
@@ -129,7 +148,13 @@ def _decode_image(path: str) -> np.ndarray:
     """One image as uint8 (H, W) for grayscale or (H, W, 3) for colour."""
     from PIL import Image
 
-    with Image.open(path) as img:
+    with warnings.catch_warnings():  # a bomb warned about here is refused just below
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        opened = Image.open(path)
+    with opened as img:
+        w, h = img.size  # from the header: refused before a huge image is decoded
+        if max(w, h) > MAX_SIDE:
+            raise ValueError(f"{w}x{h} pixels, more than the {MAX_SIDE} a side may have")
         img.load()
         if img.mode in _WIDE_GRAY_MODES:
             return _wide_gray_to_uint8(np.asarray(img), img.mode)
@@ -184,12 +209,16 @@ def _majority_colour(
 def _decode_all(
     root: Path, files: list[tuple[str, int]], size: tuple[int, int] | None
 ) -> tuple[list[np.ndarray], tuple[int, int] | None]:
+    from PIL import Image
+
     images: list[np.ndarray] = []
     for path, _ in files:
         try:
             img = _decode_image(path)
-        except (OSError, ValueError, SyntaxError) as exc:  # Pillow raises all three for bad files
-            raise BlockQNNError(f"cannot read image {path}: {exc}") from None
+        except (*_BAD_FILE_ERRORS, Image.DecompressionBombError) as exc:
+            lines = str(exc).strip().splitlines()
+            why = lines[0] if lines else type(exc).__name__
+            raise BlockQNNError(f"cannot read image {path}: {why}") from None
         hw = (img.shape[0], img.shape[1])
         if size is None:
             size = hw
