@@ -247,6 +247,22 @@ def dds_of_unknown_format(path: Path) -> None:
     path.write_bytes(b"DDS " + header + bytes(36))
 
 
+def test_a_non_utf8_file_name_is_read_and_fingerprinted(tmp_path: Path) -> None:
+    """Linux allows any bytes in a name; Python gives b"\\xff" as the surrogate "\\udcff"."""
+    root = tmp_path / os.fsdecode(b"set\xfe")
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            write_image(root / split / c / "0.png", "L")
+            write_image(root / split / c / "1.png", "L", value=9)
+    try:
+        write_image(root / "train" / "a" / os.fsdecode(b"\xff.png"), "L", value=5)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses a non-UTF-8 name")
+    data = load_arrays(DataConfig(dataset=str(root), cache_dir=str(tmp_path / "c")))
+    assert len(data.x_train) + len(data.x_val) == 5
+    assert local.folder_fingerprint(root) != ""
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

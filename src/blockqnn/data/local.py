@@ -133,7 +133,8 @@ def _list_folder(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[str,
                 raise BlockQNNError(f"folder {root / split / name} has no images")
             for e in images:
                 st = e.stat()
-                digest.update(f"{split}/{name}/{e.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                line = f"{split}/{name}/{e.name}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                digest.update(os.fsencode(line))  # a non-UTF-8 name is surrogate-escaped
                 files[split].append((e.path, label[name]))
     return classes, files, digest.hexdigest()
 
@@ -243,7 +244,7 @@ def load_folder(root: Path, cache: Path) -> Raw:
     """The folder's images, decoded once and then read from the cache."""
     root = root.resolve()
     classes, files, fingerprint = _list_folder(root)
-    key = hashlib.sha256(str(root).encode()).hexdigest()[:16]
+    key = hashlib.sha256(os.fsencode(str(root))).hexdigest()[:16]
     cache_file = cache / f"folder-{root.name}-{key}.npz"
     kinds = {
         "x_train": "u",
