@@ -118,6 +118,21 @@ def test_out_of_memory_twice_fails(evaluator: Evaluator, monkeypatch: pytest.Mon
     assert result.flops > 0 and result.batch_size == 25
 
 
+def test_out_of_memory_halves_the_batch_actually_used(
+    config: Config, arrays: DataArrays, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch larger than the training set trains the whole set at once: that is halved."""
+    evaluator = Evaluator(merge(config, {"train": {"batch_size": 1000}}), arrays, device="cpu")
+    n_train = len(arrays.x_train)
+    tried = _oom(2, evaluator, monkeypatch)
+    result = evaluator.evaluate(BLOCK)
+    assert tried == [n_train, n_train // 2]
+    assert result.error == f"CUDA out of memory at batch {n_train} and again at {n_train // 2}"
+    one = Evaluator(merge(config, {"train": {"batch_size": 1}}), arrays, device="cpu")
+    tried = _oom(1, one, monkeypatch)
+    assert one.evaluate(BLOCK).error == "CUDA out of memory at batch 1" and tried == [1]
+
+
 def test_bugs_still_raise(evaluator: Evaluator, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug in the trainer")

@@ -7,7 +7,8 @@ every candidate and never raises for a candidate's failure:
 - non-finite loss -> failed, "non-finite loss at epoch k", training stopped there; an epoch
   whose mean loss is 100x that of guessing -> failed, "loss diverged at epoch k (...)" (a
   huge lr keeps the loss finite, ~1e20, while the network learns nothing);
-- CUDA out of memory -> retried once from scratch at half the batch, then failed;
+- CUDA out of memory -> retried once from scratch at half the batch (of the one `fit` uses,
+  at most the training set; no retry at batch 1), then failed;
 - a network whose parameters alone (with their gradients and Adam's moments) exceed the
   device's memory -> failed, "network too large: ...", before it is built;
 - `train.max_seconds` exceeded -> failed, "time limit of S s reached in epoch k". A partly
@@ -105,12 +106,13 @@ class Evaluator:
                 density=cost.density,
                 device=self.device_name,
             )
-        recipe = self.recipe
-        half = max(1, recipe.batch_size // 2)
+        # fit never batches more than the training set: halve what it would use
+        first = min(self.recipe.batch_size, len(self.data.x_train))
+        half = max(1, first // 2)
         where = "CUDA"
-        for batch_size in (recipe.batch_size, half):
+        for batch_size in (first, half) if half < first else (first,):
             try:
-                sized = replace(recipe, batch_size=batch_size)
+                sized = replace(self.recipe, batch_size=batch_size)
                 return self._run(block, sized, cost, gate)
             except torch.cuda.OutOfMemoryError:
                 where = "CUDA"
@@ -119,8 +121,9 @@ class Evaluator:
                     raise  # a bug in our code, not a property of the candidate
                 where = "host"
             self._free()  # out of the except block: the traceback no longer pins the model
+        again = f" and again at {half}" if half < first else ""
         return EvalResult.failed(
-            f"{where} out of memory at batch {recipe.batch_size} and again at {half}",
+            f"{where} out of memory at batch {first}{again}",
             flops=cost.flops,
             params=cost.params,
             density=cost.density,
