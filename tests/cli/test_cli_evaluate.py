@@ -133,6 +133,21 @@ def test_bad_input_is_refused_before_torch_is_imported(argv: list[str], says: st
     assert says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_a_one_class_folder_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    monkeypatch.setenv("BLOCKQNN_CACHE", str(tmp_path / "cache"))  # the decoded arrays
+    for split in ("train", "test"):
+        (tmp_path / "one" / split / "cat").mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (8, 8), i).save(tmp_path / "one" / split / "cat" / f"{i}.png")
+    assert main(["evaluate", BLOCK, "--dataset", str(tmp_path / "one")]) == 2
+    err = capsys.readouterr().err
+    assert "one has one class ('cat')" in err and len(err.strip().splitlines()) == 1
+
+
 def test_an_interrupted_evaluation_says_to_run_it_again(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

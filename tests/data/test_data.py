@@ -202,8 +202,9 @@ def test_folder_colour_modes(tmp_path: Path) -> None:
 
 def test_an_rgb_file_of_gray_pixels_is_grayscale(tmp_path: Path) -> None:
     for split in ("train", "test"):
-        write_image(tmp_path / split / "a" / "0.png", "L", value=10)
-        Image.new("RGB", (6, 4), (77, 77, 77)).save(tmp_path / split / "a" / "1.png")
+        for c in ("a", "b"):
+            write_image(tmp_path / split / c / "0.png", "L", value=10)
+            Image.new("RGB", (6, 4), (77, 77, 77)).save(tmp_path / split / c / "1.png")
     data = load_arrays(DataConfig(dataset=str(tmp_path), cache_dir=str(tmp_path / "c")))
     assert data.input_shape == (1, 4, 6)
 
@@ -355,6 +356,20 @@ def test_npz_bad_input(tmp_path: Path) -> None:
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 garbage")
     with pytest.raises(BlockQNNError, match=r"not a readable \.npz"):
         load_arrays(DataConfig(dataset=str(tmp_path / "broken.npz")))
+
+
+def test_one_class_is_refused(tmp_path: Path) -> None:
+    """Every network would score 100% on it: refused, naming the data set and the class."""
+    for split in ("train", "test"):
+        for i in range(3):
+            write_image(tmp_path / "cats" / split / "cat" / f"{i}.png", "L", value=i)
+    with pytest.raises(BlockQNNError, match=r"cats has one class \('cat'\): every block"):
+        load_arrays(DataConfig(dataset=str(tmp_path / "cats"), cache_dir=str(tmp_path / "c")))
+    x, y = np.zeros((6, 1, 4, 4), np.uint8), np.zeros(6, np.int64)
+    two = save(tmp_path / "two.npz", x_train=x, y_train=y, x_test=x, y_test=y + 1,
+               classes=np.array(["a", "b"]))  # fmt: skip
+    with pytest.raises(BlockQNNError, match=r"two.npz has one class \('a'\)"):
+        load_arrays(DataConfig(dataset=two))
 
 
 def test_dataset_names(tmp_path: Path) -> None:

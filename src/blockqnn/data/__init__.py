@@ -100,11 +100,23 @@ def _load_raw(config: DataConfig, download: bool) -> Raw:
     raise missing_dataset(name)
 
 
+def _check_classes(name: str, raw: Raw) -> None:
+    """Refuse training images of one class: every network would score 100% on them."""
+    present = np.unique(raw.y_train)
+    if len(present) < 2:
+        only = f" ({clip(raw.classes[int(present[0])], quote=True)})" if len(present) else ""
+        raise BlockQNNError(
+            f"dataset {clip(name)} has one class{only}: every block would score 100%; "
+            "a classifier needs images of at least 2 classes"
+        )
+
+
 def load_arrays(config: DataConfig, download: bool = True) -> DataArrays:
     """Load `config.dataset` and split it: the optional class-balanced subset of
     `train_samples` training images, then a stratified validation split of `val_size` from
     them (both seeded by `config.seed`). `download=False` refuses to fetch CIFAR archives."""
     raw = _load_raw(config, download)
+    _check_classes(config.dataset, raw)
     x, y = raw.x_train, raw.y_train
     if config.train_samples:
         keep = balanced_subset(y, config.train_samples, [config.seed, 1])
