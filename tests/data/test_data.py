@@ -358,6 +358,23 @@ def test_npz_bad_input(tmp_path: Path) -> None:
         load_arrays(DataConfig(dataset=str(tmp_path / "broken.npz")))
 
 
+def test_a_long_folder_name_is_cached_under_a_short_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / ("d" * 230)  # "folder-<name>-<hash>.npz" would pass 255 bytes
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            write_image(root / split / c / "0.png", "L")
+            write_image(root / split / c / "1.png", "L", value=9)
+    config = DataConfig(dataset=str(root), cache_dir=str(tmp_path / "c"))
+    data = load_arrays(config)
+    (cache_file,) = (tmp_path / "c").iterdir()
+    assert cache_file.name == f"folder-{'d' * 64}-{cache_file.name[-20:-4]}.npz"
+    monkeypatch.setattr(local, "_decode_image", fail_decode)
+    assert np.array_equal(load_arrays(config).x_train, data.x_train)  # read from the cache
+    assert local._short("é" * 100) == "é" * 32  # 2 bytes each: cut between characters
+
+
 def test_one_class_is_refused(tmp_path: Path) -> None:
     """Every network would score 100% on it: refused, naming the data set and the class."""
     for split in ("train", "test"):

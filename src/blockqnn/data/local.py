@@ -43,6 +43,9 @@ _GRAY_MODES = frozenset({"1", "L", "LA", "La"})
 # Pillow's convert("L") clips these at 255 instead of scaling, so they are scaled here.
 _WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 CACHE_FORMAT = 3  # bump when the decoding changes; old cache files are then rebuilt
+# The folder's name in its cache file's name is for people; the path's hash keeps it unique.
+# Cut, so that a long name (up to the 255 bytes a name may have) leaves room for the rest.
+NAME_BYTES = 64
 MAX_SIDE = int(INPUT_SIDE.high)  # a larger image could never be a network's input
 # What Pillow's plugins raise for a malformed file besides OSError (the decompression-bomb
 # error and NotImplementedError for an unsupported variant included); each names the file.
@@ -240,12 +243,19 @@ def _stack(images: list[np.ndarray], channels: int, size: tuple[int, int]) -> np
     return out
 
 
+def _short(name: str, limit: int = NAME_BYTES) -> str:
+    """`name` cut to at most `limit` bytes on disk, at a character boundary."""
+    while len(os.fsencode(name)) > limit:
+        name = name[:-1]
+    return name
+
+
 def load_folder(root: Path, cache: Path) -> Raw:
     """The folder's images, decoded once and then read from the cache."""
     root = root.resolve()
     classes, files, fingerprint = _list_folder(root)
     key = hashlib.sha256(os.fsencode(str(root))).hexdigest()[:16]
-    cache_file = cache / f"folder-{root.name}-{key}.npz"
+    cache_file = cache / f"folder-{_short(root.name)}-{key}.npz"
     kinds = {
         "x_train": "u",
         "y_train": "i",
