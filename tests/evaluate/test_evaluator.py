@@ -16,6 +16,7 @@ from blockqnn.reward import compute_reward, make_reward, score
 from blockqnn.settings.config import Config, merge
 from blockqnn.space.nsc.block import Block
 from blockqnn.space.nsc.cost import network_cost, reference_flops
+from blockqnn.train import threads
 
 BLOCK = Block.parse("1,1,3,0,0; 2,1,3,1,0; 3,5,0,2,0; 4,7,0,0,0")
 SETTINGS = {
@@ -131,6 +132,21 @@ def test_out_of_memory_halves_the_batch_actually_used(
     one = Evaluator(merge(config, {"train": {"batch_size": 1}}), arrays, device="cpu")
     tried = _oom(1, one, monkeypatch)
     assert one.evaluate(BLOCK).error == "CUDA out of memory at batch 1" and tried == [1]
+
+
+def test_the_device_records_the_threads_used(config: Config, arrays: DataArrays) -> None:
+    """Built through the API, the evaluator applies `train.threads` before it describes the
+    device, as `fit` will; the count before it is not what trained."""
+    saved = torch.get_num_threads()
+    try:
+        threads.reset()
+        torch.set_num_threads(2)
+        cfg = merge(config, {"train": {"threads": "1", "epochs": 1}})
+        result = Evaluator(cfg, arrays, device="cpu").evaluate(BLOCK)
+        assert result.device == "cpu (1 thread)" and torch.get_num_threads() == 1
+    finally:
+        threads.reset()
+        torch.set_num_threads(saved)
 
 
 def test_bugs_still_raise(evaluator: Evaluator, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,6 +39,7 @@ from blockqnn.settings.config import Config
 from blockqnn.space.nsc.block import Block
 from blockqnn.space.nsc.builder import Network
 from blockqnn.space.nsc.cost import Cost, network_cost, reference_flops
+from blockqnn.train import threads
 from blockqnn.train.devices import describe_device, resolve_device, too_large
 from blockqnn.train.loop import EpochInfo, fit
 from blockqnn.train.recipe import Recipe, should_compile
@@ -66,6 +67,9 @@ class Evaluator:
 
         self.config = config
         self.device = resolve_device(device)
+        if self.device.type == "cpu":  # now: results record the threads fit will use
+            threads.choose(config.train.threads)  # a --threads given still wins
+            threads.configure_threads()
         if data is None:
             data = load_arrays(config.data)
         if isinstance(data, DataArrays):
@@ -85,7 +89,12 @@ class Evaluator:
         )
         self.recipe = Recipe.from_config(config.train, data.name, data.input_shape)
         self.flops_ref = reference_flops(self.network_config)
-        self.device_name = describe_device(self.device)
+
+    @property
+    def device_name(self) -> str:
+        """The device as a result records it, described per result: the thread setting in
+        force may change after the evaluator is built (`fit` applies it)."""
+        return describe_device(self.device)
 
     def evaluate(self, block: Block) -> EvalResult:
         """Train `block`'s search-time network and measure it; failures become results."""
