@@ -14,6 +14,9 @@ def _session_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     any test's own (below): a search they run must not read or write the real ~/.cache."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache-home")))
+        # decoded data sets: one folder for the session (decoding is slow and the cache keys
+        # what the files hold), never the user's
+        patch.setenv("BLOCKQNN_CACHE", str(tmp_path_factory.mktemp("data-cache")))
         yield
 
 

@@ -6,9 +6,10 @@ exports), so a reader or a kill never sees half a file; the refusal to replace a
 target that is not a regular file (a device, a folder, a FIFO, or a symlink to one: renaming
 over `/dev/null` breaks the machine) or, where the caller asks (`check_replace`), a file of
 another kind; the words for why a write failed ("disk full", "permission denied");
-`check_path`, the length, loop and existence checks of a user's path; and `lock_file`, one
-writer at a time (`lock_folder` too). An unwritable or unusable path is bad input (exit 2), never a
-traceback. Must not know what is written.
+`check_path`, the length, loop and existence checks of a user's path; `lock_file`, one
+writer at a time (`lock_folder` too); and `user_cache_dir`, where caches live by default.
+An unwritable or unusable path is bad input (exit 2), never a traceback. Must not know what
+is written.
 """
 
 from __future__ import annotations
@@ -282,3 +283,11 @@ def make_dir(path: Path, what: str) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BlockQNNError(f"{what} {clip(str(path))}: cannot create: {os_reason(exc)}") from None
+
+
+def user_cache_dir() -> Path:
+    """The user cache folder (XDG): $XDG_CACHE_HOME/blockqnn, else ~/.cache/blockqnn. The
+    evaluation, latency and decoded-data caches all default to it."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
+    return root / "blockqnn"

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from blockqnn.data import augment, cifar, default_augmentation, load_arrays, local
-from blockqnn.data.cache import load_npz, save_npz
+from blockqnn.data.cache import cache_root, load_npz, save_npz
 from blockqnn.data.splits import balanced_subset, stratified_split, val_count
 from blockqnn.errors import BlockQNNError
 from blockqnn.settings.config import DataConfig
@@ -612,3 +612,17 @@ def test_default_augmentation() -> None:
     assert default_augmentation("/data/set", (3, 32, 32)) == (4, True)
     assert default_augmentation("/data/set", (3, 64, 64)) == (8, True)
     assert default_augmentation("/data/set", (1, 5, 5)) == (1, True)
+
+
+def test_the_data_cache_defaults_to_the_user_cache_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the evaluation cache's: $XDG_CACHE_HOME/blockqnn. It was ~/.cache/blockqnn
+    whatever XDG_CACHE_HOME said, so decoded data sets went where the user had not put
+    their caches."""
+    monkeypatch.delenv("BLOCKQNN_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "blockqnn"
+    monkeypatch.setenv("BLOCKQNN_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"
+    assert cache_root(str(tmp_path / "set")) == tmp_path / "set"

@@ -17,10 +17,11 @@ from blockqnn.cli import main
 from blockqnn.errors import BlockQNNError
 from blockqnn.evaluate.result import EvalResult
 from blockqnn.execute.synthetic import synthetic_spec
+from blockqnn.files import user_cache_dir
 from blockqnn.search import run_search
 from blockqnn.settings.config import Config, merge
 from blockqnn.space.base import make_space
-from blockqnn.store.cache import CACHE_FILE, EvalCache, default_cache_dir, fingerprint
+from blockqnn.store.cache import CACHE_FILE, EvalCache, fingerprint
 from blockqnn.store.db import COMPLETE, REUSED, Store, is_warm
 from blockqnn.strategy import make_strategy
 
@@ -342,8 +343,8 @@ def test_a_data_file_of_the_same_name_elsewhere_or_rewritten_is_other_data(
 
 def test_no_cache_reads_and_writes_nothing(tmp_path: Path) -> None:
     run_search(tmp_path / "one", _config(4), spec=_spec)  # the default: the user cache dir
-    assert (default_cache_dir() / CACHE_FILE).is_file()
-    assert str(default_cache_dir()).startswith(str(tmp_path))  # conftest: never the home dir
+    assert (user_cache_dir() / CACHE_FILE).is_file()
+    assert str(user_cache_dir()).startswith(str(tmp_path))  # conftest: never the home dir
     off = run_search(tmp_path / "two", _config(4, cache="off"), spec=_spec)
     assert off.cached == 0
 

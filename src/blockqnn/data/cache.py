@@ -18,13 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from blockqnn.files import user_cache_dir
+
 CACHE_ENV = "BLOCKQNN_CACHE"  # overrides the default cache folder when config.cache_dir is ""
 
 
 def cache_root(cache_dir: str = "") -> Path:
-    """`cache_dir`, else $BLOCKQNN_CACHE, else ~/.cache/blockqnn (not created here)."""
-    chosen = cache_dir or os.environ.get(CACHE_ENV, "") or "~/.cache/blockqnn"
-    return Path(chosen).expanduser()
+    """`cache_dir`, else $BLOCKQNN_CACHE, else the user cache folder ($XDG_CACHE_HOME/blockqnn,
+    else ~/.cache/blockqnn), as the evaluation cache's (not created here)."""
+    chosen = cache_dir or os.environ.get(CACHE_ENV, "")
+    return Path(chosen).expanduser() if chosen else user_cache_dir()
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> bool:

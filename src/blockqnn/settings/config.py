@@ -145,7 +145,7 @@ class DataConfig:
     # early-stop proxy; 200: the final training); the 200-epoch one is recorded beside it
     fidelity: int = 200
     data_dir: str = ""  # where cifar archives are, or are downloaded to; "" = the cache
-    cache_dir: str = ""  # decoded-array cache; "" = $BLOCKQNN_CACHE, else ~/.cache/blockqnn
+    cache_dir: str = ""  # decoded-array cache; "" = $BLOCKQNN_CACHE, else the user cache
     train_samples: int = 0  # class-balanced subset of the training split; 0 = all
     val_size: float = 0.0  # validation images (>= 1) or fraction (< 1); 0 = auto
     seed: int = 0  # seed of the subset and the split

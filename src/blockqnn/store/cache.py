@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.evaluate.result import EvalResult
+from blockqnn.files import user_cache_dir
 from blockqnn.settings.config import Config, DataConfig
 from blockqnn.settings.datasets import BUILTIN_DATASETS
 from blockqnn.store.schema import CACHE_WORKER
@@ -139,19 +140,12 @@ def setting_differences(mine: Config, theirs: Config) -> list[str]:
     ]
 
 
-def default_cache_dir() -> Path:
-    """The user cache folder (XDG): $XDG_CACHE_HOME/blockqnn, else ~/.cache/blockqnn."""
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
-    return root / "blockqnn"
-
-
 def cache_dir_for(config: Config) -> Path | None:
     """The cache folder `[search] cache` names (None: the cache is off)."""
     chosen = config.search.cache
     if chosen == OFF:
         return None
-    return Path(chosen).expanduser() if chosen else default_cache_dir()
+    return Path(chosen).expanduser() if chosen else user_cache_dir()
 
 
 def check_cache_dir(directory: Path) -> None:
