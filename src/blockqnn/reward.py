@@ -83,20 +83,30 @@ class AccuracyReward:
         return float(metrics["accuracy"])
 
 
+# The MnasNet factor saturates here (~1e100): beyond it every factor ranks the same, and the
+# reward stays finite and far from overflowing the agent's sums of rewards.
+_MAX_LOG_FACTOR = 230.0
+
+
 def mnasnet_reward(
     accuracy: float, latency_ms: float, target_ms: float, alpha: float, beta: float
 ) -> float:
     """MnasNet (Tan et al. 2019): accuracy x (latency / target) ^ w, w = alpha at or under
     the target, beta over it."""
     w = alpha if latency_ms <= target_ms else beta
-    return accuracy * (latency_ms / target_ms) ** w
+    if w == 0 or accuracy == 0:
+        return float(accuracy)  # also spares 0 x inf below
+    # in log space: an in-bounds tiny target or large |w| overflows (ratio) ** w
+    exponent = w * (math.log(latency_ms) - math.log(target_ms))
+    return accuracy * math.exp(min(exponent, _MAX_LOG_FACTOR))
 
 
 def additive_latency_reward(
     accuracy: float, latency_ms: float, reference_ms: float, lam: float
 ) -> float:
     """accuracy - lambda x log(latency / reference), the paper's FLOPs term with latency."""
-    return accuracy - lam * math.log(latency_ms / reference_ms)
+    # a difference of logs: latency / a tiny reference can overflow to inf
+    return accuracy - lam * (math.log(latency_ms) - math.log(reference_ms))
 
 
 def _latency(metrics: Mapping[str, float]) -> float:

@@ -18,7 +18,7 @@ from blockqnn.evaluate.latency import Latency, LatencyError, LatencyMeter, Laten
 from blockqnn.evaluate.result import EvalResult
 from blockqnn.execute.synthetic import synthetic_spec
 from blockqnn.final.pick import pareto_front, parse_pick, pick_front
-from blockqnn.reward import additive_latency_reward, make_reward, mnasnet_reward
+from blockqnn.reward import additive_latency_reward, make_reward, mnasnet_reward, score
 from blockqnn.search import run_search
 from blockqnn.settings.config import Config, merge
 from blockqnn.space.nsc.block import Block
@@ -105,6 +105,44 @@ def test_latency_rewards() -> None:
     assert math.isnan(reward({"accuracy": 0.8}))  # no latency: the search fails the trial
     config = merge(Config(), {"reward": {"name": "additive", "latency_target_ms": 1.0}})
     assert make_reward(config)({"accuracy": 0.8, "latency_ms": math.e}) == pytest.approx(0.73)
+
+
+@pytest.mark.parametrize(
+    ("latency_ms", "target_ms", "w"),
+    [(1.0, 1e-300, 100.0), (1e7, 1e-7, 100.0), (1e-300, 1.0, -100.0), (1e7, 5e-324, 1.0)],
+)
+def test_the_mnasnet_reward_saturates_instead_of_overflowing(
+    latency_ms: float, target_ms: float, w: float
+) -> None:
+    # (ratio) ** w is past float range for these in-bounds settings: it was an OverflowError
+    value = mnasnet_reward(0.8, latency_ms, target_ms, w, w)
+    assert math.isfinite(value) and value > 0.8
+    assert mnasnet_reward(0.8, 1.0, 1e-300, -100.0, -100.0) == 0.0  # underflow: no reward
+    assert math.isfinite(additive_latency_reward(0.8, 1e7, 5e-324, 1000.0))
+    config = merge(Config(), {"reward": {"name": "mnasnet", "latency_target_ms": target_ms}})
+    config = merge(config, {"reward": {"latency_alpha": w, "latency_beta": w}})
+    scored = score(make_reward(config), _ok(latency_ms=latency_ms))
+    assert scored.ok and scored.reward is not None and math.isfinite(scored.reward)
+
+
+def test_a_reward_that_raises_an_arithmetic_error_fails_the_trial() -> None:
+    def overflowing(metrics: Any) -> float:
+        return float(10.0 ** metrics["accuracy"] ** 9)
+
+    scored = score(overflowing, _ok(accuracy=1000.0))
+    assert not scored.ok and scored.reward == 0.0
+    assert scored.error is not None and scored.error.startswith("the reward raised OverflowError")
+
+
+def test_a_search_with_an_extreme_mnasnet_reward_completes(tmp_path: Path) -> None:
+    # the measured latency far over a tiny target with a large beta: every trial overflowed
+    config = _config(tmp_path, name="mnasnet", latency_target_ms=1e-9, latency_beta=100.0)
+    run_search(tmp_path / "run", config, spec=synthetic_spec)
+    run_search(tmp_path / "run", None, spec=synthetic_spec)  # a resume re-scores nothing bad
+    with Store.open(tmp_path / "run", readonly=True) as store:
+        trials = store.trials()
+        assert store.counts()["complete"] == 4
+        assert all(t.reward is not None and math.isfinite(t.reward) for t in trials)
 
 
 # ----- measuring and the cache ------------------------------------------------------------------
