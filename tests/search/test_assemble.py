@@ -10,15 +10,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from tests.strategies import write_nb201_table
 
 import blockqnn.execute.base as ex
+from blockqnn.cli import main
 from blockqnn.evaluate.result import EvalResult
 from blockqnn.evaluate.synthetic import SyntheticEvaluator
 from blockqnn.execute import EvaluatorSpec, Finished
 from blockqnn.execute.synthetic import synthetic_spec
 from blockqnn.reward import FAILED_REWARD, make_reward, score
 from blockqnn.search import run_search
-from blockqnn.settings.config import Config, merge
+from blockqnn.settings.config import Config, merge, with_absolute_paths
 from blockqnn.settings.registry import SPACES
 from blockqnn.space.nsc.block import Block
 from blockqnn.space.nsc.space import NSCSpace
@@ -144,3 +146,25 @@ def test_the_master_scores_every_result_with_the_runs_reward(tmp_path: Path) -> 
     for t in trials:  # accuracy - rho log(density), never the evaluator's 99
         assert t.reward == pytest.approx(t.accuracy - 0.5 * math.log(2.0))
         assert t.result is not None and t.result["reward"] == t.reward
+
+
+def test_an_nb201_dataset_is_a_column_even_beside_a_folder_of_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nb201's `[data] dataset` names the table's column: a folder `imagenet16-120` in the
+    working directory made it a path, and the search refused it as no such column."""
+    table = write_nb201_table(tmp_path / "t.csv.gz")
+    (tmp_path / "imagenet16-120").mkdir()
+    monkeypatch.chdir(tmp_path)
+    config = merge(Config(), {"data": {"dataset": "imagenet16-120"}})
+    assert with_absolute_paths(config, dataset_is_path=False).data.dataset == "imagenet16-120"
+    assert with_absolute_paths(config).data.dataset == str(tmp_path / "imagenet16-120")  # nsc
+    nb = ["--space", "nb201", "--table", str(table), "--dataset", "imagenet16-120"]
+    assert main(["search", *nb, "--budget", "5", "--run-dir", "a", "--agent", "random"]) == 0
+    with Store.open(tmp_path / "a", readonly=True) as store:
+        assert store.config().data.dataset == "imagenet16-120"
+        assert store.counts()["complete"] == 5
+    # a warm start compares the source's settings with the same rule: exact, not refused
+    assert main(["search", *nb, "--budget", "5", "--run-dir", "b", "--warm-start", "a"]) == 0
+    with Store.open(tmp_path / "b", readonly=True) as store:
+        assert len(store.trials()) == 10 and store.counts()["trained"] == 5

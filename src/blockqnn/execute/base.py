@@ -28,7 +28,7 @@ from blockqnn.evaluate.gate import Job, split_job, unwrap
 from blockqnn.evaluate.result import EvalResult
 from blockqnn.settings.config import Config
 from blockqnn.settings.registry import resolve
-from blockqnn.space.base import Space, make_space
+from blockqnn.space.base import Space, make_space, reads_data
 
 log = logging.getLogger("blockqnn.execute")
 
@@ -146,7 +146,7 @@ class EvaluatorSpec:
     @classmethod
     def for_space(cls, config: Config, space: Space, device: str | None = None) -> EvaluatorSpec:
         """The space's default evaluator, loading data only where the space needs it."""
-        return cls(config, device, needs_data=bool(getattr(space, "needs_data", True)))
+        return cls(config, device, needs_data=reads_data(space))
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "preloaded": None}

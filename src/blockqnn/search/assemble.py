@@ -26,7 +26,7 @@ from blockqnn.search.prescreen import Screener
 from blockqnn.search.resume import Opening, check_trials, scheduled
 from blockqnn.search.warm import load_warm_start
 from blockqnn.settings.config import Config, with_absolute_paths
-from blockqnn.space.base import Space, make_space
+from blockqnn.space.base import Space, make_space, reads_data
 from blockqnn.store.cache import EvalCache, cache_dir_for, callable_name, fingerprint
 from blockqnn.store.cache import latency_cache as open_latency_cache
 from blockqnn.strategy import make_strategy
@@ -63,8 +63,9 @@ def assemble(opening: Opening, factories: Factories) -> RunParts:
     Raises `BlockQNNError` for bad input before anything is written or any worker starts."""
     # A new run stores its data's paths absolute: a resume from another folder, a warm start
     # and the shared cache must not take another file of the same relative name for it.
-    config = opening.config if opening.resume else with_absolute_paths(opening.config)
-    space = make_space(config)
+    space = make_space(opening.config)  # reads no path
+    names_data = reads_data(space)
+    config = opening.config if opening.resume else with_absolute_paths(opening.config, names_data)
     strategy = factories.make_strategy(scheduled(config, opening.schedule_budget), space)
     seq, progress = 0, None
     if opening.resume:
@@ -85,7 +86,7 @@ def assemble(opening: Opening, factories: Factories) -> RunParts:
         if cache is not None:
             cache.close()
         raise
-    fprint = fingerprint(config, evaluator_name(spec))
+    fprint = fingerprint(config, evaluator_name(spec), names_data)
     return RunParts(
         config, space, strategy, seq, reward, executor, cache, meter, fprint, warm, progress,
         screener,

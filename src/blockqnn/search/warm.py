@@ -15,7 +15,7 @@ from blockqnn.evaluate.result import EvalResult
 from blockqnn.search.parts import WarmTrial
 from blockqnn.search.terminate import STOPPED_AT
 from blockqnn.settings.config import Config, with_absolute_paths
-from blockqnn.space.base import Space
+from blockqnn.space.base import Space, reads_data
 from blockqnn.store.cache import setting_differences
 from blockqnn.store.db import COMPLETE, Store, TrialRecord
 
@@ -40,7 +40,7 @@ def load_warm_start(
         path = Path(source)
         if path.resolve() == here:
             raise BlockQNNError(f"--warm-start {clip(str(source))} is this run itself")
-        trials, exact = _read_source(source, config, accept_any)
+        trials, exact = _read_source(source, config, reads_data(space), accept_any)
         name = str(path.resolve())
         for t in trials:
             if t.result is None:
@@ -68,7 +68,7 @@ def load_warm_start(
 
 
 def _read_source(
-    source: str | Path, config: Config, accept_any: bool
+    source: str | Path, config: Config, dataset_is_path: bool, accept_any: bool
 ) -> tuple[list[TrialRecord], bool]:
     """The source run's completed trials, and whether its evaluation settings are ours."""
     with Store.open(Path(source), readonly=True) as other:
@@ -79,7 +79,8 @@ def _read_source(
             f"--warm-start {clip(str(source))} searched the {theirs.search.space!r} space, "
             f"this search {config.search.space!r}: its candidates cannot be told"
         )
-    differ = setting_differences(config, with_absolute_paths(theirs))  # older runs: relative
+    theirs = with_absolute_paths(theirs, dataset_is_path)  # older runs: relative
+    differ = setting_differences(config, theirs)
     if differ and not accept_any:
         raise BlockQNNError(
             f"--warm-start {clip(str(source))} was evaluated with other settings: "

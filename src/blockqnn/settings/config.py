@@ -160,16 +160,18 @@ class DataConfig:
             )
 
 
-def with_absolute_paths(config: Config) -> Config:
+def with_absolute_paths(config: Config, dataset_is_path: bool = True) -> Config:
     """`config` with its data set (when it names an existing file or folder, not a built-in
-    name), tables and data folders made absolute, as a new run stores them."""
+    name), tables and data folders made absolute, as a new run stores them.
+    `dataset_is_path` False (a space that reads no data set, e.g. nb201, whose dataset is a
+    table's column): the dataset is a name even where a folder of that name exists."""
     d = config.data
 
     def absolute(path: str) -> str:
         return os.path.abspath(path) if path else path
 
     dataset = d.dataset
-    if dataset not in BUILTIN_DATASETS and os.path.exists(dataset):
+    if dataset_is_path and dataset not in BUILTIN_DATASETS and os.path.exists(dataset):
         dataset = absolute(dataset)
     table = os.pathsep.join(absolute(t) for t in d.table.split(os.pathsep)) if d.table else ""
     data = replace(

@@ -56,7 +56,8 @@ class Space(Protocol):
     # Optional class attributes, read with getattr: `evaluator`, a "module:attr" factory
     # (config, data, device) -> evaluator used when the run names no other (default: the
     # early-stop trainer), and `needs_data` (default True): whether the master loads the
-    # dataset for it.
+    # dataset for it (False: `[data] dataset` is a name, e.g. a table's column, never a path;
+    # see `reads_data`).
 
     @property
     def start(self) -> State:
@@ -132,3 +133,9 @@ def make_space(config: Config) -> Space:
     """The run's search space, built by its registry factory (`[search] space`)."""
     space: Space = SPACES.get(config.search.space)(config)
     return space
+
+
+def reads_data(space: Space) -> bool:
+    """Whether `[data] dataset` names data the space's evaluator reads (a path or built-in
+    name), not only a key such as nb201's table column (`needs_data` False)."""
+    return bool(getattr(space, "needs_data", True))

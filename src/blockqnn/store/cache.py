@@ -82,14 +82,16 @@ def evaluation_settings(config: Config) -> dict[str, Any]:
     return out
 
 
-def data_identity(data: DataConfig) -> str:
+def data_identity(data: DataConfig, dataset_is_path: bool = True) -> str:
     """What the data set and tables at the config's paths hold, as far as is cheap to know:
     a file's size and modification time, a folder's images' (as its array cache keys them).
-    Empty for the built-in data sets, whose archives are checksum-verified."""
+    Empty for the built-in data sets, whose archives are checksum-verified, and without
+    `dataset_is_path` (nb201: the dataset is a table's column) for the dataset."""
     from blockqnn.data.local import folder_fingerprint  # numpy: only where a folder is used
 
     parts = []
-    paths = [data.dataset] if data.dataset not in BUILTIN_DATASETS else []
+    is_path = dataset_is_path and data.dataset not in BUILTIN_DATASETS
+    paths = [data.dataset] if is_path else []
     paths += [t for t in data.table.split(os.pathsep) if t]
     for path in map(Path, paths):
         if path.is_dir():
@@ -100,14 +102,15 @@ def data_identity(data: DataConfig) -> str:
     return ";".join(parts)
 
 
-def fingerprint(config: Config, evaluator: str = "") -> str:
+def fingerprint(config: Config, evaluator: str = "", dataset_is_path: bool = True) -> str:
     """SHA-256 of `evaluation_settings`, of what the data paths hold (a file regenerated at
-    the same path is other data) and of `evaluator`, the name of an evaluator other than the
-    space's own: equal fingerprints, interchangeable results."""
+    the same path is other data; `dataset_is_path` as in `data_identity`) and of `evaluator`,
+    the name of an evaluator other than the space's own: equal fingerprints, interchangeable
+    results."""
     settings = evaluation_settings(config)
     if config.search.space == "nsc":  # results stored before ordered concats had their own
         settings["space.hash"] = "ordered concats"  # hash may be another network's: unused
-    identity = data_identity(config.data)
+    identity = data_identity(config.data, dataset_is_path)
     if identity:  # absent for built-in data: their runs' fingerprints stay as they were
         settings["data.identity"] = identity
     if evaluator:  # a replaced evaluator (a test's, a benchmark's) never shares real results
