@@ -389,3 +389,25 @@ def test_a_stop_says_how_to_continue_from_where_it_came(
     assert main(["search", "--resume", str(finished_run)]) == 130
     err = capsys.readouterr().err
     assert f"the search had finished: blockqnn status {finished_run}" in err
+
+
+@pytest.mark.parametrize(("in_file", "flag"), [("paper", "blockqnn"), ("blockqnn", "paper")])
+def test_a_preset_flag_keeps_the_config_files_other_agent_keys(
+    tmp_path: Path, synthetic: None, in_file: str, flag: str
+) -> None:
+    """--preset replaces the file's preset only: the file's explicit [agent] keys still
+    override the preset's values, as they do beside the file's own preset (they were lost)."""
+    from blockqnn.settings.config import AGENT_PRESETS
+
+    explicit = 'alpha = 0.05\non_repeat = "explore"\nalpha_mode = "visits"\niteration_size = 8\n'
+    config = tmp_path / "c.toml"
+    config.write_text(f'[search]\nbudget = 2\n[agent]\npreset = "{in_file}"\n{explicit}')
+    run = tmp_path / "run"
+    assert main(["search", "--run-dir", str(run), "--config", str(config), "--preset", flag]) == 0
+    with Store.open(run, readonly=True) as store:
+        agent = store.config().agent
+    assert agent.preset == flag
+    assert (agent.alpha, agent.on_repeat, agent.alpha_mode, agent.iteration_size) == (
+        0.05, "explore", "visits", 8,
+    )  # fmt: skip
+    assert agent.replay == AGENT_PRESETS[flag]["replay"]  # not in the file: the flag's preset

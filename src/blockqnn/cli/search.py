@@ -287,8 +287,9 @@ def _resolve(args: argparse.Namespace) -> tuple[str, Any, dict[str, dict[str, An
         return args.resume, None, overrides
     if not args.run_dir:
         raise BlockQNNError("--run-dir DIR is required (or --resume DIR)")
-    base = Config.from_toml(args.config) if args.config is not None else Config()
-    return args.run_dir, merge(base, overrides), overrides
+    if args.config is not None:  # the flags as keys of the file: see Config.from_toml
+        return args.run_dir, Config.from_toml(args.config, overrides), overrides
+    return args.run_dir, merge(Config(), overrides), overrides
 
 
 def _finish(args: argparse.Namespace, summary: Any, run_dir: str, out: Any) -> int:

@@ -399,9 +399,20 @@ class Config:
         return cls.from_dict(data)
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> Config:
-        """Read and validate a TOML file (`blockqnn.settings.toml.read_toml`)."""
-        return cls.from_dict(read_toml(path))
+    def from_toml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+        """Read and validate a TOML file (`blockqnn.settings.toml.read_toml`), then apply
+        `overrides` (command-line flags) as if their keys stood in the file: a preset among
+        them stays beneath the file's explicit `[agent]` keys, as the file's own preset is
+        (`merge` onto the built config could not tell them from the old preset's values)."""
+        data = read_toml(path)
+        config = cls.from_dict(data)  # the file alone is valid, or refused as such
+        if not overrides:
+            return config
+        combined = dict(data)
+        for name, values in overrides.items():
+            given = data.get(name)
+            combined[name] = {**given, **values} if isinstance(given, dict) else values
+        return cls.from_dict(combined)
 
 
 T = TypeVar("T")
