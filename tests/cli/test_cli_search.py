@@ -241,7 +241,7 @@ def test_a_budget_beyond_the_search_space_is_refused(
     run = tmp_path / "run"
     argv = ["search", "--config", str(config), "--budget", "10", "--run-dir", str(run)]
     assert main(argv) == 2
-    assert "exceeds the 8 candidates" in capsys.readouterr().err
+    assert "exceeds the 8 distinct candidates" in capsys.readouterr().err
     assert not run.exists()
 
 

@@ -261,3 +261,15 @@ def test_a_reward_that_raises_is_a_failed_trial_and_the_search_goes_on(
     assert {t.error for t in failed} == {"the reward raised KeyError: 'latency_ms'"}
     assert all(t.reward == 0.0 for t in failed)
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("budget", ["6467", "15625"])
+def test_a_budget_past_the_distinct_nb201_cells_is_refused_up_front(
+    table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], budget: str
+) -> None:
+    """15,625 paths but 6,466 distinct cells: a larger budget ended "converged", exit 1."""
+    run = tmp_path / "run"
+    assert main(_search(run, table, "--budget", budget)) == 2
+    err = _one_line_error(capsys)
+    assert f"search.budget = {budget} exceeds the 6466 distinct candidates" in err
+    assert "at most 6466" in err and not run.exists()

@@ -23,7 +23,7 @@ from blockqnn.errors import BlockQNNError
 from blockqnn.evaluate.table import TableEvaluator, make_evaluator
 from blockqnn.reward import make_reward, score
 from blockqnn.settings.config import Config
-from blockqnn.space.base import Space, parse_path_rows, path_text
+from blockqnn.space.base import Space, distinct_count, parse_path_rows, path_text
 from blockqnn.space.nb201 import (
     DATASETS,
     EDGES,
@@ -34,6 +34,7 @@ from blockqnn.space.nb201 import (
     make_space,
 )
 from blockqnn.space.nb201_table import load_table
+from blockqnn.space.nsc.space import NSCSpace
 
 TABLE = Path(__file__).parents[3] / "shared/data/nats-tss-200epoch-accuracy.csv.gz"
 EXAMPLE = (
@@ -162,6 +163,14 @@ def test_hash_form() -> None:
         "((0)@nor_conv_3x3)@nor_conv_3x3+0"
     )
     assert len({c.hash for c in ALL_CELLS}) == 6466
+
+
+def test_the_space_counts_its_distinct_cells_the_most_a_search_trains() -> None:
+    space = NB201Space()
+    assert space.count() == 15_625  # paths
+    assert space.distinct_count() == len({c.hash for c in ALL_CELLS}) == 6466
+    assert distinct_count(space) == 6466
+    assert distinct_count(NSCSpace(max_depth=2)) == NSCSpace(max_depth=2).count()  # its own
 
 
 def test_dead_nodes_do_not_matter() -> None:

@@ -26,7 +26,7 @@ from blockqnn.search.prescreen import Screener
 from blockqnn.search.resume import Opening, check_trials, scheduled
 from blockqnn.search.warm import load_warm_start
 from blockqnn.settings.config import Config, with_absolute_paths
-from blockqnn.space.base import Space, make_space, reads_data
+from blockqnn.space.base import Space, distinct_count, make_space, reads_data
 from blockqnn.store.cache import EvalCache, cache_dir_for, callable_name, fingerprint
 from blockqnn.store.cache import latency_cache as open_latency_cache
 from blockqnn.strategy import make_strategy
@@ -115,11 +115,12 @@ def _warm_trials(opening: Opening, config: Config, space: Space) -> list[WarmTri
 
 
 def _check_budget(config: Config, space: Space) -> None:
-    size = space.count()
+    # distinct hashes, not paths: a budget past them ends the search "converged" (exit 1)
+    size = distinct_count(space)
     if config.search.budget > size:
         raise BlockQNNError(
-            f"search.budget = {config.search.budget} exceeds the {size} candidates of "
-            f"the search space {space!r}"
+            f"search.budget = {config.search.budget} exceeds the {size} distinct candidates "
+            f"of the search space {space!r}: at most {size}"
         )
 
 

@@ -57,7 +57,8 @@ class Space(Protocol):
     # (config, data, device) -> evaluator used when the run names no other (default: the
     # early-stop trainer), and `needs_data` (default True): whether the master loads the
     # dataset for it (False: `[data] dataset` is a name, e.g. a table's column, never a path;
-    # see `reads_data`).
+    # see `reads_data`). Optional method `distinct_count()`: how many distinct candidates
+    # (hashes) it holds, where fewer than `count()` (see `distinct_count`).
 
     @property
     def start(self) -> State:
@@ -139,3 +140,10 @@ def reads_data(space: Space) -> bool:
     """Whether `[data] dataset` names data the space's evaluator reads (a path or built-in
     name), not only a key such as nb201's table column (`needs_data` False)."""
     return bool(getattr(space, "needs_data", True))
+
+
+def distinct_count(space: Space) -> int:
+    """How many candidates of distinct hash `space` holds, the most a search can train: its
+    `distinct_count()` where it has one, else `count()` (an upper bound, as for NSC)."""
+    counter = getattr(space, "distinct_count", None)
+    return int(counter()) if callable(counter) else space.count()
