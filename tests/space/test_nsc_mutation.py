@@ -26,7 +26,7 @@ def _kind(parent: Block, child: Block) -> str:
     """Which operator turned `parent` into `child`, read from their rows (the parent's
     add/concat predecessors sorted, as the child's are)."""
     space = _space(parent.max_depth)
-    parent = space.to_candidate(space.path_of(parent))
+    parent = space.to_candidate(space.check_path(parent.tuples()))  # sorted in place
     if len(child) != len(parent):
         return "insert" if len(child) > len(parent) else "delete"
     changed = [

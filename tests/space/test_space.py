@@ -113,8 +113,8 @@ def test_every_valid_block_is_producible(block: Block) -> None:
     for action in path:
         assert action in space.actions(state)
         state = action
-    # path_of sorts operands: a concat whose order decides the network, read the other way
-    # round, is another network (the space lists pred1 < pred2 only)
+    # path_of renumbers a concat whose order decides the network read descending; where no
+    # numbering lists it ascending (pred1 < pred2 only), its sorted path is another network
     reversed_concat = any(block.layers[i - 1].pred1 > block.layers[i - 1].pred2
                           for i in block.ordered_concats)  # fmt: skip
     assert space.to_candidate(path).hash == block.hash or reversed_concat
@@ -124,6 +124,34 @@ def test_path_of_normalises_add_order() -> None:
     space = NSCSpace()
     block = Block.parse("1,1,3,0,0; 2,1,5,0,0; 3,6,0,2,1")
     assert space.path_of(block)[2] == (3, 6, 0, 1, 2)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1,1,3,0,0; 2,1,5,0,0; 3,6,0,2,1; 4,5,0,3,0",
+        "1,1,3,0,0; 2,1,5,0,0; 3,6,0,2,1; 4,1,1,0,0; 5,1,1,0,0; 6,6,0,4,5; 7,5,0,3,6",
+    ],
+)
+def test_path_of_keeps_the_hash_of_an_ordered_concat_read_descending(text: str) -> None:
+    """(conv 5x5, conv 3x3) concatenated, then summed unprojected: sorting the operands
+    gave the path of (conv 3x3, conv 5x5), another network; renumbered, it is the same."""
+    space = NSCSpace()
+    block = Block.parse(text)
+    assert 3 in block.ordered_concats
+    path = space.path_of(block)
+    assert space.to_candidate(path).hash == block.hash
+    assert (
+        space.to_candidate(path).hash != space.to_candidate(space.check_path(block.tuples())).hash
+    )
+    assert space.path_of(space.to_candidate(path)) == path
+
+
+def test_path_of_an_ordered_concat_no_numbering_lists_is_its_sorted_path() -> None:
+    # the two concats read conv 3x3 and conv 5x5 in opposite orders: no numbering sorts both
+    block = Block.parse("1,1,3,0,0; 2,1,5,0,0; 3,6,0,2,1; 4,6,0,1,2; 5,5,0,3,4")
+    space = NSCSpace()
+    assert space.path_of(block) == space.check_path(block.tuples())
 
 
 def test_blocks_outside_the_space_are_refused() -> None:

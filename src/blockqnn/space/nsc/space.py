@@ -26,7 +26,8 @@ pred1 > pred2 (e.g. told from the store) maps to its sorted path by `path_of`; e
 block is thus producible up to that order. The exception is a concat whose operand order
 decides the network (`Block.ordered_concats`: its channels are summed unprojected by an add):
 the space produces it in the orders that sorted numberings give, which include its class
-representative's (`Block.canonical`), not in every order.
+representative's (`Block.canonical`), not in every order; `path_of` renumbers a block that
+reads one descending into such an order, where one exists, so its path keeps its hash.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from blockqnn.errors import BlockQNNError
 from blockqnn.settings.bounds import DEFAULT_MAX_DEPTH
 from blockqnn.space.base import Action, Path, State, parse_path_rows, path_text
-from blockqnn.space.nsc.block import KERNELS, Block, LayerType, check_depth
+from blockqnn.space.nsc.block import KERNELS, Block, Layer, LayerType, check_depth
 from blockqnn.space.nsc.mutation import mutate_block
 
 if TYPE_CHECKING:
@@ -195,11 +196,13 @@ class NSCSpace:
         return mutate_block(candidate, self.max_depth, rng)
 
     def path_of(self, block: Block) -> Path:
-        """The path that produces `block`, add/concat predecessors sorted.
+        """The path that produces `block` (same `hash`), add/concat predecessors sorted: a
+        concat whose operand order decides the network (`Block.ordered_concats`), read
+        descending, is first renumbered to read them ascending (`_producible`).
 
         Raises `BlockQNNError` if the block does not fit this space (too deep).
         """
-        return self.check_path(block.tuples())
+        return self.check_path(_producible(block).tuples())
 
     def check_path(self, rows: Iterable[Sequence[int]]) -> Path:
         """Validate rows (5 integers each, closed by the terminal) as a path of this space.
@@ -224,6 +227,44 @@ class NSCSpace:
         if state[1] != TERMINAL:
             raise BlockQNNError(f"a path must end with the terminal layer, got {len(path)} layers")
         return tuple(path)
+
+
+def _producible(block: Block) -> Block:
+    """`block` renumbered, where a numbering can, so that every ordered concat reads its
+    operands ascending: sorting them (the space lists pred1 < pred2) would build another
+    network. Otherwise (e.g. two such concats reading a and b in opposite orders) `block`
+    itself: its sorted path is the nearest the space holds."""
+    ordered = [block.layers[i - 1] for i in sorted(block.ordered_concats)]
+    if all(la.pred1 < la.pred2 for la in ordered):
+        return block  # sorting the commutative ones keeps the hash
+    # A topological order in which each ordered concat's first operand precedes its second;
+    # the lowest index first, so the block keeps its numbering where it can.
+    before = {la.index: {p for p in la.preds if p} for la in block.layers}
+    for la in ordered:
+        if la.pred2 == 0:
+            return block  # the input is node 0 in every numbering
+        if la.pred1:
+            before[la.pred2].add(la.pred1)
+    placed: dict[int, int] = {0: 0}
+    while len(placed) <= len(block.layers):
+        ready = [i for i, needs in before.items() if i not in placed and needs <= placed.keys()]
+        if not ready:
+            return block  # the operand orders contradict each other
+        placed[min(ready)] = len(placed)
+    layers = [block.layers[old - 1] for old in list(placed)[1:]]  # in their new order
+    rows: list[tuple[int, ...]] = [
+        (placed[la.index], int(la.type), la.kernel, *_operands(la, placed, block.ordered_concats))
+        for la in layers
+    ]
+    renumbered = Block.from_tuples(rows, block.max_depth)
+    return renumbered if renumbered.hash == block.hash else block
+
+
+def _operands(layer: Layer, new: dict[int, int], ordered: frozenset[int]) -> tuple[int, int]:
+    ps = [new[p] for p in layer.preds]
+    if layer.index not in ordered:
+        ps.sort()  # commutative
+    return (ps[0], ps[1]) if len(ps) == 2 else (ps[0], 0)
 
 
 def make_space(config: Config) -> NSCSpace:
