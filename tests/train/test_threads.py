@@ -46,10 +46,30 @@ def test_auto_takes_omp_num_threads_and_the_others_do_not() -> None:
     assert threads.resolve("all", cores=8, physical=8, busy=0.0, environ=env) == 8
 
 
-@pytest.mark.parametrize("bad", ["0", "-1", "many", "", "1.5", "5000"])
+@pytest.mark.parametrize(
+    "bad", ["0", "-1", "many", "", "1.5", "5000", "1_0", "٢", "１", "2\n3", "9" * 5000]
+)
 def test_bad_settings_are_one_line_errors(bad: str) -> None:
     with pytest.raises(BlockQNNError, match="--threads"):
         parse_threads(bad)
+
+
+@pytest.mark.parametrize("bad", ["1_0", "٢"])
+def test_cli_refuses_int_forms_that_are_not_ascii_digits(
+    capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    # int() takes both (10 and 2 threads): refused as any other bad value, exit 2; no
+    # --run-dir, refused next, so that an accepted value never starts a search
+    assert main(["search", "--threads", bad]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--threads = '{bad}'" in err and "Traceback" not in err
+    with pytest.raises(BlockQNNError, match=r"train\.threads"):  # a config's, the same
+        Config.from_dict({"train": {"threads": bad}})
+
+
+def test_omp_num_threads_that_is_not_ascii_digits_is_ignored() -> None:
+    env = {"OMP_NUM_THREADS": "²"}  # str.isdigit() is true, int() raises
+    assert threads.resolve("auto", cores=8, physical=4, busy=0.0, environ=env) == 4
 
 
 def test_config_accepts_names_and_toml_integers(tmp_path: Path) -> None:

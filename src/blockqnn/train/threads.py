@@ -132,7 +132,8 @@ def resolve(
         return max(1, phys)
     env = os.environ if environ is None else environ
     omp = env.get("OMP_NUM_THREADS", "").strip()
-    if omp.isdigit() and int(omp) > 0:  # auto: the environment's explicit answer
+    # auto: the environment's explicit answer (ASCII: "²" passes isdigit, not int)
+    if omp.isascii() and omp.isdigit() and int(omp) > 0:
         return int(omp)
     load = busy if busy is not None else busy_cores()
     # a core more than half busy counts as taken: round, not floor
