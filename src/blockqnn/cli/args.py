@@ -20,8 +20,8 @@ from typing import Any
 
 from blockqnn.errors import BlockQNNError, clip
 from blockqnn.files import check_path
+from blockqnn.settings.bounds import INTEGER_TEXT
 
-_INTEGER = re.compile(r"[+-]?[0-9]+\Z", re.ASCII)
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z", re.ASCII)
 MAX_DIGITS = 30  # an integer flag longer than this is refused before it is converted
 
@@ -30,7 +30,7 @@ def integer(low: int | None = None, high: int | None = None) -> Callable[[str], 
     """An argparse type: a whole number written in ASCII digits, within [low, high]."""
 
     def parse(text: str) -> int:
-        if not _INTEGER.match(text):
+        if not INTEGER_TEXT.match(text):
             raise argparse.ArgumentTypeError(f"not a whole number: {clip(text, quote=True)}")
         if len(text.lstrip("+-")) > MAX_DIGITS:
             raise argparse.ArgumentTypeError(f"a number of {len(text)} digits: {clip(text)}")

@@ -17,10 +17,14 @@ actions before the first ask. The ranges are generous for real use and far from 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from blockqnn.errors import BlockQNNError, clip
 
+# A whole number as text: ASCII digits only (int() also takes "1_0" and "٢"); the CLI's
+# integer flags and the thread setting read numbers with it
+INTEGER_TEXT = re.compile(r"[+-]?[0-9]+\Z", re.ASCII)
 MAX_DEPTH = 64  # layer indices of a block: the Q-table's actions grow with its square
 DEFAULT_MAX_DEPTH = 10  # choice: the paper's value is uncertain (23 recalled), ports use 10
 MAX_BUDGET = 10_000_000  # trained candidates of one search (the paper's largest run: 11,392)

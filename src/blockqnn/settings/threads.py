@@ -6,15 +6,11 @@ machine: resolving a setting to a number of threads is `blockqnn.train.threads`'
 
 from __future__ import annotations
 
-import re
-
 from blockqnn.errors import BlockQNNError, clip
-from blockqnn.settings.bounds import THREADS, check
+from blockqnn.settings.bounds import INTEGER_TEXT, THREADS, check
 
 POLICIES = ("auto", "all", "physical", "minus-one")
 DEFAULT = "auto"  # measured: docs/benchmarks.md, "Threads"
-# as `blockqnn.cli.args.integer`: int() alone also takes "1_0" and non-ASCII digits ("٢")
-_INTEGER = re.compile(r"[+-]?[0-9]+\Z", re.ASCII)
 HELP = (
     "CPU threads: auto (the idle cores; default), all, physical, minus-one, or a number; "
     "local workers divide them"
@@ -28,7 +24,7 @@ def parse(setting: str | int, where: str = "--threads") -> str:
     if text in POLICIES:
         return text
     try:
-        if not _INTEGER.match(text):
+        if not INTEGER_TEXT.match(text):
             raise ValueError(text)
         number = int(text)
     except ValueError:
