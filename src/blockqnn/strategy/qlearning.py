@@ -177,13 +177,8 @@ class QLearningAgent(BaseAgent):
             path = self._walk(epsilon, -1)
         candidate = self.space.to_candidate(path)
         if self.on_repeat == "explore" and self.epsilon < 1.0:
-            # A greedy walk that rebuilds a block already told teaches nothing new (its
-            # stored reward is told again); explore one step of it instead, at a random
-            # position, and follow the policy from there. Late in a search of a small space
-            # every one-step change of the greedy block is known: then each further try
-            # explores every step with a growing chance, the last a random walk. With
-            # one-step tries only, a 5,000-block NB201 search made 386,730 repeated
-            # proposals and stopped "converged" at 4,688 trained.
+            # A rebuilt told block teaches nothing: explore one step of the walk, then more
+            # (late in a small space every one-step change is known: docs/benchmarks.md)
             for tries in range(REPEAT_TRIES):
                 if candidate.hash not in self._hashes:
                     break
