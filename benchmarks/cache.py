@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import dumps  # noqa: E402
 from blockqnn.cli.args import integer  # noqa: E402
+from blockqnn.evaluate.result import EvalResult  # noqa: E402
 from blockqnn.store.db import Store  # noqa: E402  (this checkout's, without installing)
 from blockqnn.store.schema import CACHE_WORKER  # noqa: E402
 
@@ -52,8 +53,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         with Store.open(folder / "second", readonly=True) as store:
             trained = [t for t in store.trials() if t.trained]
         hits = [t for t in trained if t.worker.startswith(CACHE_WORKER)]
-        seconds = ("build_seconds", "train_seconds", "eval_seconds")
-        saved = sum(float((t.result or {}).get(k, 0.0)) for t in hits for k in seconds)
+        saved = sum(EvalResult.from_dict(t.result).seconds for t in hits if t.result)
     return {
         "dataset": args.dataset,
         "budget": args.budget,

@@ -47,6 +47,7 @@ from benchmarks.learning import reduced_cifar  # noqa: E402  (the same reduced C
 from benchmarks.strategies import ci95  # noqa: E402  (the strategies benchmark's interval)
 from blockqnn.cli.args import integer  # noqa: E402
 from blockqnn.errors import BlockQNNError  # noqa: E402
+from blockqnn.evaluate.result import EvalResult  # noqa: E402
 
 SETTINGS = ("plain", "terminate", "prescreen", "both")
 SCORES = ("params", "synflow", "jacob_cov")
@@ -200,7 +201,7 @@ def prescreen_overhead(runs: list[dict[str, Any]]) -> dict[str, float]:
         t.info["prescreen"] for r in runs if r["setting"] == "prescreen" for t in r["trials"]
     ]
     evals = [
-        sum(float(t.result[k]) for k in ("build_seconds", "train_seconds", "eval_seconds"))
+        EvalResult.from_dict(t.result).seconds  # build + train + validate
         for r in runs
         if r["setting"] == "prescreen"
         for t in r["trials"]
