@@ -22,6 +22,7 @@ from tests.strategies import write_nb201_table
 import blockqnn.strategy.random_search
 from blockqnn.cli import main
 from blockqnn.errors import BlockQNNError
+from blockqnn.search import loop
 from blockqnn.settings.registry import REWARDS, STRATEGIES
 from blockqnn.store.db import DB_NAME, Store
 
@@ -260,6 +261,21 @@ def test_a_reward_that_raises_is_a_failed_trial_and_the_search_goes_on(
     assert len(trained) == 12 and failed and len(failed) < 12
     assert {t.error for t in failed} == {"the reward raised KeyError: 'latency_ms'"}
     assert all(t.reward == 0.0 for t in failed)
+    capsys.readouterr()
+
+
+def test_a_converged_search_stops_with_exit_1_and_its_results_kept(
+    table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The paper's agent at its final epsilon proposes mostly known cells; after
+    MAX_REUSE_STREAK of them in a row the search stops, pointing at its results."""
+    monkeypatch.setattr(loop, "MAX_REUSE_STREAK", 5)
+    run = tmp_path / "run"
+    assert main(_search(run, table, "--budget", "3000", "--preset", "paper")) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("blockqnn search: stopped: the agent proposed only known blocks 5 ")
+    assert err.endswith(f"it has converged; the best blocks: blockqnn status {run}")
+    assert main(["status", str(run)]) == 0
     capsys.readouterr()
 
 

@@ -14,7 +14,9 @@ import pytest
 from tests.strategies import synthetic_reward
 
 from blockqnn import Block, BlockQNNError
+from blockqnn.space.nb201 import Cell, NB201Space
 from blockqnn.space.nsc.space import NSCSpace
+from blockqnn.strategy import evolution
 from blockqnn.strategy.evolution import RegularizedEvolution, make_strategy
 from blockqnn.strategy.random_search import RandomAgent
 
@@ -124,11 +126,11 @@ def test_initial_population_is_random_then_children_are_mutations_of_members() -
     for _ in range(6):
         agent.tell(agent.ask(), 0.5)
     assert space.parents == []  # the initial phase only samples
-    for step in range(60):
+    for _ in range(60):
         members = [str(c) for c, _ in agent.population]
+        start = len(space.parents)
         child = agent.ask()
-        assert len(space.parents) == step + 1
-        parent = space.parents[-1]
+        parent = space.parents[start]  # later mutations redraw a known child
         assert str(parent) in members and child.hash != parent.hash
         agent.tell(child, exact_reward(child))
 
@@ -230,6 +232,9 @@ def _corruptions() -> list[tuple[str, Callable[[dict[str, Any]], None], str]]:
         ("told", set_("told", -1), "told = -1"),
         ("rng", set_("rng", [3, [1, 2], None]), "random generator"),
         ("format", set_("format", "other"), "not a blockqnn agent snapshot"),
+        ("known not a list", set_("known", "abc"), "known must be a list of hashes"),
+        ("known not text", set_("known", [1, 2]), "known must be a list of hashes"),
+        ("known lacks a member", set_("known", []), "not every member's"),
     ]
 
 
@@ -251,6 +256,74 @@ def test_corrupt_snapshot_is_refused_and_changes_nothing(
     twin = RegularizedEvolution(budget=100, population_size=5, sample_size=3, seed=9)
     _drive(twin, range(1), [])
     assert [str(agent.ask()) for _ in range(30)] == [str(twin.ask()) for _ in range(30)]
+
+
+def test_an_older_snapshot_without_known_hashes_knows_its_members() -> None:
+    source = RegularizedEvolution(budget=100, population_size=5, sample_size=3, seed=1)
+    _drive(source, range(4), [])
+    snapshot = copy.deepcopy(source.state_dict())
+    del snapshot["known"]
+    agent = RegularizedEvolution(budget=100, population_size=5, sample_size=3, seed=1)
+    agent.load_state_dict(snapshot)
+    assert agent.state_dict()["known"] == sorted(c.hash for c, _ in source.population)
+
+
+# ----- repeats ------------------------------------------------------------------------------
+
+
+def _repeats(agent: RegularizedEvolution, asks: int) -> int:
+    """Asks and tells as the search loop does (a known cell told its reward again); returns
+    how many asks proposed a cell told before."""
+    told: set[str] = set()
+    repeats = 0
+    for _ in range(asks):
+        cell = agent.ask()
+        repeats += cell.hash in told
+        told.add(cell.hash)
+        agent.tell(cell, random.Random(cell.hash).random())
+    return repeats
+
+
+def test_a_child_told_before_is_mutated_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # NB201 has 6,466 distinct cells: after 2,000 a settled population's one-mutation
+    # children are mostly known. Without the redraws half the asks are repeats (1,061 here).
+    def run() -> int:
+        return _repeats(RegularizedEvolution(NB201Space(), budget=2000, seed=3), 2000)
+
+    redrawn = run()
+    monkeypatch.setattr(evolution, "REPEAT_TRIES", 0)
+    plain = run()
+    assert redrawn < 20 and plain > 500, (redrawn, plain)
+
+
+class RecordingNB201(NB201Space):
+    """An NB201 space that records the cells it mutates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parents: list[Cell] = []
+
+    def mutate(self, candidate: Cell, rng: random.Random) -> Cell:
+        self.parents.append(candidate)
+        return super().mutate(candidate, rng)
+
+
+def test_redraws_mutate_the_parent_then_walk_away() -> None:
+    space = RecordingNB201()
+    agent = RegularizedEvolution(space, budget=100, population_size=1, sample_size=1, seed=0)
+    parent = Cell.parse(
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|skip_connect~0|"
+        "nor_conv_3x3~1|nor_conv_3x3~2|"
+    )
+    rng = random.Random(0)
+    neighbours = {c.hash: c for c in (NB201Space.mutate(space, parent, rng) for _ in range(500))}
+    for cell in [*neighbours.values(), parent]:  # the parent last: the only member
+        agent.tell(cell, 0.5)
+    child = agent.ask()
+    tries = space.parents
+    assert tries[: evolution.REPEAT_STEP] == [parent] * evolution.REPEAT_STEP
+    assert tries[evolution.REPEAT_STEP].hash in neighbours  # a known child, mutated further
+    assert child.hash not in neighbours and child.hash != parent.hash
 
 
 # ----- learning -----------------------------------------------------------------------------

@@ -244,7 +244,8 @@ def run(args: argparse.Namespace) -> int:
         return 143 if isinstance(exc, Terminated) else 130
     except SearchStalled as exc:
         display.close()
-        print(f"blockqnn search: stopped: {exc}", file=sys.stderr)
+        best = f"the best blocks: blockqnn status {shlex.quote(str(run_dir))}"
+        print(f"blockqnn search: stopped: {exc}; {best}", file=sys.stderr)
         return 1
     display.close()
     try:
