@@ -114,7 +114,7 @@ class RegularizedEvolution(BaseAgent):
         value = check_reward(reward)
         member = self.space.to_candidate(self.space.path_of(candidate))  # raises if foreign
         self._population.append((member, value))
-        self._hashes.add(member.hash)
+        self._hashes.add(candidate.hash)  # the member's too, and computed already by the loop
         if len(self._population) > self.population_size:
             self._population.popleft()  # aging: the oldest dies, whatever its reward
         self._told += 1
