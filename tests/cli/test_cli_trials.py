@@ -109,6 +109,7 @@ def test_a_cache_hit_trained_nothing_in_this_run(tmp_path: Path) -> None:
     assert all(t.worker.startswith("cache: ") for t in second)
     _, rows = trial_rows(second)
     assert [row["train_seconds"] for row in rows] == [None, None]
+    assert first[0].result is not None
     assert trial_rows(first)[1][0]["train_seconds"] == first[0].result["train_seconds"] > 0
     assert read_run(tmp_path / "second").median_train_seconds is None
 

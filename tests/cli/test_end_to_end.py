@@ -112,7 +112,7 @@ def test_search_train_export_load(tmp_path: Path) -> None:
             )
         )  # fmt: skip
         assert info["max_abs_diff"] < 1e-4
-    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))  # type: ignore[no-untyped-call]
     assert np.abs(scripted(x).detach().numpy() - expected).max() < 1e-4
     import onnxruntime as ort
 

@@ -242,7 +242,7 @@ def test_search_with_the_mnasnet_reward_and_a_duplicate_search(
         trials = [t for t in store.trials() if t.status == "complete"]
         assert len(trials) == 4
         for t in trials:
-            assert t.result is not None
+            assert t.result is not None and t.accuracy is not None
             ms = t.result["metrics"]["latency_ms"]
             assert t.reward == pytest.approx(mnasnet_reward(t.accuracy, ms, 1.0, -0.07, -0.07))
 

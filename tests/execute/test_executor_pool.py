@@ -23,7 +23,7 @@ from blockqnn.execute import EvaluatorSpec, make_executor
 from blockqnn.execute.local import LocalExecutor
 from blockqnn.execute.pool import Placement, PoolExecutor, place_workers
 from blockqnn.execute.synthetic import synthetic_spec
-from blockqnn.search import run_search
+from blockqnn.search import SearchEvent, run_search
 from blockqnn.settings.config import Config, merge
 from blockqnn.space.nsc.block import Block
 from blockqnn.store.db import Store, TrialRecord
@@ -93,6 +93,7 @@ def test_bad_worker_settings_exit_2_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
 ) -> None:
     run = tmp_path / "run"
+    code: str | int | None
     try:
         code = main(["search", "--run-dir", str(run), "--budget", "2", *flags])
     except SystemExit as exc:  # a value refused while the arguments are parsed
@@ -206,12 +207,18 @@ def test_a_worker_killed_mid_trial_costs_only_that_trial(tmp_path: Path) -> None
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     requeued: list[str] = []
+
+    def note_requeued(e: SearchEvent) -> None:
+        if e.kind == "requeued":
+            assert e.trial is not None
+            requeued.append(e.trial.error)
+
     summary = run_search(
         tmp_path / "run",
         _config(budget=4, workers=2),
         spec=lambda c: synthetic_spec(c, 1.5),
         executor_factory=factory,
-        on_event=lambda e: requeued.append(e.trial.error) if e.kind == "requeued" else None,
+        on_event=note_requeued,
     )
     thread.join()
     assert killed and summary.trained == 4 and summary.failed == 0

@@ -26,6 +26,7 @@ def model_file(tmp_path: Path) -> Path:
     # Perturb BN statistics so a lost buffer would show up in the comparison.
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None  # tracked stats
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     path = tmp_path / "model.pt"
@@ -59,7 +60,7 @@ def test_export_matches_pytorch(model_file: Path, tmp_path: Path, fmt: str) -> N
     with torch.no_grad():
         expected = model(x).numpy()
     if fmt == "torchscript":
-        got = torch.jit.load(str(out))(x).detach().numpy()
+        got = torch.jit.load(str(out))(x).detach().numpy()  # type: ignore[no-untyped-call]
     else:
         import onnxruntime as ort
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_report import CHROMIUM, _chromium
+from tests.report.test_report import CHROMIUM, _chromium
 from tests.search.test_resume import DRIVER
 from tests.strategies import write_nb201_table
 
@@ -132,10 +132,10 @@ def test_dashboard_follows_a_running_search_in_chromium(
         assert _trained_in(second.stdout) == [40, 20, 12]
         assert '<span class="state">running</span>' not in second.stdout
         shot = tmp_path / "shot.png"
-        proc = _chromium(
+        third = _chromium(
             ["--window-size=1000,900", f"--screenshot={shot}", url.group(0)], tmp_path / "p3"
         )
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert third.returncode == 0, third.stderr[-2000:]
         with Image.open(shot) as image:
             pixels = {rgb for _, rgb in image.convert("RGB").getcolors(maxcolors=1_000_000) or []}
         for colour in COLOURS[:3]:  # every run's line is drawn in its colour

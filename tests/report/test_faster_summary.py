@@ -32,9 +32,8 @@ def test_interval_by_fisher_z_narrows_with_n() -> None:
     assert rank_interval(0.5, 4) is None
     low, high = rank_interval(0.5, 103) or (0.0, 0.0)
     half = 1.959964 * math.sqrt(1.06 / 100)
-    assert (low, high) == (
-        pytest.approx(math.tanh(math.atanh(0.5) - half)),
-        pytest.approx(math.tanh(math.atanh(0.5) + half)),
+    assert (low, high) == pytest.approx(
+        (math.tanh(math.atanh(0.5) - half), math.tanh(math.atanh(0.5) + half)),
     )
     wide = rank_interval(0.5, 10) or (0.0, 0.0)
     assert wide[0] < low and wide[1] > high

@@ -90,6 +90,7 @@ def make_run(
         block = strategy.ask()
         trial_id = store.add_trial(block, info, ask_seq=seq + 1)
         result = score(reward_of, evaluator.evaluate(block))  # as the master scores it
+        assert result.reward is not None  # score() always sets it
         reward = result.reward if result.ok else 0.0
         strategy.tell(block, reward)
         store.finish(trial_id, result, reward, "w0", seq + 2, AgentState({}, seq + 2))

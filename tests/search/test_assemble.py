@@ -144,6 +144,7 @@ def test_the_master_scores_every_result_with_the_runs_reward(tmp_path: Path) -> 
         trials = store.trials()
     assert [t.status for t in trials] == ["complete"] * 3
     for t in trials:  # accuracy - rho log(density), never the evaluator's 99
+        assert t.accuracy is not None
         assert t.reward == pytest.approx(t.accuracy - 0.5 * math.log(2.0))
         assert t.result is not None and t.result["reward"] == t.reward
 

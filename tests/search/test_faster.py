@@ -32,6 +32,7 @@ from blockqnn.space.nsc.block import Block
 from blockqnn.space.nsc.space import NSCSpace
 from blockqnn.store.db import Store
 from blockqnn.strategy import make_strategy
+from blockqnn.strategy.base import BaseAgent
 
 BLOCK = Block.parse("1,1,3,0,0; 2,7,0,0,0")
 
@@ -48,7 +49,7 @@ def test_line_needs_five_distinct_pairs_and_predicts_clipped() -> None:
     assert fit_line(pairs) is None  # four pairs: the partial stands
     assert fit_line([(0.5, 0.6)] * 5) is None  # all partials equal: no slope
     slope, intercept = fit_line([*pairs, (0.0, 0.1)]) or (0.0, 0.0)
-    assert (slope, intercept) == (pytest.approx(2.0), pytest.approx(0.1))
+    assert (slope, intercept) == pytest.approx((2.0, 0.1))
     assert predict(0.25, (2.0, 0.1)) == pytest.approx(0.6)
     assert predict(0.9, (2.0, 0.1)) == 1.0
     assert predict(0.25, None) == 0.25
@@ -64,7 +65,8 @@ def test_terminator_predicts_a_stopped_result_and_learns_only_full_pairs() -> No
     for i in range(MIN_COMPLETED):
         partial = 0.1 * i
         term.note(EvalResult("ok", accuracy=partial + 0.2, metrics={"partial_accuracy": partial}))
-    assert term.gate() == Gate(2, pytest.approx(0.35))
+    gate = term.gate()
+    assert gate is not None and gate.epoch == 2 and gate.below == pytest.approx(0.35)
     stopped = EvalResult(
         "ok",
         accuracy=0.05,
@@ -173,9 +175,9 @@ def test_a_cached_result_teaches_its_partial_accuracy_only_at_this_runs_epoch(
     run_search(tmp_path / "at3", _config(16, stop_after=3, cache=cache), spec=synthetic_spec)
     run_search(tmp_path / "at2", _config(16, stop_after=2, cache=cache), spec=synthetic_spec)
     with Store.open(tmp_path / "at2", readonly=True) as s:
-        trained = [t for t in s.trials() if t.trained and t.result is not None]
-    hits = [t.result["metrics"] for t in trained if t.worker.startswith("cache: ")]  # type: ignore[index]
-    own = [t.result["metrics"] for t in trained if not t.worker.startswith("cache: ")]  # type: ignore[index]
+        trained = [(t.worker, t.result) for t in s.trials() if t.trained and t.result is not None]
+    hits = [result["metrics"] for worker, result in trained if worker.startswith("cache: ")]
+    own = [result["metrics"] for worker, result in trained if not worker.startswith("cache: ")]
     assert hits and own
     assert all("partial_accuracy" not in m and "partial_epoch" not in m for m in hits)
     assert all(m["partial_epoch"] == 2.0 for m in own)
@@ -195,7 +197,11 @@ def test_resume_reruns_a_stopped_trial_in_flight(tmp_path: Path) -> None:
     straight = _trace(tmp_path / "straight")
     with Store.open(tmp_path / "straight", readonly=True) as s:
         trained = [t for t in s.trials() if t.trained]
-    at = next(i for i, t in enumerate(trained, 1) if "stopped_at" in t.result["metrics"])  # type: ignore[index]
+    at = next(
+        i
+        for i, t in enumerate(trained, 1)
+        if t.result is not None and "stopped_at" in t.result["metrics"]
+    )
     with pytest.raises(KeyboardInterrupt):
         run_search(
             tmp_path / "stopped",
@@ -229,6 +235,7 @@ def test_prescreen_asks_replay_on_resume(tmp_path: Path, agent: str) -> None:
             executor_factory=lambda s: InterruptingExecutor(s, 6),
         )
     live = make_strategy(agent, NSCSpace(), 10, 0, config.agent)
+    assert isinstance(live, BaseAgent)  # both agents count their asks and tells
     with Store.open(tmp_path / "stopped", readonly=True) as store:
         seq = restore_agent(store, live, NSCSpace())
     assert live.asked == seq - live.told  # every ask replayed, the losers' included

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_search import InterruptingExecutor
+from tests.search.test_search import InterruptingExecutor
 from tests.strategies import write_nb201_table
 
 from blockqnn.cli import main
@@ -166,11 +166,11 @@ def test_a_run_stopped_while_telling_its_warm_start_tells_it_on_resume(tmp_path:
         )
         tell = strategy.tell
 
-        def stop_at_the_tenth(block: Any, reward: float) -> None:
+        def stop_at_the_tenth(candidate: Any, reward: float) -> None:
             told["n"] += 1
             if told["n"] == 10:  # Ctrl-C while the warm trials are told
                 raise KeyboardInterrupt
-            tell(block, reward)
+            tell(candidate, reward)
 
         strategy.tell = stop_at_the_tenth  # type: ignore[method-assign]
         return strategy
@@ -211,7 +211,8 @@ def test_an_early_stopped_source_result_is_told_but_not_taken_as_exact(tmp_path:
     without early termination trains that block again if it is proposed."""
     source = _run(tmp_path / "src", _config(30, agent="random", seed=5, stop_after=2, cache="off"))
     with Store.open(source, readonly=True) as s:
-        stopped = {t.hash for t in s.trials(COMPLETE) if "stopped_at" in t.result["metrics"]}
+        complete = [(t.hash, t.result) for t in s.trials(COMPLETE) if t.result is not None]
+        stopped = {h for h, result in complete if "stopped_at" in result["metrics"]}
     assert stopped  # the threshold stopped some
     run = tmp_path / "new"
     run_search(

@@ -18,6 +18,7 @@ from blockqnn.reward import FAILED_REWARD
 from blockqnn.search import run_search
 from blockqnn.settings.config import Config, merge
 from blockqnn.settings.registry import REWARDS
+from blockqnn.space.base import Space
 from blockqnn.space.nsc.block import Block
 from blockqnn.space.nsc.space import NSCSpace
 from blockqnn.store.db import Store
@@ -47,6 +48,7 @@ class ScriptedAgent:
     """Proposes a fixed sequence of blocks; records every tell."""
 
     def __init__(self, names: list[str]) -> None:
+        self.space: Space = NSCSpace()
         self.names = names
         self.asked = 0
         self.tells: list[tuple[str, float]] = []

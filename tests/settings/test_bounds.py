@@ -9,6 +9,7 @@ documentation cannot drift from the code.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -116,9 +117,9 @@ def _outside(allowed: Range) -> st.SearchStrategy[Any]:
         st.integers(min_value=10**300, max_value=10**1000),  # beyond any float
     ]
     if not allowed.integer:
-        real = {"allow_nan": False, "allow_infinity": False}
-        options.append(st.floats(max_value=allowed.low, exclude_max=not allowed.open_low, **real))
-        options.append(st.floats(min_value=allowed.high, exclude_min=not allowed.open_high, **real))
+        finite = functools.partial(st.floats, allow_nan=False, allow_infinity=False)
+        options.append(finite(max_value=allowed.low, exclude_max=not allowed.open_low))
+        options.append(finite(min_value=allowed.high, exclude_min=not allowed.open_high))
     return st.one_of(options)
 
 

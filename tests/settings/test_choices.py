@@ -19,7 +19,7 @@ LISTS = {
 
 def _literals(tree: ast.AST) -> list[tuple[int, frozenset[object]]]:
     """(line, values) of every tuple, list or set literal made of constants only."""
-    out = []
+    out: list[tuple[int, frozenset[object]]] = []
     for node in ast.walk(tree):
         if not isinstance(node, (ast.Tuple, ast.List, ast.Set)) or len(node.elts) < 2:
             continue

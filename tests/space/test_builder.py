@@ -132,4 +132,4 @@ def test_reference_flops_is_single_conv_network() -> None:
 )
 def test_bad_network_settings(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(BlockQNNError, match=message):
-        build_network(EXAMPLE, **kwargs)  # type: ignore[arg-type]
+        build_network(EXAMPLE, **kwargs)

@@ -21,7 +21,7 @@ def _all_paths(space: NSCSpace) -> list[tuple[tuple[int, ...], ...]]:
     out = []
 
     def walk(state: tuple[int, ...], prefix: tuple[tuple[int, ...], ...]) -> None:
-        for action in space.actions(state):  # type: ignore[arg-type]
+        for action in space.actions(state):
             if space.is_terminal(action):
                 out.append((*prefix, action))
             else:
@@ -35,7 +35,7 @@ def _all_valid_blocks(max_depth: int) -> list[Block]:
     """Every valid block by brute force over raw tuples, both add/concat orders included."""
 
     def rows_at(i: int) -> list[tuple[int, ...]]:
-        found = []
+        found: list[tuple[int, ...]] = []
         for t, k, p1, p2 in itertools.product(range(1, 7), range(6), range(i), range(i)):
             try:
                 check_layer((i, t, k, p1, p2), i, max_depth)

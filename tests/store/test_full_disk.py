@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 import blockqnn.execute.base as ex
-import blockqnn.store.opening as opening
 from blockqnn.cli import main
 from blockqnn.errors import BlockQNNError
 from blockqnn.evaluate.synthetic import SyntheticEvaluator
@@ -78,7 +77,8 @@ def test_a_session_start_on_a_full_disk_is_one_line_and_the_run_resumes_after(
     capsys.readouterr()
     real = sqlite3.connect
     with monkeypatch.context() as m:
-        m.setattr(opening.sqlite3, "connect", functools.partial(real, factory=_FullConnection))
+        full = functools.partial(real, factory=_FullConnection)
+        m.setattr("blockqnn.store.opening.sqlite3.connect", full)
         assert main(["search", "--resume", str(run), "--budget", "5"]) == 2
     line = _one_error(capsys)
     assert "is full" in line and "damaged" not in line and "TypeError" not in line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,7 +143,7 @@ class _InterruptedAfter:
     def __init__(self, conn: sqlite3.Connection, sql: str, error: BaseException) -> None:
         self._conn, self._sql, self._error = conn, sql, error
 
-    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
         if sql == self._sql and isinstance(self._error, sqlite3.Error):
             raise self._error
         cursor = self._conn.execute(sql, *args)
@@ -188,7 +189,7 @@ def test_one_writer_at_a_time(store: Store, tmp_path: Path) -> None:
     with Store.open(tmp_path / "run", readonly=True) as reader:
         assert reader.active()
         with pytest.raises(RuntimeError, match="read-only"):
-            reader.add_trial(A, 1.0)
+            reader.add_trial(A, {})
     store.close()
     other.acquire()
     other.close()
@@ -210,7 +211,8 @@ def test_trial_statuses_are_the_stored_strings() -> None:
     stored = ["queued", "running", "complete", "failed", "reused", "interrupted"]
     assert [s.value for s in TrialStatus] == stored and list(STATUSES) == stored
     # A str enum: plain strings read back from SQLite look up and compare as the members.
-    assert {"failed": 3}[FAILED] == 3 and {FAILED: 3}["failed"] == 3
+    by_member: dict[str, int] = {FAILED: 3}
+    assert {"failed": 3}[FAILED] == 3 and by_member["failed"] == 3
     assert f"{FAILED}" == "failed" and str(FAILED) == "failed"
     assert json.dumps([FAILED]) == '["failed"]'
 

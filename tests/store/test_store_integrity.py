@@ -29,10 +29,10 @@ import pytest
 from tests.store.test_store_migration import build_v1_run
 
 import blockqnn.execute.base as ex
-import blockqnn.store.db as store_module
 import blockqnn.store.opening as opening_module
 import blockqnn.store.schema as store_schema
 from blockqnn.cli import main
+from blockqnn.errors import BlockQNNError
 from blockqnn.evaluate.synthetic import SyntheticEvaluator
 from blockqnn.store.db import DB_NAME, LOCK_NAME, SCHEMA_VERSION, Store
 
@@ -346,7 +346,7 @@ def test_a_lock_file_that_cannot_be_opened_is_not_writable(
     import blockqnn.files as files  # where the lock file is opened
 
     monkeypatch.setattr(files, "open", refuse, raising=False)
-    with pytest.raises(store_module.BlockQNNError, match="is not writable"):
+    with pytest.raises(BlockQNNError, match="is not writable"):
         Store.open(run, acquire=True)
 
 

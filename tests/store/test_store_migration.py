@@ -168,6 +168,7 @@ def v1_search(kill_after: int | None) -> tuple[list[dict[str, Any]], tuple[int, 
             row.update(status="reused", reuse_of=source["id"], finished=now)
         else:
             result = score(reward_of, evaluator.evaluate(block))  # as the master scores it
+            assert result.reward is not None  # score() always sets it
             reward = result.reward if result.ok else 0.0
             agent.tell(block, reward)
             trained += 1

@@ -56,7 +56,7 @@ def test_alpha_mode_max_keeps_the_best_target_of_a_pair() -> None:
 def test_ranked_replay_draws_the_best_blocks_most(monkeypatch: pytest.MonkeyPatch) -> None:
     space = NB201Space()
     rng = random.Random(0)
-    counts: dict[float, int] = {}
+    counts: dict[str, int] = {}
     for mode in ("ranked", "uniform"):
         agent = QLearningAgent(space, config=PAPER, replay=mode, replay_size=3000)
         cells = {space.to_candidate(space.sample(rng)) for _ in range(12)}

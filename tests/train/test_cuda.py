@@ -106,7 +106,7 @@ def _evaluator() -> Evaluator:
 
 def test_out_of_memory_is_retried_at_half_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     evaluator = _evaluator()
-    real_fit = evaluator_module.fit
+    real_fit = fit  # the one the evaluator imported
     batches: list[int] = []
     fail = {"times": 1}
 

@@ -405,10 +405,16 @@ class LatencyMeter:
         return replace(result, metrics={**result.metrics, **metrics})
 
 
+class AddsLatency(Protocol):
+    """What `LatencyEvaluator` needs of its meter: a `LatencyMeter`'s `apply`."""
+
+    def apply(self, candidate: Any, result: EvalResult, /) -> EvalResult: ...
+
+
 class LatencyEvaluator:
     """An evaluator with the latency metrics added to each ok result (on the worker)."""
 
-    def __init__(self, inner: Any, meter: LatencyMeter) -> None:
+    def __init__(self, inner: Any, meter: AddsLatency) -> None:
         self.inner = inner
         self.meter = meter
 

@@ -14,6 +14,7 @@ has at most D - 1 computing layers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import cached_property
@@ -231,16 +232,16 @@ class Block:
 
     @classmethod
     def from_tuples(
-        cls, rows: list[tuple[int, ...]] | list[list[int]], max_depth: int = DEFAULT_MAX_DEPTH
+        cls, rows: Sequence[Sequence[int]], max_depth: int = DEFAULT_MAX_DEPTH
     ) -> Block:
         """Validate a list of 5-tuples; a trailing terminal is optional."""
         check_depth(max_depth)
         layers: list[Layer] = []
-        rows = [tuple(r) for r in rows]
-        for position, row in enumerate(rows, start=1):
+        values = [tuple(r) for r in rows]
+        for position, row in enumerate(values, start=1):
             layer = check_layer(row, position, max_depth)
             if layer.type is LayerType.TERMINAL:
-                if position != len(rows):
+                if position != len(values):
                     raise BlockQNNError(f"layer {position}: terminal must be the last layer")
                 break
             layers.append(layer)
