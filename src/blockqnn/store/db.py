@@ -63,10 +63,12 @@ from blockqnn.store.queries import (
     select_trial,
     select_trials,
 )
+from blockqnn.store.queries import is_warm as is_warm  # re-exported: the search imports it
 from blockqnn.store.rows import copy_result, insert_snapshot, insert_warm, transition
 from blockqnn.store.rundir import DB_NAME as DB_NAME  # the run's file names: re-exported
 from blockqnn.store.rundir import LOCK_NAME as LOCK_NAME
 from blockqnn.store.rundir import held, reader, store_write_error, take_lock
+from blockqnn.store.scan import Reading
 from blockqnn.store.schema import (
     APPLICATION_ID,
     COMPLETE,
@@ -215,6 +217,10 @@ class Store:
         if record is None:
             raise KeyError(trial_id)
         return record
+
+    def reading(self) -> contextlib.AbstractContextManager[Reading]:
+        """One consistent read, its trials streamed: `blockqnn.store.scan`."""
+        return Reading.of(self._conn)
 
     def top(self, k: int = 10) -> list[TrialRecord]:
         """The `k` best trained blocks by reward, best first (reused duplicates excluded)."""
@@ -489,8 +495,3 @@ class Store:
             )
             c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (SCHEDULE_BUDGET, str(first)))
             seal_meta(c)
-
-
-def is_warm(t: TrialRecord) -> bool:
-    """A warm-start trial: told from an earlier run's result before the first ask."""
-    return t.status == REUSED and t.reuse_of is None and "warm_start" in t.info

@@ -8,7 +8,7 @@ verifying the checksums of what it reads. Must not write.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,10 @@ class TrialRecord:
 
 
 _COLUMNS = TRIAL_COLUMNS
+# where a row's values are (`trial_values`), for readers that look at a few of them
+ID, STATUS, REWARD, RESULT, ERROR, INFO, ASK_SEQ = (
+    _COLUMNS.index(n) for n in ("id", "status", "reward", "result", "error", "info", "ask_seq")
+)
 if tuple(TrialRecord.__dataclass_fields__) != _COLUMNS:  # pragma: no cover - a coding error
     raise ImportError("TrialRecord's fields and store_schema.TRIAL_COLUMNS differ")
 
@@ -97,21 +101,35 @@ class AgentState:
     seq: int
 
 
-def _row_to_record(row: Sequence[Any]) -> TrialRecord:
-    """A trial from its row (content columns then checksum): verified and decoded."""
+def trial_values(
+    row: Sequence[Any], decode_json: Callable[[Any, str], Any] = decode, check: bool = True
+) -> list[Any]:
+    """A trial's values in `TRIAL_COLUMNS` order from its row (content columns then
+    checksum): verified (unless `check` is False: a row this read has verified already), its
+    JSON decoded with `decode_json`, its status a known one."""
     trial = f"trial {clip(row[0])}"
-    values = dict(zip(_COLUMNS, verified("trials", row, trial), strict=True))
-    if values["result"] is not None:
-        values["result"] = decode(values["result"], f"{trial}'s result")
-        if not isinstance(values["result"], dict):
+    values = list(verified("trials", row, trial) if check else row[:-1])
+    if values[RESULT] is not None:
+        values[RESULT] = decode_json(values[RESULT], f"{trial}'s result")
+        if not isinstance(values[RESULT], dict):
             raise damaged(f"{trial}'s result is not a JSON object")
-    info = decode(values["info"], f"{trial}'s info") if values["info"] else {}
+    info = decode_json(values[INFO], f"{trial}'s info") if values[INFO] else {}
     if not isinstance(info, dict):
         raise damaged(f"{trial}'s info is not a JSON object")
-    values["info"] = info
-    if values["status"] not in STATUSES:
+    values[INFO] = info
+    if values[STATUS] not in STATUSES:
         raise damaged(f"{trial} has an unknown status")
-    return TrialRecord(**values)
+    return values
+
+
+def row_to_record(row: Sequence[Any]) -> TrialRecord:
+    """A trial from its row, verified and decoded."""
+    return TrialRecord(*trial_values(row))
+
+
+def is_warm(t: TrialRecord) -> bool:
+    """A warm-start trial: told from an earlier run's result before the first ask."""
+    return t.status == REUSED and t.reuse_of is None and "warm_start" in t.info
 
 
 SELECT_TRIALS = f"SELECT {', '.join(_COLUMNS)}, checksum FROM trials"
@@ -119,7 +137,7 @@ SELECT_TRIALS = f"SELECT {', '.join(_COLUMNS)}, checksum FROM trials"
 
 def select_trial(c: sqlite3.Connection, trial_id: int) -> TrialRecord | None:
     row = c.execute(SELECT_TRIALS + " WHERE id = ?", (trial_id,)).fetchone()
-    return None if row is None else _row_to_record(row)
+    return None if row is None else row_to_record(row)
 
 
 def read_meta(c: sqlite3.Connection) -> dict[str, str]:
@@ -148,8 +166,7 @@ def select_trials(c: sqlite3.Connection, status: str | None = None) -> list[Tria
     if status is not None:
         query += " WHERE status = ?"
         args = (status,)
-    rows = c.execute(query + " ORDER BY id", args).fetchall()
-    return [_row_to_record(r) for r in rows]
+    return [row_to_record(r) for r in c.execute(query + " ORDER BY id", args)]  # streamed
 
 
 def select_top(c: sqlite3.Connection, k: int) -> list[TrialRecord]:
@@ -158,7 +175,7 @@ def select_top(c: sqlite3.Connection, k: int) -> list[TrialRecord]:
         SELECT_TRIALS + " WHERE status = ? ORDER BY reward DESC, id LIMIT ?",
         (COMPLETE, min(k, 2**62)),
     ).fetchall()
-    return [_row_to_record(r) for r in rows]
+    return [row_to_record(r) for r in rows]
 
 
 def count_statuses(c: sqlite3.Connection) -> dict[str, int]:
