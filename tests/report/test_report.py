@@ -31,6 +31,7 @@ from blockqnn.cli import main
 from blockqnn.evaluate.synthetic import SyntheticEvaluator
 from blockqnn.execute.synthetic import synthetic_spec
 from blockqnn.report import (
+    SCORED,
     load_run,
     render_report,
     rolling_means,
@@ -198,10 +199,14 @@ def test_stage_means_of_a_run_with_reused_trials_average_its_trained_trials(
     runs: tuple[Path, Path],
 ) -> None:
     run = load_run(runs[0])
-    stages = stage_means(run.scored)
+    with Store.open(runs[0], readonly=True) as store:
+        trials = store.trials()
+    stages = stage_means(trials)
+    assert list(run.stages) == stages  # streamed as the store is read: the same stages
     assert sum(s.reused for s in stages) == run.counts["reused"] > 0
+    scored = [t for t in trials if t.status in SCORED and t.reward is not None]
     for s in stages:
-        inside = [t for t in run.scored if s.first <= t.id <= s.last]
+        inside = [t for t in scored if s.first <= t.id <= s.last]
         assert s.count == len(inside)
         rewards = [t.reward for t in inside if t.status != "reused"]
         assert s.trained == len(rewards)
@@ -466,7 +471,7 @@ def test_learning_curve_with_epsilon_has_labelled_stages_and_a_rolling_mean(
     runs: tuple[Path, Path],
 ) -> None:
     run = load_run(runs[0])
-    stages = stage_means(run.scored)
+    stages = run.stages
     fig = learning_curve_figure(run)
     texts = _texts(fig)
     assert len(texts) == len(stages) > 1 and all(t.startswith("ε=") for t in texts)
@@ -488,7 +493,7 @@ def test_a_run_without_epsilon_has_no_stages_but_a_rolling_mean(
     make_run(tmp_path / "evolution", "evolution", 30)
     for run_dir in (runs[1], tmp_path / "evolution"):
         run = load_run(run_dir)
-        assert not run.has_epsilon and stage_means(run.scored) == []
+        assert not run.has_epsilon and run.stages == ()
         fig = learning_curve_figure(run)
         assert _texts(fig) == []  # no epsilon labels
         legend = _legend(fig)

@@ -28,7 +28,6 @@ def status(run_dir: str, top: int = 5) -> dict[str, Any]:
     """The run's state as a JSON-safe dict (the `--json` output), from the report's summary."""
     from blockqnn.report.data import read_run
     from blockqnn.report.faster import faster_summary
-    from blockqnn.store.db import FAILED
 
     run = read_run(run_dir, top)
     config, counts = run.config, run.counts
@@ -51,11 +50,11 @@ def status(run_dir: str, top: int = 5) -> dict[str, Any]:
         "evaluations_per_hour": round(run.evaluations_per_hour or 0.0, 2),
         "top": [trial_json(t, run.space) for t in run.top],
         # early termination and the pre-screen (`blockqnn.report.faster`); null when off
-        "faster": faster_summary(run.trials),
+        "faster": faster_summary(run.evaluated),
         # the latest failed evaluations with their errors, newest last
         "recent_failures": [
             {"id": t.id, "candidate": t.candidate, "error": t.error}
-            for t in [t for t in run.trials if t.status == FAILED][-5:]
+            for t in run.failed[-5:]
         ],
     }
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from blockqnn.errors import BlockQNNError
 from blockqnn.files import HTML, check_replace, write_atomic
 from blockqnn.report.data import (
+    SCORED,
     RunSummary,
     Stage,
     load_run,
@@ -37,6 +38,7 @@ from blockqnn.settings.bounds import MAX_TOP, check, integers
 
 __all__ = [
     "REPORT_NAME",
+    "SCORED",
     "RunSummary",
     "Stage",
     "load_run",

@@ -18,14 +18,16 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from blockqnn.errors import BlockQNNError
 from blockqnn.settings.config import Config
 from blockqnn.store.db import COMPLETE, FAILED, REUSED, TRAINED, Store, TrialRecord
+from blockqnn.store.scan import Reading
 
 # Trials that carry a reward the agent was told: the points of the learning curve.
 SCORED = (COMPLETE, FAILED, REUSED)
@@ -34,7 +36,12 @@ SCORED = (COMPLETE, FAILED, REUSED)
 def epsilon_of(trial: TrialRecord) -> float | None:
     """The epsilon the strategy reported when it proposed `trial`, or None (strategies other
     than Q-learning report none)."""
-    value = trial.info.get("epsilon")
+    return epsilon_in(trial.info)
+
+
+def epsilon_in(info: dict[str, Any]) -> float | None:
+    """The epsilon of a strategy's info, or None."""
+    value = info.get("epsilon")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
@@ -65,6 +72,26 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Reused:
+    """The reused trials with a reward, in ask order, as the learning curve draws them: a
+    long run holds hundreds of thousands, so their numbers are kept, not their records."""
+
+    ids: array[int] = field(default_factory=lambda: array("q"))
+    rewards: array[float] = field(default_factory=lambda: array("d"))
+    failures: array[int] = field(default_factory=lambda: array("b"))  # 1: a failure's copy
+
+    def add(self, trial_id: int, reward: float, failure: bool) -> None:
+        self.ids.append(trial_id)
+        self.rewards.append(reward)
+        self.failures.append(failure)
+
+    def points(self, failure: bool) -> tuple[list[int], list[float]]:
+        """(ids, rewards) of the copies of failures, or of the others."""
+        keep = [i for i, f in enumerate(self.failures) if f == failure]
+        return [self.ids[i] for i in keep], [self.rewards[i] for i in keep]
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """Everything the report shows about one run, read at one moment."""
 
@@ -72,26 +99,30 @@ class RunSummary:
     config: Config
     meta: dict[str, str]
     counts: dict[str, int]
-    trials: tuple[TrialRecord, ...]  # every trial, ask order
+    evaluated: tuple[TrialRecord, ...]  # complete and failed trials (the budget's), ask order
     top: tuple[TrialRecord, ...]  # best complete trials by reward, best first
     elapsed: float  # seconds the run's sessions have worked, summed
     sessions: tuple[dict[str, Any], ...]
     active: bool  # a search process held the run's lock when it was read
     read_at: float  # Unix seconds when the store was read
-
-    @property
-    def scored(self) -> list[TrialRecord]:
-        """Finished trials with a reward, ask order (the learning curve's points)."""
-        return [t for t in self.trials if t.status in SCORED and t.reward is not None]
+    stages: tuple[Stage, ...]  # `stage_means` of every trial
+    info: dict[str, Any]  # the strategy's info at the latest trial (e.g. {"epsilon": 0.9})
+    has_epsilon: bool  # whether the strategy reported an epsilon (then the curve has stages)
+    reused_errors: bool  # whether a reused trial with a reward carries an error
+    reused: Reused = field(default_factory=Reused)  # empty unless read with `points`
 
     @property
     def trained(self) -> list[TrialRecord]:
         """Complete and failed trials with a reward, ask order (what the statistics use)."""
-        return [t for t in self.trials if t.status in TRAINED and t.reward is not None]
+        return [t for t in self.evaluated if t.reward is not None]
 
     @property
     def complete(self) -> list[TrialRecord]:
-        return [t for t in self.trials if t.status == COMPLETE]
+        return [t for t in self.evaluated if t.status == COMPLETE]
+
+    @property
+    def failed(self) -> list[TrialRecord]:
+        return [t for t in self.evaluated if t.status == FAILED]
 
     @property
     def agent(self) -> str:
@@ -105,16 +136,6 @@ class RunSummary:
     def noun(self) -> str:
         """What the space's candidates are called: 'block' (NSC) or 'candidate'."""
         return "block" if self.space == "nsc" else "candidate"
-
-    @property
-    def info(self) -> dict[str, Any]:
-        """The strategy's info at its latest ask (e.g. {"epsilon": 0.9}); {} if none."""
-        return dict(self.trials[-1].info) if self.trials else {}
-
-    @property
-    def has_epsilon(self) -> bool:
-        """Whether the strategy reported an epsilon (then the curve has stages)."""
-        return any(epsilon_of(t) is not None for t in self.trials)
 
     @property
     def has_cost(self) -> bool:
@@ -161,9 +182,9 @@ class RunSummary:
 
 
 def load_run(run_dir: str | Path, top_k: int = 10) -> RunSummary:
-    """Read a run's store (read-only). Raises `BlockQNNError` for a directory that is not a
-    run or a run without a single completed trial."""
-    summary = read_run(run_dir, top_k)
+    """Read a run's store (read-only) with the points the report draws. Raises
+    `BlockQNNError` for a directory that is not a run or a run without a completed trial."""
+    summary = read_run(run_dir, top_k, points=True)
     if not summary.complete:
         state = ", ".join(f"{n} {s}" for s, n in summary.counts.items() if n and s != "trained")
         raise BlockQNNError(
@@ -173,54 +194,100 @@ def load_run(run_dir: str | Path, top_k: int = 10) -> RunSummary:
     return summary
 
 
-def read_run(run_dir: str | Path, top_k: int = 10) -> RunSummary:
+def read_run(run_dir: str | Path, top_k: int = 10, points: bool = False) -> RunSummary:
     """Read a run's store (read-only), whatever it holds so far (`status` shows a run
-    without trials too). Raises `BlockQNNError` for a directory that is not a run."""
+    without trials too), in one pass over its trials that keeps the trained ones and, with
+    `points`, the reused ones' points. Raises `BlockQNNError` for a directory that is not a
+    run."""
     directory = Path(run_dir)
-    with Store.open(directory, readonly=True) as store:
+    with Store.open(directory, readonly=True) as store, store.reading() as reading:
         config = store.config()
         summary = RunSummary(
             run_dir=directory,
             config=config,
             meta=store.meta(),
             counts=store.counts(),
-            trials=tuple(store.trials()),
             top=tuple(store.top(top_k)),
             elapsed=store.elapsed(),
             sessions=tuple(store.sessions()),
             active=store.active(),
             read_at=time.time(),
+            **_scan(reading, points),
         )
     return summary
 
 
-def stage_means(trials: Sequence[TrialRecord]) -> list[Stage]:
+def _scan(reading: Reading, points: bool) -> dict[str, Any]:
+    """`RunSummary`'s fields from one pass over every trial (each verified on the way)."""
+    evaluated: list[TrialRecord] = []
+    stages = StageMeans()
+    reused = Reused()
+    info: dict[str, Any] = {}
+    has_epsilon = errors = False
+    for t in reading.scan():
+        info = t.info
+        epsilon = epsilon_in(t.info)
+        has_epsilon = has_epsilon or epsilon is not None
+        stages.add(t.id, t.status, t.reward, epsilon)
+        if t.status in TRAINED:
+            evaluated.append(reading.record(t))
+        elif t.status == REUSED and t.reward is not None:
+            errors = errors or bool(t.error)
+            if points:
+                failure = t.result is not None and t.result.get("status") != "ok"
+                reused.add(t.id, t.reward, failure)
+    return {
+        "evaluated": tuple(evaluated),
+        "stages": tuple(stages.close()),
+        "info": dict(info),
+        "has_epsilon": has_epsilon,
+        "reused_errors": errors,
+        "reused": reused,
+    }
+
+
+class StageMeans:
+    """`stage_means` one trial at a time (ask order), holding only the current stage's
+    rewards: a reader feeds it every trial as it streams by."""
+
+    def __init__(self) -> None:
+        self.stages: list[Stage] = []
+        self._eps: float | None = None
+        self._first = self._last = self._count = self._reused = 0
+        self._rewards: list[float] = []  # the current stage's trained rewards
+
+    def add(self, trial_id: int, status: str, reward: float | None, eps: float | None) -> None:
+        if reward is None or status not in SCORED:
+            return
+        if eps is None or self._eps is None or not math.isclose(eps, self._eps, abs_tol=1e-9):
+            self.close()
+            self._eps, self._first, self._rewards = eps, trial_id, []
+        self._last = trial_id
+        self._count += 1
+        if status == REUSED:
+            self._reused += 1
+        else:
+            self._rewards.append(float(reward))
+
+    def close(self) -> list[Stage]:
+        """End the current stage (one of trials without an epsilon is dropped); the stages."""
+        if self._count and self._eps is not None:
+            rewards = self._rewards
+            mean = statistics.fmean(rewards) if rewards else None
+            counts = (self._count, len(rewards), self._reused)
+            self.stages.append(Stage(self._eps, self._first, self._last, mean, *counts))
+        self._count = self._reused = 0
+        return self.stages
+
+
+def stage_means(trials: Iterable[TrialRecord]) -> list[Stage]:
     """Group scored trials into runs of equal epsilon (in ask order) and average each over
     its trained trials. Trials without an epsilon belong to no stage: a strategy that reports
     none gives no stages."""
-    stages: list[Stage] = []
-    group: list[TrialRecord] = []
-    eps: float | None = None
-
-    def close() -> None:
-        if not group or eps is None:
-            return
-        rewards = trained_rewards(group)
-        mean = statistics.fmean(rewards) if rewards else None
-        reused = sum(1 for t in group if t.status == REUSED)
-        stages.append(Stage(eps, group[0].id, group[-1].id, mean, len(group), len(rewards), reused))
-
+    means = StageMeans()
     for t in trials:
-        if t.reward is None or t.status not in SCORED:
-            continue
-        e = epsilon_of(t)
-        same = e is not None and eps is not None and math.isclose(e, eps, abs_tol=1e-9)
-        if not same:
-            close()
-            group, eps = [], e
-        group.append(t)
-    close()
-    return stages
+        means.add(t.id, t.status, t.reward, epsilon_of(t))
+    return means.close()
 
 
 def window_means(trials: Sequence[TrialRecord], size: int) -> list[tuple[float, float]]:

@@ -76,26 +76,27 @@ class RunView:
 
 
 def read_run(path: str | Path) -> RunView:
-    """One run as the page shows it; a run that cannot be read is shown with its error."""
+    """One run as the page shows it; a run that cannot be read is shown with its error.
+    One pass over the trials, every row verified, none kept but the trained rewards."""
     view = RunView(str(path))
     try:
-        with Store.open(path, readonly=True) as store:
+        with Store.open(path, readonly=True) as store, store.reading() as reading:
             config = store.config()
-            trials = store.trials()
             view.counts = store.counts()
             view.running = store.active()
             view.top = store.top(TOP)
+            for t in reading.scan():
+                if t.status in TRAINED and t.reward is not None:
+                    view.rewards.append(t.reward)
+                if t.ask_seq > 0:
+                    view.info = t.info
     except BlockQNNError as exc:
-        view.error = str(exc)
-        return view
+        return RunView(str(path), error=str(exc))
     except Exception as exc:  # a run being written must not stop the server
-        view.error = f"cannot read the run now ({clip(str(exc))})"
-        return view
+        return RunView(str(path), error=f"cannot read the run now ({clip(str(exc))})")
     view.space, view.agent = config.search.space, config.search.agent
     view.dataset, view.budget = config.data.dataset, config.search.budget
-    view.rewards = [t.reward for t in trials if t.status in TRAINED and t.reward is not None]
-    asked = [t for t in trials if t.ask_seq > 0]
-    view.info = asked[-1].info if asked else {}
+    view.info = dict(view.info)  # its own copy: the reading shares decoded values
     return view
 
 

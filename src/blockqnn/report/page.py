@@ -26,11 +26,10 @@ from blockqnn.report.data import (
     duration,
     pending_text,
     rolling_size,
-    stage_means,
 )
 from blockqnn.report.faster import faster_summary, faster_text
 from blockqnn.report.trials import final_accuracy
-from blockqnn.store.db import FAILED, TrialRecord
+from blockqnn.store.db import TrialRecord
 from blockqnn.train.threads import cpu_name
 
 _CSS = """
@@ -216,7 +215,7 @@ def header(run: RunSummary) -> str:
 
 def _faster_row(run: RunSummary) -> list[tuple[str, str]]:
     """Early termination and the pre-screen, when the run used them."""
-    summary = faster_summary(run.trials)
+    summary = faster_summary(run.evaluated)
     return [] if summary is None else [("faster search", _e(faster_text(summary)))]
 
 
@@ -263,7 +262,7 @@ def top_table(run: RunSummary) -> str:
 
 
 def failed_table(run: RunSummary, limit: int = 10) -> str:
-    failed = [t for t in run.trials if t.status == FAILED]
+    failed = run.failed
     if not failed:
         return "<p>No failed trials.</p>"
     shown = failed[-limit:]
@@ -316,7 +315,7 @@ def curve_caption(run: RunSummary, stages: Sequence[Stage]) -> str:
             "measured, so they are drawn but left out of every mean"
             + ("; each stage's label and row count them." if stages else ".")
         )
-    if run.counts["failed"] or any(t.error for t in run.scored):
+    if run.counts["failed"] or any(t.error for t in run.trained) or run.reused_errors:
         parts.append(
             "Only failures sit on the bottom edge, below the range of the rewards: red "
             "crosses are failed trials, which count in the means at the reward they were "
@@ -341,7 +340,7 @@ def render(
     bottom as the page does; each section's text is built by the functions below."""
     title = f"blockqnn report: {run.run_dir.resolve().name}"
     noun = run.noun
-    stages = stage_means(run.scored)
+    stages = run.stages
     partial = (
         '<p class="note">The search is still running: this report is partial; '
         "regenerate it for newer results.</p>"

@@ -28,11 +28,10 @@ from blockqnn.report.data import (
     rolling,
     rolling_means,
     rolling_size,
-    stage_means,
     trained_rewards,
     window_means,
 )
-from blockqnn.store.db import COMPLETE, FAILED, REUSED, TrialRecord
+from blockqnn.store.db import COMPLETE, FAILED
 
 DPI = 110  # pixels per inch of the PNGs: sharp on ordinary screens, ~50-100 kB per plot
 SIZE = (9.0, 4.2)  # inches: fills a 1000 px column
@@ -55,11 +54,6 @@ def png(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _reused_failure(t: TrialRecord) -> bool:
-    """A reused copy of a failed evaluation (its stored result failed)."""
-    return t.result is not None and t.result.get("status") != "ok"
-
-
 def stage_text(stage: Stage) -> str:
     """A stage's label on the plots: its epsilon and, if any, how many trials were reused."""
     return f"ε={stage.epsilon:g}" + (f" (+{stage.reused} reused)" if stage.reused else "")
@@ -69,15 +63,14 @@ def learning_curve_figure(run: RunSummary) -> Any:
     """Reward of every scored trial in ask order, the mean per epsilon stage (if the strategy
     reports an epsilon) and a rolling mean over the trained trials; failed trials marked."""
     fig, ax = figure()
-    scored = run.scored
-    stages = stage_means(scored)
+    stages = run.stages
     for i, stage in enumerate(stages):
         if i % 2:  # shade every other stage so the boundaries read at a glance
             ax.axvspan(stage.first - 0.5, stage.last + 0.5, color="#f2f2f2", zorder=0)
-    _trial_points(ax, scored)
+    _trial_points(ax, run)
     _stage_means(ax, stages)
     size = rolling_size(len(run.trained))
-    trend = rolling_means(scored, size)
+    trend = rolling_means(run.trained, size)
     if trend:
         ax.plot(
             [i for i, _ in trend],
@@ -87,15 +80,16 @@ def learning_curve_figure(run: RunSummary) -> Any:
             label=ROLLING_LABEL.format(k=size),
             zorder=5,
         )
-    failed = [t for t in scored if t.status == FAILED]
-    reused_failed = [t for t in scored if t.status == REUSED and _reused_failure(t)]
-    _bottom_edge(ax, failed, "x", _RED, f"failed (reward {_reward(failed)}, drawn at the bottom)")
+    failed = [t for t in run.trained if t.status == FAILED]
+    label = f"failed (reward {_reward([t.reward for t in failed])}, drawn at the bottom)"
+    _bottom_edge(ax, [t.id for t in failed], "x", _RED, label)
+    copies, copied = run.reused.points(failure=True)
     _bottom_edge(
         ax,
-        reused_failed,
+        copies,
         "x",
         GREY,
-        f"reused copy of a failure (reward {_reward(reused_failed)}, at the bottom, in no mean)",
+        f"reused copy of a failure (reward {_reward(copied)}, at the bottom, in no mean)",
     )
     # last: the x range is final once every point is drawn
     _label_stages(ax, [(stage_text(stage), stage.first, stage.last + 1) for stage in stages])
@@ -107,10 +101,10 @@ def learning_curve_figure(run: RunSummary) -> Any:
     return fig
 
 
-def _trial_points(ax: Any, scored: Sequence[TrialRecord]) -> None:
+def _trial_points(ax: Any, run: RunSummary) -> None:
     """Every trained trial as a point; reused ones hollow, at the reward they reuse."""
-    complete = [t for t in scored if t.status == COMPLETE]
-    reused = [t for t in scored if t.status == REUSED and not _reused_failure(t)]
+    complete = [t for t in run.trained if t.status == COMPLETE]
+    reused, rewards = run.reused.points(failure=False)
     ax.scatter(
         [t.id for t in complete],
         [t.reward for t in complete],
@@ -123,8 +117,8 @@ def _trial_points(ax: Any, scored: Sequence[TrialRecord]) -> None:
     if reused:
         # At the reward they reuse, hollow: visibly there, visibly not a new measurement.
         ax.scatter(
-            [t.id for t in reused],
-            [t.reward for t in reused],
+            reused,
+            rewards,
             s=16,
             facecolors="none",
             edgecolors=GREY,
@@ -155,21 +149,20 @@ def learning_curve(run: RunSummary) -> str:
     return png(learning_curve_figure(run))
 
 
-def _reward(trials: Sequence[TrialRecord]) -> str:
-    return f"{trials[0].reward:g}" if trials and trials[0].reward is not None else "-"
+def _reward(rewards: Sequence[float | None]) -> str:
+    """The first of the rewards (failures are all told the same), or '-'."""
+    return f"{rewards[0]:g}" if rewards and rewards[0] is not None else "-"
 
 
-def _bottom_edge(
-    ax: Any, trials: Sequence[TrialRecord], marker: str, color: str, label: str
-) -> None:
+def _bottom_edge(ax: Any, ids: Sequence[int], marker: str, color: str, label: str) -> None:
     """Failures are told a constant reward (0) far below the others: drawn on the bottom
     edge so they do not squash the scale of the curve. The means still include the trained
     ones."""
-    if not trials:
+    if not ids:
         return
     ax.scatter(
-        [t.id for t in trials],
-        [0.015] * len(trials),
+        ids,
+        [0.015] * len(ids),
         s=30,
         marker=marker,
         color=color,
@@ -228,11 +221,11 @@ def title_above_labels(fig: Any, ax: Any, title: str) -> None:
     ax.set_title(title, pad=pad)
 
 
-def _stage_bounds(trials: Sequence[TrialRecord]) -> list[tuple[Stage, int, int]]:
+def _stage_bounds(stages: Sequence[Stage]) -> list[tuple[Stage, int, int]]:
     """(stage, start, end) of each epsilon stage as positions in the trained sequence."""
     bounds: list[tuple[Stage, int, int]] = []
     start = 0
-    for stage in stage_means(trials):
+    for stage in stages:
         bounds.append((stage, start, start + stage.trained))
         start += stage.trained
     return bounds
@@ -247,8 +240,8 @@ def comparison_figure(run: RunSummary, baseline: RunSummary) -> Any:
     size = run.iteration_size
     k = rolling_size(max(len(run.trained), len(baseline.trained)))
     for name, trials, color in (
-        (f"{run.agent} (this run)", run.scored, _BLUE),
-        (f"{baseline.agent} (baseline)", baseline.scored, GREY),
+        (f"{run.agent} (this run)", run.trained, _BLUE),
+        (f"{baseline.agent} (baseline)", baseline.trained, GREY),
     ):
         windows = window_means(trials, size)
         n = len(trained_rewards(trials))
@@ -285,11 +278,11 @@ def _compared_stage_means(ax: Any, run: RunSummary, baseline: RunSummary) -> Non
     """The mean of each of `run`'s epsilon stages, and the baseline's over the same
     positions of its trained sequence; the stages shaded and labelled."""
     series = (
-        (trained_rewards(run.scored), ORANGE, f"{run.agent} (this run)"),
-        (trained_rewards(baseline.scored), "#555555", f"{baseline.agent} (baseline)"),
+        (trained_rewards(run.trained), ORANGE, f"{run.agent} (this run)"),
+        (trained_rewards(baseline.trained), "#555555", f"{baseline.agent} (baseline)"),
     )
     labels = []
-    for i, (stage, start, end) in enumerate(_stage_bounds(run.scored)):
+    for i, (stage, start, end) in enumerate(_stage_bounds(run.stages)):
         for rewards, color, name in series:
             values = rewards[start:end]
             if not values:
