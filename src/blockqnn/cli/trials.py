@@ -22,6 +22,7 @@ import csv
 import json
 import math
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from blockqnn.cli.args import PATH
@@ -35,19 +36,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockqnn.report.trials import trials_table
+    from blockqnn.report.trials import streamed_table
 
-    names, rows = trials_table(args.run_dir)
-    if args.json:  # a closed pipe (`... --csv | head`) is handled once, in cli.main
-        json.dump(rows, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    elif args.csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(names)
-        writer.writerows([_csv_value(row[n]) for n in names] for row in rows)
-    else:
-        _print_table(args.run_dir, names, rows)
+    # written as the rows are read: a run's rows may be far more than its memory holds
+    with streamed_table(args.run_dir) as (names, rows):
+        if args.json:  # a closed pipe (`... --csv | head`) is handled once, in cli.main
+            _write_json(rows)
+        elif args.csv:
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(names)
+            writer.writerows([_csv_value(row[n]) for n in names] for row in rows)
+        else:
+            _print_table(args.run_dir, names, list(rows))
     return 0
+
+
+def _write_json(rows: Iterable[dict[str, Any]]) -> None:
+    """The rows as `json.dump(list(rows), sys.stdout, indent=1)` writes them, one at a
+    time: each object's lines indented one level (JSON strings hold no raw newline)."""
+    out = sys.stdout
+    first = True
+    for row in rows:
+        out.write("[\n " if first else ",\n ")
+        out.write(json.dumps(row, indent=1).replace("\n", "\n "))
+        first = False
+    out.write("[]\n" if first else "\n]\n")
 
 
 def _csv_value(value: Any) -> str:

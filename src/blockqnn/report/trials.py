@@ -30,13 +30,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from blockqnn.evaluate.table import FINAL_METRIC
 from blockqnn.store.db import Store, TrialRecord
+from blockqnn.store.scan import Seen
 
 HEAD = ("id", "status", "candidate", "hash", "reward", "accuracy", "flops", "params", "density")
 TAIL = (
@@ -55,7 +57,7 @@ METRIC = "metric."  # prefix of the result's extra metrics
 INFO = "info."  # prefix of the strategy's info keys
 
 
-def _metrics(t: TrialRecord) -> dict[str, Any]:
+def _metrics(t: TrialRecord | Seen) -> dict[str, Any]:
     metrics = (t.result or {}).get("metrics") or {}
     return metrics if isinstance(metrics, dict) else {}
 
@@ -67,14 +69,21 @@ def final_accuracy(t: TrialRecord) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def columns(trials: Sequence[TrialRecord]) -> list[str]:
+def columns(trials: Iterable[TrialRecord]) -> list[str]:
     """The column names for `trials` (see the module docstring)."""
-    metric_keys = sorted({k for t in trials for k in _metrics(t)})
-    info_keys = sorted({k for t in trials for k in t.info})
+    metric_keys: set[str] = set()
+    info_keys: set[str] = set()
+    for t in trials:
+        metric_keys.update(_metrics(t))
+        info_keys.update(t.info)
+    return _names(metric_keys, info_keys)
+
+
+def _names(metric_keys: set[str], info_keys: set[str]) -> list[str]:
     return [
         *HEAD,
-        *(METRIC + k for k in metric_keys),
-        *(INFO + k for k in info_keys),
+        *(METRIC + k for k in sorted(metric_keys)),
+        *(INFO + k for k in sorted(info_keys)),
         *TAIL,
     ]
 
@@ -87,27 +96,46 @@ def iso_time(seconds: float | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def trial_row(t: TrialRecord, names: Sequence[str]) -> dict[str, Any]:
+    """One trial as a row with every one of the column `names`."""
+    row: dict[str, Any] = dict.fromkeys(names)
+    for name in HEAD:
+        row[name] = getattr(t, name)
+    for key, value in _metrics(t).items():
+        row[METRIC + key] = value
+    for key, value in t.info.items():
+        row[INFO + key] = value
+    for name in TAIL[:-1]:
+        row[name] = iso_time(getattr(t, name)) if name in TIMES else getattr(t, name)
+    row["train_seconds"] = t.train_seconds
+    return row
+
+
 def trial_rows(trials: Sequence[TrialRecord]) -> tuple[list[str], list[dict[str, Any]]]:
     """(columns, rows): one dict per trial in the given order, every column present."""
     names = columns(trials)
-    rows = []
-    for t in trials:
-        row: dict[str, Any] = dict.fromkeys(names)
-        for name in HEAD:
-            row[name] = getattr(t, name)
-        for key, value in _metrics(t).items():
-            row[METRIC + key] = value
-        for key, value in t.info.items():
-            row[INFO + key] = value
-        for name in TAIL[:-1]:
-            row[name] = iso_time(getattr(t, name)) if name in TIMES else getattr(t, name)
-        row["train_seconds"] = t.train_seconds
-        rows.append(row)
-    return names, rows
+    return names, [trial_row(t, names) for t in trials]
+
+
+@contextlib.contextmanager
+def streamed_table(run_dir: str | Path) -> Iterator[tuple[list[str], Iterator[dict[str, Any]]]]:
+    """(columns, rows) of every trial of the run in `run_dir`, in ask order, the rows made
+    one at a time as they are read (a run may hold hundreds of thousands) while the `with`
+    block holds the store open. Two passes over one consistent read: the first verifies
+    every row and finds the columns, so a damaged store fails before any row is given.
+    Raises `BlockQNNError` for a directory that is not a run or a damaged store."""
+    with Store.open(run_dir, readonly=True) as store, store.reading() as reading:
+        metric_keys: set[str] = set()
+        info_keys: set[str] = set()
+        for seen in reading.scan():
+            metric_keys.update(_metrics(seen))
+            info_keys.update(seen.info)
+        names = _names(metric_keys, info_keys)
+        yield names, (trial_row(t, names) for t in reading.trials(check=False))
 
 
 def trials_table(run_dir: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
     """(columns, rows) of every trial of the run in `run_dir`, in ask order. Raises
     `BlockQNNError` for a directory that is not a run."""
-    with Store.open(run_dir, readonly=True) as store:
-        return trial_rows(store.trials())
+    with streamed_table(run_dir) as (names, rows):
+        return names, list(rows)
