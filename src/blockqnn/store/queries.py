@@ -89,6 +89,7 @@ _COLUMNS = TRIAL_COLUMNS
 ID, STATUS, REWARD, RESULT, ERROR, INFO, ASK_SEQ = (
     _COLUMNS.index(n) for n in ("id", "status", "reward", "result", "error", "info", "ask_seq")
 )
+_KNOWN = frozenset(s.value for s in STATUSES)  # a set of the stored texts: a row's one look-up
 if tuple(TrialRecord.__dataclass_fields__) != _COLUMNS:  # pragma: no cover - a coding error
     raise ImportError("TrialRecord's fields and store_schema.TRIAL_COLUMNS differ")
 
@@ -107,8 +108,12 @@ def trial_values(
     """A trial's values in `TRIAL_COLUMNS` order from its row (content columns then
     checksum): verified (unless `check` is False: a row this read has verified already), its
     JSON decoded with `decode_json`, its status a known one."""
-    trial = f"trial {clip(row[0])}"
-    values = list(verified("trials", row, trial) if check else row[:-1])
+    # the id is an INTEGER PRIMARY KEY (an int): `clip` only for what cannot be (per row)
+    trial = f"trial {row[0]}" if type(row[0]) is int else f"trial {clip(row[0])}"
+    values = list(row)
+    checksum = values.pop()
+    if check and digest("trials", values) != checksum:
+        raise damaged(f"{trial} does not match its checksum")
     if values[RESULT] is not None:
         values[RESULT] = decode_json(values[RESULT], f"{trial}'s result")
         if not isinstance(values[RESULT], dict):
@@ -117,7 +122,7 @@ def trial_values(
     if not isinstance(info, dict):
         raise damaged(f"{trial}'s info is not a JSON object")
     values[INFO] = info
-    if values[STATUS] not in STATUSES:
+    if values[STATUS] not in _KNOWN:
         raise damaged(f"{trial} has an unknown status")
     return values
 
