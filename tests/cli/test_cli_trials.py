@@ -7,12 +7,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from blockqnn.cli import main
+from blockqnn.cli.trials import _csv_value
+from blockqnn.evaluate.result import EvalResult
 from blockqnn.execute.synthetic import synthetic_spec
 from blockqnn.report.trials import trial_rows
 from blockqnn.search import run_search
@@ -125,6 +129,58 @@ def test_json_is_a_list_of_objects_with_the_csv_columns(
     assert "info.population" in names and "info.epsilon" not in names  # evolution's own info
     assert [obj["id"] for obj in data] == [int(r["id"]) for r in rows]
     assert all(isinstance(obj["info.population"], int) for obj in data)
+
+
+def _whole_table(trials: list[TrialRecord]) -> tuple[str, str]:
+    """The CSV and JSON of `trials` written at once from `trial_rows`, as `trials` wrote them
+    before it streamed: every field through `_csv_value`, one `json.dump` of the list."""
+    names, rows = trial_rows(trials)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(names)
+    writer.writerows([_csv_value(row[n]) for n in names] for row in rows)
+    whole = io.StringIO()
+    json.dump(rows, whole, indent=1)
+    return text.getvalue(), whole.getvalue() + "\n"
+
+
+def test_rows_written_as_they_are_read_are_the_whole_tables_bytes(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    odd = tmp_path / "odd"  # values the csv module does not write as they are: a dict, a list
+    with Store.create(odd, Config()) as store:
+        store.acquire()
+        info = {"epsilon": 0.5, "prescreen": {"score": 1.5, "seconds": 0.25}, "tags": [1, "a"]}
+        trial_id = store.add_trial(Block.parse("1,1,3,0,0; 2,7,0,0,0"), info)
+        result = EvalResult("ok", 0.5, 0.5, metrics={"big": 1e300, "whole": 3.0})
+        store.finish(trial_id, result, float("-inf"), "w0", 2)
+        store.add_reused(Block.parse("1,1,3,0,0; 2,7,0,0,0"), {}, store.trial(1), 3, 4)
+    for run in (*runs.values(), odd):
+        text, whole = _whole_table(_trials(run))
+        assert main(["trials", str(run), "--csv"]) == 0
+        assert capsys.readouterr().out == text
+        assert main(["trials", str(run), "--json"]) == 0
+        assert capsys.readouterr().out == whole
+    empty = tmp_path / "empty"
+    Store.create(empty, Config()).close()
+    assert main(["trials", str(empty), "--json"]) == 0
+    assert capsys.readouterr().out == "[]\n"
+
+
+@pytest.mark.parametrize("form", ["--csv", "--json"])
+def test_damage_in_the_last_row_writes_no_row(
+    runs: dict[str, Path], tmp_path: Path, form: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rows are written as they are read, after a first pass has verified every one."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["evolution"], run)
+    conn = sqlite3.connect(run / DB_NAME)
+    conn.execute("UPDATE trials SET reward = 0.5 WHERE id = (SELECT MAX(id) FROM trials)")
+    conn.commit()
+    conn.close()
+    assert main(["trials", str(run), form]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "does not match its checksum" in captured.err
 
 
 def test_default_output_is_a_table(

@@ -41,13 +41,13 @@ def run(args: argparse.Namespace) -> int:
     # written as the rows are read: a run's rows may be far more than its memory holds
     with streamed_table(args.run_dir) as (names, rows):
         if args.json:  # a closed pipe (`... --csv | head`) is handled once, in cli.main
-            _write_json(rows)
+            _write_json(dict(zip(names, values, strict=True)) for values in rows)
         elif args.csv:
             writer = csv.writer(sys.stdout, lineterminator="\n")
             writer.writerow(names)
-            writer.writerows([_csv_value(row[n]) for n in names] for row in rows)
+            writer.writerows([v if type(v) in _AS_IS else _csv_value(v) for v in r] for r in rows)
         else:
-            _print_table(args.run_dir, names, list(rows))
+            _print_table(args.run_dir, names, [dict(zip(names, r, strict=True)) for r in rows])
     return 0
 
 
@@ -61,6 +61,11 @@ def _write_json(rows: Iterable[dict[str, Any]]) -> None:
         out.write(json.dumps(row, indent=1).replace("\n", "\n "))
         first = False
     out.write("[]\n" if first else "\n]\n")
+
+
+# Values the csv module writes as `_csv_value` would (None empty, the others as str(), which
+# is repr() for a float): passed as they are, `_csv_value` only for the others (per field).
+_AS_IS = frozenset({type(None), bool, int, str, float})
 
 
 def _csv_value(value: Any) -> str:

@@ -31,8 +31,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -69,25 +71,26 @@ def final_accuracy(t: TrialRecord) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def columns(trials: Iterable[TrialRecord]) -> list[str]:
+def columns(trials: Iterable[TrialRecord | Seen]) -> list[str]:
     """The column names for `trials` (see the module docstring)."""
+    return _names(*_keys(trials))
+
+
+def _keys(trials: Iterable[TrialRecord | Seen]) -> tuple[list[str], list[str]]:
+    """The metric and info keys over `trials`, each sorted."""
     metric_keys: set[str] = set()
     info_keys: set[str] = set()
     for t in trials:
         metric_keys.update(_metrics(t))
         info_keys.update(t.info)
-    return _names(metric_keys, info_keys)
+    return sorted(metric_keys), sorted(info_keys)
 
 
-def _names(metric_keys: set[str], info_keys: set[str]) -> list[str]:
-    return [
-        *HEAD,
-        *(METRIC + k for k in sorted(metric_keys)),
-        *(INFO + k for k in sorted(info_keys)),
-        *TAIL,
-    ]
+def _names(metric_keys: list[str], info_keys: list[str]) -> list[str]:
+    return [*HEAD, *(METRIC + k for k in metric_keys), *(INFO + k for k in info_keys), *TAIL]
 
 
+@functools.lru_cache(maxsize=4)  # a reused trial is created and finished at one moment
 def iso_time(seconds: float | None) -> str | None:
     """Unix seconds as ISO 8601 in UTC, `2026-12-04T18:27:11.123Z` (None stays None)."""
     if seconds is None:
@@ -96,46 +99,56 @@ def iso_time(seconds: float | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def trial_row(t: TrialRecord, names: Sequence[str]) -> dict[str, Any]:
-    """One trial as a row with every one of the column `names`."""
-    row: dict[str, Any] = dict.fromkeys(names)
-    for name in HEAD:
-        row[name] = getattr(t, name)
-    for key, value in _metrics(t).items():
-        row[METRIC + key] = value
-    for key, value in t.info.items():
-        row[INFO + key] = value
-    for name in TAIL[:-1]:
-        row[name] = iso_time(getattr(t, name)) if name in TIMES else getattr(t, name)
-    row["train_seconds"] = t.train_seconds
-    return row
+_HEAD = attrgetter(*HEAD)
+_PLAIN = attrgetter(*TAIL[:5])  # reuse_of, attempts, lost, worker, error
+if TAIL[5:] != (*TIMES, "train_seconds"):  # pragma: no cover - a coding error
+    raise ImportError("trials.TAIL and row_values disagree")
+
+
+def row_values(t: TrialRecord, metric_keys: Sequence[str], info_keys: Sequence[str]) -> list[Any]:
+    """One trial's values in the order of `_names(metric_keys, info_keys)`; a value the
+    trial lacks is None."""
+    metrics, info = _metrics(t), t.info
+    return [
+        *_HEAD(t),
+        *[metrics.get(k) for k in metric_keys],
+        *[info.get(k) for k in info_keys],
+        *_PLAIN(t),
+        iso_time(t.created),
+        iso_time(t.started),
+        iso_time(t.finished),
+        t.train_seconds,
+    ]
 
 
 def trial_rows(trials: Sequence[TrialRecord]) -> tuple[list[str], list[dict[str, Any]]]:
     """(columns, rows): one dict per trial in the given order, every column present."""
-    names = columns(trials)
-    return names, [trial_row(t, names) for t in trials]
+    metric_keys, info_keys = _keys(trials)
+    names = _names(metric_keys, info_keys)
+    return names, [
+        dict(zip(names, row_values(t, metric_keys, info_keys), strict=True)) for t in trials
+    ]
 
 
 @contextlib.contextmanager
-def streamed_table(run_dir: str | Path) -> Iterator[tuple[list[str], Iterator[dict[str, Any]]]]:
-    """(columns, rows) of every trial of the run in `run_dir`, in ask order, the rows made
-    one at a time as they are read (a run may hold hundreds of thousands) while the `with`
-    block holds the store open. Two passes over one consistent read: the first verifies
-    every row and finds the columns, so a damaged store fails before any row is given.
-    Raises `BlockQNNError` for a directory that is not a run or a damaged store."""
+def streamed_table(run_dir: str | Path) -> Iterator[tuple[list[str], Iterator[list[Any]]]]:
+    """(columns, rows) of every trial of the run in `run_dir`, in ask order, each row its
+    values in column order, made one at a time as they are read (a run may hold hundreds of
+    thousands) while the `with` block holds the store open. Two passes over one consistent
+    read: the first verifies every row and finds the columns, so a damaged store fails
+    before any row is given. Raises `BlockQNNError` for a directory that is not a run or a
+    damaged store."""
     with Store.open(run_dir, readonly=True) as store, store.reading() as reading:
-        metric_keys: set[str] = set()
-        info_keys: set[str] = set()
-        for seen in reading.scan():
-            metric_keys.update(_metrics(seen))
-            info_keys.update(seen.info)
-        names = _names(metric_keys, info_keys)
-        yield names, (trial_row(t, names) for t in reading.trials(check=False))
+        metric_keys, info_keys = _keys(reading.scan())
+        trials = reading.trials(check=False)  # verified by the scan, in this same read
+        yield (
+            _names(metric_keys, info_keys),
+            (row_values(t, metric_keys, info_keys) for t in trials),
+        )
 
 
 def trials_table(run_dir: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
     """(columns, rows) of every trial of the run in `run_dir`, in ask order. Raises
     `BlockQNNError` for a directory that is not a run."""
     with streamed_table(run_dir) as (names, rows):
-        return names, list(rows)
+        return names, [dict(zip(names, values, strict=True)) for values in rows]
