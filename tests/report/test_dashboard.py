@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from tests.search.test_resume import DRIVER
 from tests.strategies import write_nb201_table
 
 from blockqnn.cli import main
-from blockqnn.report.live import COLOURS, make_server
+from blockqnn.report.live import COLOURS, TOP, make_server, read_run
 from blockqnn.store.db import Store
 
 
@@ -67,6 +68,24 @@ def test_runs_side_by_side(served: str, two_runs: tuple[Path, Path]) -> None:
         assert data[0]["best"] == s.top(1)[0].reward
     with pytest.raises(urllib.error.HTTPError):
         _get(served + "/nothing")
+
+
+def test_a_runs_view_is_what_its_trials_say(two_runs: tuple[Path, Path]) -> None:
+    """The view comes from one streamed pass: the same as every trial read as a record."""
+    for run in two_runs:
+        view = read_run(run)
+        with Store.open(run, readonly=True) as s:
+            trials = s.trials()
+            assert view.counts == s.counts() and view.top == s.top(TOP)
+        assert view.rewards == [t.reward for t in trials if t.trained and t.reward is not None]
+        assert view.info == [t for t in trials if t.ask_seq > 0][-1].info
+    conn = sqlite3.connect(two_runs[1] / "blockqnn.sqlite")
+    conn.execute("UPDATE trials SET reward = 0.5 WHERE id = 3")  # unsealed: damage
+    conn.commit()
+    conn.close()
+    damaged = read_run(two_runs[1])
+    assert "damaged: trial 3 does not match its checksum" in damaged.error
+    assert damaged.counts == {} and damaged.rewards == [] and damaged.top == []
 
 
 def test_port_in_use_exits_2_naming_it(

@@ -11,6 +11,7 @@ import base64
 import csv
 import itertools
 import json
+import math
 import os
 import shutil
 import statistics
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,6 +35,7 @@ from blockqnn.evaluate.synthetic import SyntheticEvaluator
 from blockqnn.execute.synthetic import synthetic_spec
 from blockqnn.report import (
     SCORED,
+    Stage,
     load_run,
     render_report,
     rolling_means,
@@ -212,6 +216,85 @@ def test_stage_means_of_a_run_with_reused_trials_average_its_trained_trials(
         assert s.trained == len(rewards)
         if rewards:
             assert s.mean == pytest.approx(statistics.fmean(r for r in rewards if r is not None))
+
+
+def _stage_means_as_a_list(trials: list[TrialRecord]) -> list[Stage]:
+    """`stage_means` as it was written before it streamed: the reference."""
+    stages: list[Stage] = []
+    group: list[TrialRecord] = []
+    eps: float | None = None
+
+    def close() -> None:
+        if not group or eps is None:
+            return
+        rewards = [float(t.reward) for t in group if t.status != "reused" and t.reward is not None]
+        mean = statistics.fmean(rewards) if rewards else None
+        reused = sum(1 for t in group if t.status == "reused")
+        stages.append(Stage(eps, group[0].id, group[-1].id, mean, len(group), len(rewards), reused))
+
+    for t in trials:
+        if t.reward is None or t.status not in SCORED:
+            continue
+        e = t.info.get("epsilon")
+        same = e is not None and eps is not None and math.isclose(e, eps, abs_tol=1e-9)
+        if not same:
+            close()
+            group, eps = [], e
+        group.append(t)
+    close()
+    return stages
+
+
+_STATUSES = ("complete", "failed", "reused", "running", "queued")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_STATUSES),
+            st.one_of(st.none(), st.floats(-1, 1)),
+            st.sampled_from([None, 1.0, 0.9, 0.9 + 1e-12, 0.5]),
+        ),
+        max_size=40,
+    )
+)
+def test_streamed_stage_means_are_the_listed_ones(
+    trials: list[tuple[str, float | None, float | None]],
+) -> None:
+    records = [_record(i, s, r, e) for i, (s, r, e) in enumerate(trials, start=1)]
+    assert stage_means(records) == _stage_means_as_a_list(records)
+
+
+def test_learning_curve_draws_every_scored_trial(tmp_path: Path) -> None:
+    """The curve's points come from the streamed read (the reused ones as arrays): the same
+    points, in the same order, as every trial read as a record gives."""
+    store = make_run(tmp_path / "q", "qlearning", 40, close=False, fail="01234567")
+    trials = store.trials()
+    seq = max(t.tell_seq or 0 for t in trials)
+    for status in ("complete", "failed"):  # a reused copy of each kind
+        source = next(t for t in trials if t.status == status)
+        store.add_reused(source.block, {"epsilon": 0.1}, source, seq + 1, seq + 2)
+        seq += 2
+    store.end_session("complete")
+    store.close()
+    with Store.open(tmp_path / "q", readonly=True) as s:
+        trials = [t for t in s.trials() if t.status in SCORED and t.reward is not None]
+    copies = [t for t in trials if t.status == "reused" and t.result["status"] != "ok"]
+    expected = {
+        "trained": [(t.id, t.reward) for t in trials if t.status == "complete"],
+        "reused (seen": [(t.id, t.reward) for t in trials if t.status == "reused"
+                         and t.result["status"] == "ok"],
+        "failed (": [(t.id, 0.015) for t in trials if t.status == "failed"],
+        "reused copy": [(t.id, 0.015) for t in copies],
+    }  # fmt: skip
+    assert all(expected.values()), expected
+    ax = learning_curve_figure(load_run(tmp_path / "q")).axes[0]
+    drawn = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
+    for start, points in expected.items():
+        (label,) = [name for name in drawn if name.startswith(start)]
+        assert drawn[label] == [list(p) for p in points], label
+    assert f"reward {copies[0].reward:g}, at the bottom" in label
 
 
 def test_strategies_without_epsilon_have_no_stages() -> None:

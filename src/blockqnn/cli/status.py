@@ -53,8 +53,7 @@ def status(run_dir: str, top: int = 5) -> dict[str, Any]:
         "faster": faster_summary(run.evaluated),
         # the latest failed evaluations with their errors, newest last
         "recent_failures": [
-            {"id": t.id, "candidate": t.candidate, "error": t.error}
-            for t in run.failed[-5:]
+            {"id": t.id, "candidate": t.candidate, "error": t.error} for t in run.failed[-5:]
         ],
     }
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from blockqnn.errors import BlockQNNError
 from blockqnn.settings.config import Config
 from blockqnn.store.db import COMPLETE, FAILED, REUSED, TRAINED, Store, TrialRecord
@@ -85,10 +87,12 @@ class Reused:
         self.rewards.append(reward)
         self.failures.append(failure)
 
-    def points(self, failure: bool) -> tuple[list[int], list[float]]:
-        """(ids, rewards) of the copies of failures, or of the others."""
-        keep = [i for i, f in enumerate(self.failures) if f == failure]
-        return [self.ids[i] for i in keep], [self.rewards[i] for i in keep]
+    def points(self, failure: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, rewards) of the copies of failures, or of the others: numpy arrays, which
+        matplotlib takes as they are (from lists it converts every value)."""
+        keep = np.frombuffer(self.failures, dtype=np.int8) == int(failure)
+        ids = np.frombuffer(self.ids, dtype=np.int64)[keep]
+        return ids, np.frombuffer(self.rewards, dtype=np.float64)[keep]
 
 
 @dataclass(frozen=True)
@@ -259,7 +263,11 @@ class StageMeans:
     def add(self, trial_id: int, status: str, reward: float | None, eps: float | None) -> None:
         if reward is None or status not in SCORED:
             return
-        if eps is None or self._eps is None or not math.isclose(eps, self._eps, abs_tol=1e-9):
+        if eps is None:  # in no stage, and the end of the one before
+            if self._eps is not None:
+                self.close()
+            return
+        if self._eps is None or not math.isclose(eps, self._eps, abs_tol=1e-9):
             self.close()
             self._eps, self._first, self._rewards = eps, trial_id, []
         self._last = trial_id
@@ -270,13 +278,13 @@ class StageMeans:
             self._rewards.append(float(reward))
 
     def close(self) -> list[Stage]:
-        """End the current stage (one of trials without an epsilon is dropped); the stages."""
+        """End the current stage; returns every stage so far."""
         if self._count and self._eps is not None:
             rewards = self._rewards
             mean = statistics.fmean(rewards) if rewards else None
             counts = (self._count, len(rewards), self._reused)
             self.stages.append(Stage(self._eps, self._first, self._last, mean, *counts))
-        self._count = self._reused = 0
+        self._eps, self._count, self._reused = None, 0, 0
         return self.stages
 
 

@@ -22,6 +22,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from blockqnn.report.data import (
     RunSummary,
     Stage,
@@ -114,7 +116,7 @@ def _trial_points(ax: Any, run: RunSummary) -> None:
         label="trained",
         zorder=2,
     )
-    if reused:
+    if len(reused):
         # At the reward they reuse, hollow: visibly there, visibly not a new measurement.
         ax.scatter(
             reused,
@@ -149,16 +151,18 @@ def learning_curve(run: RunSummary) -> str:
     return png(learning_curve_figure(run))
 
 
-def _reward(rewards: Sequence[float | None]) -> str:
+def _reward(rewards: Sequence[float | None] | np.ndarray) -> str:
     """The first of the rewards (failures are all told the same), or '-'."""
-    return f"{rewards[0]:g}" if rewards and rewards[0] is not None else "-"
+    return f"{float(rewards[0]):g}" if len(rewards) and rewards[0] is not None else "-"
 
 
-def _bottom_edge(ax: Any, ids: Sequence[int], marker: str, color: str, label: str) -> None:
+def _bottom_edge(
+    ax: Any, ids: Sequence[int] | np.ndarray, marker: str, color: str, label: str
+) -> None:
     """Failures are told a constant reward (0) far below the others: drawn on the bottom
     edge so they do not squash the scale of the curve. The means still include the trained
     ones."""
-    if not ids:
+    if not len(ids):
         return
     ax.scatter(
         ids,
