@@ -22,6 +22,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -180,6 +181,30 @@ def test_reading_a_killed_run_changes_nothing(
     for argv in (["status", str(run)], ["trials", str(run), "--json"]):
         assert main(argv) == 0
     capsys.readouterr()
+    assert files(run) == before
+
+
+def test_a_killed_run_is_read_through_a_private_copy_on_disk(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a copy in memory (a store can outgrow it): a copy in a temporary folder, gone
+    with the reading; a copy left by a reader that was killed goes at the next reading."""
+    leave_a_log(run)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    stale, kept = temp / f"blockqnn-read-{exited}-x", temp / "blockqnn-read-1-x"  # 1: init
+    for folder in (stale, kept):
+        folder.mkdir()
+        (folder / DB_NAME).write_bytes(b"a copy")
+    before = files(run)
+    ours = f"blockqnn-read-{os.getpid()}-"
+    with Store.open(run, readonly=True) as store:
+        assert store.counts()["trained"] == BUDGET
+        assert [p.name.startswith(ours) for p in temp.iterdir() if p != kept] == [True]
+    assert list(temp.iterdir()) == [kept]
     assert files(run) == before
 
 

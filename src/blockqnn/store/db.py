@@ -167,8 +167,8 @@ class Store:
         version = check_file(path)  # read-only inspection first: a foreign file is never touched
         lock = None
         if readonly:
-            conn, in_memory = reader(path)
-            if version < SCHEMA_VERSION and not in_memory:  # older: a migrated copy in memory
+            conn, private = reader(path)
+            if version < SCHEMA_VERSION and not private:  # older: migrated in a copy in memory
                 memory = sqlite3.connect(":memory:", isolation_level=None)
                 conn.backup(memory)
                 conn.close()

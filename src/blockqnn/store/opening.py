@@ -22,6 +22,7 @@ from blockqnn.errors import BlockQNNError, clip
 from blockqnn.settings.config import Config
 from blockqnn.store.rundir import (
     DB_NAME,
+    alive,
     check_writable,
     store_write_error,
     take_lock,
@@ -43,20 +44,10 @@ def remove_stale_temps(directory: Path) -> None:
         pid_text = p.name[len(_TEMP_PREFIX) :].split(".", 1)[0]
         if not pid_text.isdigit() or not p.name.endswith((".tmp", ".tmp-journal")):
             continue
-        if int(pid_text) != os.getpid() and _alive(int(pid_text)):
+        if int(pid_text) != os.getpid() and alive(int(pid_text)):
             continue
         with contextlib.suppress(OSError):
             p.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # another user's process (or an impossible number): leave its file
-    return True
 
 
 WARM_START = "warm_start"  # meta key: the warm-start runs asked for at creation (JSON)

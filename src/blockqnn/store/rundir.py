@@ -2,7 +2,9 @@
 written, and the writer's lock.
 
 Owns: the file names of a run (`DB_NAME`, `LOCK_NAME`), `reader` (a read-only SQLite
-connection that leaves a stopped or killed run's files exactly as they were), `held` and
+connection that leaves a stopped or killed run's files exactly as they were; a killed run's
+is a private copy, removed with it or, if its reader was killed too, by the next reader:
+`remove_stale_copies`), `held` and
 `take_lock` (one writer at a time), `check_writable` and `write_failure` (a place that cannot
 be written is said to be so, not called damaged). Must not know the schema or what a run
 holds: `blockqnn.store.db` does.
@@ -116,8 +118,43 @@ def held(run_dir: Path) -> bool:
     return False
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` may still run (another user's, or an impossible number: yes,
+    so that its files are left alone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+COPY_PREFIX = "blockqnn-read-"  # a private copy's folder: COPY_PREFIX + "PID-" + random
+
+
+def remove_stale_copies() -> None:
+    """Remove the private copies (`reader`) of readers that were killed before they could."""
+    for folder in Path(tempfile.gettempdir()).glob(COPY_PREFIX + "*-*"):
+        pid = folder.name[len(COPY_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+class PrivateCopy(sqlite3.Connection):
+    """A connection to a private copy of a store in a temporary folder, removed with it
+    (closed, or else when the folder's object is collected)."""
+
+    folder: tempfile.TemporaryDirectory[str] | None = None
+
+    def close(self) -> None:
+        super().close()
+        if self.folder is not None:
+            self.folder.cleanup()
+
+
 def reader(path: Path) -> tuple[sqlite3.Connection, bool]:
-    """A read-only connection to the store at `path`, and whether it is a copy in memory.
+    """A read-only connection to the store at `path`, and whether it is a private copy.
     Reading must leave a stopped run's files exactly as they were:
 
     - no write-ahead log on disk: no writer is working; the file is opened immutable, and
@@ -125,7 +162,8 @@ def reader(path: Path) -> tuple[sqlite3.Connection, bool]:
     - a log and a live writer (the lock is held): read beside it (mode=ro), as WAL readers
       do; the -shm index is the writer's to keep;
     - a log and no writer (one was killed): SQLite would rebuild the -shm index in the run
-      dir, so a private copy of the database and its log is read into memory instead.
+      dir, so a private copy of the database and its log, in a temporary folder, is read
+      instead (on disk: a run's store can be larger than this machine's memory).
     """
     wal = path.with_name(path.name + "-wal")
     uri = f"{path.resolve().as_uri()}?mode=ro"
@@ -133,17 +171,15 @@ def reader(path: Path) -> tuple[sqlite3.Connection, bool]:
         return sqlite3.connect(uri + "&immutable=1", uri=True), False
     if held(path.parent):
         return sqlite3.connect(uri, uri=True), False
-    with tempfile.TemporaryDirectory(prefix="blockqnn-read-") as tmp:
-        copy = Path(tmp) / path.name
+    remove_stale_copies()
+    folder = tempfile.TemporaryDirectory(prefix=f"{COPY_PREFIX}{os.getpid()}-")
+    try:
+        copy = Path(folder.name) / path.name
         shutil.copyfile(path, copy)
         shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
-        disk = sqlite3.connect(copy)
-        memory = sqlite3.connect(":memory:", isolation_level=None)
-        try:
-            disk.backup(memory)
-        except BaseException:
-            memory.close()
-            raise
-        finally:
-            disk.close()
-    return memory, True
+        conn = sqlite3.connect(copy, isolation_level=None, factory=PrivateCopy)
+    except BaseException:
+        folder.cleanup()
+        raise
+    conn.folder = folder
+    return conn, True
