@@ -467,8 +467,8 @@ def learning_summary(run_dir: str) -> list[str]:
     from blockqnn.report.data import count, stage_means
     from blockqnn.store.db import Store
 
-    with Store.open(run_dir, readonly=True) as store:
-        stages = [s for s in stage_means(store.trials()) if s.mean is not None]
+    with Store.open(run_dir, readonly=True) as store, store.reading() as reading:
+        stages = [s for s in stage_means(reading.trials()) if s.mean is not None]  # streamed
         budget = store.config().search.budget
     if len(stages) < 2:
         return []

@@ -83,11 +83,12 @@ def pick_from_run(
 
     if max_latency_ms is not None and not (math.isfinite(max_latency_ms) and max_latency_ms > 0):
         raise BlockQNNError(f"--max-latency-ms {max_latency_ms:g}: must be a positive number")
-    with Store.open(run_dir, readonly=True) as store:
+    with Store.open(run_dir, readonly=True) as store, store.reading() as reading:
         config = store.config()
         if config.search.space != "nsc":
             raise BlockQNNError(
                 f"{run_dir}: a run of the {config.search.space} space has no blocks"
             )
-        chosen = pick_front(store.trials(), member, max_latency_ms)
+        # streamed: of the trials, only those with a measured latency are kept
+        chosen = pick_front(reading.trials(), member, max_latency_ms)
     return chosen.block, config
