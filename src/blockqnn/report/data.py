@@ -22,14 +22,15 @@ from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from blockqnn.errors import BlockQNNError
 from blockqnn.settings.config import Config
 from blockqnn.store.db import COMPLETE, FAILED, REUSED, TRAINED, Store, TrialRecord
 from blockqnn.store.scan import Reading
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Trials that carry a reward the agent was told: the points of the learning curve.
 SCORED = (COMPLETE, FAILED, REUSED)
@@ -90,6 +91,8 @@ class Reused:
     def points(self, failure: bool) -> tuple[np.ndarray, np.ndarray]:
         """(ids, rewards) of the copies of failures, or of the others: numpy arrays, which
         matplotlib takes as they are (from lists it converts every value)."""
+        import numpy as np  # here: `status` and `trials` read runs without it
+
         keep = np.frombuffer(self.failures, dtype=np.int8) == int(failure)
         ids = np.frombuffer(self.ids, dtype=np.int64)[keep]
         return ids, np.frombuffer(self.rewards, dtype=np.float64)[keep]
