@@ -11,7 +11,17 @@ from typing import Any
 
 import pytest
 
-from benchmarks import common, faster, growth, latency, packing, strategies, threads, trainer
+from benchmarks import (
+    common,
+    faster,
+    growth,
+    latency,
+    packing,
+    readers,
+    strategies,
+    threads,
+    trainer,
+)
 
 NSC = ["--space", "nsc", "--synthetic", "--workers", "1", "--max-depth", "4"]
 
@@ -29,6 +39,10 @@ NSC = ["--space", "nsc", "--synthetic", "--workers", "1", "--max-depth", "4"]
         (latency.main, ["--parts", "a", "--repeats", "0"], "--repeats"),
         (packing.main, ["--workers", "1,x"], "--workers"),
         (packing.main, ["--repeats", "0"], "--repeats"),
+        (readers.main, ["--sizes", "100,0"], "--sizes"),
+        (readers.main, ["--sizes", "10", "--trained", "20"], "--sizes"),
+        (readers.main, ["--readers", "status,nope"], "--readers"),
+        (readers.main, ["--compare", "/nonexistent"], "--compare"),
         (threads.main, ["--busy", "-1"], "--busy"),
         (trainer.main, ["--batch-size", "0"], "--batch-size"),
     ],
@@ -111,3 +125,27 @@ def test_from_runs_keeps_the_seeds_asked_for(
     monkeypatch.setattr(faster, "load_run", lambda d: json.loads((d / "bench.json").read_text()))
     assert {r["seed"] for r in faster.finished_runs(tmp_path)} == {0, 1, 2}
     assert {r["seed"] for r in faster.finished_runs(tmp_path, 2)} == {0, 1}
+
+
+def test_readers_at_a_tiny_size_times_each_reader(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--sizes", "12,24", "--trained", "8", "--readers", "scan,status,trials", "--json"]
+    assert readers.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(r["rows"], r["reader"]) for r in report["rows"]] == [
+        (n, reader) for n in (12, 24) for reader in ("scan", "status", "trials")
+    ]
+    assert all(r["seconds"] > 0 and r["peak_mb"] > 1 for r in report["rows"])
+    assert report["growth"]["status"]["rows"] == 2
+
+
+def test_readers_builds_runs_of_the_sizes_asked_for(tmp_path: Path) -> None:
+    from blockqnn.report.data import stage_means
+    from blockqnn.store.db import Store
+
+    runs = readers.build_runs(tmp_path, [30, 10], trained=6, seed=0)
+    for size, run in runs.items():
+        with Store.open(run, readonly=True) as store:
+            counts = store.counts()
+            stages = [s.epsilon for s in stage_means(store.trials())]
+        assert (counts["complete"], counts["reused"]) == (6, size - 6)
+        assert stages[0] == 1.0 and stages[-1] < 1.0  # epsilon stages, as Q-learning's
