@@ -6,6 +6,12 @@ only, opened read-only so a running search is never disturbed) and the pure stat
 plots draw (`stage_means`, `window_means`, `rolling_means`). Must not draw, write HTML or
 import torch, and must not assume a strategy reports an epsilon: only Q-learning does.
 
+What it keeps. A long run holds hundreds of thousands of reused trials (a row per proposal
+of a candidate seen before) beside a few thousand trained ones, so the summary is made in one
+streamed pass over the trials (`Store.reading`, every row verified on the way): the trained
+trials as records, the reused ones as the numbers the learning curve draws (`Reused`, and
+only for the report), the stages as they stream by (`StageMeans`).
+
 Which trials count. The learning curve's points are the *scored* trials (complete, failed
 and reused: every reward the strategy was told). Its statistics are over the *trained*
 trials only (complete and failed, failures at the reward they were told): a reused trial is a

@@ -1,8 +1,9 @@
 """The read side of the store: a trial as readers see it, the agent's snapshot, and the
 queries behind `Store`'s reading methods.
 
-Owns: `TrialRecord`, `AgentState` and one function per query, each on a connection, each
-verifying the checksums of what it reads. Must not write.
+Owns: `TrialRecord`, `AgentState`, a trial row's checks (`trial_values`) and one function
+per query, each on a connection, each verifying the checksums of what it reads. Must not
+write. Streaming reads of every trial are `blockqnn.store.scan`'s.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ class Reading:
         """A read transaction on `conn` for the `with` block (none is started inside one)."""
         began = not conn.in_transaction
         if began:
-            conn.execute("BEGIN")  # deferred: a snapshot from the first read on, no lock
+            conn.execute("BEGIN")  # deferred: a snapshot from its first read, no write lock
         try:
             yield cls(conn)
         finally:
