@@ -34,13 +34,15 @@ import contextlib
 import functools
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
 from blockqnn.evaluate.table import FINAL_METRIC
 from blockqnn.store.db import Store, TrialRecord
+from blockqnn.store.queries import train_seconds_of
 from blockqnn.store.scan import Seen
+from blockqnn.store.schema import TRIAL_COLUMNS
 
 HEAD = ("id", "status", "candidate", "hash", "reward", "accuracy", "flops", "params", "density")
 TAIL = (
@@ -60,7 +62,11 @@ INFO = "info."  # prefix of the strategy's info keys
 
 
 def _metrics(t: TrialRecord | Seen) -> dict[str, Any]:
-    metrics = (t.result or {}).get("metrics") or {}
+    return _metrics_of(t.result)
+
+
+def _metrics_of(result: dict[str, Any] | None) -> dict[str, Any]:
+    metrics = (result or {}).get("metrics") or {}
     return metrics if isinstance(metrics, dict) else {}
 
 
@@ -99,25 +105,34 @@ def iso_time(seconds: float | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-_HEAD = attrgetter(*HEAD)
-_PLAIN = attrgetter(*TAIL[:5])  # reuse_of, attempts, lost, worker, error
+# where a row's columns are in a trial's values (`TRIAL_COLUMNS` order)
+_HEAD_AT = itemgetter(*(TRIAL_COLUMNS.index(n) for n in HEAD))
+_PLAIN_AT = itemgetter(*(TRIAL_COLUMNS.index(n) for n in TAIL[:5]))  # reuse_of ... error
+_CREATED, _STARTED, _FINISHED = (TRIAL_COLUMNS.index(n) for n in TIMES)
+_STATUS, _RESULT, _WORKER, _INFO = (
+    TRIAL_COLUMNS.index(n) for n in ("status", "result", "worker", "info")
+)
+_VALUES_OF = attrgetter(*TRIAL_COLUMNS)
 if TAIL[5:] != (*TIMES, "train_seconds"):  # pragma: no cover - a coding error
     raise ImportError("trials.TAIL and row_values disagree")
 
 
-def row_values(t: TrialRecord, metric_keys: Sequence[str], info_keys: Sequence[str]) -> list[Any]:
-    """One trial's values in the order of `_names(metric_keys, info_keys)`; a value the
-    trial lacks is None."""
-    metrics, info = _metrics(t), t.info
+def row_values(
+    values: Sequence[Any], metric_keys: Sequence[str], info_keys: Sequence[str]
+) -> list[Any]:
+    """One trial's row from its values (`TRIAL_COLUMNS` order, as `Store.reading` reads
+    them), in the order of `_names(metric_keys, info_keys)`; a value it lacks is None."""
+    result, info = values[_RESULT], values[_INFO]
+    metrics = _metrics_of(result)
     return [
-        *_HEAD(t),
+        *_HEAD_AT(values),
         *[metrics.get(k) for k in metric_keys],
         *[info.get(k) for k in info_keys],
-        *_PLAIN(t),
-        iso_time(t.created),
-        iso_time(t.started),
-        iso_time(t.finished),
-        t.train_seconds,
+        *_PLAIN_AT(values),
+        iso_time(values[_CREATED]),
+        iso_time(values[_STARTED]),
+        iso_time(values[_FINISHED]),
+        train_seconds_of(result, values[_STATUS], values[_WORKER]),
     ]
 
 
@@ -125,9 +140,8 @@ def trial_rows(trials: Sequence[TrialRecord]) -> tuple[list[str], list[dict[str,
     """(columns, rows): one dict per trial in the given order, every column present."""
     metric_keys, info_keys = _keys(trials)
     names = _names(metric_keys, info_keys)
-    return names, [
-        dict(zip(names, row_values(t, metric_keys, info_keys), strict=True)) for t in trials
-    ]
+    rows = [row_values(_VALUES_OF(t), metric_keys, info_keys) for t in trials]
+    return names, [dict(zip(names, values, strict=True)) for values in rows]
 
 
 @contextlib.contextmanager
@@ -140,10 +154,10 @@ def streamed_table(run_dir: str | Path) -> Iterator[tuple[list[str], Iterator[li
     damaged store."""
     with Store.open(run_dir, readonly=True) as store, store.reading() as reading:
         metric_keys, info_keys = _keys(reading.scan())
-        trials = reading.trials(check=False)  # verified by the scan, in this same read
+        trials = reading.scan(check=False)  # verified by the first, in this same read
         yield (
             _names(metric_keys, info_keys),
-            (row_values(t, metric_keys, info_keys) for t in trials),
+            (row_values(t.values, metric_keys, info_keys) for t in trials),
         )
 
 

@@ -76,13 +76,18 @@ class TrialRecord:
     def train_seconds(self) -> float | None:
         """The training this run spent on it: None for a trial that trained nothing here
         (reused, or its result copied from the evaluation cache) or is not finished."""
-        if self.result is None or self.status == REUSED or self.worker.startswith(CACHE_WORKER):
-            return None
-        seconds = self.result.get("train_seconds")
-        return float(seconds) if isinstance(seconds, (int, float)) else None
+        return train_seconds_of(self.result, self.status, self.worker)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def train_seconds_of(result: dict[str, Any] | None, status: str, worker: str) -> float | None:
+    """`TrialRecord.train_seconds` of a trial's values."""
+    if result is None or status == REUSED or worker.startswith(CACHE_WORKER):
+        return None
+    seconds = result.get("train_seconds")
+    return float(seconds) if isinstance(seconds, (int, float)) else None
 
 
 _COLUMNS = TRIAL_COLUMNS

@@ -102,9 +102,10 @@ class Reading:
         for values in self._values(statuses, check):
             yield TrialRecord(*values)
 
-    def scan(self) -> Iterator[Seen]:
-        """Every trial in ask order, verified, as a `Seen` (read-only, as `trials`)."""
-        for v in self._values((), True):
+    def scan(self, *, check: bool = True) -> Iterator[Seen]:
+        """Every trial in ask order, verified unless `check` is False (as `trials`), as a
+        `Seen` (read-only, as `trials`)."""
+        for v in self._values((), check):
             yield Seen(v[ID], v[STATUS], v[REWARD], v[ERROR], v[INFO], v[RESULT], v[ASK_SEQ], v)
 
     @staticmethod
