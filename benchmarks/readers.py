@@ -165,6 +165,9 @@ def growth(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             "seconds": large["seconds"] / small["seconds"],
             "peak_mb": large["peak_mb"] / small["peak_mb"],
         }
+        if "compare_seconds" in large:
+            out[reader]["compare_seconds"] = large["compare_seconds"] / small["compare_seconds"]
+            out[reader]["compare_peak_mb"] = large["compare_peak_mb"] / small["compare_peak_mb"]
     return out
 
 
@@ -184,10 +187,16 @@ def _table(report: dict[str, Any]) -> str:
             )
         lines.append(line)
     for reader, g in report["growth"].items():
-        lines.append(
+        line = (
             f"{reader}: {g['rows']:.0f}x the rows, {g['seconds']:.1f}x the seconds, "
             f"{g['peak_mb']:.2f}x the peak memory"
         )
+        if "compare_seconds" in g:
+            line += (
+                f" (compared: {g['compare_seconds']:.1f}x the seconds, "
+                f"{g['compare_peak_mb']:.2f}x the peak memory)"
+            )
+        lines.append(line)
     lines.append("load average: " + " ".join(f"{x:.2f}" for x in report["load_average"]))
     return "\n".join(lines)
 
