@@ -21,6 +21,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -280,17 +281,17 @@ def test_learning_curve_draws_every_scored_trial(tmp_path: Path) -> None:
     store.close()
     with Store.open(tmp_path / "q", readonly=True) as s:
         trials = [t for t in s.trials() if t.status in SCORED and t.reward is not None]
-    copies = [t for t in trials if t.status == "reused" and t.result["status"] != "ok"]
-    expected = {
+    ok = {t.id: t.result is not None and t.result["status"] == "ok" for t in trials}
+    copies = [t for t in trials if t.status == "reused" and not ok[t.id]]
+    expected: dict[str, list[tuple[int, float | None]]] = {
         "trained": [(t.id, t.reward) for t in trials if t.status == "complete"],
-        "reused (seen": [(t.id, t.reward) for t in trials if t.status == "reused"
-                         and t.result["status"] == "ok"],
+        "reused (seen": [(t.id, t.reward) for t in trials if t.status == "reused" and ok[t.id]],
         "failed (": [(t.id, 0.015) for t in trials if t.status == "failed"],
         "reused copy": [(t.id, 0.015) for t in copies],
     }  # fmt: skip
     assert all(expected.values()), expected
     ax = learning_curve_figure(load_run(tmp_path / "q")).axes[0]
-    drawn = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
+    drawn = {str(c.get_label()): np.asarray(c.get_offsets()).tolist() for c in ax.collections}
     for start, points in expected.items():
         (label,) = [name for name in drawn if name.startswith(start)]
         assert drawn[label] == [list(p) for p in points], label
