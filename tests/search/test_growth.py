@@ -19,6 +19,7 @@ from blockqnn.evaluate.result import EvalResult
 from blockqnn.execute.synthetic import synthetic_spec
 from blockqnn.files import user_cache_dir
 from blockqnn.search import run_search
+from blockqnn.search.resume import progress
 from blockqnn.settings.config import Config, merge
 from blockqnn.space.base import make_space
 from blockqnn.store.cache import CACHE_FILE, EvalCache, fingerprint
@@ -86,6 +87,18 @@ def test_extend_continues_at_the_final_epsilon_and_resumes_exactly(
 def _run(run: Path, config: Config) -> Path:
     run_search(run, config, spec=_spec)
     return run
+
+
+def test_the_progress_a_resume_compares_follows_every_ask_and_tell(tmp_path: Path) -> None:
+    """`progress` (a digest, not the rows: a long run has hundreds of thousands) tells the
+    store a resume checked from one another search has worked on since."""
+    run = _run(tmp_path / "run", _config(6, cache="off"))
+    with Store.open(run, readonly=True) as s:
+        before = progress(s)
+        assert progress(s) == before and isinstance(before[0], str)
+    run_search(run, None, spec=_spec, resume_overrides={"budget": 7})
+    with Store.open(run, readonly=True) as s:
+        assert progress(s) != before
 
 
 def test_a_smaller_budget_is_refused_and_nothing_changes(tmp_path: Path) -> None:

@@ -225,38 +225,45 @@ class Search:
             if t.id not in doomed:
                 self.store.requeue(t.id, CRASHED, lost=True)
         self.store.recover(keep=doomed)  # running / interrupted (a stop or a crash) -> queued
-        for t in self.store.trials():
-            if t.ask_seq > 0:  # warm-start trials were never asked: no strategy info
-                self._info = t.info
-            # the hash by this release's rules: a run stored before concats whose operand
-            # order decides the network were told apart holds the older hash for those
-            candidate = self.space.parse(t.candidate)
-            h = candidate.hash
-            if t.status in TRAINED:
-                result = EvalResult.from_dict(t.result) if t.result is not None else None
-                if self.terminator is not None and result is not None:
-                    self.terminator.note(result)
-                if t.worker.startswith(CACHE_WORKER) and result is not None:
-                    self._cached_before += 1
-                    self._saved_before += result.seconds
-                self._known[h] = t
-                self._trained += 1
-                self._failed += t.status == FAILED
-                self._note_best(t)
-            elif t.id in doomed:  # failed by `run`, once every trial is loaded
-                self._pending[t.id] = candidate
-                self._inflight[h] = t.id
-            elif t.status == QUEUED and t.reuse_of is None:
-                self._queue.append(t.id)
-                self._inflight[h] = t.id
-            elif t.status == QUEUED:
-                self._waiting.setdefault(h, []).append((t.id, candidate))
-            elif is_warm(t):
-                self._warm += 1
-                if t.info.get("exact") is True:  # its result is this run's: not trained again
-                    self._known.setdefault(h, t)
-            else:
-                self._reused += 1
+        parsed: dict[str, Any] = {}  # a long run repeats its texts: each parsed once
+        with self.store.reading() as reading:
+            for t in reading.trials():
+                self._load_one(t, doomed, parsed)
+
+    def _load_one(self, t: TrialRecord, doomed: set[int], parsed: dict[str, Any]) -> None:
+        if t.ask_seq > 0:  # warm-start trials were never asked: no strategy info
+            self._info = t.info
+        # the hash by this release's rules: a run stored before concats whose operand
+        # order decides the network were told apart holds the older hash for those
+        candidate = parsed.get(t.candidate)
+        if candidate is None:  # candidates are immutable values: shared by equal texts
+            candidate = parsed[t.candidate] = self.space.parse(t.candidate)
+        h = candidate.hash
+        if t.status in TRAINED:
+            result = EvalResult.from_dict(t.result) if t.result is not None else None
+            if self.terminator is not None and result is not None:
+                self.terminator.note(result)
+            if t.worker.startswith(CACHE_WORKER) and result is not None:
+                self._cached_before += 1
+                self._saved_before += result.seconds
+            self._known[h] = t
+            self._trained += 1
+            self._failed += t.status == FAILED
+            self._note_best(t)
+        elif t.id in doomed:  # failed by `run`, once every trial is loaded
+            self._pending[t.id] = candidate
+            self._inflight[h] = t.id
+        elif t.status == QUEUED and t.reuse_of is None:
+            self._queue.append(t.id)
+            self._inflight[h] = t.id
+        elif t.status == QUEUED:
+            self._waiting.setdefault(h, []).append((t.id, candidate))
+        elif is_warm(t):
+            self._warm += 1
+            if t.info.get("exact") is True:  # its result is this run's: not trained again
+                self._known.setdefault(h, t)
+        else:
+            self._reused += 1
 
     def _fill(self) -> None:
         """Keep every slot busy: queued trials first, then new blocks from the agent."""

@@ -15,6 +15,7 @@ benchmarks/growth.py).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -97,20 +98,29 @@ def check_trials(directory: Path, space: Space, strategy: Strategy) -> tuple[int
     store's state, on a read-only view; returns the calls restored and the progress they
     reflect. A candidate that does not parse or a snapshot that does not fit: refused."""
     with Store.open(directory, readonly=True) as existing:
-        for t in existing.trials():  # every row verified and decoded
-            try:
-                space.parse(t.candidate)
-            except BlockQNNError as exc:
-                raise damaged(f"trial {t.id}'s candidate does not parse ({exc})") from None
+        parsed: set[str] = set()  # a long run repeats its candidates' texts: each parsed once
+        with existing.reading() as reading:
+            for t in reading.trials():  # every row verified and decoded
+                if t.candidate in parsed:
+                    continue
+                try:
+                    space.parse(t.candidate)
+                except BlockQNNError as exc:
+                    raise damaged(f"trial {t.id}'s candidate does not parse ({exc})") from None
+                parsed.add(t.candidate)
         seq = restore_agent(existing, strategy, space)  # an incompatible snapshot: refused
         return seq, progress(existing)
 
 
 def progress(store: Store) -> tuple[Any, ...]:
-    """What the strategy's state depends on: the trials' asks and tells, the newest snapshot."""
+    """What the strategy's state depends on: a digest of the trials' asks and tells (a long
+    run has hundreds of thousands), and the newest snapshot's position."""
     snap = store.latest_snapshot()
-    asks = [(t.id, t.hash, t.ask_seq, t.tell_seq, t.reward) for t in store.trials()]
-    return (tuple(asks), None if snap is None else snap.seq)
+    digest = hashlib.sha256()
+    with store.reading() as reading:
+        for t in reading.trials():
+            digest.update(repr((t.id, t.hash, t.ask_seq, t.tell_seq, t.reward)).encode())
+    return (digest.hexdigest(), None if snap is None else snap.seq)
 
 
 def restore_agent(store: Store, agent: Strategy, space: Space) -> int:
@@ -122,7 +132,9 @@ def restore_agent(store: Store, agent: Strategy, space: Space) -> int:
         agent.load_state_dict(snap.state)
         seq = snap.seq
     events: list[tuple[int, bool, TrialRecord | None]] = []
-    for t in store.trials():
+    with store.reading() as reading:
+        trials = [t for t in reading.trials() if _after(t, seq)]  # since the snapshot: few
+    for t in trials:
         if t.ask_seq > seq:
             events.append((t.ask_seq, True, t))
         # the pre-screen's losers: asked, never told (`blockqnn.search.prescreen`)
@@ -148,6 +160,14 @@ def restore_agent(store: Store, agent: Strategy, space: Space) -> int:
                 trial.candidate,
             )
     return seq
+
+
+def _after(t: TrialRecord, seq: int) -> bool:
+    """Whether trial `t` records a call of the strategy after call `seq` (an ask, a told
+    reward, or a pre-screen loser's ask)."""
+    if t.ask_seq > seq or (t.tell_seq is not None and t.tell_seq > seq):
+        return True
+    return any(s > seq for s in replayed_asks(t.info))
 
 
 def check_resume_overrides(

@@ -121,4 +121,7 @@ class Reading:
             for row in cursor:
                 yield trial_values(row, self._memo, check)
         finally:
-            cursor.close()
+            # a generator dropped after its store closed (an error unwinding both): nothing
+            # left to close
+            with contextlib.suppress(sqlite3.ProgrammingError):
+                cursor.close()
