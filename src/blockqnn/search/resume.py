@@ -26,7 +26,7 @@ from blockqnn.errors import BlockQNNError, clip
 from blockqnn.search.prescreen import replayed_asks
 from blockqnn.settings.config import Config, merge
 from blockqnn.space.base import Space
-from blockqnn.store.db import Store, TrialRecord, damaged
+from blockqnn.store.db import AgentState, Store, TrialRecord, damaged
 from blockqnn.store.opening import check_new_run_dir, read_warm_start
 from blockqnn.store.rundir import check_writable
 from blockqnn.strategy.base import Strategy
@@ -96,11 +96,19 @@ def _open_existing(directory: Path, overrides: dict[str, Any] | None) -> Opening
 def check_trials(directory: Path, space: Space, strategy: Strategy) -> tuple[int, tuple[Any, ...]]:
     """Every stored trial verified and parsed in `space`, and `strategy` restored to the
     store's state, on a read-only view; returns the calls restored and the progress they
-    reflect. A candidate that does not parse or a snapshot that does not fit: refused."""
+    reflect. A candidate that does not parse or a snapshot that does not fit: refused. One
+    pass over the trials (a long run has hundreds of thousands) does all three."""
     with Store.open(directory, readonly=True) as existing:
+        snap = existing.latest_snapshot()
+        since = 0 if snap is None else snap.seq
         parsed: set[str] = set()  # a long run repeats its candidates' texts: each parsed once
+        digest = hashlib.sha256()
+        after: list[TrialRecord] = []
         with existing.reading() as reading:
             for t in reading.trials():  # every row verified and decoded
+                digest.update(_calls(t))
+                if _after(t, since):
+                    after.append(t)
                 if t.candidate in parsed:
                     continue
                 try:
@@ -108,8 +116,8 @@ def check_trials(directory: Path, space: Space, strategy: Strategy) -> tuple[int
                 except BlockQNNError as exc:
                     raise damaged(f"trial {t.id}'s candidate does not parse ({exc})") from None
                 parsed.add(t.candidate)
-        seq = restore_agent(existing, strategy, space)  # an incompatible snapshot: refused
-        return seq, progress(existing)
+        seq = _replay(strategy, space, snap, after)  # an incompatible snapshot: refused
+        return seq, (digest.hexdigest(), None if snap is None else snap.seq)
 
 
 def progress(store: Store) -> tuple[Any, ...]:
@@ -119,21 +127,34 @@ def progress(store: Store) -> tuple[Any, ...]:
     digest = hashlib.sha256()
     with store.reading() as reading:
         for t in reading.trials():
-            digest.update(repr((t.id, t.hash, t.ask_seq, t.tell_seq, t.reward)).encode())
+            digest.update(_calls(t))
     return (digest.hexdigest(), None if snap is None else snap.seq)
+
+
+def _calls(t: TrialRecord) -> bytes:
+    """What `progress` digests of a trial: its asks and tells and the reward told."""
+    return repr((t.id, t.hash, t.ask_seq, t.tell_seq, t.reward)).encode()
 
 
 def restore_agent(store: Store, agent: Strategy, space: Space) -> int:
     """Bring a fresh agent to the state the store records: load the newest snapshot, then
     replay the asks and tells recorded after it, in order. Returns the calls reflected."""
     snap = store.latest_snapshot()
+    since = 0 if snap is None else snap.seq
+    with store.reading() as reading:
+        after = [t for t in reading.trials() if _after(t, since)]  # since the snapshot: few
+    return _replay(agent, space, snap, after)
+
+
+def _replay(
+    agent: Strategy, space: Space, snap: AgentState | None, trials: list[TrialRecord]
+) -> int:
+    """Load `snap` into `agent`, then replay the calls of `trials` after it, in order."""
     seq = 0
     if snap is not None:
         agent.load_state_dict(snap.state)
         seq = snap.seq
     events: list[tuple[int, bool, TrialRecord | None]] = []
-    with store.reading() as reading:
-        trials = [t for t in reading.trials() if _after(t, seq)]  # since the snapshot: few
     for t in trials:
         if t.ask_seq > seq:
             events.append((t.ask_seq, True, t))
