@@ -18,7 +18,7 @@ The paper's loop, adapted to asynchronous ask/tell (choices where it is silent):
   evaluations, ours distinct candidates, so a repeat costs it nothing): first other mutations
   of the parent, then a walk of one more mutation a try, `REPEAT_TRIES` redraws in all, the
   last proposed even if known. Without this, a population that has settled among known candidates
-  proposes little else (NAS-Bench-201 at budget 5,000: 799,293 repeats for 3,309 cells in 10
+  proposes little else (NAS-Bench-201 at budget 5,000: 845,029 repeats for 3,339 cells in 10
   minutes, docs/benchmarks.md).
 - `tell` appends the candidate as the youngest member and, past `population_size`, removes
   the oldest (aging: a member's life is bounded whatever its reward, the paper's regulariser).
